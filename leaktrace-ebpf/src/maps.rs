@@ -1,0 +1,27 @@
+//! Every map of the kernel side. Sizes here are placeholders: userspace sets the real ones at
+//! load time (`--max-allocations`, `--max-stacks`).
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuHashMap, StackTrace},
+};
+use leaktrace_common::{AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats};
+
+/// Outstanding allocations: (process, address) -> size, site, time.
+#[map]
+pub static ALLOCS: HashMap<AllocKey, AllocInfo> = HashMap::with_max_entries(1 << 20, 0);
+
+/// Allocator calls between entry and return, by thread (full pid_tgid).
+#[map]
+pub static INFLIGHT: HashMap<u64, InflightCall> = HashMap::with_max_entries(1 << 14, 0);
+
+/// User stacks of allocation sites.
+#[map]
+pub static STACKS: StackTrace = StackTrace::with_max_entries(1 << 14, 0);
+
+/// Per-site totals, per CPU.
+#[map]
+pub static SITES: PerCpuHashMap<SiteKey, SiteStats> = PerCpuHashMap::with_max_entries(1 << 15, 0);
+
+/// Per-process error counters, per CPU.
+#[map]
+pub static COUNTERS: PerCpuHashMap<u32, PidCounters> = PerCpuHashMap::with_max_entries(1 << 12, 0);

@@ -1,0 +1,362 @@
+//! The malloc-family probes. One entry program serves every allocating function (the attach
+//! cookie says which one and how to read its arguments), one return program records the result,
+//! one entry program handles `free`.
+use aya_ebpf::{
+    EbpfContext,
+    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        generated::bpf_get_attach_cookie,
+    },
+    macros::{uprobe, uretprobe},
+    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext as _},
+};
+use leaktrace_common::{
+    AllocFn, AllocInfo, AllocKey, INFLIGHT_HAS_OLD, InflightCall, NO_STACK, PidCounters,
+    SiteKey, SiteStats,
+};
+
+use crate::maps::{ALLOCS, COUNTERS, INFLIGHT, SITES, STACKS};
+
+const E2BIG: i32 = -7;
+const EEXIST: i32 = -17;
+
+/// Page size of the traced machine, for pvalloc's rounding; set by userspace at load time.
+#[unsafe(no_mangle)]
+static PAGE_SIZE: u64 = 4096;
+
+#[inline(always)]
+fn page_size() -> u64 {
+    // SAFETY: a plain read of a global that userspace patches before load; volatile so the
+    // compiler does not fold the default value.
+    unsafe { core::ptr::read_volatile(&PAGE_SIZE) }
+}
+
+/// `a * b` unless it overflows (calloc/reallocarray then fail). Done in 32-bit halves: LLVM
+/// turns `checked_mul` and the `b > MAX / a` idiom into a 128-bit multiply BPF cannot do.
+#[inline(always)]
+fn mul_no_overflow(a: u64, b: u64) -> Option<u64> {
+    let (a_hi, a_lo, b_hi, b_lo) = (a >> 32, a & 0xffff_ffff, b >> 32, b & 0xffff_ffff);
+    if a_hi != 0 && b_hi != 0 {
+        return None;
+    }
+    let low = a_lo * b_lo;
+    let cross = a_hi * b_lo + b_hi * a_lo;
+    if cross >> 32 != 0 {
+        return None;
+    }
+    let product = (cross << 32).wrapping_add(low);
+    if product < low { None } else { Some(product) }
+}
+
+#[inline(always)]
+fn bump(tgid: u32, update: impl FnOnce(&mut PidCounters)) {
+    if let Some(counters) = COUNTERS.get_ptr_mut(tgid) {
+        // SAFETY: per-CPU value of this CPU; probes do not nest on one CPU.
+        update(unsafe { &mut *counters });
+        return;
+    }
+    let mut counters = PidCounters::default();
+    update(&mut counters);
+    // A full counters map loses the count; nothing better can be done from here.
+    let _ = COUNTERS.insert(tgid, counters, u64::from(BPF_NOEXIST));
+}
+
+#[inline(always)]
+fn stack_pointer(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
+    // SAFETY: `regs` is the probe context, valid for the whole program.
+    unsafe { (*regs).rsp }
+}
+
+#[uprobe]
+pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    try_alloc_enter(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_alloc_enter(ctx: &ProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let sp = stack_pointer(ctx.regs);
+
+    if let Some(outer) = INFLIGHT.get_ptr_mut(pid_tgid) {
+        // SAFETY: only this thread touches its own in-flight entry.
+        let outer = unsafe { &mut *outer };
+        if sp <= outer.entry_sp {
+            // Called from inside another allocator call: that outer call is what the program asked for.
+            outer.depth += 1;
+            return;
+        }
+        // The outer call's return never came (its uretprobe could not be armed); replace it.
+        if outer.flags & INFLIGHT_HAS_OLD != 0 {
+            restore(outer);
+        }
+        bump(tgid, |c| c.lost_events += 1);
+    }
+
+    // SAFETY: the context pointer is the program's own.
+    let cookie = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) };
+    let Some(function) = AllocFn::from_cookie(cookie) else {
+        return;
+    };
+    let arg = |n| ctx.arg::<u64>(n).unwrap_or(0);
+    let mut call = InflightCall {
+        function: function as u32,
+        entry_sp: sp,
+        ..InflightCall::default()
+    };
+    match function {
+        AllocFn::Malloc | AllocFn::Valloc => call.size = arg(0),
+        AllocFn::Pvalloc => {
+            let page = page_size();
+            let size = arg(0);
+            call.size = size.div_ceil(page) * page;
+        }
+        AllocFn::Calloc => match mul_no_overflow(arg(0), arg(1)) {
+            Some(size) => call.size = size,
+            None => call.overflow = 1,
+        },
+        AllocFn::Realloc => {
+            call.old_addr = arg(0);
+            call.size = arg(1);
+        }
+        AllocFn::Reallocarray => {
+            call.old_addr = arg(0);
+            match mul_no_overflow(arg(1), arg(2)) {
+                Some(size) => call.size = size,
+                None => call.overflow = 1,
+            }
+        }
+        AllocFn::PosixMemalign => {
+            call.out_ptr = arg(0);
+            call.size = arg(2);
+        }
+        AllocFn::AlignedAlloc | AllocFn::Memalign => call.size = arg(1),
+    }
+
+    if call.old_addr != 0 {
+        // Take the old block out now, not at return: once realloc has freed it, another thread
+        // may be handed the same address before our return probe runs.
+        let key = AllocKey {
+            tgid,
+            _pad: 0,
+            addr: call.old_addr,
+        };
+        // SAFETY: copied out at once; a concurrent delete of this key would be a double free.
+        if let Some(old) = unsafe { ALLOCS.get(key) } {
+            call.old = *old;
+            call.flags |= INFLIGHT_HAS_OLD;
+            let _ = ALLOCS.remove(key);
+        }
+    }
+
+    if INFLIGHT.insert(pid_tgid, call, 0).is_err() {
+        if call.flags & INFLIGHT_HAS_OLD != 0 {
+            restore(&call);
+        }
+        bump(tgid, |c| c.lost_events += 1);
+    }
+}
+
+/// Put a block taken out by a realloc entry back in the outstanding map.
+#[inline(always)]
+fn restore(call: &InflightCall) {
+    let key = AllocKey {
+        tgid: call.old.site.tgid,
+        _pad: 0,
+        addr: call.old_addr,
+    };
+    if ALLOCS.insert(key, call.old, 0).is_err() {
+        bump(call.old.site.tgid, |c| c.dropped_allocations += 1);
+    }
+}
+
+#[uretprobe]
+pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    try_alloc_return(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_alloc_return(ctx: &RetProbeContext) {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(call) = INFLIGHT.get_ptr_mut(pid_tgid) else {
+        bump(tgid, |c| c.lost_events += 1);
+        return;
+    };
+    // SAFETY: only this thread touches its own in-flight entry.
+    let call = unsafe { &mut *call };
+    if call.depth > 0 {
+        call.depth -= 1;
+        return;
+    }
+    let call = *call;
+    let _ = INFLIGHT.remove(pid_tgid);
+
+    let ret: u64 = ctx.ret();
+    let function = AllocFn::from_cookie(u64::from(call.function));
+    let addr = match function {
+        Some(AllocFn::PosixMemalign) => {
+            if ret as u32 != 0 {
+                0
+            } else {
+                // SAFETY: reads user memory through the checked helper.
+                unsafe { bpf_probe_read_user(call.out_ptr as *const u64) }.unwrap_or(0)
+            }
+        }
+        _ => ret,
+    };
+
+    if call.old_addr != 0 {
+        // realloc(p, 0) frees p and returns NULL; any other NULL is a failure that keeps p.
+        let old_freed = addr != 0 || (call.size == 0 && call.overflow == 0);
+        if !old_freed {
+            if call.flags & INFLIGHT_HAS_OLD != 0 {
+                restore(&call);
+            }
+        } else if call.flags & INFLIGHT_HAS_OLD != 0 {
+            account_free(&call.old);
+        } else {
+            bump(tgid, |c| c.unknown_frees += 1);
+        }
+    }
+
+    if addr != 0 {
+        record_allocation(ctx, tgid, addr, call.size);
+    }
+}
+
+#[inline(always)]
+fn record_allocation(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64) {
+    // At a uretprobe the instruction pointer is already the caller's return address, so the
+    // frame-pointer walk starts in the caller and keeps the frame a walk from malloc's entry loses.
+    // SAFETY: `regs` is the probe context.
+    let caller = unsafe { (*ctx.regs).rip };
+    let stack_id = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+        Ok(id) => id as u32,
+        Err(_) => {
+            bump(tgid, |c| c.stack_errors += 1);
+            NO_STACK
+        }
+    };
+    let site = SiteKey {
+        tgid,
+        stack_id,
+        caller,
+    };
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    let info = AllocInfo {
+        size,
+        // SAFETY: helper without preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        site,
+    };
+    match ALLOCS.insert(key, info, u64::from(BPF_NOEXIST)) {
+        Ok(()) => {}
+        Err(EEXIST) => {
+            // The allocator handed out an address we still hold: its free escaped us (made from
+            // a context we do not see). It is free now; settle it before recording the new block.
+            // SAFETY: copied out at once.
+            if let Some(stale) = unsafe { ALLOCS.get(key) } {
+                let stale = *stale;
+                account_free(&stale);
+            }
+            bump(tgid, |c| c.lost_events += 1);
+            if ALLOCS.insert(key, info, 0).is_err() {
+                bump(tgid, |c| c.dropped_allocations += 1);
+                return;
+            }
+        }
+        Err(E2BIG) | Err(_) => {
+            bump(tgid, |c| c.dropped_allocations += 1);
+            return;
+        }
+    }
+    let delta = SiteStats {
+        allocated_bytes: size,
+        allocated_count: 1,
+        ..SiteStats::default()
+    };
+    if !update_site(&site, &delta) {
+        let _ = ALLOCS.remove(key);
+        bump(tgid, |c| c.dropped_allocations += 1);
+    }
+}
+
+/// Add `delta` to this CPU's totals of `site`, creating the site on first use.
+#[inline(always)]
+fn update_site(site: &SiteKey, delta: &SiteStats) -> bool {
+    if let Some(stats) = SITES.get_ptr_mut(site) {
+        // SAFETY: per-CPU value of this CPU.
+        unsafe { (*stats).add(delta) };
+        return true;
+    }
+    match SITES.insert(site, delta, u64::from(BPF_NOEXIST)) {
+        Ok(()) => true,
+        // Another CPU created it between our lookup and insert; our CPU's slot is zeroed.
+        Err(EEXIST) => match SITES.get_ptr_mut(site) {
+            Some(stats) => {
+                // SAFETY: per-CPU value of this CPU.
+                unsafe { (*stats).add(delta) };
+                true
+            }
+            None => false,
+        },
+        Err(_) => false,
+    }
+}
+
+#[inline(always)]
+fn account_free(info: &AllocInfo) {
+    let delta = SiteStats {
+        freed_bytes: info.size,
+        freed_count: 1,
+        ..SiteStats::default()
+    };
+    if !update_site(&info.site, &delta) {
+        bump(info.site.tgid, |c| c.lost_events += 1);
+    }
+}
+
+#[uprobe]
+pub fn free_enter(ctx: ProbeContext) -> u32 {
+    try_free_enter(&ctx);
+    0
+}
+
+#[inline(always)]
+fn try_free_enter(ctx: &ProbeContext) {
+    let addr = ctx.arg::<u64>(0).unwrap_or(0);
+    if addr == 0 {
+        return;
+    }
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if let Some(outer) = INFLIGHT.get_ptr(pid_tgid) {
+        // SAFETY: only this thread touches its own in-flight entry.
+        if stack_pointer(ctx.regs) <= unsafe { (*outer).entry_sp } {
+            // realloc(p, 0) freeing p: accounted by realloc's return.
+            return;
+        }
+    }
+    let key = AllocKey {
+        tgid,
+        _pad: 0,
+        addr,
+    };
+    // SAFETY: copied out at once.
+    match unsafe { ALLOCS.get(key) } {
+        Some(info) => {
+            let info = *info;
+            let _ = ALLOCS.remove(key);
+            account_free(&info);
+        }
+        None => bump(tgid, |c| c.unknown_frees += 1),
+    }
+}

@@ -1,0 +1,83 @@
+//! Command-line interface.
+use std::{ffi::OsString, path::PathBuf, time::Duration};
+
+use clap::Parser;
+
+/// Exact eBPF memory-leak tracer: outstanding allocations by call stack, live, for running
+/// processes or a command it launches.
+#[derive(Debug, Parser)]
+#[command(
+    name = "leaktrace",
+    version,
+    after_help = "Examples:\n  sudo leaktrace --pid 9163 --json leak.json\n  sudo leaktrace --duration 30s -- ./my-server --port 8080"
+)]
+pub struct Cli {
+    /// Trace this running process (repeatable).
+    #[arg(short, long = "pid", value_name = "PID")]
+    pub pids: Vec<u32>,
+
+    /// How often to print the table and rewrite the JSON snapshot.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
+    pub interval: Duration,
+
+    /// Stop after this long (default: until Ctrl-C or until every target exits).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub duration: Option<Duration>,
+
+    /// Write a JSON snapshot (schema leaktrace/1) here every interval and at the end.
+    #[arg(long, value_name = "PATH")]
+    pub json: Option<PathBuf>,
+
+    /// How many sites the periodic table shows per process.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Capacity of the outstanding-allocation map (allocations beyond it are counted as dropped).
+    #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1024..))]
+    pub max_allocations: u32,
+
+    /// Capacity of the stack map (distinct call stacks; beyond it sites keep only their caller).
+    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(256..))]
+    pub max_stacks: u32,
+
+    /// Command to launch and trace from its first allocation.
+    #[arg(last = true, value_name = "COMMAND")]
+    pub command: Vec<OsString>,
+}
+
+/// Parse "500ms", "5s", "2m", "1h" or a bare number of seconds.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let parsed = match text.parse::<f64>() {
+        Ok(seconds) if seconds.is_finite() && seconds >= 0.0 => Duration::from_secs_f64(seconds),
+        Ok(_) => return Err(format!("`{text}` is not a valid duration")),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("`{text}` is not a valid duration ({e}); try 500ms, 5s, 2m"))?,
+    };
+    if parsed.is_zero() {
+        return Err("the duration must be greater than zero".to_string());
+    }
+    Ok(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_or_as_seconds() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        assert!(parse_duration("0s").is_err());
+        assert!(parse_duration("soon").is_err());
+        assert!(parse_duration("-3").is_err());
+    }
+
+    #[test]
+    fn command_after_double_dash_is_kept_verbatim() {
+        let cli = Cli::try_parse_from(["leaktrace", "--pid", "1", "--", "ls", "-l", "--pid"])
+            .expect("parses");
+        assert_eq!(cli.pids, vec![1]);
+        assert_eq!(cli.command, vec!["ls", "-l", "--pid"]);
+    }
+}

@@ -1,0 +1,369 @@
+//! The JSON snapshot (schema `leaktrace/1`, documented in docs/json-schema.md and
+//! docs/leaktrace-1.schema.json), its atomic writing, and the periodic text table.
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{self, Write as _},
+    path::{Path, PathBuf},
+};
+
+use serde::{Deserialize, Serialize};
+
+use crate::{symbolize::Frame, target::ExitStatus};
+
+pub const SCHEMA: &str = "leaktrace/1";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub schema: String,
+    /// RFC 3339, UTC.
+    pub generated_at: String,
+    /// Seconds since tracing started.
+    pub duration_s: f64,
+    /// `exact`: every allocation of the malloc family is traced.
+    pub mode: String,
+    pub interval_s: f64,
+    /// Whether this is the last snapshot of the run.
+    pub complete: bool,
+    pub processes: Vec<ProcessReport>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub alive: bool,
+    /// How a launched command ended, when leaktrace saw it end.
+    pub exit: Option<ExitStatus>,
+    /// The allocator library hooked, as the process names it.
+    pub libc: String,
+    pub hooked_functions: Vec<String>,
+    pub outstanding_bytes: u64,
+    pub outstanding_count: u64,
+    pub allocated_bytes: u64,
+    pub allocated_count: u64,
+    pub freed_count: u64,
+    pub counters: Counters,
+    /// Sorted by outstanding bytes, largest first.
+    pub sites: Vec<SiteReport>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub dropped_allocations: u64,
+    pub stack_errors: u64,
+    pub lost_events: u64,
+    pub unknown_frees: u64,
+}
+
+impl Counters {
+    pub fn any(&self) -> bool {
+        self.dropped_allocations + self.stack_errors + self.lost_events + self.unknown_frees > 0
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteReport {
+    pub id: String,
+    pub outstanding_bytes: u64,
+    pub outstanding_count: u64,
+    pub allocated_bytes: u64,
+    pub allocated_count: u64,
+    pub freed_bytes: u64,
+    pub freed_count: u64,
+    /// Age of the oldest allocation of this site still outstanding (None when none is).
+    pub oldest_age_s: Option<f64>,
+    /// Innermost first; the first frame is the allocator's caller.
+    pub frames: Vec<Frame>,
+}
+
+impl SiteReport {
+    /// The frame to name the site by: the innermost frame with a function name.
+    pub fn top_function(&self) -> Option<&Frame> {
+        self.frames.iter().find(|f| f.function.is_some())
+    }
+}
+
+/// Write `bytes` to `path` so that a reader sees either the old file or the new one, whole:
+/// a temporary file in the same directory, flushed, then renamed over the target.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = temp_path_for(path);
+    let result = (|| {
+        let mut file = fs::File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn temp_path_for(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "snapshot.json".to_string());
+    path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
+}
+
+/// Check before tracing starts that snapshots can be written to `path`.
+pub fn check_writable(path: &Path) -> io::Result<()> {
+    if path.is_dir() {
+        return Err(io::Error::new(
+            io::ErrorKind::IsADirectory,
+            "it is a directory",
+        ));
+    }
+    let tmp = temp_path_for(path);
+    fs::File::create(&tmp)?;
+    fs::remove_file(&tmp)
+}
+
+pub fn write_snapshot(path: &Path, snapshot: &Snapshot) -> io::Result<()> {
+    let mut json = serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?;
+    json.push(b'\n');
+    write_atomically(path, &json)
+}
+
+/// "1.5 MiB", "512 B".
+pub fn human_bytes(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+fn human_age(seconds: Option<f64>) -> String {
+    match seconds {
+        None => "-".to_string(),
+        Some(s) if s < 60.0 => format!("{s:.1}s"),
+        Some(s) if s < 3600.0 => format!("{:.1}m", s / 60.0),
+        Some(s) => format!("{:.1}h", s / 3600.0),
+    }
+}
+
+/// A frame as one short string: `function (file:line)` or `module+0xoffset`.
+pub fn frame_label(frame: &Frame) -> String {
+    let file = |f: &Frame| match (&f.file, f.line) {
+        (Some(file), Some(line)) => {
+            let short = file.rsplit('/').next().unwrap_or(file);
+            format!(" ({short}:{line})")
+        }
+        _ => String::new(),
+    };
+    match (&frame.function, &frame.module, frame.offset) {
+        (Some(function), _, _) => format!("{function}{}", file(frame)),
+        (None, Some(module), Some(offset)) => {
+            let short = module.rsplit('/').next().unwrap_or(module);
+            format!("{short}+{offset:#x}")
+        }
+        _ => format!("{:#x}", frame.addr),
+    }
+}
+
+/// The site column: the innermost named frame and up to two callers.
+fn site_label(site: &SiteReport) -> String {
+    let named: Vec<String> = site
+        .frames
+        .iter()
+        .filter(|f| f.function.is_some())
+        .take(3)
+        .enumerate()
+        .map(|(i, f)| {
+            if i == 0 {
+                frame_label(f)
+            } else {
+                f.function.clone().unwrap_or_default()
+            }
+        })
+        .collect();
+    if named.is_empty() {
+        site.frames.first().map(frame_label).unwrap_or_else(|| "?".to_string())
+    } else {
+        named.join(" <- ")
+    }
+}
+
+/// The periodic headless table.
+pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
+    let mut out = String::new();
+    for process in &snapshot.processes {
+        let state = match (process.alive, process.exit) {
+            (true, _) => String::new(),
+            (false, Some(ExitStatus::Code(code))) => format!(" [exited, status {code}]"),
+            (false, Some(ExitStatus::Signal(sig))) => format!(" [killed by signal {sig}]"),
+            (false, None) => " [exited]".to_string(),
+        };
+        let _ = writeln!(
+            out,
+            "[{:>7.1}s] pid {} ({}){state}: {} outstanding in {} blocks, {} allocations, {} frees",
+            snapshot.duration_s,
+            process.pid,
+            process.comm,
+            human_bytes(process.outstanding_bytes),
+            process.outstanding_count,
+            process.allocated_count,
+            process.freed_count,
+        );
+        let c = &process.counters;
+        if c.any() {
+            let _ = writeln!(
+                out,
+                "  warning: dropped allocations {}, stack errors {}, lost events {}, unknown frees {}",
+                c.dropped_allocations, c.stack_errors, c.lost_events, c.unknown_frees
+            );
+        }
+        let shown: Vec<&SiteReport> = process
+            .sites
+            .iter()
+            .filter(|s| s.outstanding_count > 0)
+            .take(top)
+            .collect();
+        if shown.is_empty() {
+            let _ = writeln!(out, "  no outstanding allocations");
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "  {:>11} {:>9} {:>11} {:>7}  SITE",
+            "OUTSTANDING", "BLOCKS", "ALLOCATED", "OLDEST"
+        );
+        for site in shown {
+            let _ = writeln!(
+                out,
+                "  {:>11} {:>9} {:>11} {:>7}  {}",
+                human_bytes(site.outstanding_bytes),
+                site.outstanding_count,
+                human_bytes(site.allocated_bytes),
+                human_age(site.oldest_age_s),
+                site_label(site)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(function: &str, outstanding: u64) -> SiteReport {
+        SiteReport {
+            id: format!("{function}-site"),
+            outstanding_bytes: outstanding,
+            outstanding_count: outstanding / 100,
+            allocated_bytes: outstanding * 2,
+            allocated_count: outstanding / 50,
+            freed_bytes: outstanding,
+            freed_count: outstanding / 100,
+            oldest_age_s: Some(3.25),
+            frames: vec![
+                Frame {
+                    addr: 0x1234,
+                    function: Some(function.to_string()),
+                    file: Some("/src/leaky.c".to_string()),
+                    line: Some(42),
+                    ..Frame::default()
+                },
+                Frame {
+                    addr: 0x5678,
+                    function: Some("main".to_string()),
+                    ..Frame::default()
+                },
+            ],
+        }
+    }
+
+    fn snapshot() -> Snapshot {
+        Snapshot {
+            schema: SCHEMA.to_string(),
+            generated_at: "2026-11-23T18:00:00Z".to_string(),
+            duration_s: 12.5,
+            mode: "exact".to_string(),
+            interval_s: 5.0,
+            complete: false,
+            processes: vec![ProcessReport {
+                pid: 42,
+                comm: "leaky".to_string(),
+                exe: "/usr/bin/leaky".to_string(),
+                alive: true,
+                exit: None,
+                libc: "/lib/x86_64-linux-gnu/libc.so.6".to_string(),
+                hooked_functions: vec!["malloc".to_string(), "free".to_string()],
+                outstanding_bytes: 50_000,
+                outstanding_count: 500,
+                allocated_bytes: 100_000,
+                allocated_count: 1000,
+                freed_count: 500,
+                counters: Counters {
+                    unknown_frees: 3,
+                    ..Counters::default()
+                },
+                sites: vec![site("leak_exactly", 50_000)],
+            }],
+        }
+    }
+
+    #[test]
+    fn bytes_are_humanized_with_binary_units() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(50_000), "48.8 KiB");
+        assert_eq!(human_bytes(3 << 30), "3.0 GiB");
+    }
+
+    #[test]
+    fn table_names_the_site_its_caller_and_the_warnings() {
+        let table = render_table(&snapshot(), 10);
+        assert!(table.contains("pid 42 (leaky): 48.8 KiB outstanding in 500 blocks"), "{table}");
+        assert!(table.contains("leak_exactly (leaky.c:42) <- main"), "{table}");
+        assert!(table.contains("unknown frees 3"), "{table}");
+        assert!(table.contains("3.2s"), "{table}");
+    }
+
+    #[test]
+    fn snapshot_round_trips_through_json() {
+        let snap = snapshot();
+        let json = serde_json::to_string(&snap).expect("serializes");
+        let back: Snapshot = serde_json::from_str(&json).expect("parses");
+        assert_eq!(back, snap);
+    }
+
+    #[test]
+    fn atomic_write_replaces_whole_file_and_leaves_no_temp() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("snap.json");
+        write_snapshot(&path, &snapshot()).expect("first write");
+        let mut second = snapshot();
+        second.duration_s = 99.0;
+        write_snapshot(&path, &second).expect("second write");
+        let read: Snapshot =
+            serde_json::from_slice(&fs::read(&path).expect("read")).expect("parse");
+        assert_eq!(read.duration_s, 99.0);
+        let leftovers: Vec<_> = fs::read_dir(dir.path())
+            .expect("list")
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
+            .collect();
+        assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn unwritable_paths_are_refused_up_front() {
+        assert!(check_writable(Path::new("/nonexistent-dir/x.json")).is_err());
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert!(check_writable(dir.path()).is_err());
+        assert!(check_writable(&dir.path().join("ok.json")).is_ok());
+    }
+}

@@ -1,0 +1,240 @@
+//! Loading the eBPF programs, attaching them to a process's allocator, and draining the maps.
+use std::{
+    collections::HashMap,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, StackTraceMap},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use leaktrace_common::{AllocFn, AllocInfo, AllocKey, NO_STACK, PidCounters, SiteKey, SiteStats};
+
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
+
+/// Map sizes, chosen by the user at load time.
+#[derive(Clone, Copy, Debug)]
+pub struct Capacity {
+    pub max_allocations: u32,
+    pub max_stacks: u32,
+}
+
+/// Check, before touching the kernel, what leaktrace needs from it and from the user.
+pub fn preflight() -> anyhow::Result<()> {
+    if !has_bpf_privileges() {
+        bail!("leaktrace needs root or CAP_BPF+CAP_PERFMON+CAP_SYS_PTRACE: run it with sudo");
+    }
+    if !Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
+        bail!(
+            "this kernel has no uprobe support (no /sys/bus/event_source/devices/uprobe): it needs CONFIG_UPROBE_EVENTS"
+        );
+    }
+    Ok(())
+}
+
+fn has_bpf_privileges() -> bool {
+    // SAFETY: no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    const CAP_SYS_PTRACE: u32 = 19;
+    const CAP_PERFMON: u32 = 38;
+    const CAP_BPF: u32 = 39;
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return false;
+    };
+    let effective = status
+        .lines()
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        .unwrap_or(0);
+    [CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE]
+        .iter()
+        .all(|cap| effective & (1 << cap) != 0)
+}
+
+/// Everything the maps say at one moment.
+#[derive(Debug, Default)]
+pub struct MapsReading {
+    pub sites: Vec<(SiteKey, SiteStats)>,
+    pub counters: HashMap<u32, PidCounters>,
+    /// Per site: (outstanding blocks seen in the allocation map, oldest timestamp in ns).
+    pub oldest: HashMap<SiteKey, (u64, u64)>,
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    /// Which functions are hooked in each process's libc.
+    hooked: HashMap<u32, Vec<&'static str>>,
+}
+
+impl Tracer {
+    pub fn load(capacity: Capacity) -> anyhow::Result<Self> {
+        // SAFETY: sysconf has no preconditions.
+        let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let max_sites = capacity.max_stacks.saturating_mul(2);
+        let ebpf = EbpfLoader::new()
+            .override_global("PAGE_SIZE", &page_size, true)
+            .map_max_entries("ALLOCS", capacity.max_allocations)
+            .map_max_entries("STACKS", capacity.max_stacks)
+            .map_max_entries("SITES", max_sites)
+            .load(EBPF_OBJECT)
+            .context("failed to load leaktrace's eBPF programs")?;
+        let mut tracer = Self {
+            ebpf,
+            hooked: HashMap::new(),
+        };
+        for name in ["alloc_enter", "alloc_return", "free_enter"] {
+            tracer
+                .uprobe(name)?
+                .load()
+                .with_context(|| format!("the kernel refused the eBPF program {name}"))?;
+        }
+        Ok(tracer)
+    }
+
+    fn uprobe(&mut self, name: &str) -> anyhow::Result<&mut UProbe> {
+        let program = self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("eBPF object lacks program {name}"))?;
+        Ok(program.try_into()?)
+    }
+
+    /// Hook the malloc family of `libc` (a path reachable from our namespace) for `pid` only.
+    /// Returns the functions hooked; functions a libc does not export are skipped, but malloc and
+    /// free must be there.
+    pub fn attach(&mut self, pid: u32, libc: &Path) -> anyhow::Result<Vec<&'static str>> {
+        let scope = UProbeScope::OneProcess(
+            NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?,
+        );
+        let exports = exported_functions(libc)?;
+        let mut hooked = Vec::new();
+        for function in AllocFn::ALL {
+            let symbol = function.symbol();
+            if !exports.iter().any(|e| e == symbol) {
+                if function == AllocFn::Malloc {
+                    bail!("{} does not export malloc", libc.display());
+                }
+                log::debug!("{} does not export {symbol}; not hooked", libc.display());
+                continue;
+            }
+            let point = || UProbeAttachPoint {
+                location: UProbeAttachLocation::Symbol(symbol),
+                cookie: Some(function as u64),
+            };
+            self.uprobe("alloc_enter")?
+                .attach(point(), libc, scope)
+                .with_context(|| format!("failed to attach to {symbol} in {}", libc.display()))?;
+            self.uprobe("alloc_return")?
+                .attach(point(), libc, scope)
+                .with_context(|| {
+                    format!("failed to attach to {symbol}'s return in {}", libc.display())
+                })?;
+            hooked.push(symbol);
+        }
+        if !exports.iter().any(|e| e == "free") {
+            bail!("{} does not export free", libc.display());
+        }
+        self.uprobe("free_enter")?
+            .attach(UProbeAttachLocation::Symbol("free"), libc, scope)
+            .with_context(|| format!("failed to attach to free in {}", libc.display()))?;
+        hooked.push("free");
+        self.hooked.insert(pid, hooked.clone());
+        Ok(hooked)
+    }
+
+    pub fn hooked(&self, pid: u32) -> &[&'static str] {
+        self.hooked.get(&pid).map_or(&[], Vec::as_slice)
+    }
+
+    fn map(&self, name: &str) -> anyhow::Result<&aya::maps::Map> {
+        self.ebpf
+            .map(name)
+            .ok_or_else(|| anyhow!("eBPF object lacks map {name}"))
+    }
+
+    /// Read per-site totals, counters, and the age of the oldest outstanding block per site.
+    pub fn read(&self) -> anyhow::Result<MapsReading> {
+        let mut reading = MapsReading::default();
+
+        let sites: PerCpuHashMap<&MapData, SiteKey, SiteStats> =
+            PerCpuHashMap::try_from(self.map("SITES")?)?;
+        for entry in sites.iter() {
+            // An entry deleted while we iterate is simply skipped.
+            let Ok((key, per_cpu)) = entry else { continue };
+            let mut total = SiteStats::default();
+            for value in per_cpu.iter() {
+                total.add(value);
+            }
+            reading.sites.push((key, total));
+        }
+
+        let counters: PerCpuHashMap<&MapData, u32, PidCounters> =
+            PerCpuHashMap::try_from(self.map("COUNTERS")?)?;
+        for entry in counters.iter() {
+            let Ok((tgid, per_cpu)) = entry else { continue };
+            let total = reading.counters.entry(tgid).or_default();
+            for value in per_cpu.iter() {
+                total.add(value);
+            }
+        }
+
+        let allocs: BpfHashMap<&MapData, AllocKey, AllocInfo> =
+            BpfHashMap::try_from(self.map("ALLOCS")?)?;
+        for entry in allocs.iter() {
+            let Ok((_, info)) = entry else { continue };
+            let slot = reading.oldest.entry(info.site).or_insert((0, u64::MAX));
+            slot.0 += 1;
+            slot.1 = slot.1.min(info.timestamp_ns);
+        }
+        Ok(reading)
+    }
+
+    /// The user stack of a site (instruction pointers, innermost first).
+    pub fn stack(&self, stack_id: u32) -> Option<Vec<u64>> {
+        if stack_id == NO_STACK {
+            return None;
+        }
+        let stacks = StackTraceMap::<&MapData>::try_from(self.map("STACKS").ok()?).ok()?;
+        let trace = stacks.get(&stack_id, 0).ok()?;
+        Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+}
+
+/// Names of the functions an ELF file exports (dynamic symbol table).
+fn exported_functions(path: &Path) -> anyhow::Result<Vec<String>> {
+    use object::{Object as _, ObjectSymbol as _};
+    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let file = object::File::parse(&*data)
+        .with_context(|| format!("{} is not an ELF file", path.display()))?;
+    Ok(file
+        .dynamic_symbols()
+        .filter(|s| s.is_definition())
+        .filter_map(|s| s.name().ok())
+        // Versioned names ("malloc@@GLIBC_2.2.5") keep only the base name.
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .collect())
+}
+
+/// CLOCK_MONOTONIC now, in the same time base as `bpf_ktime_get_ns`.
+pub fn monotonic_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// Unused path helper kept for symmetry with the symbolizer's needs.
+pub fn host_path(pid: u32, path: &Path) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
+}

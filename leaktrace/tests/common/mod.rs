@@ -1,0 +1,228 @@
+//! Helpers for the privileged tests: build the C fixtures, run leaktrace on them, read its JSON.
+#![allow(dead_code, reason = "each test binary uses a different subset")]
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        OnceLock,
+        mpsc::{self, Receiver},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+pub fn leaktrace_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_leaktrace")
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Privileged tests need root (CI runs as root) and a kernel with uprobes. Not being root is a
+/// failure with instructions; a kernel without uprobes is a loud skip.
+pub fn privileged() -> bool {
+    // SAFETY: no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid, 0,
+        "leaktrace's privileged tests load eBPF programs: run them as root (sudo cargo xtask test)"
+    );
+    if !Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
+        eprintln!("\n\n*** SKIPPED: this kernel has no uprobe support (CONFIG_UPROBE_EVENTS) ***\n\n");
+        return false;
+    }
+    true
+}
+
+/// Compile a fixture from tests/fixtures once per test binary.
+pub fn fixture(name: &str, extra_flags: &[&str]) -> PathBuf {
+    static BUILT: OnceLock<std::sync::Mutex<std::collections::HashMap<String, PathBuf>>> =
+        OnceLock::new();
+    let built = BUILT.get_or_init(Default::default);
+    let mut built = built.lock().expect("fixture lock");
+    let key = format!("{name} {}", extra_flags.join(" "));
+    if let Some(path) = built.get(&key) {
+        return path.clone();
+    }
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
+    std::fs::create_dir_all(&dir).expect("fixture dir");
+    let suffix = if extra_flags.is_empty() { String::new() } else { format!("-{}", built.len()) };
+    let output = dir.join(format!("{name}{suffix}-{}", std::process::id()));
+    let source = workspace_root().join("tests/fixtures").join(format!("{name}.c"));
+    let status = Command::new("gcc")
+        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-Wno-alloc-size-larger-than"])
+        .args(extra_flags)
+        .arg("-o")
+        .arg(&output)
+        .arg(&source)
+        .status()
+        .expect("run gcc");
+    assert!(status.success(), "gcc failed on {}", source.display());
+    built.insert(key, output.clone());
+    output
+}
+
+/// A running leaktrace whose stdout/stderr lines are collected as they come.
+pub struct Run {
+    pub child: Child,
+    pub stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    pub seen: Vec<String>,
+}
+
+impl Run {
+    pub fn start(args: &[&str]) -> Run {
+        let mut child = Command::new(leaktrace_bin())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start leaktrace");
+        let (tx, rx) = mpsc::channel();
+        let out = child.stdout.take().expect("stdout");
+        let err = child.stderr.take().expect("stderr");
+        for stream in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stream).lines().map_while(Result::ok) {
+                    if tx.send(line).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        let stdin = child.stdin.take();
+        Run { child, stdin, lines: rx, seen: Vec::new() }
+    }
+
+    /// Wait for a line containing `needle` (from leaktrace or the traced command).
+    pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => {
+                    let _ = self.child.kill();
+                    panic!("no line containing {needle:?} within {timeout:?}; saw:\n{}", self.seen.join("\n"));
+                }
+            }
+        }
+    }
+
+    pub fn send_line(&mut self) {
+        if let Some(stdin) = self.stdin.as_mut() {
+            let _ = stdin.write_all(b"\n");
+            let _ = stdin.flush();
+        }
+    }
+
+    /// Wait for exit; returns the status code and every output line.
+    pub fn finish(mut self, timeout: Duration) -> (i32, Vec<String>) {
+        self.stdin.take();
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("leaktrace did not exit within {timeout:?}; saw:\n{}", self.seen.join("\n"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Drain what the reader threads still hold.
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.seen.push(line);
+        }
+        (status.code().unwrap_or(-1), self.seen)
+    }
+}
+
+/// Launch `fixture mode` under leaktrace, let it finish its work, release it, and return the
+/// final JSON snapshot.
+pub fn trace_fixture(mode: &str, extra: &[&str]) -> Value {
+    let fixture = fixture("alloc_patterns", &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("snapshot.json");
+    let json_arg = json.to_str().expect("utf-8 path");
+    let fixture_arg = fixture.to_str().expect("utf-8 path");
+    let mut args = vec!["--interval", "300ms", "--json", json_arg];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", fixture_arg, mode]);
+    let mut run = Run::start(&args);
+    run.wait_for(&format!("finished {mode}"), Duration::from_secs(30));
+    // Let leaktrace see the process alive once more (mappings, a sample) before it exits.
+    std::thread::sleep(Duration::from_millis(400));
+    run.send_line();
+    let (code, lines) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "leaktrace failed:\n{}", lines.join("\n"));
+    let snapshot: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("final JSON exists")).expect("JSON parses");
+    validate_schema(&snapshot);
+    snapshot
+}
+
+pub fn validate_schema(snapshot: &Value) {
+    static SCHEMA: OnceLock<jsonschema::Validator> = OnceLock::new();
+    let validator = SCHEMA.get_or_init(|| {
+        let text = std::fs::read_to_string(workspace_root().join("docs/leaktrace-1.schema.json"))
+            .expect("schema file");
+        let schema: Value = serde_json::from_str(&text).expect("schema parses");
+        jsonschema::validator_for(&schema).expect("schema compiles")
+    });
+    let errors: Vec<String> = validator.iter_errors(snapshot).map(|e| format!("{e} at {}", e.instance_path())).collect();
+    assert!(errors.is_empty(), "snapshot does not match docs/leaktrace-1.schema.json: {errors:#?}");
+}
+
+pub fn only_process(snapshot: &Value) -> &Value {
+    let processes = snapshot["processes"].as_array().expect("processes");
+    assert_eq!(processes.len(), 1, "{snapshot:#}");
+    &processes[0]
+}
+
+/// The name of the innermost named frame of a site.
+pub fn top_function(site: &Value) -> Option<&str> {
+    site["frames"]
+        .as_array()?
+        .iter()
+        .find_map(|f| f["function"].as_str())
+}
+
+/// (outstanding bytes, outstanding count, allocated count, freed count) summed over the sites
+/// whose innermost named frame is `function`.
+pub fn totals_for(process: &Value, function: &str) -> (u64, u64, u64, u64) {
+    let mut totals = (0, 0, 0, 0);
+    for site in process["sites"].as_array().expect("sites") {
+        if top_function(site) == Some(function) {
+            totals.0 += site["outstanding_bytes"].as_u64().expect("u64");
+            totals.1 += site["outstanding_count"].as_u64().expect("u64");
+            totals.2 += site["allocated_count"].as_u64().expect("u64");
+            totals.3 += site["freed_count"].as_u64().expect("u64");
+        }
+    }
+    totals
+}
+
+pub fn function_names(site: &Value) -> Vec<&str> {
+    site["frames"]
+        .as_array()
+        .map(|frames| frames.iter().filter_map(|f| f["function"].as_str()).collect())
+        .unwrap_or_default()
+}

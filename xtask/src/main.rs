@@ -1,0 +1,313 @@
+//! Orchestration for leaktrace: `setup` (what a fresh machine lacks), `test`, `demo`, `bench`.
+//! Cargo still builds everything; this only installs prerequisites and runs things in order.
+use std::{
+    env,
+    ffi::OsString,
+    fs,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+};
+
+use anyhow::{Context as _, bail};
+use clap::{Parser, Subcommand};
+
+mod bench;
+
+/// Toolchain pinned in rust-toolchain.toml, and the LLVM its rustc ships.
+const TOOLCHAIN: &str = "1.95.0";
+const TOOLCHAIN_LLVM_LIB: &str = "LLVM-22-rust-1.95.0-stable";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+const BPF_LINKER_LLVM_FEATURE: &str = "llvm-22";
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Xtask {
+    #[command(subcommand)]
+    command: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and running leaktrace needs (idempotent).
+    Setup,
+    /// Set up, then run formatting and lint checks and every test (privileged ones included).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(last = true)]
+        cargo_test_args: Vec<OsString>,
+    },
+    /// Set up, build, and trace the bundled leaking demo service.
+    Demo {
+        /// Extra leaktrace options (e.g. `--interval 1s`).
+        #[arg(last = true)]
+        leaktrace_args: Vec<OsString>,
+    },
+    /// Measure ns per malloc+free pair untraced, under leaktrace and under peer tracers.
+    Bench {
+        #[arg(long, default_value_t = 5_000_000)]
+        iterations: u64,
+        #[arg(long, default_value_t = 3)]
+        repeats: u32,
+    },
+}
+
+fn main() {
+    if let Err(err) = run(Xtask::parse()) {
+        eprintln!("xtask: error: {err:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(xtask: Xtask) -> anyhow::Result<()> {
+    let root = workspace_root();
+    env::set_current_dir(&root).context("cannot enter the workspace")?;
+    prepend_cargo_bin_to_path();
+    match xtask.command {
+        Task::Setup => setup(),
+        Task::Test { cargo_test_args } => {
+            setup()?;
+            cargo(&["fmt", "--all", "--check"])?;
+            cargo(&[
+                "clippy",
+                "--workspace",
+                "--exclude",
+                "leaktrace-ebpf",
+                "--all-targets",
+                "--",
+                "-D",
+                "warnings",
+            ])?;
+            let mut args: Vec<OsString> = vec!["test".into(), "--workspace".into()];
+            if !cargo_test_args.is_empty() {
+                args.push("--".into());
+                args.extend(cargo_test_args);
+            }
+            run_checked(Command::new(cargo_bin()).args(&args))
+        }
+        Task::Demo { leaktrace_args } => {
+            setup()?;
+            cargo(&["build", "--release", "--package", "leaktrace"])?;
+            let demo_dir = root.join("target/demo");
+            fs::create_dir_all(&demo_dir)?;
+            let service = demo_dir.join("leaky-service");
+            compile_c(&root.join("demo/leaky_service.c"), &service, &[])?;
+            let json = demo_dir.join("leaktrace-demo.json");
+            println!("xtask: tracing the demo service for 15 s; the JSON report goes to {}", json.display());
+            let mut leaktrace = Command::new(root.join("target/release/leaktrace"));
+            leaktrace.args(["--interval", "3s", "--json"]).arg(&json);
+            leaktrace.args(&leaktrace_args);
+            leaktrace.arg("--").arg(&service).arg("15");
+            run_checked(&mut leaktrace)?;
+            println!("xtask: JSON report written to {}", json.display());
+            Ok(())
+        }
+        Task::Bench {
+            iterations,
+            repeats,
+        } => {
+            setup()?;
+            cargo(&["build", "--release", "--package", "leaktrace"])?;
+            let out_dir = root.join("target/bench");
+            fs::create_dir_all(&out_dir)?;
+            bench::run(
+                &root,
+                &root.join("target/release/leaktrace"),
+                &out_dir,
+                &bench::BenchArgs {
+                    iterations,
+                    repeats,
+                },
+            )
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn cargo_home() -> PathBuf {
+    env::var_os("CARGO_HOME")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cargo")))
+        .unwrap_or_else(|| PathBuf::from("/root/.cargo"))
+}
+
+fn cargo_bin() -> OsString {
+    env::var_os("CARGO").unwrap_or_else(|| "cargo".into())
+}
+
+/// bpf-linker is installed into cargo's bin directory; make sure the eBPF build finds it.
+fn prepend_cargo_bin_to_path() {
+    let bin = cargo_home().join("bin");
+    let mut paths: Vec<PathBuf> = env::var_os("PATH")
+        .map(|p| env::split_paths(&p).collect())
+        .unwrap_or_default();
+    if !paths.contains(&bin) {
+        paths.insert(0, bin);
+        if let Ok(joined) = env::join_paths(paths) {
+            // SAFETY (edition 2021: safe fn): xtask is single-threaded here.
+            env::set_var("PATH", joined);
+        }
+    }
+}
+
+fn cargo(args: &[&str]) -> anyhow::Result<()> {
+    run_checked(Command::new(cargo_bin()).args(args))
+}
+
+fn run_checked(command: &mut Command) -> anyhow::Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("cannot run {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed ({status})");
+    }
+    Ok(())
+}
+
+fn output_of(command: &mut Command) -> Option<String> {
+    let output = command.stderr(Stdio::null()).output().ok()?;
+    output
+        .status
+        .success()
+        .then(|| String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+pub fn compile_c(source: &Path, output: &Path, extra: &[&str]) -> anyhow::Result<()> {
+    run_checked(
+        Command::new("gcc")
+            .args(["-O0", "-g", "-fno-omit-frame-pointer"])
+            .args(extra)
+            .arg("-o")
+            .arg(output)
+            .arg(source),
+    )
+    .with_context(|| format!("cannot compile {}", source.display()))
+}
+
+fn setup() -> anyhow::Result<()> {
+    ensure_toolchain()?;
+    ensure_bpf_linker()?;
+    ensure_tracefs();
+    ensure_commands(&[("gcc", "gcc")])?;
+    Ok(())
+}
+
+fn ensure_toolchain() -> anyhow::Result<()> {
+    let installed = output_of(Command::new("rustup").args([
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        TOOLCHAIN,
+    ]));
+    let has_src = installed
+        .as_deref()
+        .is_some_and(|list| list.lines().any(|l| l.starts_with("rust-src")));
+    if has_src {
+        return Ok(());
+    }
+    println!("xtask: installing toolchain {TOOLCHAIN} with rust-src");
+    run_checked(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        TOOLCHAIN,
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src,rustfmt,clippy",
+    ]))
+    .with_context(|| {
+        format!("cannot install Rust {TOOLCHAIN} with rust-src, which the eBPF build needs")
+    })
+}
+
+/// bpf-linker must be built against the LLVM of the toolchain that compiles the eBPF crate;
+/// that toolchain ships its LLVM as a shared library, which we link instead of a system LLVM.
+fn ensure_bpf_linker() -> anyhow::Result<()> {
+    let linker = cargo_home().join("bin/bpf-linker");
+    let version_ok = output_of(Command::new(&linker).arg("--version"))
+        .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    let llvm_ok = output_of(Command::new("ldd").arg(&linker)).is_some_and(|libs| {
+        libs.lines()
+            .any(|l| l.contains(TOOLCHAIN_LLVM_LIB) && !l.contains("not found"))
+    });
+    if version_ok && llvm_ok {
+        return Ok(());
+    }
+    let sysroot = output_of(Command::new("rustc").args([
+        &format!("+{TOOLCHAIN}"),
+        "--print",
+        "sysroot",
+    ]))
+    .context("cannot find the pinned toolchain's sysroot")?;
+    let llvm_dir = Path::new(sysroot.trim()).join("lib");
+    if !llvm_dir.join(format!("lib{TOOLCHAIN_LLVM_LIB}.so")).exists() {
+        bail!(
+            "the toolchain {TOOLCHAIN} has no lib{TOOLCHAIN_LLVM_LIB}.so in {}; cannot build bpf-linker",
+            llvm_dir.display()
+        );
+    }
+    println!("xtask: building bpf-linker {BPF_LINKER_VERSION} against {TOOLCHAIN_LLVM_LIB} (about a minute)");
+    let rustflags = format!(
+        "-L {dir} -l dylib={TOOLCHAIN_LLVM_LIB} -C link-arg=-Wl,-rpath,{dir}",
+        dir = llvm_dir.display()
+    );
+    run_checked(
+        Command::new(cargo_bin())
+            .arg(format!("+{TOOLCHAIN}"))
+            .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
+            .args(["--locked", "--force", "--no-default-features", "--features"])
+            .arg(format!("{BPF_LINKER_LLVM_FEATURE},no-llvm-linking"))
+            .env("RUSTFLAGS", rustflags)
+            // Build outside the workspace so its rust-toolchain.toml and target dir stay out of it.
+            .current_dir(env::temp_dir()),
+    )
+    .context("cannot build bpf-linker")
+}
+
+/// Tracepoints (used by later features and by peer tools) need tracefs.
+fn ensure_tracefs() {
+    let tracing = Path::new("/sys/kernel/tracing");
+    if tracing.join("events").exists() || Path::new("/sys/kernel/debug/tracing/events").exists() {
+        return;
+    }
+    let mounted = Command::new("mount")
+        .args(["-t", "tracefs", "tracefs"])
+        .arg(tracing)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        eprintln!("xtask: warning: cannot mount tracefs on /sys/kernel/tracing (not root?)");
+    }
+}
+
+/// Install Debian packages for commands that are missing.
+pub fn ensure_commands(commands: &[(&str, &str)]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = commands
+        .iter()
+        .filter(|(command, _)| !command_exists(command))
+        .map(|(_, package)| *package)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing {}", missing.join(" "));
+    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
+    run_checked(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+}
+
+pub fn command_exists(command: &str) -> bool {
+    env::var_os("PATH").is_some_and(|paths| {
+        env::split_paths(&paths).any(|dir| dir.join(command).is_file())
+    })
+}
