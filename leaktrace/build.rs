@@ -1,7 +1,7 @@
 //! Builds the eBPF programs (`leaktrace-ebpf`, target bpfel-unknown-none) into OUT_DIR with the
 //! workspace's pinned toolchain. `cargo xtask setup` installs what this needs (rust-src,
 //! bpf-linker built against that toolchain's LLVM).
-use anyhow::{Context as _, anyhow};
+use anyhow::{anyhow, Context as _};
 
 /// The toolchain pinned in rust-toolchain.toml; the eBPF build must use the LLVM that
 /// bpf-linker was built against.

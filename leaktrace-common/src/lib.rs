@@ -136,7 +136,9 @@ pub struct PidCounters {
 
 impl PidCounters {
     pub fn add(&mut self, other: &PidCounters) {
-        self.dropped_allocations = self.dropped_allocations.wrapping_add(other.dropped_allocations);
+        self.dropped_allocations = self
+            .dropped_allocations
+            .wrapping_add(other.dropped_allocations);
         self.stack_errors = self.stack_errors.wrapping_add(other.stack_errors);
         self.lost_events = self.lost_events.wrapping_add(other.lost_events);
         self.unknown_frees = self.unknown_frees.wrapping_add(other.unknown_frees);

@@ -2,18 +2,18 @@
 //! cookie says which one and how to read its arguments), one return program records the result,
 //! one entry program handles `free`.
 use aya_ebpf::{
-    EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_get_attach_cookie,
     },
     macros::{uprobe, uretprobe},
-    programs::{ProbeContext, RetProbeContext, tracing::StackIdContext as _},
+    programs::{tracing::StackIdContext as _, ProbeContext, RetProbeContext},
+    EbpfContext,
 };
 use leaktrace_common::{
-    AllocFn, AllocInfo, AllocKey, INFLIGHT_HAS_OLD, InflightCall, NO_STACK, PidCounters,
-    SiteKey, SiteStats,
+    AllocFn, AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats, INFLIGHT_HAS_OLD,
+    NO_STACK,
 };
 
 use crate::maps::{ALLOCS, COUNTERS, INFLIGHT, SITES, STACKS};
@@ -46,7 +46,11 @@ fn mul_no_overflow(a: u64, b: u64) -> Option<u64> {
         return None;
     }
     let product = (cross << 32).wrapping_add(low);
-    if product < low { None } else { Some(product) }
+    if product < low {
+        None
+    } else {
+        Some(product)
+    }
 }
 
 #[inline(always)]

@@ -1,7 +1,7 @@
 //! Command-line interface.
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 
 /// Exact eBPF memory-leak tracer: outstanding allocations by call stack, live, for running
 /// processes or a command it launches.
@@ -28,6 +28,15 @@ pub struct Cli {
     #[arg(long, value_name = "PATH")]
     pub json: Option<PathBuf>,
 
+    /// What counts as work processed, for the growth slope per MiB (from /proc/PID/io).
+    #[arg(long, value_name = "WHAT", value_enum, default_value_t = Processed::Both)]
+    pub processed: Processed,
+
+    /// Count only allocations at least this old in a site's aged outstanding bytes (the growth
+    /// classification requires old allocations to keep surviving).
+    #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_min_age)]
+    pub min_age: Duration,
+
     /// How many sites the periodic table shows per process.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
@@ -43,6 +52,25 @@ pub struct Cli {
     /// Command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// Which /proc/PID/io counters measure the work a process did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Processed {
+    /// rchar: bytes read (files, sockets, pipes).
+    Read,
+    /// wchar: bytes written.
+    Write,
+    /// rchar + wchar.
+    Both,
+}
+
+fn parse_min_age(text: &str) -> Result<Duration, String> {
+    if matches!(text.trim(), "0" | "0s" | "0ms") {
+        return Ok(Duration::ZERO);
+    }
+    parse_duration(text)
 }
 
 /// Parse "500ms", "5s", "2m", "1h" or a bare number of seconds.

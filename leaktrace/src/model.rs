@@ -5,6 +5,28 @@ use leaktrace_common::{PidCounters, SiteKey, SiteStats};
 
 use crate::report::Counters;
 
+/// What the outstanding-allocation map says of one site's blocks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SiteAges {
+    pub blocks: u64,
+    /// `bpf_ktime_get_ns` of the oldest block.
+    pub oldest_ns: u64,
+    /// Bytes and blocks allocated at least `--min-age` ago.
+    pub aged_bytes: u64,
+    pub aged_blocks: u64,
+}
+
+impl Default for SiteAges {
+    fn default() -> Self {
+        Self {
+            blocks: 0,
+            oldest_ns: u64::MAX,
+            aged_bytes: 0,
+            aged_blocks: 0,
+        }
+    }
+}
+
 /// One site of one process, before symbolization.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SiteTotals {
@@ -16,18 +38,21 @@ pub struct SiteTotals {
     pub freed_bytes: u64,
     pub freed_count: u64,
     pub oldest_age_s: Option<f64>,
+    /// Outstanding bytes and blocks allocated at least `--min-age` ago.
+    pub aged_outstanding_bytes: u64,
+    pub aged_outstanding_count: u64,
 }
 
 impl SiteTotals {
-    /// `oldest`: (outstanding blocks, oldest allocation timestamp) from the allocation map.
-    pub fn new(key: SiteKey, stats: &SiteStats, oldest: Option<(u64, u64)>, now_ns: u64) -> Self {
+    /// `ages`: what the outstanding-allocation map holds for this site.
+    pub fn new(key: SiteKey, stats: &SiteStats, ages: Option<SiteAges>, now_ns: u64) -> Self {
         // Per-CPU slots are read one after another while the target runs, so a free can be seen
         // before its allocation; never report that as negative memory.
         let outstanding_bytes = stats.allocated_bytes.saturating_sub(stats.freed_bytes);
         let outstanding_count = stats.allocated_count.saturating_sub(stats.freed_count);
-        let oldest_age_s = oldest
-            .filter(|(count, _)| *count > 0 && outstanding_count > 0)
-            .map(|(_, ts)| now_ns.saturating_sub(ts) as f64 / 1e9);
+        let ages = ages.unwrap_or_default();
+        let oldest_age_s = (ages.blocks > 0 && outstanding_count > 0)
+            .then(|| now_ns.saturating_sub(ages.oldest_ns) as f64 / 1e9);
         Self {
             key,
             outstanding_bytes,
@@ -37,6 +62,9 @@ impl SiteTotals {
             freed_bytes: stats.freed_bytes,
             freed_count: stats.freed_count,
             oldest_age_s,
+            // Both views are read at slightly different moments; aged can never exceed the total.
+            aged_outstanding_bytes: ages.aged_bytes.min(outstanding_bytes),
+            aged_outstanding_count: ages.aged_blocks.min(outstanding_count),
         }
     }
 
@@ -64,12 +92,12 @@ pub fn process_totals(
     pid: u32,
     sites: &[(SiteKey, SiteStats)],
     counters: &HashMap<u32, PidCounters>,
-    oldest: &HashMap<SiteKey, (u64, u64)>,
+    ages: &HashMap<SiteKey, SiteAges>,
     now_ns: u64,
 ) -> ProcessTotals {
     let mut totals = ProcessTotals::default();
     for (key, stats) in sites.iter().filter(|(k, _)| k.tgid == pid) {
-        let site = SiteTotals::new(*key, stats, oldest.get(key).copied(), now_ns);
+        let site = SiteTotals::new(*key, stats, ages.get(key).copied(), now_ns);
         totals.outstanding_bytes += site.outstanding_bytes;
         totals.outstanding_count += site.outstanding_count;
         totals.allocated_bytes += site.allocated_bytes;
@@ -106,7 +134,12 @@ mod tests {
         }
     }
 
-    fn stats(allocated_bytes: u64, allocated_count: u64, freed_bytes: u64, freed_count: u64) -> SiteStats {
+    fn stats(
+        allocated_bytes: u64,
+        allocated_count: u64,
+        freed_bytes: u64,
+        freed_count: u64,
+    ) -> SiteStats {
         SiteStats {
             allocated_bytes,
             allocated_count,
@@ -122,8 +155,16 @@ mod tests {
             (key(1, 0x20), stats(50_000, 500, 0, 0)),
             (key(2, 0x30), stats(7, 1, 0, 0)),
         ];
-        let mut oldest = HashMap::new();
-        oldest.insert(key(1, 0x20), (500, 1_000_000_000));
+        let mut ages = HashMap::new();
+        ages.insert(
+            key(1, 0x20),
+            SiteAges {
+                blocks: 500,
+                oldest_ns: 1_000_000_000,
+                aged_bytes: 30_000,
+                aged_blocks: 300,
+            },
+        );
         let counters = HashMap::from([(
             1,
             PidCounters {
@@ -131,7 +172,7 @@ mod tests {
                 ..PidCounters::default()
             },
         )]);
-        let totals = process_totals(1, &sites, &counters, &oldest, 3_500_000_000);
+        let totals = process_totals(1, &sites, &counters, &ages, 3_500_000_000);
         assert_eq!(totals.outstanding_bytes, 50_100);
         assert_eq!(totals.outstanding_count, 501);
         assert_eq!(totals.allocated_count, 510);
@@ -140,14 +181,23 @@ mod tests {
         assert_eq!(totals.sites.len(), 2);
         assert_eq!(totals.sites[0].key.caller, 0x20);
         assert_eq!(totals.sites[0].oldest_age_s, Some(2.5));
+        assert_eq!(totals.sites[0].aged_outstanding_bytes, 30_000);
+        assert_eq!(totals.sites[0].aged_outstanding_count, 300);
         assert_eq!(totals.sites[1].oldest_age_s, None);
     }
 
     #[test]
     fn a_free_seen_before_its_allocation_never_goes_negative() {
-        let site = SiteTotals::new(key(1, 1), &stats(100, 1, 200, 2), Some((0, 5)), 10);
+        let ages = SiteAges {
+            blocks: 0,
+            oldest_ns: 5,
+            aged_bytes: 100,
+            aged_blocks: 1,
+        };
+        let site = SiteTotals::new(key(1, 1), &stats(100, 1, 200, 2), Some(ages), 10);
         assert_eq!(site.outstanding_bytes, 0);
         assert_eq!(site.outstanding_count, 0);
         assert_eq!(site.oldest_age_s, None);
+        assert_eq!(site.aged_outstanding_bytes, 0);
     }
 }

@@ -9,7 +9,12 @@ use std::{
 
 use serde::{Deserialize, Serialize};
 
-use crate::{symbolize::Frame, target::ExitStatus};
+use crate::{
+    cli::Processed,
+    growth::{Growth, GrowthClass},
+    symbolize::Frame,
+    target::ExitStatus,
+};
 
 pub const SCHEMA: &str = "leaktrace/1";
 
@@ -23,6 +28,10 @@ pub struct Snapshot {
     /// `exact`: every allocation of the malloc family is traced.
     pub mode: String,
     pub interval_s: f64,
+    /// `--min-age`: sites' aged outstanding bytes count only blocks at least this old.
+    pub min_age_s: f64,
+    /// `--processed`: what `bytes_processed` and the per-MiB slopes measure.
+    pub processed: Processed,
     /// Whether this is the last snapshot of the run.
     pub complete: bool,
     pub processes: Vec<ProcessReport>,
@@ -44,6 +53,9 @@ pub struct ProcessReport {
     pub allocated_bytes: u64,
     pub allocated_count: u64,
     pub freed_count: u64,
+    /// Bytes read and/or written (per `processed`) since tracing started; None when
+    /// /proc/PID/io could not be read.
+    pub bytes_processed: Option<u64>,
     pub counters: Counters,
     /// Sorted by outstanding bytes, largest first.
     pub sites: Vec<SiteReport>,
@@ -74,6 +86,13 @@ pub struct SiteReport {
     pub freed_count: u64,
     /// Age of the oldest allocation of this site still outstanding (None when none is).
     pub oldest_age_s: Option<f64>,
+    /// Outstanding bytes and blocks allocated at least `min_age_s` ago.
+    pub aged_outstanding_bytes: u64,
+    pub aged_outstanding_count: u64,
+    /// Growth of outstanding bytes against time and work, and the verdict.
+    pub growth: Growth,
+    /// 1 = the site of this process most likely to leak (by class, slope and fit).
+    pub leak_rank: u32,
     /// Innermost first; the first frame is the allocator's caller.
     pub frames: Vec<Frame>,
 }
@@ -188,13 +207,43 @@ fn site_label(site: &SiteReport) -> String {
         })
         .collect();
     if named.is_empty() {
-        site.frames.first().map(frame_label).unwrap_or_else(|| "?".to_string())
+        site.frames
+            .first()
+            .map(frame_label)
+            .unwrap_or_else(|| "?".to_string())
     } else {
         named.join(" <- ")
     }
 }
 
-/// The periodic headless table.
+/// "+1.5 MiB", "-512 B", "n/a".
+fn human_rate(value: Option<f64>) -> String {
+    match value {
+        None => "n/a".to_string(),
+        Some(v) if v < 0.0 => format!("-{}", human_bytes((-v).round() as u64)),
+        Some(v) => format!("+{}", human_bytes(v.round() as u64)),
+    }
+}
+
+fn class_label(class: GrowthClass) -> &'static str {
+    match class {
+        GrowthClass::LeakSuspect => "LEAK?",
+        GrowthClass::Plateau => "plateau",
+        GrowthClass::Churn => "churn",
+        GrowthClass::Unknown => "-",
+    }
+}
+
+/// The better fit quality of the two slopes, for one narrow column.
+fn best_r2(growth: &Growth) -> String {
+    match (growth.r2_processed, growth.r2_time) {
+        (None, None) => "-".to_string(),
+        (a, b) => format!("{:.2}", a.unwrap_or(0.0).max(b.unwrap_or(0.0))),
+    }
+}
+
+/// The periodic headless table: per process a summary, then its sites ranked by how likely
+/// they leak (class, slope, fit), not only by size.
 pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
     let mut out = String::new();
     for process in &snapshot.processes {
@@ -204,9 +253,13 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
             (false, Some(ExitStatus::Signal(sig))) => format!(" [killed by signal {sig}]"),
             (false, None) => " [exited]".to_string(),
         };
+        let processed = process
+            .bytes_processed
+            .map(|b| format!(", {} processed", human_bytes(b)))
+            .unwrap_or_default();
         let _ = writeln!(
             out,
-            "[{:>7.1}s] pid {} ({}){state}: {} outstanding in {} blocks, {} allocations, {} frees",
+            "[{:>7.1}s] pid {} ({}){state}: {} outstanding in {} blocks, {} allocations, {} frees{processed}",
             snapshot.duration_s,
             process.pid,
             process.comm,
@@ -223,28 +276,32 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
                 c.dropped_allocations, c.stack_errors, c.lost_events, c.unknown_frees
             );
         }
-        let shown: Vec<&SiteReport> = process
+        let mut shown: Vec<&SiteReport> = process
             .sites
             .iter()
             .filter(|s| s.outstanding_count > 0)
-            .take(top)
             .collect();
         if shown.is_empty() {
             let _ = writeln!(out, "  no outstanding allocations");
             continue;
         }
+        shown.sort_by_key(|s| s.leak_rank);
+        shown.truncate(top);
         let _ = writeln!(
             out,
-            "  {:>11} {:>9} {:>11} {:>7}  SITE",
-            "OUTSTANDING", "BLOCKS", "ALLOCATED", "OLDEST"
+            "  {:>11} {:>8} {:>11} {:>11} {:>4} {:>7} {:>7}  SITE",
+            "OUTSTANDING", "BLOCKS", "PER MiB", "PER MIN", "R2", "CLASS", "OLDEST"
         );
         for site in shown {
             let _ = writeln!(
                 out,
-                "  {:>11} {:>9} {:>11} {:>7}  {}",
+                "  {:>11} {:>8} {:>11} {:>11} {:>4} {:>7} {:>7}  {}",
                 human_bytes(site.outstanding_bytes),
                 site.outstanding_count,
-                human_bytes(site.allocated_bytes),
+                human_rate(site.growth.bytes_per_mib_processed),
+                human_rate(site.growth.bytes_per_min),
+                best_r2(&site.growth),
+                class_label(site.growth.class),
                 human_age(site.oldest_age_s),
                 site_label(site)
             );
@@ -267,6 +324,19 @@ mod tests {
             freed_bytes: outstanding,
             freed_count: outstanding / 100,
             oldest_age_s: Some(3.25),
+            aged_outstanding_bytes: outstanding,
+            aged_outstanding_count: outstanding / 100,
+            growth: Growth {
+                bytes_per_mib_processed: Some(262_144.0),
+                bytes_per_min: Some(1_048_576.0),
+                r2_processed: Some(0.991),
+                r2_time: Some(0.97),
+                recent_bytes_per_min: Some(1_048_576.0),
+                recent_bytes_per_mib_processed: Some(262_144.0),
+                class: GrowthClass::LeakSuspect,
+                samples: 12,
+            },
+            leak_rank: 1,
             frames: vec![
                 Frame {
                     addr: 0x1234,
@@ -291,6 +361,8 @@ mod tests {
             duration_s: 12.5,
             mode: "exact".to_string(),
             interval_s: 5.0,
+            min_age_s: 0.0,
+            processed: Processed::Both,
             complete: false,
             processes: vec![ProcessReport {
                 pid: 42,
@@ -305,6 +377,7 @@ mod tests {
                 allocated_bytes: 100_000,
                 allocated_count: 1000,
                 freed_count: 500,
+                bytes_processed: Some(3 << 20),
                 counters: Counters {
                     unknown_frees: 3,
                     ..Counters::default()
@@ -326,10 +399,21 @@ mod tests {
     #[test]
     fn table_names_the_site_its_caller_and_the_warnings() {
         let table = render_table(&snapshot(), 10);
-        assert!(table.contains("pid 42 (leaky): 48.8 KiB outstanding in 500 blocks"), "{table}");
-        assert!(table.contains("leak_exactly (leaky.c:42) <- main"), "{table}");
+        assert!(
+            table.contains("pid 42 (leaky): 48.8 KiB outstanding in 500 blocks"),
+            "{table}"
+        );
+        assert!(
+            table.contains("leak_exactly (leaky.c:42) <- main"),
+            "{table}"
+        );
         assert!(table.contains("unknown frees 3"), "{table}");
         assert!(table.contains("3.2s"), "{table}");
+        assert!(table.contains("+256.0 KiB"), "{table}");
+        assert!(table.contains("+1.0 MiB"), "{table}");
+        assert!(table.contains("0.99"), "{table}");
+        assert!(table.contains("LEAK?"), "{table}");
+        assert!(table.contains("3.0 MiB processed"), "{table}");
     }
 
     #[test]

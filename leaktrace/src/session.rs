@@ -5,15 +5,16 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 use leaktrace_common::NO_STACK;
 use tokio::{
-    signal::unix::{SignalKind, signal},
-    time::{MissedTickBehavior, sleep_until},
+    signal::unix::{signal, SignalKind},
+    time::{sleep_until, MissedTickBehavior},
 };
 
 use crate::{
-    cli::Cli,
+    cli::{Cli, Processed},
+    growth::{self, Growth, SeriesBuffer},
     model::{self, ProcessTotals},
     report::{self, ProcessReport, SiteReport, Snapshot},
     symbolize::Symbols,
@@ -31,6 +32,44 @@ struct Traced {
     launched: bool,
     exit: Option<ExitStatus>,
     hooked: Vec<String>,
+    /// /proc/PID/io counter (per `--processed`) when tracing started, and the latest value.
+    processed_baseline: Option<u64>,
+    processed_latest: Option<u64>,
+}
+
+impl Traced {
+    fn new(process: TargetProcess, launched: bool, hooked: &[&str]) -> Self {
+        Self {
+            process,
+            alive: true,
+            launched,
+            exit: None,
+            hooked: hooked.iter().map(|s| s.to_string()).collect(),
+            processed_baseline: None,
+            processed_latest: None,
+        }
+    }
+
+    /// Bytes processed since tracing started.
+    fn bytes_processed(&self) -> Option<u64> {
+        Some(
+            self.processed_latest?
+                .saturating_sub(self.processed_baseline?),
+        )
+    }
+
+    fn sample_processed(&mut self, measure: Processed) {
+        let Some(io) = target::read_io(self.process.pid) else {
+            return;
+        };
+        let value = match measure {
+            Processed::Read => io.read_bytes,
+            Processed::Write => io.written_bytes,
+            Processed::Both => io.read_bytes.saturating_add(io.written_bytes),
+        };
+        self.processed_baseline.get_or_insert(value);
+        self.processed_latest = Some(value);
+    }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -66,13 +105,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let mut traced = Vec::new();
     for process in targets {
         let hooked = tracer.attach(process.pid, &process.libc_host_path)?;
-        traced.push(Traced {
-            process,
-            alive: true,
-            launched: false,
-            exit: None,
-            hooked: hooked.iter().map(|s| s.to_string()).collect(),
-        });
+        traced.push(Traced::new(process, false, &hooked));
     }
     if let Some((path, libc)) = launch {
         let mut child = target::spawn_paused(&path, &cli.command)?;
@@ -89,19 +122,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-        traced.push(Traced {
-            process: TargetProcess {
-                pid: child.pid,
-                comm,
-                exe: path,
-                libc_host_path: libc.clone(),
-                libc,
-            },
-            alive: true,
-            launched: true,
-            exit: None,
-            hooked: hooked.iter().map(|s| s.to_string()).collect(),
-        });
+        let process = TargetProcess {
+            pid: child.pid,
+            comm,
+            exe: path,
+            libc_host_path: libc.clone(),
+            libc,
+        };
+        traced.push(Traced::new(process, true, &hooked));
     }
     for t in &traced {
         eprintln!(
@@ -118,12 +146,18 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         symbols: Symbols::new(),
         stacks: HashMap::new(),
         traced,
+        series: HashMap::new(),
         started: Instant::now(),
         interval: cli.interval,
+        min_age: cli.min_age,
+        processed: cli.processed,
         top: cli.top,
         json: cli.json.clone(),
     };
     session.refresh_liveness();
+    for t in &mut session.traced {
+        t.sample_processed(session.processed);
+    }
     let outcome = session.sample_loop(cli.duration).await;
     session.end_launched_commands().await;
     // The final snapshot is written whatever ended the run, then the probes go with `session`.
@@ -139,8 +173,12 @@ struct Session {
     /// Stack map contents, read once per (pid, stack id): ids are never reused.
     stacks: HashMap<u32, Vec<u64>>,
     traced: Vec<Traced>,
+    /// Outstanding bytes of every site at every interval, for the growth slopes.
+    series: HashMap<leaktrace_common::SiteKey, SeriesBuffer>,
     started: Instant,
     interval: Duration,
+    min_age: Duration,
+    processed: Processed,
     top: usize,
     json: Option<PathBuf>,
 }
@@ -246,28 +284,57 @@ impl Session {
         Ok(())
     }
 
+    /// Read the maps and build a snapshot. Interval snapshots (not the final one) also add a
+    /// sample to each live site's growth series: a dead process's flat tail is not growth data.
     fn snapshot(&mut self, complete: bool) -> Snapshot {
-        let reading = match self.tracer.read() {
+        let now_ns = tracer::monotonic_ns();
+        let min_age_ns = u64::try_from(self.min_age.as_nanos()).unwrap_or(u64::MAX);
+        let reading = match self.tracer.read(now_ns, min_age_ns) {
             Ok(reading) => reading,
             Err(err) => {
                 log::warn!("cannot read the eBPF maps: {err:#}");
                 MapsReading::default()
             }
         };
-        let now_ns = tracer::monotonic_ns();
+        let t_s = self.started.elapsed().as_secs_f64();
         let mut processes = Vec::with_capacity(self.traced.len());
         for i in 0..self.traced.len() {
+            let sampling = !complete && self.traced[i].alive;
+            if sampling {
+                self.traced[i].sample_processed(self.processed);
+            }
             let pid = self.traced[i].process.pid;
-            let totals =
-                model::process_totals(pid, &reading.sites, &reading.counters, &reading.oldest, now_ns);
+            let totals = model::process_totals(
+                pid,
+                &reading.sites,
+                &reading.counters,
+                &reading.ages,
+                now_ns,
+            );
+            if sampling {
+                let processed = self.traced[i].bytes_processed().unwrap_or(0);
+                for site in &totals.sites {
+                    self.series
+                        .entry(site.key)
+                        .or_insert_with(|| SeriesBuffer::new(growth::DEFAULT_CAPACITY))
+                        .push(growth::Sample {
+                            t_s,
+                            processed_bytes: processed,
+                            outstanding_bytes: site.outstanding_bytes,
+                            aged_outstanding_bytes: site.aged_outstanding_bytes,
+                        });
+                }
+            }
             processes.push(self.process_report(i, totals));
         }
         Snapshot {
             schema: report::SCHEMA.to_string(),
             generated_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            duration_s: self.started.elapsed().as_secs_f64(),
+            duration_s: t_s,
             mode: "exact".to_string(),
             interval_s: self.interval.as_secs_f64(),
+            min_age_s: self.min_age.as_secs_f64(),
+            processed: self.processed,
             complete,
             processes,
         }
@@ -275,11 +342,30 @@ impl Session {
 
     fn process_report(&mut self, index: usize, totals: ProcessTotals) -> ProcessReport {
         let (pid, alive) = (self.traced[index].process.pid, self.traced[index].alive);
-        let sites = totals
+        let growths: Vec<Growth> = totals
             .sites
             .iter()
             .map(|site| {
-                let addrs = self.site_stack(pid, site.key.stack_id, site.key.caller);
+                let samples = self
+                    .series
+                    .get(&site.key)
+                    .map_or(&[][..], SeriesBuffer::samples);
+                growth::analyze(samples, site.allocated_bytes, growth::DEFAULT_RECENT_WINDOW)
+            })
+            .collect();
+        let mut by_likelihood: Vec<usize> = (0..growths.len()).collect();
+        growth::sort_by_leak_likelihood(&mut by_likelihood, |&i| growths.get(i));
+        let mut leak_rank = vec![0u32; growths.len()];
+        for (rank, &i) in by_likelihood.iter().enumerate() {
+            leak_rank[i] = u32::try_from(rank + 1).unwrap_or(u32::MAX);
+        }
+        let sites = totals
+            .sites
+            .iter()
+            .zip(growths)
+            .zip(leak_rank)
+            .map(|((site, growth), leak_rank)| {
+                let addrs = self.site_stack(site.key.stack_id, site.key.caller);
                 SiteReport {
                     id: site.id(),
                     outstanding_bytes: site.outstanding_bytes,
@@ -289,6 +375,10 @@ impl Session {
                     freed_bytes: site.freed_bytes,
                     freed_count: site.freed_count,
                     oldest_age_s: site.oldest_age_s,
+                    aged_outstanding_bytes: site.aged_outstanding_bytes,
+                    aged_outstanding_count: site.aged_outstanding_count,
+                    growth,
+                    leak_rank,
                     frames: self.symbols.stack_frames(pid, alive, &addrs),
                 }
             })
@@ -307,13 +397,14 @@ impl Session {
             allocated_bytes: totals.allocated_bytes,
             allocated_count: totals.allocated_count,
             freed_count: totals.freed_count,
+            bytes_processed: t.bytes_processed(),
             counters: totals.counters,
             sites,
         }
     }
 
     /// The return addresses of a site, innermost (the allocator's caller) first.
-    fn site_stack(&mut self, _pid: u32, stack_id: u32, caller: u64) -> Vec<u64> {
+    fn site_stack(&mut self, stack_id: u32, caller: u64) -> Vec<u64> {
         if stack_id == NO_STACK {
             return vec![caller];
         }

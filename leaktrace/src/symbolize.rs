@@ -11,8 +11,8 @@ use std::{
 };
 
 use blazesym::symbolize::{
-    Input, Symbolized, Symbolizer,
     source::{Elf, Source},
+    Input, Symbolized, Symbolizer,
 };
 use serde::{Deserialize, Serialize};
 
@@ -111,8 +111,24 @@ impl Symbols {
         }
         addrs
             .iter()
-            .flat_map(|a| self.frames.get(&(pid, *a)).cloned().unwrap_or_default())
+            .flat_map(|a| {
+                self.frames
+                    .get(&(pid, *a))
+                    .cloned()
+                    .unwrap_or_else(|| self.unresolved(pid, *a))
+            })
             .collect()
+    }
+
+    /// A frame whose module could not be read: module and offset only.
+    fn unresolved(&self, pid: u32, addr: u64) -> Vec<Frame> {
+        let mapping = self.mapping(pid, addr);
+        vec![Frame {
+            addr,
+            module: mapping.map(|m| m.path.display().to_string()),
+            offset: mapping.map(|m| addr - m.start + m.file_offset),
+            ..Frame::default()
+        }]
     }
 
     fn mapping(&self, pid: u32, addr: u64) -> Option<&Mapping> {
@@ -143,64 +159,58 @@ impl Symbols {
             }
         }
         for (module, entries) in by_module {
-            let readable = if alive {
-                PathBuf::from(format!("/proc/{pid}/root"))
-                    .join(module.strip_prefix("/").unwrap_or(&module))
+            // Through the process's root first (containers, a file replaced on disk since), then by
+            // the plain path: a process that is exiting no longer has a root to go through.
+            let through_root = PathBuf::from(format!("/proc/{pid}/root"))
+                .join(module.strip_prefix("/").unwrap_or(&module));
+            let candidates = if alive {
+                vec![through_root, module.clone()]
             } else {
-                module.clone()
+                vec![module.clone()]
             };
-            let build_id = self.build_id(&readable);
             // Return addresses point after the call; look up the call instruction itself.
-            let lookups: Vec<u64> = entries.iter().map(|(_, off)| off.saturating_sub(1)).collect();
-            let source = Source::Elf(Elf::new(&readable));
-            let symbolized = self
-                .symbolizer
-                .symbolize(&source, Input::FileOffset(&lookups))
-                .unwrap_or_default();
+            let lookups: Vec<u64> = entries
+                .iter()
+                .map(|(_, off)| off.saturating_sub(1))
+                .collect();
             let module_name = module.display().to_string();
-            for (i, (addr, offset)) in entries.iter().enumerate() {
-                let base = Frame {
-                    addr: *addr,
-                    module: Some(module_name.clone()),
-                    offset: Some(*offset),
-                    build_id: build_id.clone(),
-                    ..Frame::default()
-                };
-                let frames = match symbolized.get(i) {
-                    Some(Symbolized::Sym(sym)) => {
-                        let mut frames = Vec::with_capacity(1 + sym.inlined.len());
-                        // blazesym lists inlined functions outermost first.
-                        for inlined in sym.inlined.iter().rev() {
-                            let (file, line) = inlined
-                                .code_info
-                                .as_ref()
-                                .map(|c| (Some(code_file(c)), c.line))
-                                .unwrap_or((None, None));
-                            frames.push(Frame {
-                                function: Some(inlined.name.to_string()),
-                                file,
-                                line,
-                                inlined: true,
-                                ..base.clone()
-                            });
-                        }
-                        let (file, line) = sym
-                            .code_info
-                            .as_deref()
-                            .map(|c| (Some(code_file(c)), c.line))
-                            .unwrap_or((None, None));
-                        // With inlined frames present, the outer function's own location is the
-                        // call site of the outermost inlined function.
-                        frames.push(Frame {
-                            function: Some(sym.name.to_string()),
-                            file,
-                            line,
-                            ..base.clone()
-                        });
-                        frames
+            let mut resolved = None;
+            for readable in &candidates {
+                let build_id = self.build_id(readable);
+                let source = Source::Elf(Elf::new(readable));
+                match self
+                    .symbolizer
+                    .symbolize(&source, Input::FileOffset(&lookups))
+                {
+                    Ok(symbolized) => {
+                        let frames: Vec<Vec<Frame>> = entries
+                            .iter()
+                            .enumerate()
+                            .map(|(i, (addr, offset))| {
+                                let base = Frame {
+                                    addr: *addr,
+                                    module: Some(module_name.clone()),
+                                    offset: Some(*offset),
+                                    build_id: build_id.clone(),
+                                    ..Frame::default()
+                                };
+                                match symbolized.get(i) {
+                                    Some(Symbolized::Sym(sym)) => sym_frames(sym, &base),
+                                    _ => vec![base],
+                                }
+                            })
+                            .collect();
+                        resolved = Some(frames);
+                        break;
                     }
-                    _ => vec![base],
-                };
+                    Err(err) => log::debug!("cannot symbolize in {}: {err}", readable.display()),
+                }
+            }
+            // Not cached when the module could not be read at all: a later snapshot retries.
+            let Some(frames) = resolved else {
+                continue;
+            };
+            for ((addr, _), frames) in entries.iter().zip(frames) {
                 self.frames.insert((pid, *addr), frames);
             }
         }
@@ -212,6 +222,39 @@ impl Symbols {
             .or_insert_with(|| read_build_id(path))
             .clone()
     }
+}
+
+/// A symbol as frames: its inlined functions innermost first (`inlined: true`), then the
+/// function they were inlined into.
+fn sym_frames(sym: &blazesym::symbolize::Sym<'_>, base: &Frame) -> Vec<Frame> {
+    let mut frames = Vec::with_capacity(1 + sym.inlined.len());
+    // blazesym lists inlined functions outermost first.
+    for inlined in sym.inlined.iter().rev() {
+        let (file, line) = inlined
+            .code_info
+            .as_ref()
+            .map(|c| (Some(code_file(c)), c.line))
+            .unwrap_or((None, None));
+        frames.push(Frame {
+            function: Some(inlined.name.to_string()),
+            file,
+            line,
+            inlined: true,
+            ..base.clone()
+        });
+    }
+    let (file, line) = sym
+        .code_info
+        .as_deref()
+        .map(|c| (Some(code_file(c)), c.line))
+        .unwrap_or((None, None));
+    frames.push(Frame {
+        function: Some(sym.name.to_string()),
+        file,
+        line,
+        ..base.clone()
+    });
+    frames
 }
 
 fn code_file(code: &blazesym::symbolize::CodeInfo<'_>) -> String {
@@ -268,7 +311,13 @@ mod tests {
                 .is_some_and(|f| f.contains("a_function_to_find")),
             "{frames:?}"
         );
-        assert!(frame.module.as_deref().is_some_and(|m| m.contains("leaktrace")), "{frame:?}");
+        assert!(
+            frame
+                .module
+                .as_deref()
+                .is_some_and(|m| m.contains("leaktrace")),
+            "{frame:?}"
+        );
         assert!(frame.offset.is_some());
         // A second lookup, even as if the process were gone, comes from the cache.
         assert_eq!(symbols.stack_frames(pid, false, &[addr]), frames);

@@ -60,7 +60,9 @@ pub fn inspect(pid: u32) -> Result<TargetProcess, TargetError> {
         let why = explain_no_libc(&proc_dir.join("exe"));
         return Err(TargetError::NoLibc { pid, comm, why });
     };
-    let libc_host_path = proc_dir.join("root").join(libc.strip_prefix("/").unwrap_or(&libc));
+    let libc_host_path = proc_dir
+        .join("root")
+        .join(libc.strip_prefix("/").unwrap_or(&libc));
     Ok(TargetProcess {
         pid,
         comm,
@@ -74,6 +76,29 @@ pub fn read_comm(pid: u32) -> io::Result<String> {
     Ok(fs::read_to_string(format!("/proc/{pid}/comm"))?
         .trim_end()
         .to_string())
+}
+
+/// Cumulative bytes a process read and wrote (`rchar`, `wchar` of /proc/PID/io).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoCounters {
+    pub read_bytes: u64,
+    pub written_bytes: u64,
+}
+
+pub fn read_io(pid: u32) -> Option<IoCounters> {
+    parse_io(&fs::read_to_string(format!("/proc/{pid}/io")).ok()?)
+}
+
+fn parse_io(text: &str) -> Option<IoCounters> {
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+    };
+    Some(IoCounters {
+        read_bytes: field("rchar:")?,
+        written_bytes: field("wchar:")?,
+    })
 }
 
 /// Whether a process still exists (a zombie counts as gone).
@@ -116,7 +141,9 @@ fn explain_no_libc(exe: &Path) -> String {
         || file.section_by_name(".gopclntab").is_some();
     let dynamic = elf_interpreter(&file).is_some();
     match (is_go, dynamic) {
-        (true, false) => "it is a pure Go binary (statically linked, Go's own allocator)".to_string(),
+        (true, false) => {
+            "it is a pure Go binary (statically linked, Go's own allocator)".to_string()
+        }
         (false, false) => "it is a statically linked binary".to_string(),
         (_, true) => "it is dynamically linked but has not loaded libc".to_string(),
     }
@@ -136,7 +163,11 @@ pub fn resolve_program(program: &OsStr) -> Result<PathBuf, TargetError> {
     };
     if program.as_bytes().contains(&b'/') {
         let path = PathBuf::from(program);
-        return if path.exists() { Ok(path) } else { Err(not_found()) };
+        return if path.exists() {
+            Ok(path)
+        } else {
+            Err(not_found())
+        };
     }
     let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     std::env::split_paths(&path_var)
@@ -278,12 +309,15 @@ impl PausedChild {
             unsafe { libc::write(go.as_raw_fd(), byte.as_ptr().cast(), 1) };
         }
         let mut errno = [0u8; 4];
-        let mut status = fs::File::from(self.exec_status.try_clone().map_err(|source| {
-            TargetError::Spawn {
-                program: self.program.clone(),
-                source,
-            }
-        })?);
+        let mut status =
+            fs::File::from(
+                self.exec_status
+                    .try_clone()
+                    .map_err(|source| TargetError::Spawn {
+                        program: self.program.clone(),
+                        source,
+                    })?,
+            );
         match status.read(&mut errno) {
             Ok(4) => {
                 reap(self.pid);
@@ -360,6 +394,20 @@ mod tests {
     }
 
     #[test]
+    fn io_counters_parse() {
+        let io = "rchar: 4096\nwchar: 17\nsyscr: 3\nsyscw: 1\nread_bytes: 0\n";
+        assert_eq!(
+            parse_io(io),
+            Some(IoCounters {
+                read_bytes: 4096,
+                written_bytes: 17
+            })
+        );
+        assert_eq!(parse_io("rchar: 1\n"), None);
+        assert!(read_io(std::process::id()).is_some());
+    }
+
+    #[test]
     fn our_own_process_is_inspectable() {
         let me = inspect(std::process::id()).expect("inspect self");
         assert!(me.libc.ends_with("libc.so.6"), "{me:?}");
@@ -370,9 +418,15 @@ mod tests {
     #[test]
     fn missing_process_and_command_are_named() {
         let err = inspect(u32::MAX - 1).expect_err("no such pid");
-        assert_eq!(err.to_string(), format!("no process with pid {}", u32::MAX - 1));
+        assert_eq!(
+            err.to_string(),
+            format!("no process with pid {}", u32::MAX - 1)
+        );
         let err = resolve_program(OsStr::new("leaktrace-no-such-command")).expect_err("missing");
-        assert_eq!(err.to_string(), "leaktrace-no-such-command: command not found");
+        assert_eq!(
+            err.to_string(),
+            "leaktrace-no-such-command: command not found"
+        );
     }
 
     #[test]

@@ -1,20 +1,17 @@
 //! Loading the eBPF programs, attaching them to a process's allocator, and draining the maps.
-use std::{
-    collections::HashMap,
-    num::NonZeroU32,
-    path::{Path, PathBuf},
-};
+use std::{collections::HashMap, num::NonZeroU32, path::Path};
 
-use anyhow::{Context as _, anyhow, bail};
+use crate::model::SiteAges;
+use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    Ebpf, EbpfLoader,
     maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, StackTraceMap},
     programs::{
-        UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        UProbe,
     },
+    Ebpf, EbpfLoader,
 };
-use leaktrace_common::{AllocFn, AllocInfo, AllocKey, NO_STACK, PidCounters, SiteKey, SiteStats};
+use leaktrace_common::{AllocFn, AllocInfo, AllocKey, PidCounters, SiteKey, SiteStats, NO_STACK};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
 
@@ -64,8 +61,8 @@ fn has_bpf_privileges() -> bool {
 pub struct MapsReading {
     pub sites: Vec<(SiteKey, SiteStats)>,
     pub counters: HashMap<u32, PidCounters>,
-    /// Per site: (outstanding blocks seen in the allocation map, oldest timestamp in ns).
-    pub oldest: HashMap<SiteKey, (u64, u64)>,
+    /// Per site, from the outstanding-allocation map itself.
+    pub ages: HashMap<SiteKey, SiteAges>,
 }
 
 pub struct Tracer {
@@ -135,7 +132,10 @@ impl Tracer {
             self.uprobe("alloc_return")?
                 .attach(point(), libc, scope)
                 .with_context(|| {
-                    format!("failed to attach to {symbol}'s return in {}", libc.display())
+                    format!(
+                        "failed to attach to {symbol}'s return in {}",
+                        libc.display()
+                    )
                 })?;
             hooked.push(symbol);
         }
@@ -160,8 +160,9 @@ impl Tracer {
             .ok_or_else(|| anyhow!("eBPF object lacks map {name}"))
     }
 
-    /// Read per-site totals, counters, and the age of the oldest outstanding block per site.
-    pub fn read(&self) -> anyhow::Result<MapsReading> {
+    /// Read per-site totals, counters, and per site the age of the oldest outstanding block and
+    /// the bytes outstanding for at least `min_age_ns` (at `now_ns`, CLOCK_MONOTONIC).
+    pub fn read(&self, now_ns: u64, min_age_ns: u64) -> anyhow::Result<MapsReading> {
         let mut reading = MapsReading::default();
 
         let sites: PerCpuHashMap<&MapData, SiteKey, SiteStats> =
@@ -190,9 +191,13 @@ impl Tracer {
             BpfHashMap::try_from(self.map("ALLOCS")?)?;
         for entry in allocs.iter() {
             let Ok((_, info)) = entry else { continue };
-            let slot = reading.oldest.entry(info.site).or_insert((0, u64::MAX));
-            slot.0 += 1;
-            slot.1 = slot.1.min(info.timestamp_ns);
+            let ages = reading.ages.entry(info.site).or_default();
+            ages.blocks += 1;
+            ages.oldest_ns = ages.oldest_ns.min(info.timestamp_ns);
+            if now_ns.saturating_sub(info.timestamp_ns) >= min_age_ns {
+                ages.aged_bytes += info.size;
+                ages.aged_blocks += 1;
+            }
         }
         Ok(reading)
     }
@@ -232,9 +237,4 @@ pub fn monotonic_ns() -> u64 {
     // SAFETY: valid out-pointer.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// Unused path helper kept for symmetry with the symbolizer's needs.
-pub fn host_path(pid: u32, path: &Path) -> PathBuf {
-    PathBuf::from(format!("/proc/{pid}/root")).join(path.strip_prefix("/").unwrap_or(path))
 }

@@ -6,7 +6,10 @@ use std::process::Command;
 use common::*;
 
 fn leaktrace(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(leaktrace_bin()).args(args).output().expect("run leaktrace");
+    let output = Command::new(leaktrace_bin())
+        .args(args)
+        .output()
+        .expect("run leaktrace");
     (
         output.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -17,8 +20,15 @@ fn leaktrace(args: &[&str]) -> (i32, String, String) {
 fn assert_one_line_error(args: &[&str], expected: &str) {
     let (code, _stdout, stderr) = leaktrace(args);
     assert_ne!(code, 0, "{args:?} should fail");
-    assert_eq!(stderr.lines().count(), 1, "one line expected for {args:?}, got:\n{stderr}");
-    assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr:?}");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one line expected for {args:?}, got:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: expected {expected:?} in {stderr:?}"
+    );
     assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
@@ -75,7 +85,10 @@ fn a_static_binary_is_refused_with_the_reason() {
     )
     .expect("ready");
     let pid = child.id().to_string();
-    assert_one_line_error(&["--pid", &pid], "maps no libc: it is a statically linked binary");
+    assert_one_line_error(
+        &["--pid", &pid],
+        "maps no libc: it is a statically linked binary",
+    );
     let _ = child.kill();
     let _ = child.wait();
 }
@@ -85,11 +98,17 @@ fn a_command_that_does_not_exist_or_cannot_run_is_one_line() {
     if !privileged() {
         return;
     }
-    assert_one_line_error(&["--", "leaktrace-no-such-command"], "leaktrace-no-such-command: command not found");
+    assert_one_line_error(
+        &["--", "leaktrace-no-such-command"],
+        "leaktrace-no-such-command: command not found",
+    );
     let dir = tempfile::tempdir().expect("tempdir");
     let not_exec = dir.path().join("data.txt");
     std::fs::write(&not_exec, "hello").expect("write");
-    assert_one_line_error(&["--", not_exec.to_str().expect("utf-8")], "not an ELF executable");
+    assert_one_line_error(
+        &["--", not_exec.to_str().expect("utf-8")],
+        "not an ELF executable",
+    );
 }
 
 #[test]
@@ -98,7 +117,12 @@ fn an_unwritable_json_path_fails_before_tracing() {
         return;
     }
     assert_one_line_error(
-        &["--json", "/nonexistent-dir/out.json", "--pid", &std::process::id().to_string()],
+        &[
+            "--json",
+            "/nonexistent-dir/out.json",
+            "--pid",
+            &std::process::id().to_string(),
+        ],
         "cannot write JSON snapshots to /nonexistent-dir/out.json",
     );
 }
@@ -110,7 +134,12 @@ fn without_privileges_the_fix_is_named() {
     }
     // Drop to nobody (65534) in the child before exec.
     let output = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+        ])
         .arg(leaktrace_bin())
         .args(["--pid", "1"])
         .output()

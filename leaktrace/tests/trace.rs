@@ -36,10 +36,20 @@ fn exact_leak_is_attributed_to_its_function_and_caller() {
     let names = function_names(site);
     assert_eq!(&names[..2], &["leak_exactly", "main"], "{names:?}");
     let first = &site["frames"][0];
-    assert!(first["file"].as_str().is_some_and(|f| f.ends_with("alloc_patterns.c")), "{first}");
+    assert!(
+        first["file"]
+            .as_str()
+            .is_some_and(|f| f.ends_with("alloc_patterns.c")),
+        "{first}"
+    );
     assert!(first["line"].as_u64().is_some_and(|l| l > 0));
-    assert!(first["module"].as_str().is_some_and(|m| m.contains("alloc_patterns")));
-    assert!(first["build_id"].as_str().is_some_and(|b| b.len() >= 16), "{first}");
+    assert!(first["module"]
+        .as_str()
+        .is_some_and(|m| m.contains("alloc_patterns")));
+    assert!(
+        first["build_id"].as_str().is_some_and(|b| b.len() >= 16),
+        "{first}"
+    );
     assert!(site["oldest_age_s"].as_f64().is_some_and(|age| age > 0.0));
     // It is the largest site.
     assert_eq!(process["sites"][0]["id"], site["id"]);
@@ -102,7 +112,18 @@ fn every_function_of_the_malloc_family_has_exact_semantics() {
         .iter()
         .filter_map(|f| f.as_str())
         .collect();
-    for f in ["malloc", "calloc", "realloc", "reallocarray", "posix_memalign", "aligned_alloc", "memalign", "valloc", "pvalloc", "free"] {
+    for f in [
+        "malloc",
+        "calloc",
+        "realloc",
+        "reallocarray",
+        "posix_memalign",
+        "aligned_alloc",
+        "memalign",
+        "valloc",
+        "pvalloc",
+        "free",
+    ] {
         assert!(hooked.contains(&f), "{f} not hooked: {hooked:?}");
     }
 }
@@ -161,7 +182,14 @@ fn attaching_to_a_running_process_counts_earlier_blocks_as_unknown_frees() {
 
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("attach.json");
-    let mut run = Run::start(&["--pid", &pid, "--interval", "200ms", "--json", json.to_str().expect("utf-8")]);
+    let mut run = Run::start(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "200ms",
+        "--json",
+        json.to_str().expect("utf-8"),
+    ]);
     run.wait_for(&format!("tracing pid {pid}"), Duration::from_secs(30));
     // Let the process do its traced work: free the 50 early blocks, leak 10 x 123.
     let mut target_stdin = target.stdin.take().expect("stdin");
@@ -188,7 +216,10 @@ fn attaching_to_a_running_process_counts_earlier_blocks_as_unknown_frees() {
     for site in process["sites"].as_array().expect("sites") {
         let allocated = site["allocated_bytes"].as_u64().expect("u64");
         let freed = site["freed_bytes"].as_u64().expect("u64");
-        assert!(freed <= allocated, "a site freed more than it allocated: {site:#}");
+        assert!(
+            freed <= allocated,
+            "a site freed more than it allocated: {site:#}"
+        );
     }
 }
 
@@ -239,13 +270,25 @@ fn json_snapshots_are_never_partial_while_rewritten() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let (parsed, distinct) = reader.join().expect("reader thread");
     assert_eq!(code, 0, "{}", lines.join("\n"));
-    assert!(distinct >= 10, "only {distinct} distinct snapshots seen ({parsed} reads)");
+    assert!(
+        distinct >= 10,
+        "only {distinct} distinct snapshots seen ({parsed} reads)"
+    );
     // The steady leak: 100 bytes every 10 ms for 2 s.
     let snapshot: serde_json::Value =
         serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
-    assert_eq!(totals_for(only_process(&snapshot), "steady_leak"), (200 * 100, 200, 200, 0));
+    assert_eq!(
+        totals_for(only_process(&snapshot), "steady_leak"),
+        (200 * 100, 200, 200, 0)
+    );
     // The periodic table named the leak while it ran.
-    assert!(lines.iter().any(|l| l.contains("steady_leak (alloc_patterns.c:")), "{}", lines.join("\n"));
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("steady_leak (alloc_patterns.c:")),
+        "{}",
+        lines.join("\n")
+    );
 }
 
 #[test]
@@ -276,7 +319,10 @@ fn duration_stops_the_run_and_ends_the_launched_command() {
         serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
     let process = only_process(&snapshot);
     assert_eq!(snapshot["complete"], true);
-    assert_eq!(process["alive"], false, "the launched command is ended with the run");
+    assert_eq!(
+        process["alive"], false,
+        "the launched command is ended with the run"
+    );
     let (bytes, count, ..) = totals_for(process, "steady_leak");
     assert!(count > 20 && bytes == count * 100, "{bytes} {count}");
 }

@@ -6,8 +6,8 @@ use std::{
     path::{Path, PathBuf},
     process::{Child, ChildStdin, Command, Stdio},
     sync::{
-        OnceLock,
         mpsc::{self, Receiver},
+        OnceLock,
     },
     time::{Duration, Instant},
 };
@@ -35,7 +35,9 @@ pub fn privileged() -> bool {
         "leaktrace's privileged tests load eBPF programs: run them as root (sudo cargo xtask test)"
     );
     if !Path::new("/sys/bus/event_source/devices/uprobe/type").exists() {
-        eprintln!("\n\n*** SKIPPED: this kernel has no uprobe support (CONFIG_UPROBE_EVENTS) ***\n\n");
+        eprintln!(
+            "\n\n*** SKIPPED: this kernel has no uprobe support (CONFIG_UPROBE_EVENTS) ***\n\n"
+        );
         return false;
     }
     true
@@ -53,11 +55,23 @@ pub fn fixture(name: &str, extra_flags: &[&str]) -> PathBuf {
     }
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixtures");
     std::fs::create_dir_all(&dir).expect("fixture dir");
-    let suffix = if extra_flags.is_empty() { String::new() } else { format!("-{}", built.len()) };
+    let suffix = if extra_flags.is_empty() {
+        String::new()
+    } else {
+        format!("-{}", built.len())
+    };
     let output = dir.join(format!("{name}{suffix}-{}", std::process::id()));
-    let source = workspace_root().join("tests/fixtures").join(format!("{name}.c"));
+    let source = workspace_root()
+        .join("tests/fixtures")
+        .join(format!("{name}.c"));
     let status = Command::new("gcc")
-        .args(["-O0", "-g", "-fno-omit-frame-pointer", "-pthread", "-Wno-alloc-size-larger-than"])
+        .args([
+            "-O0",
+            "-g",
+            "-fno-omit-frame-pointer",
+            "-pthread",
+            "-Wno-alloc-size-larger-than",
+        ])
         .args(extra_flags)
         .arg("-o")
         .arg(&output)
@@ -89,7 +103,10 @@ impl Run {
         let (tx, rx) = mpsc::channel();
         let out = child.stdout.take().expect("stdout");
         let err = child.stderr.take().expect("stderr");
-        for stream in [Box::new(out) as Box<dyn std::io::Read + Send>, Box::new(err)] {
+        for stream in [
+            Box::new(out) as Box<dyn std::io::Read + Send>,
+            Box::new(err),
+        ] {
             let tx = tx.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(stream).lines().map_while(Result::ok) {
@@ -100,7 +117,12 @@ impl Run {
             });
         }
         let stdin = child.stdin.take();
-        Run { child, stdin, lines: rx, seen: Vec::new() }
+        Run {
+            child,
+            stdin,
+            lines: rx,
+            seen: Vec::new(),
+        }
     }
 
     /// Wait for a line containing `needle` (from leaktrace or the traced command).
@@ -120,7 +142,10 @@ impl Run {
                 }
                 Err(_) => {
                     let _ = self.child.kill();
-                    panic!("no line containing {needle:?} within {timeout:?}; saw:\n{}", self.seen.join("\n"));
+                    panic!(
+                        "no line containing {needle:?} within {timeout:?}; saw:\n{}",
+                        self.seen.join("\n")
+                    );
                 }
             }
         }
@@ -143,7 +168,10 @@ impl Run {
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("leaktrace did not exit within {timeout:?}; saw:\n{}", self.seen.join("\n"));
+                panic!(
+                    "leaktrace did not exit within {timeout:?}; saw:\n{}",
+                    self.seen.join("\n")
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -158,12 +186,20 @@ impl Run {
 /// Launch `fixture mode` under leaktrace, let it finish its work, release it, and return the
 /// final JSON snapshot.
 pub fn trace_fixture(mode: &str, extra: &[&str]) -> Value {
+    trace_fixture_args(mode, "300ms", extra)
+}
+
+pub fn trace_fixture_with_interval(mode: &str, interval: &str) -> Value {
+    trace_fixture_args(mode, interval, &[])
+}
+
+fn trace_fixture_args(mode: &str, interval: &str, extra: &[&str]) -> Value {
     let fixture = fixture("alloc_patterns", &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("snapshot.json");
     let json_arg = json.to_str().expect("utf-8 path");
     let fixture_arg = fixture.to_str().expect("utf-8 path");
-    let mut args = vec!["--interval", "300ms", "--json", json_arg];
+    let mut args = vec!["--interval", interval, "--json", json_arg];
     args.extend_from_slice(extra);
     args.extend_from_slice(&["--", fixture_arg, mode]);
     let mut run = Run::start(&args);
@@ -173,8 +209,8 @@ pub fn trace_fixture(mode: &str, extra: &[&str]) -> Value {
     run.send_line();
     let (code, lines) = run.finish(Duration::from_secs(30));
     assert_eq!(code, 0, "leaktrace failed:\n{}", lines.join("\n"));
-    let snapshot: Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("final JSON exists")).expect("JSON parses");
+    let snapshot: Value = serde_json::from_slice(&std::fs::read(&json).expect("final JSON exists"))
+        .expect("JSON parses");
     validate_schema(&snapshot);
     snapshot
 }
@@ -187,8 +223,14 @@ pub fn validate_schema(snapshot: &Value) {
         let schema: Value = serde_json::from_str(&text).expect("schema parses");
         jsonschema::validator_for(&schema).expect("schema compiles")
     });
-    let errors: Vec<String> = validator.iter_errors(snapshot).map(|e| format!("{e} at {}", e.instance_path())).collect();
-    assert!(errors.is_empty(), "snapshot does not match docs/leaktrace-1.schema.json: {errors:#?}");
+    let errors: Vec<String> = validator
+        .iter_errors(snapshot)
+        .map(|e| format!("{e} at {}", e.instance_path()))
+        .collect();
+    assert!(
+        errors.is_empty(),
+        "snapshot does not match docs/leaktrace-1.schema.json: {errors:#?}"
+    );
 }
 
 pub fn only_process(snapshot: &Value) -> &Value {
@@ -223,6 +265,11 @@ pub fn totals_for(process: &Value, function: &str) -> (u64, u64, u64, u64) {
 pub fn function_names(site: &Value) -> Vec<&str> {
     site["frames"]
         .as_array()
-        .map(|frames| frames.iter().filter_map(|f| f["function"].as_str()).collect())
+        .map(|frames| {
+            frames
+                .iter()
+                .filter_map(|f| f["function"].as_str())
+                .collect()
+        })
         .unwrap_or_default()
 }
