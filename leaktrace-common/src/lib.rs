@@ -169,13 +169,67 @@ pub struct InflightCall {
     pub flags: u32,
     /// Whether `size` overflowed (calloc/reallocarray): the call must fail.
     pub overflow: u32,
+    /// Heap syscalls (brk, mmap, ...) this call made; its site is reported if non-zero.
+    pub heap_events: u32,
+    pub _pad: u32,
+    /// `bpf_ktime_get_ns()` at entry: identifies the call in heap events.
+    pub entry_ns: u64,
     /// The block being reallocated, removed from the outstanding map at entry so that a
     /// concurrent allocation reusing its address is not mistaken for it; restored on failure.
     pub old: AllocInfo,
 }
 
+/// x86-64 numbers of the heap syscalls traced.
+pub const SYS_MMAP: u32 = 9;
+pub const SYS_MPROTECT: u32 = 10;
+pub const SYS_MUNMAP: u32 = 11;
+pub const SYS_BRK: u32 = 12;
+pub const SYS_MREMAP: u32 = 25;
+
+/// `HeapEvent::kind` of a record that names the site of an allocator call which made heap
+/// syscalls (sent at the call's return, when its stack is known).
+pub const HEAP_CALL_SITE: u32 = 1000;
+
+/// A heap syscall's arguments between its entry and exit tracepoints, by thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallArgs {
+    pub nr: u32,
+    pub _pad: u32,
+    pub args: [u64; 6],
+}
+
+/// One record of the heap ring buffer: a completed heap syscall of a traced process, or
+/// (`kind == HEAP_CALL_SITE`) the site of an allocator call that made heap syscalls.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HeapEvent {
+    /// Syscall number (`SYS_*`) or `HEAP_CALL_SITE`.
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// The user stack: the syscall's own (outside allocator calls) or the call's site.
+    pub stack_id: u32,
+    /// `entry_ns` of the allocator call the syscall was made in (0: none).
+    pub call_ns: u64,
+    /// The return address at the top of the user stack (the syscall wrapper's caller) or, for
+    /// `HEAP_CALL_SITE`, the allocator's caller.
+    pub caller: u64,
+    /// mmap: addr, len, prot, flags, fd; munmap: addr, len; mprotect: start, len, prot;
+    /// mremap: addr, old_len, new_len, flags, new_addr; brk: requested break.
+    pub args: [u64; 5],
+    /// The syscall's return value (brk: the new break, equal to the old one on failure).
+    pub ret: i64,
+    pub timestamp_ns: u64,
+    pub comm: [u8; 16],
+}
+
 #[cfg(feature = "user")]
 mod pod {
+    // SAFETY: #[repr(C)] integers without padding (size assertions below).
+    unsafe impl aya::Pod for super::SyscallArgs {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::HeapEvent {}
     // SAFETY: all of these are #[repr(C)] integers with no padding (checked by the size
     // assertions below), so any bit pattern is valid.
     unsafe impl aya::Pod for super::SiteKey {}
@@ -197,4 +251,6 @@ const _: () = assert!(core::mem::size_of::<AllocKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<SiteStats>() == 32);
 const _: () = assert!(core::mem::size_of::<PidCounters>() == 32);
-const _: () = assert!(core::mem::size_of::<InflightCall>() == 48 + 32);
+const _: () = assert!(core::mem::size_of::<InflightCall>() == 64 + 32);
+const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 56);
+const _: () = assert!(core::mem::size_of::<HeapEvent>() == 104);

@@ -2,9 +2,11 @@
 //! load time (`--max-allocations`, `--max-stacks`).
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuHashMap, StackTrace},
+    maps::{HashMap, PerCpuHashMap, RingBuf, StackTrace},
 };
-use leaktrace_common::{AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats};
+use leaktrace_common::{
+    AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats, SyscallArgs,
+};
 
 /// Outstanding allocations: (process, address) -> size, site, time.
 #[map]
@@ -25,3 +27,15 @@ pub static SITES: PerCpuHashMap<SiteKey, SiteStats> = PerCpuHashMap::with_max_en
 /// Per-process error counters, per CPU.
 #[map]
 pub static COUNTERS: PerCpuHashMap<u32, PidCounters> = PerCpuHashMap::with_max_entries(1 << 12, 0);
+
+/// Processes whose heap syscalls are reported (unless `TRACE_ALL` is set): tgid -> 1.
+#[map]
+pub static TRACED_PIDS: HashMap<u32, u32> = HashMap::with_max_entries(1 << 10, 0);
+
+/// Heap syscalls between their entry and exit tracepoints, by thread.
+#[map]
+pub static SYSCALLS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(1 << 14, 0);
+
+/// Completed heap syscalls and allocator-call sites, for userspace (polled on a timer).
+#[map]
+pub static HEAP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);

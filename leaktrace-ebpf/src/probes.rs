@@ -72,6 +72,10 @@ fn stack_pointer(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
     unsafe { (*regs).rsp }
 }
 
+pub fn bump_lost(tgid: u32) {
+    bump(tgid, |c| c.lost_events += 1);
+}
+
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
     try_alloc_enter(&ctx);
@@ -108,6 +112,8 @@ fn try_alloc_enter(ctx: &ProbeContext) {
     let mut call = InflightCall {
         function: function as u32,
         entry_sp: sp,
+        // SAFETY: helper without preconditions.
+        entry_ns: unsafe { bpf_ktime_get_ns() },
         ..InflightCall::default()
     };
     match function {
@@ -227,13 +233,9 @@ fn try_alloc_return(ctx: &RetProbeContext) {
         }
     }
 
-    if addr != 0 {
-        record_allocation(ctx, tgid, addr, call.size);
+    if addr == 0 && call.heap_events == 0 {
+        return;
     }
-}
-
-#[inline(always)]
-fn record_allocation(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64) {
     // At a uretprobe the instruction pointer is already the caller's return address, so the
     // frame-pointer walk starts in the caller and keeps the frame a walk from malloc's entry loses.
     // SAFETY: `regs` is the probe context.
@@ -250,6 +252,17 @@ fn record_allocation(ctx: &RetProbeContext, tgid: u32, addr: u64, size: u64) {
         stack_id,
         caller,
     };
+    if call.heap_events != 0 {
+        crate::heap::send_call_site(tgid, pid_tgid as u32, call.entry_ns, stack_id, caller);
+    }
+    if addr != 0 {
+        record_allocation(site, addr, call.size);
+    }
+}
+
+#[inline(always)]
+fn record_allocation(site: SiteKey, addr: u64, size: u64) {
+    let tgid = site.tgid;
     let key = AllocKey {
         tgid,
         _pad: 0,

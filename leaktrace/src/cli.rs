@@ -1,7 +1,7 @@
 //! Command-line interface.
 use std::{ffi::OsString, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Exact eBPF memory-leak tracer: outstanding allocations by call stack, live, for running
 /// processes or a command it launches.
@@ -9,9 +9,16 @@ use clap::{Parser, ValueEnum};
 #[command(
     name = "leaktrace",
     version,
-    after_help = "Examples:\n  sudo leaktrace --pid 9163 --json leak.json\n  sudo leaktrace --duration 30s -- ./my-server --port 8080"
+    after_help = "Examples:\n  sudo leaktrace --pid 9163 --json leak.json\n  sudo leaktrace --duration 30s -- ./my-server --port 8080\n  leaktrace report leak.json --format markdown",
+    args_conflicts_with_subcommands = true,
+    subcommand_value_name = "SUBCOMMAND",
+    subcommand_help_heading = "Post-mortem subcommands (read saved snapshots; no root needed)"
 )]
 pub struct Cli {
+    /// Read saved snapshots back instead of tracing.
+    #[command(subcommand)]
+    pub postmortem: Option<PostmortemCommand>,
+
     /// Trace this running process (repeatable).
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
@@ -49,9 +56,92 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(256..))]
     pub max_stacks: u32,
 
+    /// Watch every process's heap syscalls (brk, mmap, ...; no uprobes). The default when
+    /// neither --pid nor a command is given; with --pid, those PIDs are also traced exactly.
+    #[arg(long)]
+    pub system_wide: bool,
+
     /// Command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// Post-mortem commands: they read snapshots written by `--json` and need no privileges.
+#[derive(Debug, Subcommand)]
+pub enum PostmortemCommand {
+    /// Print a readable report of a snapshot: per process summary, counters, top sites.
+    Report(ReportArgs),
+    /// Compare two snapshots (same run or not): change of outstanding memory per site.
+    Diff(DiffArgs),
+    /// Export outstanding memory by call stack: pprof profile, folded stacks or SVG flamegraph.
+    Export(ExportArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    /// A snapshot written by `leaktrace --json`.
+    #[arg(value_name = "FILE.json")]
+    pub file: PathBuf,
+
+    /// How many sites to show per process, by leak rank.
+    #[arg(long, value_name = "N", default_value_t = 10)]
+    pub top: usize,
+
+    /// Only this process.
+    #[arg(long, value_name = "PID")]
+    pub pid: Option<u32>,
+
+    /// Only sites whose oldest outstanding block is at least this old.
+    #[arg(long, value_name = "DURATION", value_parser = parse_min_age)]
+    pub min_age: Option<Duration>,
+
+    /// text for a terminal, markdown for pasting into a ticket.
+    #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
+    pub format: ReportFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ReportFormat {
+    Text,
+    Markdown,
+}
+
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The earlier snapshot.
+    #[arg(value_name = "OLD.json")]
+    pub old: PathBuf,
+
+    /// The later snapshot (of the same run, or of another run or machine).
+    #[arg(value_name = "NEW.json")]
+    pub new: PathBuf,
+
+    /// How many sites to list per process and kind of change.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub top: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A snapshot written by `leaktrace --json`.
+    #[arg(value_name = "FILE.json")]
+    pub file: PathBuf,
+
+    /// pprof: gzip'd profile.proto for `go tool pprof`; folded: stacks for flamegraph.pl,
+    /// inferno or speedscope; svg: a flamegraph of outstanding bytes.
+    #[arg(long, value_enum)]
+    pub format: ExportFormat,
+
+    /// Where to write it (`-` for standard output).
+    #[arg(short, long, value_name = "OUT")]
+    pub output: PathBuf,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Pprof,
+    Folded,
+    Svg,
 }
 
 /// Which /proc/PID/io counters measure the work a process did.

@@ -1,11 +1,14 @@
 //! leaktrace: exact eBPF memory-leak tracing of running processes or a launched command.
 pub mod cli;
 pub mod growth;
+pub mod heap;
 pub mod model;
+pub mod postmortem;
 pub mod report;
 pub mod session;
 pub mod symbolize;
 pub mod target;
 pub mod tracer;
+pub mod ui;
 
 pub use session::run;

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     cli::Processed,
     growth::{Growth, GrowthClass},
+    heap::{FallbackSummary, SiteHeap},
     symbolize::Frame,
     target::ExitStatus,
 };
@@ -25,7 +26,8 @@ pub struct Snapshot {
     pub generated_at: String,
     /// Seconds since tracing started.
     pub duration_s: f64,
-    /// `exact`: every allocation of the malloc family is traced.
+    /// `exact`: every allocation of the malloc family of the targets is traced;
+    /// `system_wide`: every process's heap syscalls (plus exact tracing of any --pid).
     pub mode: String,
     pub interval_s: f64,
     /// `--min-age`: sites' aged outstanding bytes count only blocks at least this old.
@@ -45,6 +47,8 @@ pub struct ProcessReport {
     pub alive: bool,
     /// How a launched command ended, when leaktrace saw it end.
     pub exit: Option<ExitStatus>,
+    /// Whether its malloc family is traced (uprobes); system-wide rows have heap data only.
+    pub exact: bool,
     /// The allocator library hooked, as the process names it.
     pub libc: String,
     pub hooked_functions: Vec<String>,
@@ -56,9 +60,35 @@ pub struct ProcessReport {
     /// Bytes read and/or written (per `processed`) since tracing started; None when
     /// /proc/PID/io could not be read.
     pub bytes_processed: Option<u64>,
+    /// The heap as the kernel sees it: program break, anonymous mappings, fallbacks, RSS.
+    pub heap: Option<HeapReport>,
     pub counters: Counters,
     /// Sorted by outstanding bytes, largest first.
     pub sites: Vec<SiteReport>,
+}
+
+/// Per-process heap state (`leaktrace/1`, `heap` object).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeapReport {
+    /// Current program break minus the start of the heap.
+    pub brk_bytes: u64,
+    pub brk_calls: u64,
+    /// brk calls that could not move the break (each failed heap extension costs one).
+    pub brk_failures: u64,
+    /// Anonymous mmaps malloc made after a failed brk in the same call.
+    pub fallback_mmaps: FallbackSummary,
+    /// Writable anonymous mappings made since tracing started and still mapped.
+    pub anon_mmap_outstanding_bytes: u64,
+    /// Anonymous address space reserved without write permission (PROT_NONE arenas, Go heap).
+    pub anon_reserved_bytes: u64,
+    pub rss_bytes: Option<u64>,
+    pub vm_data_bytes: Option<u64>,
+    /// RSS now minus RSS when tracing started.
+    pub rss_growth_bytes: Option<i64>,
+    /// Share of the RSS growth that outstanding traced allocations account for (exact mode).
+    pub explained_share: Option<f64>,
+    /// Heap syscalls seen.
+    pub events: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +123,9 @@ pub struct SiteReport {
     pub growth: Growth,
     /// 1 = the site of this process most likely to leak (by class, slope and fit).
     pub leak_rank: u32,
+    /// fallback_mmap_count, fallback_mmap_bytes, direct_mmap_bytes, anon_mmap_bytes.
+    #[serde(flatten)]
+    pub heap: SiteHeap,
     /// Innermost first; the first frame is the allocator's caller.
     pub frames: Vec<Frame>,
 }
@@ -268,6 +301,41 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
             process.allocated_count,
             process.freed_count,
         );
+        if let Some(heap) = &process.heap {
+            let fallbacks = &heap.fallback_mmaps;
+            let _ = writeln!(
+                out,
+                "  heap: brk {} ({} calls, {} failed), anon mmaps {} (+{} reserved), RSS {}{}",
+                human_bytes(heap.brk_bytes),
+                heap.brk_calls,
+                heap.brk_failures,
+                human_bytes(heap.anon_mmap_outstanding_bytes),
+                human_bytes(heap.anon_reserved_bytes),
+                heap.rss_bytes
+                    .map_or_else(|| "n/a".to_string(), human_bytes),
+                heap.explained_share
+                    .map(|s| format!(
+                        ", {:.0}% of its growth explained by outstanding blocks",
+                        s * 100.0
+                    ))
+                    .unwrap_or_default(),
+            );
+            if fallbacks.count > 0 {
+                let sizes: Vec<String> = fallbacks
+                    .chunk_sizes
+                    .iter()
+                    .map(|c| format!("{} x {}", c.count, human_bytes(c.bytes)))
+                    .collect();
+                let _ = writeln!(
+                    out,
+                    "  WARNING: malloc mmap fallback: {} chunks, {} ({}) after {} failed brk calls: something is mapped above the program break",
+                    fallbacks.count,
+                    human_bytes(fallbacks.bytes),
+                    sizes.join(", "),
+                    heap.brk_failures
+                );
+            }
+        }
         let c = &process.counters;
         if c.any() {
             let _ = writeln!(
@@ -337,6 +405,11 @@ mod tests {
                 samples: 12,
             },
             leak_rank: 1,
+            heap: SiteHeap {
+                fallback_mmap_count: 2,
+                fallback_mmap_bytes: (1 << 20) + 135_168,
+                ..SiteHeap::default()
+            },
             frames: vec![
                 Frame {
                     addr: 0x1234,
@@ -370,6 +443,7 @@ mod tests {
                 exe: "/usr/bin/leaky".to_string(),
                 alive: true,
                 exit: None,
+                exact: true,
                 libc: "/lib/x86_64-linux-gnu/libc.so.6".to_string(),
                 hooked_functions: vec!["malloc".to_string(), "free".to_string()],
                 outstanding_bytes: 50_000,
@@ -378,6 +452,28 @@ mod tests {
                 allocated_count: 1000,
                 freed_count: 500,
                 bytes_processed: Some(3 << 20),
+                heap: Some(HeapReport {
+                    brk_bytes: 135_168,
+                    brk_calls: 9,
+                    brk_failures: 2,
+                    fallback_mmaps: FallbackSummary {
+                        count: 2,
+                        bytes: (1 << 20) + 135_168,
+                        chunk_sizes: vec![
+                            crate::heap::ChunkSize {
+                                bytes: 1 << 20,
+                                count: 1,
+                            },
+                            crate::heap::ChunkSize {
+                                bytes: 135_168,
+                                count: 1,
+                            },
+                        ],
+                    },
+                    anon_mmap_outstanding_bytes: (1 << 20) + 135_168,
+                    rss_bytes: Some(4 << 20),
+                    ..HeapReport::default()
+                }),
                 counters: Counters {
                     unknown_frees: 3,
                     ..Counters::default()
@@ -414,6 +510,10 @@ mod tests {
         assert!(table.contains("0.99"), "{table}");
         assert!(table.contains("LEAK?"), "{table}");
         assert!(table.contains("3.0 MiB processed"), "{table}");
+        assert!(
+            table.contains("WARNING: malloc mmap fallback: 2 chunks, 1.1 MiB (1 x 1.0 MiB, 1 x 132.0 KiB) after 2 failed brk calls"),
+            "{table}"
+        );
     }
 
     #[test]

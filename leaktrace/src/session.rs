@@ -15,8 +15,9 @@ use tokio::{
 use crate::{
     cli::{Cli, Processed},
     growth::{self, Growth, SeriesBuffer},
+    heap::{HeapTracker, SiteHeap},
     model::{self, ProcessTotals},
-    report::{self, ProcessReport, SiteReport, Snapshot},
+    report::{self, HeapReport, ProcessReport, SiteReport, Snapshot},
     symbolize::Symbols,
     target::{self, ExitStatus, TargetProcess},
     tracer::{self, Capacity, MapsReading, Tracer},
@@ -35,6 +36,9 @@ struct Traced {
     /// /proc/PID/io counter (per `--processed`) when tracing started, and the latest value.
     processed_baseline: Option<u64>,
     processed_latest: Option<u64>,
+    /// RSS when tracing started, and (RSS, VmData) at the latest sample.
+    rss_baseline: Option<u64>,
+    memory: Option<(u64, u64)>,
 }
 
 impl Traced {
@@ -47,6 +51,8 @@ impl Traced {
             hooked: hooked.iter().map(|s| s.to_string()).collect(),
             processed_baseline: None,
             processed_latest: None,
+            rss_baseline: None,
+            memory: None,
         }
     }
 
@@ -69,12 +75,19 @@ impl Traced {
         };
         self.processed_baseline.get_or_insert(value);
         self.processed_latest = Some(value);
+        if let Some(memory) = target::read_memory(self.process.pid) {
+            self.rss_baseline.get_or_insert(memory.0);
+            self.memory = Some(memory);
+        }
     }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    if cli.pids.is_empty() && cli.command.is_empty() {
-        bail!("nothing to trace: give --pid PID (repeatable) or -- COMMAND [ARGS...]");
+    let system_wide = cli.system_wide || (cli.pids.is_empty() && cli.command.is_empty());
+    if system_wide && !cli.command.is_empty() {
+        bail!(
+            "--system-wide and a command do not go together: launch the command in another shell"
+        );
     }
     tracer::preflight()?;
     if let Some(path) = &cli.json {
@@ -98,13 +111,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         None => None,
     };
 
-    let mut tracer = Tracer::load(Capacity {
-        max_allocations: cli.max_allocations,
-        max_stacks: cli.max_stacks,
-    })?;
+    let mut tracer = Tracer::load(
+        Capacity {
+            max_allocations: cli.max_allocations,
+            max_stacks: cli.max_stacks,
+        },
+        system_wide,
+    )?;
+    // SAFETY: sysconf has no preconditions.
+    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let mut heap = HeapTracker::new(page_size);
     let mut traced = Vec::new();
     for process in targets {
         let hooked = tracer.attach(process.pid, &process.libc_host_path)?;
+        let brk = target::read_brk(process.pid);
+        heap.register(process.pid, brk.map(|b| b.0), brk.map(|b| b.1));
         traced.push(Traced::new(process, false, &hooked));
     }
     if let Some((path, libc)) = launch {
@@ -117,6 +138,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         };
         child.release()?;
+        let brk = target::read_brk(child.pid);
+        heap.register(child.pid, brk.map(|b| b.0), brk.map(|b| b.1));
         let comm = target::read_comm(child.pid).unwrap_or_else(|_| {
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -130,6 +153,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             libc,
         };
         traced.push(Traced::new(process, true, &hooked));
+    }
+    if system_wide {
+        eprintln!("leaktrace: watching the heap syscalls of every process");
     }
     for t in &traced {
         eprintln!(
@@ -146,6 +172,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         symbols: Symbols::new(),
         stacks: HashMap::new(),
         traced,
+        others: HashMap::new(),
+        heap,
+        system_wide,
         series: HashMap::new(),
         started: Instant::now(),
         interval: cli.interval,
@@ -173,6 +202,10 @@ struct Session {
     /// Stack map contents, read once per (pid, stack id): ids are never reused.
     stacks: HashMap<u32, Vec<u64>>,
     traced: Vec<Traced>,
+    /// System-wide mode: processes seen only through their heap syscalls.
+    others: HashMap<u32, Traced>,
+    heap: HeapTracker,
+    system_wide: bool,
     /// Outstanding bytes of every site at every interval, for the growth slopes.
     series: HashMap<leaktrace_common::SiteKey, SeriesBuffer>,
     started: Instant,
@@ -201,8 +234,9 @@ impl Session {
                     next_sample += self.interval;
                 }
                 _ = liveness.tick() => {
+                    self.drain_heap_events();
                     self.refresh_liveness();
-                    if self.traced.iter().all(|t| !t.alive) {
+                    if !self.system_wide && self.traced.iter().all(|t| !t.alive) {
                         eprintln!("leaktrace: every traced process has exited");
                         return Ok(());
                     }
@@ -214,6 +248,14 @@ impl Session {
                 _ = sigterm.recv() => return Ok(()),
             }
         }
+    }
+
+    fn drain_heap_events(&mut self) {
+        let exact: std::collections::HashSet<u32> =
+            self.traced.iter().map(|t| t.process.pid).collect();
+        let heap = &mut self.heap;
+        self.tracer
+            .drain_heap_events(|event| heap.apply(event, exact.contains(&event.tgid)));
     }
 
     /// Note exits (reaping launched children for their status) and keep live processes'
@@ -287,6 +329,7 @@ impl Session {
     /// Read the maps and build a snapshot. Interval snapshots (not the final one) also add a
     /// sample to each live site's growth series: a dead process's flat tail is not growth data.
     fn snapshot(&mut self, complete: bool) -> Snapshot {
+        self.drain_heap_events();
         let now_ns = tracer::monotonic_ns();
         let min_age_ns = u64::try_from(self.min_age.as_nanos()).unwrap_or(u64::MAX);
         let reading = match self.tracer.read(now_ns, min_age_ns) {
@@ -327,11 +370,19 @@ impl Session {
             }
             processes.push(self.process_report(i, totals));
         }
+        if self.system_wide {
+            processes.extend(self.system_wide_rows());
+        }
         Snapshot {
             schema: report::SCHEMA.to_string(),
             generated_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             duration_s: t_s,
-            mode: "exact".to_string(),
+            mode: if self.system_wide {
+                "system_wide"
+            } else {
+                "exact"
+            }
+            .to_string(),
             interval_s: self.interval.as_secs_f64(),
             min_age_s: self.min_age.as_secs_f64(),
             processed: self.processed,
@@ -359,7 +410,8 @@ impl Session {
         for (rank, &i) in by_likelihood.iter().enumerate() {
             leak_rank[i] = u32::try_from(rank + 1).unwrap_or(u32::MAX);
         }
-        let sites = totals
+        let mut site_heap = self.heap.get(pid).map(|h| h.sites()).unwrap_or_default();
+        let mut sites: Vec<SiteReport> = totals
             .sites
             .iter()
             .zip(growths)
@@ -367,6 +419,7 @@ impl Session {
             .map(|((site, growth), leak_rank)| {
                 let addrs = self.site_stack(site.key.stack_id, site.key.caller);
                 SiteReport {
+                    heap: site_heap.remove(&site.key).unwrap_or_default(),
                     id: site.id(),
                     outstanding_bytes: site.outstanding_bytes,
                     outstanding_count: site.outstanding_count,
@@ -383,6 +436,36 @@ impl Session {
                 }
             })
             .collect();
+        // Sites that only made heap syscalls (the program's own mmaps, or allocator calls whose
+        // only effect was a syscall).
+        let mut heap_only: Vec<(leaktrace_common::SiteKey, SiteHeap)> =
+            site_heap.into_iter().collect();
+        heap_only.sort_by(|a, b| {
+            b.1.anon_mmap_bytes
+                .cmp(&a.1.anon_mmap_bytes)
+                .then(a.0.caller.cmp(&b.0.caller))
+        });
+        let first_rank = u32::try_from(sites.len() + 1).unwrap_or(u32::MAX);
+        for (rank, (key, heap)) in heap_only.into_iter().enumerate() {
+            let addrs = self.site_stack(key.stack_id, key.caller);
+            sites.push(SiteReport {
+                id: format!("{:x}-{}-heap", key.caller, key.stack_id),
+                outstanding_bytes: 0,
+                outstanding_count: 0,
+                allocated_bytes: 0,
+                allocated_count: 0,
+                freed_bytes: 0,
+                freed_count: 0,
+                oldest_age_s: None,
+                aged_outstanding_bytes: 0,
+                aged_outstanding_count: 0,
+                growth: growth::analyze(&[], 0, growth::DEFAULT_RECENT_WINDOW),
+                leak_rank: first_rank.saturating_add(u32::try_from(rank).unwrap_or(u32::MAX)),
+                heap,
+                frames: self.symbols.stack_frames(pid, alive, &addrs),
+            });
+        }
+        let heap = self.heap_report(pid, &self.traced[index], Some(totals.outstanding_bytes));
         let t = &self.traced[index];
         ProcessReport {
             pid,
@@ -390,6 +473,7 @@ impl Session {
             exe: t.process.exe.display().to_string(),
             alive: t.alive,
             exit: t.exit,
+            exact: true,
             libc: t.process.libc.display().to_string(),
             hooked_functions: t.hooked.clone(),
             outstanding_bytes: totals.outstanding_bytes,
@@ -398,6 +482,7 @@ impl Session {
             allocated_count: totals.allocated_count,
             freed_count: totals.freed_count,
             bytes_processed: t.bytes_processed(),
+            heap,
             counters: totals.counters,
             sites,
         }
@@ -411,12 +496,112 @@ impl Session {
         if let Some(stack) = self.stacks.get(&stack_id) {
             return stack.clone();
         }
-        match self.tracer.stack(stack_id) {
-            Some(stack) if !stack.is_empty() => {
-                self.stacks.insert(stack_id, stack.clone());
-                stack
-            }
-            _ => vec![caller],
+        let mut stack = match self.tracer.stack(stack_id) {
+            Some(stack) if !stack.is_empty() => stack,
+            _ => return vec![caller],
+        };
+        // Heap-syscall sites: the stack starts in the syscall wrapper, which has no frame of its
+        // own, so the frame-pointer walk skipped the wrapper's caller; the probe read it.
+        if caller != 0 && !stack.contains(&caller) {
+            stack.insert(1.min(stack.len()), caller);
         }
+        self.stacks.insert(stack_id, stack.clone());
+        stack
+    }
+
+    /// The heap object of a process. `outstanding`: its traced outstanding bytes (exact mode).
+    fn heap_report(
+        &self,
+        pid: u32,
+        traced: &Traced,
+        outstanding: Option<u64>,
+    ) -> Option<HeapReport> {
+        let heap = self.heap.get(pid)?;
+        let rss_growth = match (traced.memory, traced.rss_baseline) {
+            (Some((rss, _)), Some(base)) => Some(rss as i64 - base as i64),
+            _ => None,
+        };
+        let explained_share = match (outstanding, rss_growth) {
+            (Some(out), Some(growth)) if growth > 0 => Some((out as f64 / growth as f64).min(1.0)),
+            _ => None,
+        };
+        Some(HeapReport {
+            brk_bytes: heap.brk_bytes(),
+            brk_calls: heap.brk_calls,
+            brk_failures: heap.brk_failures,
+            fallback_mmaps: heap.fallbacks(),
+            anon_mmap_outstanding_bytes: heap.anon_committed_bytes(),
+            anon_reserved_bytes: heap.anon_reserved_bytes(),
+            rss_bytes: traced.memory.map(|m| m.0),
+            vm_data_bytes: traced.memory.map(|m| m.1),
+            rss_growth_bytes: rss_growth,
+            explained_share,
+            events: heap.events,
+        })
+    }
+
+    /// System-wide mode: one row per other process seen making heap syscalls, largest heap
+    /// growth first.
+    fn system_wide_rows(&mut self) -> Vec<ProcessReport> {
+        let exact: std::collections::HashSet<u32> =
+            self.traced.iter().map(|t| t.process.pid).collect();
+        let pids: Vec<u32> = self
+            .heap
+            .processes
+            .keys()
+            .copied()
+            .filter(|p| !exact.contains(p))
+            .collect();
+        let mut rows = Vec::with_capacity(pids.len());
+        for pid in pids {
+            let alive = target::is_alive(pid);
+            let row = self.others.entry(pid).or_insert_with(|| {
+                let process = TargetProcess {
+                    pid,
+                    comm: String::new(),
+                    exe: std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default(),
+                    libc: PathBuf::new(),
+                    libc_host_path: PathBuf::new(),
+                };
+                Traced::new(process, false, &[])
+            });
+            if alive && row.alive {
+                row.sample_processed(self.processed);
+            } else {
+                row.alive = false;
+            }
+            let Some(heap) = self.heap.get(pid) else {
+                continue;
+            };
+            let comm = heap.comm.clone();
+            let report = self.heap_report(pid, &self.others[&pid], None);
+            let t = &self.others[&pid];
+            rows.push(ProcessReport {
+                pid,
+                comm,
+                exe: t.process.exe.display().to_string(),
+                alive: t.alive,
+                exit: None,
+                exact: false,
+                libc: String::new(),
+                hooked_functions: Vec::new(),
+                outstanding_bytes: 0,
+                outstanding_count: 0,
+                allocated_bytes: 0,
+                allocated_count: 0,
+                freed_count: 0,
+                bytes_processed: t.bytes_processed(),
+                heap: report,
+                counters: report::Counters::default(),
+                sites: Vec::new(),
+            });
+        }
+        let growth = |p: &ProcessReport| {
+            p.heap
+                .as_ref()
+                .map_or(0, |h| h.brk_bytes + h.anon_mmap_outstanding_bytes)
+        };
+        rows.sort_by(|a, b| growth(b).cmp(&growth(a)).then(a.pid.cmp(&b.pid)));
+        rows
     }
 }

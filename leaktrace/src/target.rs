@@ -101,6 +101,42 @@ fn parse_io(text: &str) -> Option<IoCounters> {
     })
 }
 
+/// Start of the heap (`start_brk`, /proc/PID/stat field 47) and the current break (end of the
+/// `[heap]` mapping, or the start when the heap is still empty).
+pub fn read_brk(pid: u32) -> Option<(u64, u64)> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let start_brk = stat
+        .rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(47 - 3)?
+        .parse::<u64>()
+        .ok()?;
+    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    let current = maps
+        .lines()
+        .find(|l| l.ends_with("[heap]"))
+        .and_then(|l| l.split('-').nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|end| u64::from_str_radix(end, 16).ok())
+        .unwrap_or(start_brk);
+    Some((start_brk, current))
+}
+
+/// Resident set size and data segment size (VmRSS, VmData of /proc/PID/status), in bytes.
+pub fn read_memory(pid: u32) -> Option<(u64, u64)> {
+    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .map(|v| v * 1024)
+    };
+    Some((kib("VmRSS:")?, kib("VmData:")?))
+}
+
 /// Whether a process still exists (a zombie counts as gone).
 pub fn is_alive(pid: u32) -> bool {
     match fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -413,6 +449,10 @@ mod tests {
         assert!(me.libc.ends_with("libc.so.6"), "{me:?}");
         assert!(me.libc_host_path.exists(), "{me:?}");
         assert!(is_alive(std::process::id()));
+        let (start_brk, current) = read_brk(std::process::id()).expect("brk");
+        assert!(start_brk > 0 && current >= start_brk);
+        let (rss, data) = read_memory(std::process::id()).expect("memory");
+        assert!(rss > 0 && data > 0);
     }
 
     #[test]

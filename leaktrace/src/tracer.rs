@@ -1,17 +1,20 @@
 //! Loading the eBPF programs, attaching them to a process's allocator, and draining the maps.
 use std::{collections::HashMap, num::NonZeroU32, path::Path};
 
-use crate::model::SiteAges;
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
-        UProbe,
+        TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
-use leaktrace_common::{AllocFn, AllocInfo, AllocKey, PidCounters, SiteKey, SiteStats, NO_STACK};
+use leaktrace_common::{
+    AllocFn, AllocInfo, AllocKey, HeapEvent, PidCounters, SiteKey, SiteStats, NO_STACK,
+};
+
+use crate::model::SiteAges;
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
 
@@ -20,6 +23,31 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct Capacity {
     pub max_allocations: u32,
     pub max_stacks: u32,
+}
+
+/// The heap syscalls traced through `syscalls:sys_enter_*` / `sys_exit_*`.
+const HEAP_SYSCALLS: [&str; 5] = ["brk", "mmap", "munmap", "mremap", "mprotect"];
+
+/// Where tracefs is (mounting it if it is not, as root may).
+fn ensure_tracefs() -> anyhow::Result<()> {
+    let tracing = Path::new("/sys/kernel/tracing");
+    if tracing.join("events/syscalls").exists()
+        || Path::new("/sys/kernel/debug/tracing/events/syscalls").exists()
+    {
+        return Ok(());
+    }
+    let mounted = std::process::Command::new("mount")
+        .args(["-t", "tracefs", "tracefs"])
+        .arg(tracing)
+        .status()
+        .is_ok_and(|s| s.success());
+    if mounted && tracing.join("events/syscalls").exists() {
+        log::info!("mounted tracefs on /sys/kernel/tracing");
+        return Ok(());
+    }
+    bail!(
+        "tracefs with syscall tracepoints is not available: mount it (mount -t tracefs tracefs /sys/kernel/tracing) on a kernel with CONFIG_FTRACE_SYSCALLS"
+    )
 }
 
 /// Check, before touching the kernel, what leaktrace needs from it and from the user.
@@ -69,23 +97,34 @@ pub struct Tracer {
     ebpf: Ebpf,
     /// Which functions are hooked in each process's libc.
     hooked: HashMap<u32, Vec<&'static str>>,
+    heap_events: RingBuf<MapData>,
 }
 
 impl Tracer {
-    pub fn load(capacity: Capacity) -> anyhow::Result<Self> {
+    /// Load the programs and attach the heap-syscall tracepoints. `system_wide`: report every
+    /// process's heap syscalls, not only those of traced PIDs.
+    pub fn load(capacity: Capacity, system_wide: bool) -> anyhow::Result<Self> {
+        ensure_tracefs()?;
         // SAFETY: sysconf has no preconditions.
         let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
         let max_sites = capacity.max_stacks.saturating_mul(2);
-        let ebpf = EbpfLoader::new()
+        let trace_all = u32::from(system_wide);
+        let mut ebpf = EbpfLoader::new()
             .override_global("PAGE_SIZE", &page_size, true)
+            .override_global("TRACE_ALL", &trace_all, true)
             .map_max_entries("ALLOCS", capacity.max_allocations)
             .map_max_entries("STACKS", capacity.max_stacks)
             .map_max_entries("SITES", max_sites)
             .load(EBPF_OBJECT)
             .context("failed to load leaktrace's eBPF programs")?;
+        let heap_events = RingBuf::try_from(
+            ebpf.take_map("HEAP_EVENTS")
+                .ok_or_else(|| anyhow!("eBPF object lacks map HEAP_EVENTS"))?,
+        )?;
         let mut tracer = Self {
             ebpf,
             hooked: HashMap::new(),
+            heap_events,
         };
         for name in ["alloc_enter", "alloc_return", "free_enter"] {
             tracer
@@ -93,7 +132,53 @@ impl Tracer {
                 .load()
                 .with_context(|| format!("the kernel refused the eBPF program {name}"))?;
         }
+        for (program, prefix) in [
+            ("heap_sys_enter", "sys_enter_"),
+            ("heap_sys_exit", "sys_exit_"),
+        ] {
+            let tracepoint: &mut TracePoint = tracer
+                .ebpf
+                .program_mut(program)
+                .ok_or_else(|| anyhow!("eBPF object lacks program {program}"))?
+                .try_into()?;
+            tracepoint
+                .load()
+                .with_context(|| format!("the kernel refused the eBPF program {program}"))?;
+            for syscall in HEAP_SYSCALLS {
+                let name = format!("{prefix}{syscall}");
+                tracepoint
+                    .attach("syscalls", &name)
+                    .with_context(|| format!("cannot attach to tracepoint syscalls:{name}"))?;
+            }
+        }
         Ok(tracer)
+    }
+
+    /// Report this process's heap syscalls (exact mode; system-wide mode reports all).
+    pub fn trace_heap_of(&mut self, pid: u32) -> anyhow::Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("TRACED_PIDS")
+            .ok_or_else(|| anyhow!("eBPF object lacks map TRACED_PIDS"))?;
+        let mut traced: BpfHashMap<&mut MapData, u32, u32> = BpfHashMap::try_from(map)?;
+        traced
+            .insert(pid, 1, 0)
+            .with_context(|| format!("cannot register pid {pid} for heap tracing"))
+    }
+
+    /// Hand every heap event waiting in the ring buffer to `sink`, oldest first.
+    pub fn drain_heap_events(&mut self, mut sink: impl FnMut(&HeapEvent)) -> usize {
+        let mut drained = 0;
+        while let Some(item) = self.heap_events.next() {
+            if item.len() >= std::mem::size_of::<HeapEvent>() {
+                // SAFETY: the record was written as a HeapEvent (#[repr(C)], plain integers);
+                // read_unaligned copes with the ring buffer's 8-byte alignment.
+                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HeapEvent>()) };
+                sink(&event);
+                drained += 1;
+            }
+        }
+        drained
     }
 
     fn uprobe(&mut self, name: &str) -> anyhow::Result<&mut UProbe> {
@@ -146,6 +231,7 @@ impl Tracer {
             .attach(UProbeAttachLocation::Symbol("free"), libc, scope)
             .with_context(|| format!("failed to attach to free in {}", libc.display()))?;
         hooked.push("free");
+        self.trace_heap_of(pid)?;
         self.hooked.insert(pid, hooked.clone());
         Ok(hooked)
     }

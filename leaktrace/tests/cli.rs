@@ -42,8 +42,14 @@ fn help_names_the_two_ways_to_trace() {
 }
 
 #[test]
-fn nothing_to_trace_is_explained() {
-    assert_one_line_error(&[], "nothing to trace");
+fn system_wide_with_a_command_is_refused() {
+    if !privileged() {
+        return;
+    }
+    assert_one_line_error(
+        &["--system-wide", "--", "true"],
+        "--system-wide and a command do not go together",
+    );
 }
 
 #[test]

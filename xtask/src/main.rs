@@ -8,7 +8,7 @@ use std::{
     process::{Command, Stdio},
 };
 
-use anyhow::{Context as _, bail};
+use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 mod bench;
@@ -92,7 +92,10 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
             let service = demo_dir.join("leaky-service");
             compile_c(&root.join("demo/leaky_service.c"), &service, &[])?;
             let json = demo_dir.join("leaktrace-demo.json");
-            println!("xtask: tracing the demo service for 15 s; the JSON report goes to {}", json.display());
+            println!(
+                "xtask: tracing the demo service for 15 s; the JSON report goes to {}",
+                json.display()
+            );
             let mut leaktrace = Command::new(root.join("target/release/leaktrace"));
             leaktrace.args(["--interval", "3s", "--json"]).arg(&json);
             leaktrace.args(&leaktrace_args);
@@ -193,7 +196,7 @@ fn setup() -> anyhow::Result<()> {
     ensure_toolchain()?;
     ensure_bpf_linker()?;
     ensure_tracefs();
-    ensure_commands(&[("gcc", "gcc")])?;
+    ensure_commands(&[("gcc", "gcc"), ("strace", "strace")])?;
     Ok(())
 }
 
@@ -239,14 +242,14 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     if version_ok && llvm_ok {
         return Ok(());
     }
-    let sysroot = output_of(Command::new("rustc").args([
-        &format!("+{TOOLCHAIN}"),
-        "--print",
-        "sysroot",
-    ]))
-    .context("cannot find the pinned toolchain's sysroot")?;
+    let sysroot =
+        output_of(Command::new("rustc").args([&format!("+{TOOLCHAIN}"), "--print", "sysroot"]))
+            .context("cannot find the pinned toolchain's sysroot")?;
     let llvm_dir = Path::new(sysroot.trim()).join("lib");
-    if !llvm_dir.join(format!("lib{TOOLCHAIN_LLVM_LIB}.so")).exists() {
+    if !llvm_dir
+        .join(format!("lib{TOOLCHAIN_LLVM_LIB}.so"))
+        .exists()
+    {
         bail!(
             "the toolchain {TOOLCHAIN} has no lib{TOOLCHAIN_LLVM_LIB}.so in {}; cannot build bpf-linker",
             llvm_dir.display()
@@ -307,7 +310,6 @@ pub fn ensure_commands(commands: &[(&str, &str)]) -> anyhow::Result<()> {
 }
 
 pub fn command_exists(command: &str) -> bool {
-    env::var_os("PATH").is_some_and(|paths| {
-        env::split_paths(&paths).any(|dir| dir.join(command).is_file())
-    })
+    env::var_os("PATH")
+        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
 }

@@ -273,3 +273,30 @@ pub fn function_names(site: &Value) -> Vec<&str> {
         })
         .unwrap_or_default()
 }
+
+/// A snapshot recorded with the real tool, from tests/data.
+pub fn data_file(name: &str) -> PathBuf {
+    workspace_root().join("tests/data").join(name)
+}
+
+/// Poll the snapshot at `path` (rewritten atomically by leaktrace) until `ready` accepts it.
+pub fn wait_for_snapshot(path: &Path, timeout: Duration, ready: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        if let Ok(bytes) = std::fs::read(path) {
+            if let Ok(snapshot) = serde_json::from_slice::<Value>(&bytes) {
+                if ready(&snapshot) {
+                    return snapshot;
+                }
+                last = Some(snapshot);
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} never became ready within {timeout:?}; last snapshot: {last:#?}",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,595 @@
+//! The heap as the kernel sees it, rebuilt from heap-syscall events: the program break, the
+//! anonymous mappings (split exactly by partial munmap/mprotect, moved by mremap), reserved
+//! versus committed address space, and malloc's mmap fallback. Pure: events in, state out.
+use std::collections::{BTreeMap, HashMap};
+
+use leaktrace_common::{
+    HeapEvent, SiteKey, HEAP_CALL_SITE, NO_STACK, SYS_BRK, SYS_MMAP, SYS_MPROTECT, SYS_MREMAP,
+    SYS_MUNMAP,
+};
+use serde::{Deserialize, Serialize};
+
+const PROT_WRITE: u64 = 0x2;
+const MREMAP_MAYMOVE: u64 = 0x1;
+const MREMAP_DONTUNMAP: u64 = 0x4;
+
+/// Why an anonymous mapping exists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Made by an allocator call after a failed brk in the same call: malloc's mmap fallback.
+    Fallback,
+    /// Made by an allocator call without a failed brk: a large block served by mmap, or a new
+    /// arena (reserved PROT_NONE, committed later by mprotect).
+    Allocator,
+    /// Made by the program itself, outside allocator calls.
+    Program,
+}
+
+/// Which allocator call an event came from, until the call's site is known.
+type CallId = (u32, u64);
+
+#[derive(Clone, Debug, PartialEq)]
+struct Mapping {
+    end: u64,
+    prot: u64,
+    origin: Origin,
+    site: Option<SiteKey>,
+    pending: Option<CallId>,
+}
+
+impl Mapping {
+    fn writable(&self) -> bool {
+        self.prot & PROT_WRITE != 0
+    }
+}
+
+/// A fallback chunk: size and, once known, the site of the allocator call that made it.
+#[derive(Clone, Debug, PartialEq)]
+struct Fallback {
+    bytes: u64,
+    site: Option<SiteKey>,
+    pending: Option<CallId>,
+}
+
+/// Chunk size and how many fallback mmaps had it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkSize {
+    pub bytes: u64,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackSummary {
+    pub count: u64,
+    pub bytes: u64,
+    /// Distinct chunk sizes in the order first seen (glibc 2.36: 1 MiB, then 132 KiB).
+    pub chunk_sizes: Vec<ChunkSize>,
+}
+
+/// Per-site heap attribution.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteHeap {
+    pub fallback_mmap_count: u64,
+    pub fallback_mmap_bytes: u64,
+    /// Writable bytes of mappings this site's allocator calls made without a fallback
+    /// (large blocks), still mapped.
+    pub direct_mmap_bytes: u64,
+    /// Writable anonymous bytes still mapped that this site made, by any route.
+    pub anon_mmap_bytes: u64,
+}
+
+/// One process's heap.
+#[derive(Clone, Debug, Default)]
+pub struct ProcessHeap {
+    pub comm: String,
+    /// Start of the heap (`start_brk` of /proc/PID/stat, or the first break seen).
+    pub start_brk: Option<u64>,
+    pub current_brk: Option<u64>,
+    pub brk_calls: u64,
+    pub brk_failures: u64,
+    pub events: u64,
+    mappings: BTreeMap<u64, Mapping>,
+    fallbacks: Vec<Fallback>,
+    /// Per thread: the allocator call (or 0 outside calls) whose last brk failed.
+    brk_failed: HashMap<u32, u64>,
+}
+
+impl ProcessHeap {
+    /// Bytes between the start of the heap and the current break.
+    pub fn brk_bytes(&self) -> u64 {
+        match (self.start_brk, self.current_brk) {
+            (Some(start), Some(current)) => current.saturating_sub(start),
+            _ => 0,
+        }
+    }
+
+    /// Writable anonymous bytes mapped (committed memory).
+    pub fn anon_committed_bytes(&self) -> u64 {
+        self.mappings
+            .iter()
+            .filter(|(_, m)| m.writable())
+            .map(|(start, m)| m.end - start)
+            .sum()
+    }
+
+    /// Anonymous address space mapped without write permission (reservations).
+    pub fn anon_reserved_bytes(&self) -> u64 {
+        self.mappings
+            .iter()
+            .filter(|(_, m)| !m.writable())
+            .map(|(start, m)| m.end - start)
+            .sum()
+    }
+
+    pub fn fallbacks(&self) -> FallbackSummary {
+        let mut summary = FallbackSummary::default();
+        for f in &self.fallbacks {
+            summary.count += 1;
+            summary.bytes += f.bytes;
+            match summary.chunk_sizes.iter_mut().find(|c| c.bytes == f.bytes) {
+                Some(chunk) => chunk.count += 1,
+                None => summary.chunk_sizes.push(ChunkSize {
+                    bytes: f.bytes,
+                    count: 1,
+                }),
+            }
+        }
+        summary
+    }
+
+    /// Heap attribution per site.
+    pub fn sites(&self) -> HashMap<SiteKey, SiteHeap> {
+        let mut sites: HashMap<SiteKey, SiteHeap> = HashMap::new();
+        for f in &self.fallbacks {
+            if let Some(site) = f.site {
+                let entry = sites.entry(site).or_default();
+                entry.fallback_mmap_count += 1;
+                entry.fallback_mmap_bytes += f.bytes;
+            }
+        }
+        for (start, m) in &self.mappings {
+            let (Some(site), true) = (m.site, m.writable()) else {
+                continue;
+            };
+            let entry = sites.entry(site).or_default();
+            entry.anon_mmap_bytes += m.end - start;
+            if m.origin == Origin::Allocator {
+                entry.direct_mmap_bytes += m.end - start;
+            }
+        }
+        sites
+    }
+
+    fn apply(&mut self, event: &HeapEvent, page: u64, exact: bool) {
+        self.events += 1;
+        let tid = event.tid;
+        let [a0, a1, a2, a3, a4] = event.args;
+        let round = |len: u64| len.div_ceil(page) * page;
+        let own_site = (event.call_ns == 0 && (event.stack_id != NO_STACK || event.caller != 0))
+            .then_some(SiteKey {
+                tgid: event.tgid,
+                stack_id: event.stack_id,
+                caller: event.caller,
+            });
+        let pending = (event.call_ns != 0).then_some((tid, event.call_ns));
+        match event.kind {
+            SYS_BRK => {
+                self.brk_calls += 1;
+                let new_brk = event.ret as u64;
+                if a0 != 0 && new_brk != a0 {
+                    // The kernel returns the old break when it cannot move it.
+                    self.brk_failures += 1;
+                    self.brk_failed.insert(tid, event.call_ns);
+                } else {
+                    self.brk_failed.remove(&tid);
+                }
+                self.start_brk.get_or_insert(new_brk);
+                self.current_brk = Some(new_brk);
+            }
+            SYS_MMAP => {
+                let start = event.ret as u64;
+                let len = round(a1);
+                let failed_brk_call = self.brk_failed.remove(&tid);
+                // In exact mode the fallback is an mmap inside the same allocator call as the
+                // failed brk; without uprobes (system-wide) the next heap syscall of the thread.
+                let origin = match (event.call_ns, failed_brk_call) {
+                    (0, Some(0)) if !exact => Origin::Fallback,
+                    (0, _) => Origin::Program,
+                    (call, Some(failed)) if failed == call => Origin::Fallback,
+                    _ => Origin::Allocator,
+                };
+                if origin == Origin::Fallback {
+                    self.fallbacks.push(Fallback {
+                        bytes: len,
+                        site: own_site,
+                        pending,
+                    });
+                }
+                self.remove_range(start, start + len);
+                self.mappings.insert(
+                    start,
+                    Mapping {
+                        end: start + len,
+                        prot: a2,
+                        origin,
+                        site: own_site,
+                        pending,
+                    },
+                );
+            }
+            SYS_MUNMAP => {
+                self.brk_failed.remove(&tid);
+                self.remove_range(a0, a0 + round(a1));
+            }
+            SYS_MPROTECT => {
+                self.brk_failed.remove(&tid);
+                self.protect_range(a0, a0 + round(a1), a2);
+            }
+            SYS_MREMAP => {
+                self.brk_failed.remove(&tid);
+                let (old, old_len, new_len, flags) = (a0, round(a1), round(a2), a3);
+                let _ = a4;
+                let new_start = event.ret as u64;
+                let template = self
+                    .mappings
+                    .range(..=old)
+                    .next_back()
+                    .filter(|(_, m)| m.end > old)
+                    .map(|(_, m)| m.clone());
+                let Some(template) = template else {
+                    return; // not a mapping we track (file-backed, or made before attach)
+                };
+                if flags & MREMAP_DONTUNMAP == 0 {
+                    self.remove_range(old, old + old_len);
+                }
+                if flags & MREMAP_MAYMOVE == 0 && new_start != old {
+                    return;
+                }
+                self.remove_range(new_start, new_start + new_len);
+                self.mappings.insert(
+                    new_start,
+                    Mapping {
+                        end: new_start + new_len,
+                        ..template
+                    },
+                );
+            }
+            HEAP_CALL_SITE => {
+                let call = (tid, event.call_ns);
+                let site = SiteKey {
+                    tgid: event.tgid,
+                    stack_id: event.stack_id,
+                    caller: event.caller,
+                };
+                for m in self
+                    .mappings
+                    .values_mut()
+                    .filter(|m| m.pending == Some(call))
+                {
+                    m.site = Some(site);
+                    m.pending = None;
+                }
+                for f in self
+                    .fallbacks
+                    .iter_mut()
+                    .filter(|f| f.pending == Some(call))
+                {
+                    f.site = Some(site);
+                    f.pending = None;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Split the mappings at `start` and `end` so that whole entries cover [start, end).
+    fn split_at(&mut self, at: u64) {
+        let Some((&start, m)) = self.mappings.range(..at).next_back() else {
+            return;
+        };
+        if m.end > at {
+            let mut tail = m.clone();
+            let end = m.end;
+            if let Some(head) = self.mappings.get_mut(&start) {
+                head.end = at;
+            }
+            tail.end = end;
+            self.mappings.insert(at, tail);
+        }
+    }
+
+    fn remove_range(&mut self, start: u64, end: u64) {
+        self.split_at(start);
+        self.split_at(end);
+        let inside: Vec<u64> = self.mappings.range(start..end).map(|(s, _)| *s).collect();
+        for s in inside {
+            self.mappings.remove(&s);
+        }
+    }
+
+    fn protect_range(&mut self, start: u64, end: u64, prot: u64) {
+        self.split_at(start);
+        self.split_at(end);
+        for m in self.mappings.range_mut(start..end).map(|(_, m)| m) {
+            m.prot = prot;
+        }
+    }
+}
+
+/// Heaps of every process heap events were seen for.
+#[derive(Debug, Default)]
+pub struct HeapTracker {
+    pub processes: HashMap<u32, ProcessHeap>,
+    page_size: u64,
+}
+
+impl HeapTracker {
+    pub fn new(page_size: u64) -> Self {
+        Self {
+            processes: HashMap::new(),
+            page_size: page_size.max(1),
+        }
+    }
+
+    /// Start a process's heap at its `start_brk` (from /proc/PID/stat) when known.
+    pub fn register(&mut self, pid: u32, start_brk: Option<u64>, current_brk: Option<u64>) {
+        let heap = self.processes.entry(pid).or_default();
+        if start_brk.is_some() {
+            heap.start_brk = start_brk;
+        }
+        if heap.current_brk.is_none() {
+            heap.current_brk = current_brk;
+        }
+    }
+
+    /// Apply one event. `exact`: the process's allocator calls are traced (uprobes), so
+    /// fallbacks are recognized within one call rather than by thread order.
+    pub fn apply(&mut self, event: &HeapEvent, exact: bool) {
+        let heap = self.processes.entry(event.tgid).or_default();
+        if heap.comm.is_empty() {
+            let len = event
+                .comm
+                .iter()
+                .position(|&b| b == 0)
+                .unwrap_or(event.comm.len());
+            heap.comm = String::from_utf8_lossy(&event.comm[..len]).into_owned();
+        }
+        heap.apply(event, self.page_size, exact);
+    }
+
+    pub fn get(&self, pid: u32) -> Option<&ProcessHeap> {
+        self.processes.get(&pid)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PAGE: u64 = 4096;
+    const RW: u64 = 0x3;
+
+    fn event(kind: u32, tid: u32, call_ns: u64, args: [u64; 5], ret: i64) -> HeapEvent {
+        HeapEvent {
+            kind,
+            tgid: 100,
+            tid,
+            stack_id: 7,
+            call_ns,
+            caller: if call_ns == 0 { 0x1234 } else { 0 },
+            args,
+            ret,
+            ..HeapEvent::default()
+        }
+    }
+
+    fn mmap(tid: u32, call: u64, addr: u64, len: u64, prot: u64) -> HeapEvent {
+        event(
+            SYS_MMAP,
+            tid,
+            call,
+            [0, len, prot, 0x22, u64::MAX],
+            addr as i64,
+        )
+    }
+
+    fn brk(tid: u32, call: u64, requested: u64, result: u64) -> HeapEvent {
+        event(SYS_BRK, tid, call, [requested, 0, 0, 0, 0], result as i64)
+    }
+
+    fn call_site(tid: u32, call: u64, caller: u64) -> HeapEvent {
+        HeapEvent {
+            kind: HEAP_CALL_SITE,
+            tgid: 100,
+            tid,
+            stack_id: 9,
+            call_ns: call,
+            caller,
+            ..HeapEvent::default()
+        }
+    }
+
+    fn tracker(events: &[HeapEvent], exact: bool) -> ProcessHeap {
+        let mut t = HeapTracker::new(PAGE);
+        for e in events {
+            t.apply(e, exact);
+        }
+        t.get(100).cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn munmap_of_the_middle_leaves_two_pieces() {
+        let base = 0x7000_0000;
+        let heap = tracker(
+            &[
+                mmap(1, 0, base, 10 * PAGE, RW),
+                event(SYS_MUNMAP, 1, 0, [base + 4 * PAGE, 2 * PAGE, 0, 0, 0], 0),
+            ],
+            true,
+        );
+        assert_eq!(heap.anon_committed_bytes(), 8 * PAGE);
+        assert_eq!(heap.mappings.len(), 2);
+        // Unmapping across both pieces and beyond them removes exactly what was there.
+        let mut heap = heap;
+        heap.apply(
+            &event(SYS_MUNMAP, 1, 0, [base + 3 * PAGE, 5 * PAGE, 0, 0, 0], 0),
+            PAGE,
+            true,
+        );
+        assert_eq!(heap.anon_committed_bytes(), 5 * PAGE);
+    }
+
+    #[test]
+    fn mremap_grows_and_moves_keeping_the_site() {
+        let (base, moved) = (0x7000_0000, 0x7100_0000);
+        let heap = tracker(
+            &[
+                mmap(1, 0, base, 4 * PAGE, RW),
+                event(
+                    SYS_MREMAP,
+                    1,
+                    0,
+                    [base, 4 * PAGE, 6 * PAGE, MREMAP_MAYMOVE, 0],
+                    moved as i64,
+                ),
+            ],
+            true,
+        );
+        assert_eq!(heap.anon_committed_bytes(), 6 * PAGE);
+        let sites = heap.sites();
+        assert_eq!(
+            sites.values().map(|s| s.anon_mmap_bytes).sum::<u64>(),
+            6 * PAGE
+        );
+        // Shrinking in place.
+        let mut heap = heap;
+        heap.apply(
+            &event(
+                SYS_MREMAP,
+                1,
+                0,
+                [moved, 6 * PAGE, 2 * PAGE, 0, 0],
+                moved as i64,
+            ),
+            PAGE,
+            true,
+        );
+        assert_eq!(heap.anon_committed_bytes(), 2 * PAGE);
+    }
+
+    #[test]
+    fn reservations_count_when_they_become_writable() {
+        let base = 0x7000_0000;
+        let heap = tracker(
+            &[
+                mmap(1, 5, base, 64 * 1024 * 1024, 0),
+                event(SYS_MPROTECT, 1, 5, [base, 33 * 1024, RW, 0, 0], 0),
+            ],
+            true,
+        );
+        assert_eq!(heap.anon_committed_bytes(), 36 * 1024); // rounded to pages
+        assert_eq!(heap.anon_reserved_bytes(), 64 * 1024 * 1024 - 36 * 1024);
+    }
+
+    #[test]
+    fn fallback_is_an_mmap_after_a_failed_brk_in_the_same_call() {
+        let heap = tracker(
+            &[
+                brk(1, 0, 0, 0x1000_0000),
+                brk(1, 11, 0x1002_1000, 0x1000_0000), // fails
+                mmap(1, 11, 0x7000_0000, 1 << 20, RW),
+                call_site(1, 11, 0xabc),
+                brk(1, 12, 0x1002_1000, 0x1000_0000),
+                mmap(1, 12, 0x7100_0000, 135_168, RW),
+                call_site(1, 12, 0xabc),
+                // A large malloc: mmap in a call whose brk did not fail.
+                mmap(1, 13, 0x7200_0000, 1_052_672, RW),
+                call_site(1, 13, 0xdef),
+                // An mmap in another call than the failed brk is no fallback.
+                brk(2, 14, 0x1003_0000, 0x1000_0000),
+                call_site(2, 14, 0x111),
+                mmap(2, 15, 0x7300_0000, 1 << 20, RW),
+            ],
+            true,
+        );
+        assert_eq!(heap.brk_failures, 3);
+        let fallbacks = heap.fallbacks();
+        assert_eq!(fallbacks.count, 2);
+        assert_eq!(fallbacks.bytes, (1 << 20) + 135_168);
+        assert_eq!(
+            fallbacks.chunk_sizes,
+            vec![
+                ChunkSize {
+                    bytes: 1 << 20,
+                    count: 1
+                },
+                ChunkSize {
+                    bytes: 135_168,
+                    count: 1
+                }
+            ]
+        );
+        let sites = heap.sites();
+        let leaky = sites
+            .iter()
+            .find(|(k, _)| k.caller == 0xabc)
+            .map(|(_, s)| s)
+            .expect("site");
+        assert_eq!(leaky.fallback_mmap_count, 2);
+        assert_eq!(leaky.fallback_mmap_bytes, (1 << 20) + 135_168);
+        assert_eq!(leaky.direct_mmap_bytes, 0);
+        let big = sites
+            .iter()
+            .find(|(k, _)| k.caller == 0xdef)
+            .map(|(_, s)| s)
+            .expect("site");
+        assert_eq!(big.direct_mmap_bytes, 1_052_672);
+        // Freeing the large block returns its bytes.
+        let mut heap = heap;
+        heap.apply(
+            &event(SYS_MUNMAP, 1, 0, [0x7200_0000, 1_052_672, 0, 0, 0], 0),
+            PAGE,
+            true,
+        );
+        let big = heap
+            .sites()
+            .into_iter()
+            .find(|(k, _)| k.caller == 0xdef)
+            .map(|(_, s)| s);
+        assert_eq!(big.map_or(0, |s| s.direct_mmap_bytes), 0);
+    }
+
+    #[test]
+    fn without_uprobes_a_thread_s_next_mmap_after_a_failed_brk_is_a_fallback() {
+        let heap = tracker(
+            &[
+                brk(1, 0, 0x1002_1000, 0x1000_0000),
+                mmap(1, 0, 0x7000_0000, 1 << 20, RW),
+                mmap(1, 0, 0x7100_0000, 1 << 20, RW), // no failed brk before it
+            ],
+            false,
+        );
+        assert_eq!(heap.fallbacks().count, 1);
+        // With uprobes, the same sequence outside allocator calls is the program's own mmap.
+        let exact = tracker(
+            &[
+                brk(1, 0, 0x1002_1000, 0x1000_0000),
+                mmap(1, 0, 0x7000_0000, 1 << 20, RW),
+            ],
+            true,
+        );
+        assert_eq!(exact.fallbacks().count, 0);
+    }
+
+    #[test]
+    fn brk_growth_and_shrink_move_the_break() {
+        let mut t = HeapTracker::new(PAGE);
+        t.register(100, Some(0x1000_0000), None);
+        t.apply(&brk(1, 0, 0x1002_1000, 0x1002_1000), true);
+        t.apply(&brk(1, 0, 0x1001_0000, 0x1001_0000), true);
+        let heap = t.get(100).expect("heap");
+        assert_eq!(heap.brk_bytes(), 0x1_0000);
+        assert_eq!(heap.brk_failures, 0);
+        assert_eq!(heap.brk_calls, 2);
+    }
+}

@@ -1,0 +1,509 @@
+//! `leaktrace diff OLD NEW`: how each allocation site's outstanding memory changed between two
+//! snapshots, of the same run or of different runs, on the same machine or not.
+//!
+//! Raw addresses change with ASLR and restarts, so sites are matched by what their frames mean:
+//! function and module file name for symbolized frames, module file name and file offset for
+//! the others (stable for one build). Processes are matched by pid when the executable is the
+//! same, then by executable, then by command name. Every step pairs the i-th unmatched process
+//! of a kind in OLD with the i-th of that kind in NEW, so the matching is the same both ways
+//! round: what `diff(A, B)` calls new, `diff(B, A)` calls vanished.
+use std::{cmp::Reverse, collections::BTreeMap, fmt::Write as _};
+
+use super::read::{RecordedFrame, RecordedProcess, RecordedSite, RecordedSnapshot};
+use crate::report::human_bytes;
+
+/// What identifies an allocation site across runs and machines: per frame, innermost first,
+/// `function@module`, `module+0xoffset` or `?` (a frame with neither).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SiteKey(pub Vec<String>);
+
+impl SiteKey {
+    pub fn of(site: &RecordedSite) -> SiteKey {
+        SiteKey(site.frames.iter().map(frame_key).collect())
+    }
+}
+
+fn frame_key(frame: &RecordedFrame) -> String {
+    let module = frame.module_name();
+    match (&frame.function, module, frame.offset) {
+        (Some(function), Some(module), _) => format!("{function}@{module}"),
+        (Some(function), None, _) => format!("{function}@?"),
+        (None, Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
+        // Only the address is known: it means nothing in another process, so every such frame
+        // looks the same.
+        _ => "?".to_string(),
+    }
+}
+
+/// A process as the diff names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessName {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub outstanding_bytes: u64,
+    pub outstanding_count: u64,
+}
+
+impl ProcessName {
+    fn of(process: &RecordedProcess) -> ProcessName {
+        ProcessName {
+            pid: process.pid,
+            comm: process.comm.clone(),
+            exe: process.exe.clone(),
+            outstanding_bytes: process.outstanding_bytes,
+            outstanding_count: process.outstanding_count,
+        }
+    }
+}
+
+/// One site's outstanding memory in OLD and in NEW (zero where it is absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SiteChange {
+    pub key: SiteKey,
+    /// `leak_exactly (alloc_patterns.c:31) <- main`
+    pub label: String,
+    pub old_bytes: u64,
+    pub old_count: u64,
+    pub new_bytes: u64,
+    pub new_count: u64,
+}
+
+impl SiteChange {
+    pub fn bytes_change(&self) -> i128 {
+        i128::from(self.new_bytes) - i128::from(self.old_bytes)
+    }
+
+    pub fn count_change(&self) -> i128 {
+        i128::from(self.new_count) - i128::from(self.old_count)
+    }
+}
+
+/// Two snapshots of one process (or of the same program in two runs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProcessDiff {
+    pub old: ProcessName,
+    pub new: ProcessName,
+    /// Sites in both, largest growth first.
+    pub changed: Vec<SiteChange>,
+    /// Sites only in NEW, largest first.
+    pub new_sites: Vec<SiteChange>,
+    /// Sites only in OLD, largest first.
+    pub vanished_sites: Vec<SiteChange>,
+}
+
+impl ProcessDiff {
+    pub fn bytes_change(&self) -> i128 {
+        i128::from(self.new.outstanding_bytes) - i128::from(self.old.outstanding_bytes)
+    }
+
+    pub fn count_change(&self) -> i128 {
+        i128::from(self.new.outstanding_count) - i128::from(self.old.outstanding_count)
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotDiff {
+    pub processes: Vec<ProcessDiff>,
+    pub only_old: Vec<ProcessName>,
+    pub only_new: Vec<ProcessName>,
+}
+
+/// Compare two snapshots.
+pub fn diff(old: &RecordedSnapshot, new: &RecordedSnapshot) -> SnapshotDiff {
+    let pairs = match_processes(&old.processes, &new.processes);
+    let mut matched_old = vec![false; old.processes.len()];
+    let mut matched_new = vec![false; new.processes.len()];
+    let mut processes = Vec::new();
+    for (i, j) in pairs {
+        matched_old[i] = true;
+        matched_new[j] = true;
+        processes.push(diff_process(&old.processes[i], &new.processes[j]));
+    }
+    let unmatched = |list: &[RecordedProcess], matched: &[bool]| -> Vec<ProcessName> {
+        list.iter()
+            .zip(matched)
+            .filter(|(_, &m)| !m)
+            .map(|(p, _)| ProcessName::of(p))
+            .collect()
+    };
+    SnapshotDiff {
+        processes,
+        only_old: unmatched(&old.processes, &matched_old),
+        only_new: unmatched(&new.processes, &matched_new),
+    }
+}
+
+/// Index pairs (old, new), in OLD's order.
+fn match_processes(old: &[RecordedProcess], new: &[RecordedProcess]) -> Vec<(usize, usize)> {
+    // Each rule is an equivalence (equal keys), applied to what earlier rules left unmatched.
+    type Rule = fn(&RecordedProcess) -> (u32, &str);
+    let rules: [Rule; 3] = [
+        |p| (p.pid, p.exe.as_str()),
+        |p| (0, p.exe.as_str()),
+        |p| (0, p.comm.as_str()),
+    ];
+    let mut old_free = vec![true; old.len()];
+    let mut new_free = vec![true; new.len()];
+    let mut pairs = Vec::new();
+    for rule in rules {
+        for (i, old_process) in old.iter().enumerate() {
+            if !old_free[i] {
+                continue;
+            }
+            let key = rule(old_process);
+            let found = new
+                .iter()
+                .enumerate()
+                .find(|(j, p)| new_free[*j] && rule(p) == key);
+            if let Some((j, _)) = found {
+                old_free[i] = false;
+                new_free[j] = false;
+                pairs.push((i, j));
+            }
+        }
+    }
+    pairs.sort_unstable();
+    pairs
+}
+
+/// Outstanding bytes and blocks per site key; sites whose frames mean the same are summed.
+#[derive(Default)]
+struct KeyedSite {
+    label: String,
+    label_bytes: Option<u64>,
+    bytes: u64,
+    count: u64,
+}
+
+fn by_key(process: &RecordedProcess) -> BTreeMap<SiteKey, KeyedSite> {
+    let mut sites: BTreeMap<SiteKey, KeyedSite> = BTreeMap::new();
+    for site in &process.sites {
+        let entry = sites.entry(SiteKey::of(site)).or_default();
+        entry.bytes = entry.bytes.saturating_add(site.outstanding_bytes);
+        entry.count = entry.count.saturating_add(site.outstanding_count);
+        // Named after its largest member.
+        if entry.label_bytes < Some(site.outstanding_bytes) {
+            entry.label = site.label();
+            entry.label_bytes = Some(site.outstanding_bytes);
+        }
+    }
+    sites
+}
+
+fn diff_process(old: &RecordedProcess, new: &RecordedProcess) -> ProcessDiff {
+    let old_sites = by_key(old);
+    let mut new_sites = by_key(new);
+    let mut changed = Vec::new();
+    let mut vanished = Vec::new();
+    for (key, before) in old_sites {
+        match new_sites.remove(&key) {
+            Some(after) => changed.push(SiteChange {
+                key,
+                label: after.label,
+                old_bytes: before.bytes,
+                old_count: before.count,
+                new_bytes: after.bytes,
+                new_count: after.count,
+            }),
+            None => vanished.push(SiteChange {
+                key,
+                label: before.label,
+                old_bytes: before.bytes,
+                old_count: before.count,
+                new_bytes: 0,
+                new_count: 0,
+            }),
+        }
+    }
+    let mut appeared: Vec<SiteChange> = new_sites
+        .into_iter()
+        .map(|(key, after)| SiteChange {
+            key,
+            label: after.label,
+            old_bytes: 0,
+            old_count: 0,
+            new_bytes: after.bytes,
+            new_count: after.count,
+        })
+        .collect();
+    // Growth first; among equal changes, the larger site first.
+    changed.sort_by(|a, b| {
+        let order = |s: &SiteChange| {
+            (
+                Reverse(s.bytes_change()),
+                Reverse(s.count_change()),
+                Reverse(s.new_bytes),
+            )
+        };
+        order(a).cmp(&order(b)).then_with(|| a.key.cmp(&b.key))
+    });
+    appeared.sort_by(|a, b| (Reverse(a.new_bytes), &a.key).cmp(&(Reverse(b.new_bytes), &b.key)));
+    vanished.sort_by(|a, b| (Reverse(a.old_bytes), &a.key).cmp(&(Reverse(b.old_bytes), &b.key)));
+    ProcessDiff {
+        old: ProcessName::of(old),
+        new: ProcessName::of(new),
+        changed,
+        new_sites: appeared,
+        vanished_sites: vanished,
+    }
+}
+
+/// "+1.5 KiB (+1536 B)", "-100 B", "0 B".
+fn signed_bytes(change: i128) -> String {
+    let magnitude = u64::try_from(change.unsigned_abs()).unwrap_or(u64::MAX);
+    let sign = match change.signum() {
+        1 => "+",
+        -1 => "-",
+        _ => "",
+    };
+    if magnitude < 1024 {
+        format!("{sign}{magnitude} B")
+    } else {
+        format!("{sign}{} ({sign}{magnitude} B)", human_bytes(magnitude))
+    }
+}
+
+fn signed(change: i128) -> String {
+    if change > 0 {
+        format!("+{change}")
+    } else {
+        change.to_string()
+    }
+}
+
+fn process_title(p: &ProcessName) -> String {
+    format!("pid {} ({})", p.pid, p.comm)
+}
+
+/// The diff as text; at most `top` rows per list.
+pub fn render_diff(diff: &SnapshotDiff, old_name: &str, new_name: &str, top: usize) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "leaktrace diff: {old_name} -> {new_name}");
+    for process in &diff.processes {
+        let _ = writeln!(
+            out,
+            "\n{} -> {}  {}\n  outstanding {} -> {}: {}, blocks {} -> {}: {}",
+            process_title(&process.old),
+            process_title(&process.new),
+            process.new.exe,
+            human_bytes(process.old.outstanding_bytes),
+            human_bytes(process.new.outstanding_bytes),
+            signed_bytes(process.bytes_change()),
+            process.old.outstanding_count,
+            process.new.outstanding_count,
+            signed(process.count_change()),
+        );
+        site_table(
+            &mut out,
+            "Sites in both, largest growth first",
+            &process.changed,
+            top,
+        );
+        site_table(&mut out, "New sites", &process.new_sites, top);
+        site_table(&mut out, "Vanished sites", &process.vanished_sites, top);
+    }
+    for (title, list) in [
+        (format!("Processes only in {old_name}"), &diff.only_old),
+        (format!("Processes only in {new_name}"), &diff.only_new),
+    ] {
+        if list.is_empty() {
+            continue;
+        }
+        let _ = writeln!(out, "\n{title}:");
+        for p in list {
+            let _ = writeln!(
+                out,
+                "  {}  {}: {} outstanding in {} blocks",
+                process_title(p),
+                p.exe,
+                human_bytes(p.outstanding_bytes),
+                p.outstanding_count
+            );
+        }
+    }
+    out
+}
+
+fn site_table(out: &mut String, title: &str, sites: &[SiteChange], top: usize) {
+    if sites.is_empty() {
+        let _ = writeln!(out, "  {title}: none");
+        return;
+    }
+    let shown = sites.len().min(top);
+    let of = if shown < sites.len() {
+        format!(" (top {shown} of {})", sites.len())
+    } else {
+        format!(" ({})", sites.len())
+    };
+    let _ = writeln!(out, "  {title}{of}:");
+    let _ = writeln!(
+        out,
+        "    {:>26} {:>8} {:>11} {:>11}  SITE",
+        "CHANGE", "BLOCKS", "OLD", "NEW"
+    );
+    for site in &sites[..shown] {
+        let _ = writeln!(
+            out,
+            "    {:>26} {:>8} {:>11} {:>11}  {}",
+            signed_bytes(site.bytes_change()),
+            signed(site.count_change()),
+            human_bytes(site.old_bytes),
+            human_bytes(site.new_bytes),
+            site.label
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postmortem::read::{RecordedCounters, RecordedGrowth};
+
+    fn frame(function: Option<&str>, module: &str, offset: u64, addr: u64) -> RecordedFrame {
+        RecordedFrame {
+            addr: Some(addr),
+            module: Some(module.to_string()),
+            offset: Some(offset),
+            function: function.map(str::to_string),
+            ..RecordedFrame::default()
+        }
+    }
+
+    fn site(bytes: u64, frames: Vec<RecordedFrame>) -> RecordedSite {
+        RecordedSite {
+            outstanding_bytes: bytes,
+            outstanding_count: bytes / 100,
+            oldest_age_s: None,
+            growth: RecordedGrowth {
+                bytes_per_mib_processed: None,
+                bytes_per_min: None,
+                r2_processed: None,
+                r2_time: None,
+                class: "unknown".to_string(),
+            },
+            leak_rank: 1,
+            frames,
+            ..Default::default()
+        }
+    }
+
+    fn process(pid: u32, exe: &str, sites: Vec<RecordedSite>) -> RecordedProcess {
+        RecordedProcess {
+            pid,
+            comm: exe.rsplit('/').next().unwrap_or(exe).to_string(),
+            exe: exe.to_string(),
+            alive: true,
+            exit: None,
+            outstanding_bytes: sites.iter().map(|s| s.outstanding_bytes).sum(),
+            outstanding_count: sites.iter().map(|s| s.outstanding_count).sum(),
+            allocated_bytes: 0,
+            allocated_count: 0,
+            freed_count: 0,
+            bytes_processed: None,
+            counters: RecordedCounters::default(),
+            sites,
+            ..Default::default()
+        }
+    }
+
+    fn snapshot(processes: Vec<RecordedProcess>) -> RecordedSnapshot {
+        RecordedSnapshot {
+            schema: "leaktrace/1".to_string(),
+            generated_at: String::new(),
+            duration_s: 1.0,
+            complete: true,
+            processes,
+        }
+    }
+
+    #[test]
+    fn sites_match_across_aslr_and_machines_by_meaning() {
+        // Run 1 on one machine, run 2 elsewhere: other addresses, other paths.
+        let old = snapshot(vec![process(
+            10,
+            "/a/server",
+            vec![
+                site(
+                    500,
+                    vec![
+                        frame(Some("leak"), "/a/server", 0x1100, 0x5555_0000_1100),
+                        frame(None, "/usr/lib/libc.so.6", 0x29d90, 0x7f00_0002_9d90),
+                    ],
+                ),
+                site(100, vec![frame(Some("gone"), "/a/server", 0x1200, 0x1)]),
+            ],
+        )]);
+        let new = snapshot(vec![process(
+            99,
+            "/b/server",
+            vec![
+                site(
+                    800,
+                    vec![
+                        frame(Some("leak"), "/b/server", 0x1100, 0x5600_0000_1100),
+                        frame(None, "/lib/libc.so.6", 0x29d90, 0x7e00_0002_9d90),
+                    ],
+                ),
+                site(300, vec![frame(Some("fresh"), "/b/server", 0x1300, 0x2)]),
+            ],
+        )]);
+        let diff = diff(&old, &new);
+        assert!(diff.only_old.is_empty() && diff.only_new.is_empty());
+        let process = &diff.processes[0];
+        assert_eq!(process.changed.len(), 1);
+        assert_eq!(process.changed[0].bytes_change(), 300);
+        assert_eq!(process.changed[0].label, "leak");
+        assert_eq!(process.new_sites[0].label, "fresh");
+        assert_eq!(process.vanished_sites[0].label, "gone");
+        assert_eq!(process.bytes_change(), 500);
+    }
+
+    #[test]
+    fn processes_match_by_pid_and_exe_before_exe_alone() {
+        let old = snapshot(vec![
+            process(1, "/bin/a", vec![]),
+            process(2, "/bin/a", vec![]),
+            process(3, "/bin/c", vec![]),
+        ]);
+        let new = snapshot(vec![
+            process(2, "/bin/a", vec![]),
+            process(7, "/bin/b", vec![]),
+        ]);
+        let diff = diff(&old, &new);
+        assert_eq!(diff.processes.len(), 1);
+        assert_eq!(diff.processes[0].old.pid, 2);
+        let only_old: Vec<u32> = diff.only_old.iter().map(|p| p.pid).collect();
+        assert_eq!(only_old, vec![1, 3]);
+        assert_eq!(diff.only_new[0].pid, 7);
+    }
+
+    #[test]
+    fn growth_sorts_first_and_renders_signed() {
+        let frames = |name: &str| vec![frame(Some(name), "/bin/x", 0, 0)];
+        let old = snapshot(vec![process(
+            1,
+            "/bin/x",
+            vec![site(5000, frames("shrinks")), site(100, frames("grows"))],
+        )]);
+        let new = snapshot(vec![process(
+            1,
+            "/bin/x",
+            vec![
+                site(1000, frames("shrinks")),
+                site(300_100, frames("grows")),
+            ],
+        )]);
+        let diff = diff(&old, &new);
+        let order: Vec<&str> = diff.processes[0]
+            .changed
+            .iter()
+            .map(|s| s.label.as_str())
+            .collect();
+        assert_eq!(order, vec!["grows", "shrinks"]);
+        let text = render_diff(&diff, "old.json", "new.json", 10);
+        assert!(text.contains("+293.0 KiB (+300000 B)"), "{text}");
+        assert!(text.contains("-3.9 KiB (-4000 B)"), "{text}");
+        assert!(text.contains("New sites: none"), "{text}");
+    }
+}

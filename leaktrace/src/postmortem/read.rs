@@ -1,0 +1,452 @@
+//! Reading a saved snapshot back, for the post-mortem commands.
+//!
+//! The reader has its own view of the `leaktrace/1` schema: it requires exactly the fields the
+//! post-mortem commands use and ignores everything else, so snapshots from later versions of
+//! `leaktrace/1` (which may add fields) and from earlier ones (which lack fields added since)
+//! both read. Any byte string gives either a snapshot or one [`ReadError`], never a panic.
+use std::{fs, io, path::Path};
+
+use serde::Deserialize;
+use serde_json::error::Category;
+
+use crate::{report::SCHEMA, target::ExitStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The reason is in the message, not a `source`: the message is the whole story in one line.
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: String, reason: io::Error },
+    #[error("{path} ends early (line {line}, column {column}): the snapshot is truncated; use the final snapshot of a run or a complete copy")]
+    Truncated {
+        path: String,
+        line: usize,
+        column: usize,
+    },
+    #[error("{path} is not JSON ({detail}): give a snapshot written by `leaktrace --json`")]
+    NotJson { path: String, detail: String },
+    #[error("{path} is not a leaktrace snapshot (no \"schema\" field): give a snapshot written by `leaktrace --json`")]
+    NoSchema { path: String },
+    #[error("{path} has schema {found}, this leaktrace reads only \"{SCHEMA}\": use the leaktrace version that wrote it")]
+    UnknownSchema { path: String, found: String },
+    #[error("{path} is not a valid {SCHEMA} snapshot: {detail}")]
+    Invalid { path: String, detail: String },
+    #[error("{path} is an empty snapshot ({what}): take one after the target has allocated, e.g. the final snapshot of the run")]
+    Empty { path: String, what: &'static str },
+}
+
+/// A snapshot as the post-mortem commands see it.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedSnapshot {
+    pub schema: String,
+    /// RFC 3339, UTC.
+    pub generated_at: String,
+    /// Seconds since tracing started.
+    pub duration_s: f64,
+    /// The final snapshot of its run.
+    pub complete: bool,
+    pub processes: Vec<RecordedProcess>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedProcess {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub alive: bool,
+    #[serde(default)]
+    pub exit: Option<ExitStatus>,
+    pub outstanding_bytes: u64,
+    pub outstanding_count: u64,
+    pub allocated_bytes: u64,
+    pub allocated_count: u64,
+    pub freed_count: u64,
+    #[serde(default)]
+    pub bytes_processed: Option<u64>,
+    pub counters: RecordedCounters,
+    pub sites: Vec<RecordedSite>,
+    /// Whether the malloc family was traced (false: system-wide heap data only). Added to
+    /// `leaktrace/1` later: absent means exact.
+    #[serde(default)]
+    pub exact: Option<bool>,
+    /// The heap as the kernel sees it; absent from older snapshots.
+    #[serde(default)]
+    pub heap: Option<RecordedHeap>,
+}
+
+/// The `heap` object of a process. Every field is optional: shown where present.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedHeap {
+    #[serde(default)]
+    pub brk_bytes: Option<u64>,
+    #[serde(default)]
+    pub brk_calls: Option<u64>,
+    #[serde(default)]
+    pub brk_failures: Option<u64>,
+    #[serde(default)]
+    pub fallback_mmaps: Option<RecordedFallbacks>,
+    #[serde(default)]
+    pub anon_mmap_outstanding_bytes: Option<u64>,
+    #[serde(default)]
+    pub anon_reserved_bytes: Option<u64>,
+    #[serde(default)]
+    pub rss_bytes: Option<u64>,
+    #[serde(default)]
+    pub rss_growth_bytes: Option<i64>,
+    /// Share of the RSS growth that outstanding traced allocations account for.
+    #[serde(default)]
+    pub explained_share: Option<f64>,
+}
+
+/// Anonymous mmaps malloc made after a failed brk.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct RecordedFallbacks {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct RecordedCounters {
+    pub dropped_allocations: u64,
+    pub stack_errors: u64,
+    pub lost_events: u64,
+    pub unknown_frees: u64,
+}
+
+impl RecordedCounters {
+    pub fn any(&self) -> bool {
+        self.dropped_allocations > 0
+            || self.stack_errors > 0
+            || self.lost_events > 0
+            || self.unknown_frees > 0
+    }
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedSite {
+    pub outstanding_bytes: u64,
+    pub outstanding_count: u64,
+    #[serde(default)]
+    pub oldest_age_s: Option<f64>,
+    pub growth: RecordedGrowth,
+    pub leak_rank: u32,
+    /// Innermost first; the first frame is the allocator's caller.
+    pub frames: Vec<RecordedFrame>,
+    /// Heap attribution, added to `leaktrace/1` later: absent in older snapshots.
+    #[serde(default)]
+    pub fallback_mmap_count: Option<u64>,
+    #[serde(default)]
+    pub fallback_mmap_bytes: Option<u64>,
+    #[serde(default)]
+    pub direct_mmap_bytes: Option<u64>,
+    #[serde(default)]
+    pub anon_mmap_bytes: Option<u64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedGrowth {
+    #[serde(default)]
+    pub bytes_per_mib_processed: Option<f64>,
+    #[serde(default)]
+    pub bytes_per_min: Option<f64>,
+    #[serde(default)]
+    pub r2_processed: Option<f64>,
+    #[serde(default)]
+    pub r2_time: Option<f64>,
+    /// Kept as written (`leak_suspect`, `plateau`, `churn`, `unknown`): a class added later
+    /// still reads and is shown as it is.
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+pub struct RecordedFrame {
+    /// Return address in the process; shown only when nothing better is known.
+    #[serde(default)]
+    pub addr: Option<u64>,
+    #[serde(default)]
+    pub module: Option<String>,
+    /// Offset of `addr` in `module`: stable across runs of the same build.
+    #[serde(default)]
+    pub offset: Option<u64>,
+    #[serde(default)]
+    pub function: Option<String>,
+    #[serde(default)]
+    pub file: Option<String>,
+    #[serde(default)]
+    pub line: Option<u32>,
+    pub inlined: bool,
+}
+
+impl RecordedFrame {
+    /// The module's file name without its directory (`libc.so.6`), stable across machines.
+    pub fn module_name(&self) -> Option<&str> {
+        self.module.as_deref().map(file_name)
+    }
+
+    /// `function`, `module+0xoffset` or, with nothing known, `0xaddr`/`?`.
+    pub fn name(&self) -> String {
+        match (&self.function, self.module_name(), self.offset, self.addr) {
+            (Some(function), _, _, _) => function.clone(),
+            (None, Some(module), Some(offset), _) => format!("{module}+{offset:#x}"),
+            (None, Some(module), None, _) => format!("{module}+?"),
+            (None, None, _, Some(addr)) => format!("{addr:#x}"),
+            (None, None, _, None) => "?".to_string(),
+        }
+    }
+
+    /// `file.c:42` with the file's directory dropped, when known.
+    pub fn source_location(&self) -> Option<String> {
+        let file = file_name(self.file.as_deref()?);
+        Some(match self.line {
+            Some(line) => format!("{file}:{line}"),
+            None => file.to_string(),
+        })
+    }
+}
+
+/// The last path component of `path` (all of it when there is no `/`).
+pub fn file_name(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or(path)
+}
+
+impl RecordedSite {
+    /// The innermost frame with a function name, else the innermost frame.
+    pub fn top_frame(&self) -> Option<&RecordedFrame> {
+        self.frames
+            .iter()
+            .find(|f| f.function.is_some())
+            .or_else(|| self.frames.first())
+    }
+
+    /// One line naming the site: the innermost named frame with its source location, then up
+    /// to two callers (`leak_exactly (alloc_patterns.c:31) <- main`).
+    pub fn label(&self) -> String {
+        let mut named = self.frames.iter().filter(|f| f.function.is_some());
+        let Some(first) = named.next().or_else(|| self.frames.first()) else {
+            return "(no frames)".to_string();
+        };
+        let mut label = first.name();
+        if let Some(location) = first.source_location() {
+            label.push_str(&format!(" ({location})"));
+        }
+        for caller in named.take(2) {
+            label.push_str(" <- ");
+            label.push_str(&caller.name());
+        }
+        label
+    }
+}
+
+impl RecordedSnapshot {
+    pub fn site_count(&self) -> usize {
+        self.processes.iter().map(|p| p.sites.len()).sum()
+    }
+
+    /// For the commands that work on allocation sites (diff, export): a snapshot of
+    /// system-wide heap data only has nothing for them.
+    pub fn require_sites(&self, path: &str) -> Result<(), ReadError> {
+        if self.site_count() == 0 {
+            return Err(ReadError::Empty {
+                path: path.to_string(),
+                what: "no allocation sites",
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Read and check the snapshot at `path`.
+pub fn read_snapshot(path: &Path) -> Result<RecordedSnapshot, ReadError> {
+    let shown = path.display().to_string();
+    let bytes = fs::read(path).map_err(|reason| ReadError::Unreadable {
+        path: shown.clone(),
+        reason,
+    })?;
+    parse_snapshot(&bytes, &shown)
+}
+
+/// Parse a snapshot from `bytes`; `path` only names it in errors.
+pub fn parse_snapshot(bytes: &[u8], path: &str) -> Result<RecordedSnapshot, ReadError> {
+    // First only the schema, so that a snapshot of another version is named as such instead of
+    // failing on whichever field changed.
+    let probe: SchemaOnly = serde_json::from_slice(bytes).map_err(|error| {
+        // Skipping a value does not tell a number cut short ("1.") from a malformed one; reading
+        // the document whole does, and is only paid for on bad input.
+        let precise = serde_json::from_slice::<serde_json::Value>(bytes).err();
+        syntax_error(precise.unwrap_or(error), path)
+    })?;
+    match probe.schema {
+        None => {
+            return Err(ReadError::NoSchema {
+                path: path.to_string(),
+            })
+        }
+        Some(serde_json::Value::String(s)) if s == SCHEMA => {}
+        Some(other) => {
+            return Err(ReadError::UnknownSchema {
+                path: path.to_string(),
+                found: one_line(&other.to_string(), 60),
+            })
+        }
+    }
+    let snapshot: RecordedSnapshot =
+        serde_json::from_slice(bytes).map_err(|e| ReadError::Invalid {
+            path: path.to_string(),
+            detail: one_line(&e.to_string(), 200),
+        })?;
+    if snapshot.processes.is_empty() {
+        return Err(ReadError::Empty {
+            path: path.to_string(),
+            what: "no traced processes",
+        });
+    }
+    // A system-wide snapshot may have heap data and no sites: `report` still has something to
+    // say about it.
+    if snapshot.processes.iter().all(|p| p.heap.is_none()) {
+        snapshot.require_sites(path)?;
+    }
+    Ok(snapshot)
+}
+
+/// The `schema` field of a JSON object, everything else skipped unparsed. Unlike a derived
+/// struct it accepts only an object: `["leaktrace/1"]` is not a snapshot.
+struct SchemaOnly {
+    schema: Option<serde_json::Value>,
+}
+
+impl<'de> Deserialize<'de> for SchemaOnly {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ObjectVisitor;
+        impl<'de> serde::de::Visitor<'de> for ObjectVisitor {
+            type Value = SchemaOnly;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<SchemaOnly, A::Error> {
+                let mut schema = None;
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "schema" {
+                        schema = Some(map.next_value::<serde_json::Value>()?);
+                    } else {
+                        map.next_value::<serde::de::IgnoredAny>()?;
+                    }
+                }
+                Ok(SchemaOnly { schema })
+            }
+        }
+        deserializer.deserialize_map(ObjectVisitor)
+    }
+}
+
+fn syntax_error(error: serde_json::Error, path: &str) -> ReadError {
+    match error.classify() {
+        Category::Eof => ReadError::Truncated {
+            path: path.to_string(),
+            line: error.line(),
+            column: error.column(),
+        },
+        // Valid JSON of the wrong shape (an array, a string...): not a snapshot at all.
+        Category::Data => ReadError::NoSchema {
+            path: path.to_string(),
+        },
+        Category::Syntax | Category::Io => ReadError::NotJson {
+            path: path.to_string(),
+            detail: one_line(&error.to_string(), 200),
+        },
+    }
+}
+
+/// `text` on one line, cut to at most `max` characters (for values quoted from the input).
+fn one_line(text: &str, max: usize) -> String {
+    let flat: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect();
+    if flat.chars().count() <= max {
+        flat
+    } else {
+        let mut cut: String = flat.chars().take(max).collect();
+        cut.push_str("...");
+        cut
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{
+        "schema": "leaktrace/1", "generated_at": "2026-01-01T00:00:00Z", "duration_s": 1.5,
+        "complete": true, "added_later": {"anything": [1, 2]},
+        "processes": [{
+            "pid": 7, "comm": "c", "exe": "/bin/c", "alive": false, "exit": {"signal": 9},
+            "outstanding_bytes": 100, "outstanding_count": 1, "allocated_bytes": 100,
+            "allocated_count": 1, "freed_count": 0, "bytes_processed": null,
+            "counters": {"dropped_allocations": 0, "stack_errors": 0, "lost_events": 0, "unknown_frees": 2},
+            "sites": [{
+                "outstanding_bytes": 100, "outstanding_count": 1, "oldest_age_s": 1.0,
+                "growth": {"bytes_per_min": 10.0, "class": "some_future_class"},
+                "leak_rank": 1,
+                "frames": [
+                    {"addr": 1, "module": "/lib/libfoo.so", "offset": 4096, "inlined": false},
+                    {"function": "main", "file": "/src/main.c", "line": 3, "inlined": false}
+                ]
+            }]
+        }]
+    }"#;
+
+    #[test]
+    fn reads_what_it_uses_and_ignores_the_rest() {
+        let snapshot = parse_snapshot(MINIMAL.as_bytes(), "x.json").expect("reads");
+        let process = &snapshot.processes[0];
+        assert_eq!(process.exit, Some(ExitStatus::Signal(9)));
+        assert!(process.counters.any());
+        let site = &process.sites[0];
+        assert_eq!(site.growth.class, "some_future_class");
+        assert_eq!(site.frames[0].name(), "libfoo.so+0x1000");
+        assert_eq!(site.label(), "main (main.c:3)");
+    }
+
+    #[test]
+    fn each_kind_of_bad_input_has_its_own_error() {
+        let err = |text: &str| parse_snapshot(text.as_bytes(), "x.json").expect_err("bad input");
+        assert!(matches!(
+            err(&MINIMAL[..MINIMAL.len() / 2]),
+            ReadError::Truncated { .. }
+        ));
+        assert!(matches!(err(""), ReadError::Truncated { .. }));
+        assert!(matches!(
+            err("{\"schema\": \"leaktrace/1\", \"duration_s\": 1."),
+            ReadError::Truncated { .. }
+        ));
+        assert!(matches!(err("{\"schema\": 1}x"), ReadError::NotJson { .. }));
+        assert!(matches!(err("{\"a\": nope}"), ReadError::NotJson { .. }));
+        assert!(matches!(err("[1, 2]"), ReadError::NoSchema { .. }));
+        assert!(matches!(
+            err("[\"leaktrace/1\"]"),
+            ReadError::NoSchema { .. }
+        ));
+        assert!(matches!(err("\"leaktrace/1\""), ReadError::NoSchema { .. }));
+        assert!(matches!(err("{}"), ReadError::NoSchema { .. }));
+        let other = MINIMAL.replace("leaktrace/1", "leaktrace/2");
+        assert!(matches!(err(&other), ReadError::UnknownSchema { .. }));
+        let missing = MINIMAL.replace("\"leak_rank\": 1,", "");
+        let message = err(&missing).to_string();
+        assert!(message.contains("leak_rank"), "{message}");
+        let empty = r#"{"schema": "leaktrace/1", "generated_at": "", "duration_s": 0,
+            "complete": false, "processes": []}"#;
+        assert!(matches!(err(empty), ReadError::Empty { .. }));
+    }
+
+    #[test]
+    fn errors_are_one_line() {
+        let long = format!("{{\"schema\": \"{}\"}}", "x\\n".repeat(500));
+        let message = parse_snapshot(long.as_bytes(), "x.json")
+            .expect_err("bad input")
+            .to_string();
+        assert_eq!(message.lines().count(), 1, "{message}");
+        assert!(message.len() < 300, "{message}");
+    }
+}

@@ -1,0 +1,626 @@
+//! `leaktrace report FILE`: a saved snapshot as a readable report, in plain text for a terminal
+//! or in Markdown for a ticket.
+use std::{fmt::Write as _, time::Duration};
+
+use super::read::{
+    RecordedCounters, RecordedFrame, RecordedHeap, RecordedProcess, RecordedSite, RecordedSnapshot,
+};
+use crate::{report::human_bytes, target::ExitStatus};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReportStyle {
+    Text,
+    Markdown,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReportOptions {
+    /// Sites shown per process.
+    pub top: usize,
+    /// Only this process.
+    pub pid: Option<u32>,
+    /// Only sites whose oldest outstanding block is at least this old.
+    pub min_age: Option<Duration>,
+    pub style: ReportStyle,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReportError {
+    #[error("{file} has no process with pid {pid} (it has {available})")]
+    NoSuchPid {
+        file: String,
+        pid: u32,
+        available: String,
+    },
+}
+
+/// The report on `snapshot`; `file` names it in the heading.
+pub fn render_report(
+    snapshot: &RecordedSnapshot,
+    file: &str,
+    options: &ReportOptions,
+) -> Result<String, ReportError> {
+    let processes: Vec<&RecordedProcess> = snapshot
+        .processes
+        .iter()
+        .filter(|p| options.pid.is_none_or(|pid| p.pid == pid))
+        .collect();
+    if let (Some(pid), true) = (options.pid, processes.is_empty()) {
+        let available = snapshot
+            .processes
+            .iter()
+            .map(|p| format!("{} ({})", p.pid, p.comm))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(ReportError::NoSuchPid {
+            file: file.to_string(),
+            pid,
+            available,
+        });
+    }
+    let mut out = String::new();
+    let run = if snapshot.complete {
+        "the final snapshot of its run"
+    } else {
+        "taken while tracing was still running"
+    };
+    match options.style {
+        ReportStyle::Text => {
+            let _ = writeln!(out, "leaktrace report: {file}");
+            let _ = writeln!(
+                out,
+                "Snapshot of {}, after {} of tracing ({run}).",
+                snapshot.generated_at,
+                age(Some(snapshot.duration_s))
+            );
+        }
+        ReportStyle::Markdown => {
+            let _ = writeln!(out, "## leaktrace report: {}", code(file));
+            let _ = writeln!(
+                out,
+                "\nSnapshot of {}, after {} of tracing ({run}).",
+                snapshot.generated_at,
+                age(Some(snapshot.duration_s))
+            );
+        }
+    }
+    for process in processes {
+        let sites = SiteSelection::of(process, options);
+        match options.style {
+            ReportStyle::Text => text_process(&mut out, process, &sites, options),
+            ReportStyle::Markdown => markdown_process(&mut out, process, &sites, options),
+        }
+    }
+    Ok(out)
+}
+
+/// The sites a report shows for one process, and why the others are not shown.
+struct SiteSelection<'a> {
+    shown: Vec<&'a RecordedSite>,
+    /// Outstanding sites (and old enough) beyond `--top`.
+    beyond_top: usize,
+    /// Sites with nothing outstanding.
+    freed: usize,
+    /// Outstanding sites younger than `--min-age`.
+    too_young: usize,
+}
+
+impl<'a> SiteSelection<'a> {
+    fn of(process: &'a RecordedProcess, options: &ReportOptions) -> Self {
+        let outstanding: Vec<&RecordedSite> = process
+            .sites
+            .iter()
+            .filter(|s| s.outstanding_count > 0 || s.outstanding_bytes > 0)
+            .collect();
+        let freed = process.sites.len() - outstanding.len();
+        let mut shown: Vec<&RecordedSite> = outstanding
+            .iter()
+            .copied()
+            .filter(|s| match options.min_age {
+                None => true,
+                Some(min) => s.oldest_age_s.is_some_and(|a| a >= min.as_secs_f64()),
+            })
+            .collect();
+        let too_young = outstanding.len() - shown.len();
+        shown.sort_by_key(|s| (s.leak_rank, std::cmp::Reverse(s.outstanding_bytes)));
+        let beyond_top = shown.len().saturating_sub(options.top);
+        shown.truncate(options.top);
+        SiteSelection {
+            shown,
+            beyond_top,
+            freed,
+            too_young,
+        }
+    }
+
+    /// Why some sites are not listed, e.g. "2 more below the top 10; 1 with nothing outstanding".
+    fn hidden(&self, options: &ReportOptions) -> Option<String> {
+        let mut parts = Vec::new();
+        if self.beyond_top > 0 {
+            parts.push(format!(
+                "{} more below the top {} (--top)",
+                self.beyond_top, options.top
+            ));
+        }
+        if self.too_young > 0 {
+            let min = options.min_age.map(|d| age(Some(d.as_secs_f64())));
+            parts.push(format!(
+                "{} younger than {} (--min-age)",
+                self.too_young,
+                min.unwrap_or_default()
+            ));
+        }
+        if self.freed > 0 {
+            parts.push(format!("{} with nothing outstanding", self.freed));
+        }
+        (!parts.is_empty()).then(|| format!("Not shown: {}.", parts.join("; ")))
+    }
+}
+
+fn status(process: &RecordedProcess) -> String {
+    match (process.alive, process.exit) {
+        (true, _) => "alive at this snapshot".to_string(),
+        (false, Some(ExitStatus::Code(code))) => format!("exited with status {code}"),
+        (false, Some(ExitStatus::Signal(signal))) => match signal_name(signal) {
+            Some(name) => format!("killed by signal {signal} ({name})"),
+            None => format!("killed by signal {signal}"),
+        },
+        (false, None) => "exited (status unknown: not launched by leaktrace)".to_string(),
+    }
+}
+
+fn signal_name(signal: i32) -> Option<&'static str> {
+    Some(match signal {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL, e.g. the OOM killer",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        15 => "SIGTERM",
+        _ => return None,
+    })
+}
+
+/// The process summary as (label, value) rows.
+fn summary(process: &RecordedProcess) -> Vec<(&'static str, String)> {
+    let mut rows = vec![
+        ("executable", process.exe.clone()),
+        ("status", status(process)),
+        (
+            "outstanding",
+            format!(
+                "{} in {}",
+                exact_bytes(process.outstanding_bytes),
+                blocks(process.outstanding_count)
+            ),
+        ),
+        (
+            "allocations",
+            format!(
+                "{} allocations ({}), {} frees",
+                process.allocated_count,
+                human_bytes(process.allocated_bytes),
+                process.freed_count
+            ),
+        ),
+        (
+            "bytes processed",
+            process
+                .bytes_processed
+                .map(exact_bytes)
+                .unwrap_or_else(|| "unknown (/proc/PID/io was not readable)".to_string()),
+        ),
+        ("counters", counters_summary(&process.counters)),
+    ];
+    if process.exact == Some(false) {
+        rows.push((
+            "tracing",
+            "heap syscalls only (system-wide): its malloc family was not traced".to_string(),
+        ));
+    }
+    if let Some(heap) = &process.heap {
+        rows.extend(heap_rows(heap));
+    }
+    rows
+}
+
+/// The kernel's view of the heap, for the fields the snapshot has.
+fn heap_rows(heap: &RecordedHeap) -> Vec<(&'static str, String)> {
+    let mut rows = Vec::new();
+    let mut brk = Vec::new();
+    if let Some(bytes) = heap.brk_bytes {
+        brk.push(format!(
+            "{} above the start of the heap",
+            human_bytes(bytes)
+        ));
+    }
+    match (heap.brk_calls, heap.brk_failures) {
+        (Some(calls), Some(failed)) => brk.push(format!("{calls} brk calls, {failed} failed")),
+        (Some(calls), None) => brk.push(format!("{calls} brk calls")),
+        (None, Some(failed)) => brk.push(format!("{failed} failed brk calls")),
+        (None, None) => {}
+    }
+    if !brk.is_empty() {
+        rows.push(("program break", brk.join(", ")));
+    }
+    if let Some(fallbacks) = &heap.fallback_mmaps {
+        rows.push((
+            "mmap fallbacks",
+            if fallbacks.count == 0 {
+                "none".to_string()
+            } else {
+                format!(
+                    "{} ({}): malloc mapped memory because brk could not grow the heap",
+                    fallbacks.count,
+                    human_bytes(fallbacks.bytes)
+                )
+            },
+        ));
+    }
+    let mut anon = Vec::new();
+    if let Some(bytes) = heap.anon_mmap_outstanding_bytes {
+        anon.push(format!("{} still mapped", human_bytes(bytes)));
+    }
+    if let Some(bytes) = heap.anon_reserved_bytes {
+        anon.push(format!("{} reserved without access", human_bytes(bytes)));
+    }
+    if !anon.is_empty() {
+        rows.push(("anonymous mmaps", anon.join(", ")));
+    }
+    if let Some(rss) = heap.rss_bytes {
+        let mut text = human_bytes(rss);
+        if let Some(growth) = heap.rss_growth_bytes {
+            let sign = if growth < 0 { "-" } else { "+" };
+            text.push_str(&format!(
+                " ({sign}{} since tracing started",
+                human_bytes(growth.unsigned_abs())
+            ));
+            match heap.explained_share {
+                Some(share) if share.is_finite() => text.push_str(&format!(
+                    "; {:.0}% of that is outstanding traced allocations)",
+                    share * 100.0
+                )),
+                _ => text.push(')'),
+            }
+        }
+        rows.push(("RSS", text));
+    }
+    rows
+}
+
+/// The site's share of the heap's mappings, when the snapshot has it and it is not all zero.
+fn site_heap_line(site: &RecordedSite) -> Option<String> {
+    let mut parts = Vec::new();
+    if let Some(count) = site.fallback_mmap_count.filter(|&c| c > 0) {
+        parts.push(format!(
+            "{count} mmap fallbacks ({})",
+            human_bytes(site.fallback_mmap_bytes.unwrap_or(0))
+        ));
+    }
+    if let Some(bytes) = site.direct_mmap_bytes.filter(|&b| b > 0) {
+        parts.push(format!(
+            "{} mapped directly (large blocks)",
+            human_bytes(bytes)
+        ));
+    }
+    if let Some(bytes) = site.anon_mmap_bytes.filter(|&b| b > 0) {
+        parts.push(format!("{} of anonymous mappings", human_bytes(bytes)));
+    }
+    (!parts.is_empty()).then(|| parts.join(", "))
+}
+
+fn counters_summary(c: &RecordedCounters) -> String {
+    if !c.any() {
+        return "all zero: the numbers are exact".to_string();
+    }
+    format!(
+        "dropped allocations {}, stack errors {}, lost events {}, unknown frees {}",
+        c.dropped_allocations, c.stack_errors, c.lost_events, c.unknown_frees
+    )
+}
+
+/// What each non-zero counter means for the numbers, or None when all are zero.
+fn counters_warning(c: &RecordedCounters) -> Option<String> {
+    if !c.any() {
+        return None;
+    }
+    let mut reasons = Vec::new();
+    if c.dropped_allocations > 0 {
+        reasons.push(format!(
+            "{} allocations were not recorded because a map was full (raise --max-allocations / --max-stacks)",
+            c.dropped_allocations
+        ));
+    }
+    if c.stack_errors > 0 {
+        reasons.push(format!(
+            "{} stacks were not captured (those sites keep only their caller)",
+            c.stack_errors
+        ));
+    }
+    if c.lost_events > 0 {
+        reasons.push(format!("{} probe events did not pair up", c.lost_events));
+    }
+    if c.unknown_frees > 0 {
+        reasons.push(format!(
+            "{} frees of blocks not seen allocated (allocated before tracing started, dropped, or freed inside glibc)",
+            c.unknown_frees
+        ));
+    }
+    Some(format!(
+        "WARNING: the numbers may be incomplete: {}.",
+        reasons.join("; ")
+    ))
+}
+
+/// "48.8 KiB (50000 bytes)", "14 bytes".
+fn exact_bytes(bytes: u64) -> String {
+    if bytes < 1024 {
+        format!("{bytes} bytes")
+    } else {
+        format!("{} ({bytes} bytes)", human_bytes(bytes))
+    }
+}
+
+fn blocks(count: u64) -> String {
+    if count == 1 {
+        "1 block".to_string()
+    } else {
+        format!("{count} blocks")
+    }
+}
+
+/// "1.2s", "3.5m", "2.0h", "-".
+fn age(seconds: Option<f64>) -> String {
+    match seconds {
+        Some(s) if s.is_finite() && s < 60.0 => format!("{s:.1}s"),
+        Some(s) if s.is_finite() && s < 3600.0 => format!("{:.1}m", s / 60.0),
+        Some(s) if s.is_finite() => format!("{:.1}h", s / 3600.0),
+        _ => "-".to_string(),
+    }
+}
+
+/// A slope in bytes: "+555.1 KiB", "-1.0 KiB", "n/a".
+fn slope(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() && v < 0.0 => format!("-{}", human_bytes((-v).round() as u64)),
+        Some(v) if v.is_finite() => format!("+{}", human_bytes(v.round() as u64)),
+        _ => "n/a".to_string(),
+    }
+}
+
+fn r2(value: Option<f64>) -> String {
+    match value {
+        Some(v) if v.is_finite() => format!("{v:.2}"),
+        _ => "-".to_string(),
+    }
+}
+
+fn site_heading(site: &RecordedSite) -> String {
+    site.top_frame()
+        .map(RecordedFrame::name)
+        .unwrap_or_else(|| "(no frames)".to_string())
+}
+
+fn growth_line(site: &RecordedSite) -> String {
+    let g = &site.growth;
+    format!(
+        "{} per MiB processed (R² {}), {} per minute (R² {}), class {}, oldest block {}",
+        slope(g.bytes_per_mib_processed),
+        r2(g.r2_processed),
+        slope(g.bytes_per_min),
+        r2(g.r2_time),
+        g.class,
+        age(site.oldest_age_s)
+    )
+}
+
+/// One frame: name, source location, and where it is in its module when not symbolized.
+fn frame_columns(frame: &RecordedFrame) -> (String, String) {
+    let mut name = frame.name();
+    if frame.inlined {
+        name.push_str(" [inlined]");
+    }
+    let location = match (frame.source_location(), &frame.function) {
+        (Some(location), _) => location,
+        // A named frame without source: say where it is so it can be looked up.
+        (None, Some(_)) => match (frame.module_name(), frame.offset) {
+            (Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
+            _ => String::new(),
+        },
+        (None, None) => String::new(),
+    };
+    (name, location)
+}
+
+fn frame_lines(site: &RecordedSite, indent: &str) -> String {
+    let columns: Vec<(String, String)> = site.frames.iter().map(frame_columns).collect();
+    let width = columns
+        .iter()
+        .map(|(n, _)| n.chars().count())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for (name, location) in columns {
+        let line = format!("{indent}{name:<width$}  {location}");
+        let _ = writeln!(out, "{}", line.trim_end());
+    }
+    if site.frames.is_empty() {
+        let _ = writeln!(out, "{indent}(no frames: the stack was not captured)");
+    }
+    out
+}
+
+fn text_process(
+    out: &mut String,
+    process: &RecordedProcess,
+    sites: &SiteSelection,
+    options: &ReportOptions,
+) {
+    let _ = writeln!(out, "\npid {} ({})", process.pid, process.comm);
+    for (label, value) in summary(process) {
+        let _ = writeln!(out, "  {label:<16} {value}");
+    }
+    if let Some(warning) = counters_warning(&process.counters) {
+        let _ = writeln!(out, "  {warning}");
+    }
+    if sites.shown.is_empty() {
+        let _ = writeln!(out, "\n  No sites to show.");
+    } else {
+        let _ = writeln!(out, "\n  Sites by leak rank (1 = the most likely leak):");
+    }
+    for site in &sites.shown {
+        let _ = writeln!(
+            out,
+            "\n  #{} {}: {} outstanding in {}",
+            site.leak_rank,
+            site_heading(site),
+            exact_bytes(site.outstanding_bytes),
+            blocks(site.outstanding_count)
+        );
+        let _ = writeln!(out, "     growth: {}", growth_line(site));
+        if let Some(heap) = site_heap_line(site) {
+            let _ = writeln!(out, "     heap: {heap}");
+        }
+        out.push_str(&frame_lines(site, "       "));
+    }
+    if let Some(hidden) = sites.hidden(options) {
+        let _ = writeln!(out, "\n  {hidden}");
+    }
+}
+
+/// `text` as inline code that survives a Markdown table cell.
+fn code(text: &str) -> String {
+    let text = text.replace('|', "\\|").replace(['\n', '\r'], " ");
+    if text.contains('`') {
+        format!("`` {text} ``")
+    } else {
+        format!("`{text}`")
+    }
+}
+
+/// Plain text for a Markdown table cell.
+fn cell(text: &str) -> String {
+    text.replace('|', "\\|").replace(['\n', '\r'], " ")
+}
+
+fn markdown_process(
+    out: &mut String,
+    process: &RecordedProcess,
+    sites: &SiteSelection,
+    options: &ReportOptions,
+) {
+    let _ = writeln!(
+        out,
+        "\n### pid {} {}: {}\n",
+        process.pid,
+        code(&process.comm),
+        status(process)
+    );
+    let _ = writeln!(out, "| | |\n|---|---|");
+    for (label, value) in summary(process) {
+        let value = if label == "executable" {
+            code(&value)
+        } else {
+            cell(&value)
+        };
+        let _ = writeln!(out, "| {label} | {value} |");
+    }
+    if let Some(warning) = counters_warning(&process.counters) {
+        let _ = writeln!(out, "\n> **{}**", cell(&warning));
+    }
+    if sites.shown.is_empty() {
+        let _ = writeln!(out, "\nNo sites to show.");
+    } else {
+        let _ = writeln!(
+            out,
+            "\n| rank | outstanding | blocks | per MiB processed | per minute | R² (MiB / min) | class | oldest | site |"
+        );
+        let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---|---:|---|");
+        for site in &sites.shown {
+            let g = &site.growth;
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
+                site.leak_rank,
+                exact_bytes(site.outstanding_bytes),
+                site.outstanding_count,
+                slope(g.bytes_per_mib_processed),
+                slope(g.bytes_per_min),
+                r2(g.r2_processed),
+                r2(g.r2_time),
+                cell(&g.class),
+                age(site.oldest_age_s),
+                code(&site.label()),
+            );
+        }
+    }
+    for site in &sites.shown {
+        let _ = writeln!(
+            out,
+            "\n#### #{} {}: {} outstanding in {}\n",
+            site.leak_rank,
+            code(&site_heading(site)),
+            exact_bytes(site.outstanding_bytes),
+            blocks(site.outstanding_count)
+        );
+        if let Some(heap) = site_heap_line(site) {
+            let _ = writeln!(out, "Heap: {}.\n", cell(&heap));
+        }
+        // A fence longer than any backtick run in the frames, so no name can close it early.
+        let frames = frame_lines(site, "");
+        let fence = "`".repeat(longest_backtick_run(&frames).max(2) + 1);
+        let _ = write!(out, "{fence}text\n{frames}{fence}\n");
+    }
+    if let Some(hidden) = sites.hidden(options) {
+        let _ = writeln!(out, "\n{}", cell(&hidden));
+    }
+}
+
+fn longest_backtick_run(text: &str) -> usize {
+    text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markdown_cells_cannot_break_the_table() {
+        assert_eq!(code("operator|"), "`operator\\|`");
+        assert_eq!(code("a`b"), "`` a`b ``");
+        assert_eq!(cell("x\ny|z"), "x y\\|z");
+        assert_eq!(longest_backtick_run("a ``` b `"), 3);
+    }
+
+    #[test]
+    fn numbers_the_data_cannot_support_are_dashes() {
+        assert_eq!(slope(None), "n/a");
+        assert_eq!(slope(Some(f64::NAN)), "n/a");
+        assert_eq!(slope(Some(-2048.0)), "-2.0 KiB");
+        assert_eq!(r2(None), "-");
+        assert_eq!(age(Some(90.0)), "1.5m");
+        assert_eq!(age(None), "-");
+    }
+
+    #[test]
+    fn counters_warning_names_each_cause() {
+        assert_eq!(counters_warning(&RecordedCounters::default()), None);
+        let warning = counters_warning(&RecordedCounters {
+            dropped_allocations: 2,
+            unknown_frees: 5,
+            ..RecordedCounters::default()
+        })
+        .expect("a warning");
+        assert!(warning.starts_with("WARNING"), "{warning}");
+        assert!(
+            warning.contains("2 allocations were not recorded"),
+            "{warning}"
+        );
+        assert!(warning.contains("5 frees"), "{warning}");
+    }
+}
