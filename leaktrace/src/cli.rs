@@ -23,9 +23,15 @@ pub struct Cli {
     #[arg(short, long = "pid", value_name = "PID")]
     pub pids: Vec<u32>,
 
-    /// How often to print the table and rewrite the JSON snapshot.
-    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = parse_duration)]
-    pub interval: Duration,
+    /// How often to sample, refresh the display and rewrite the JSON snapshot
+    /// [default: 1s with the dashboard, 5s headless].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub interval: Option<Duration>,
+
+    /// Print the periodic text table instead of the live dashboard (the default when stdout is
+    /// not a terminal).
+    #[arg(long)]
+    pub headless: bool,
 
     /// Stop after this long (default: until Ctrl-C or until every target exits).
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]

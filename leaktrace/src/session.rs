@@ -21,6 +21,7 @@ use crate::{
     symbolize::Symbols,
     target::{self, ExitStatus, TargetProcess},
     tracer::{self, Capacity, MapsReading, Tracer},
+    ui::{self, Action, App, Event, Live, Update},
 };
 
 /// How often liveness is checked and live processes' mappings are re-read (so that stacks stay
@@ -83,6 +84,13 @@ impl Traced {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    use std::io::IsTerminal as _;
+    let dashboard = !cli.headless && std::io::stdout().is_terminal();
+    let interval = cli.interval.unwrap_or(if dashboard {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(5)
+    });
     let system_wide = cli.system_wide || (cli.pids.is_empty() && cli.command.is_empty());
     if system_wide && !cli.command.is_empty() {
         bail!(
@@ -177,7 +185,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         system_wide,
         series: HashMap::new(),
         started: Instant::now(),
-        interval: cli.interval,
+        interval,
         min_age: cli.min_age,
         processed: cli.processed,
         top: cli.top,
@@ -187,7 +195,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     for t in &mut session.traced {
         t.sample_processed(session.processed);
     }
-    let outcome = session.sample_loop(cli.duration).await;
+    let outcome = if dashboard {
+        // Log lines would land in the middle of the dashboard.
+        if std::env::var_os("RUST_LOG").is_none() {
+            log::set_max_level(log::LevelFilter::Off);
+        }
+        let outcome =
+            ui::run_terminal(async |dash| session.dashboard_loop(dash, cli.duration).await)
+                .await
+                .context("cannot drive the terminal")
+                .and_then(|outcome| outcome);
+        log::set_max_level(log::LevelFilter::Warn);
+        outcome
+    } else {
+        session.sample_loop(cli.duration).await
+    };
     session.end_launched_commands().await;
     // The final snapshot is written whatever ended the run, then the probes go with `session`.
     let last = session.snapshot(true);
@@ -248,6 +270,96 @@ impl Session {
                 _ = sigterm.recv() => return Ok(()),
             }
         }
+    }
+
+    /// The live dashboard's loop: input, samples, liveness and signals. Targets exiting do not
+    /// end it (their data stays browsable); `q`, `--duration` or a signal do.
+    async fn dashboard_loop(
+        &mut self,
+        dash: &mut ui::Dashboard,
+        duration: Option<Duration>,
+    ) -> anyhow::Result<()> {
+        let mut app = App::new();
+        app.handle(dash.size_event()?);
+        let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+        let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+        let mut liveness = tokio::time::interval(LIVENESS_PERIOD);
+        liveness.set_missed_tick_behavior(MissedTickBehavior::Skip);
+        let start = tokio::time::Instant::from_std(self.started);
+        let deadline = duration.map(|d| start + d);
+        // A first picture at once rather than after a whole interval.
+        let mut next_sample = tokio::time::Instant::now();
+        loop {
+            dash.draw(&app)?;
+            tokio::select! {
+                event = dash.next_event() => match event {
+                    Some(Ok(event)) => match app.handle(event) {
+                        Some(Action::Quit) => return Ok(()),
+                        Some(Action::WriteSnapshot) => {
+                            let snapshot = self.snapshot(false);
+                            let status = match &self.json {
+                                Some(path) => match report::write_snapshot(path, &snapshot) {
+                                    Ok(()) => format!("snapshot written to {}", path.display()),
+                                    Err(err) => format!("cannot write {}: {err}", path.display()),
+                                },
+                                None => "no --json PATH given: nothing written".to_string(),
+                            };
+                            app.set_status(status);
+                        }
+                        Some(Action::TraceProcess(pid)) => {
+                            let status = match self.trace_exactly(pid) {
+                                Ok(()) => format!("tracing pid {pid} exactly"),
+                                Err(err) => format!("cannot trace pid {pid}: {err:#}"),
+                            };
+                            app.set_status(status);
+                            next_sample = tokio::time::Instant::now();
+                        }
+                        Some(Action::Redraw) => dash.redraw_all()?,
+                        None => {}
+                    },
+                    Some(Err(err)) => return Err(err.into()),
+                    None => return Ok(()),
+                },
+                _ = sleep_until(next_sample) => {
+                    let snapshot = self.snapshot(false);
+                    if let Err(err) = self.save(&snapshot) {
+                        app.set_status(format!("{err:#}"));
+                    }
+                    let live = Live {
+                        uptime_s: Some(self.started.elapsed().as_secs_f64()),
+                        ..Live::default()
+                    };
+                    app.handle(Event::Update(Box::new(Update { snapshot, live })));
+                    next_sample = tokio::time::Instant::now() + self.interval;
+                }
+                _ = liveness.tick() => {
+                    self.drain_heap_events();
+                    self.refresh_liveness();
+                }
+                _ = async { sleep_until(deadline.unwrap_or(start)).await }, if deadline.is_some() => {
+                    return Ok(());
+                }
+                _ = sigint.recv() => return Ok(()),
+                _ = sigterm.recv() => return Ok(()),
+            }
+        }
+    }
+
+    /// Start exact (uprobe) tracing of a process seen in system-wide mode.
+    fn trace_exactly(&mut self, pid: u32) -> anyhow::Result<()> {
+        if self.traced.iter().any(|t| t.process.pid == pid) {
+            return Ok(());
+        }
+        let process = target::inspect(pid)?;
+        let hooked = self.tracer.attach(pid, &process.libc_host_path)?;
+        let brk = target::read_brk(pid);
+        self.heap.register(pid, brk.map(|b| b.0), brk.map(|b| b.1));
+        let mut traced = Traced::new(process, false, &hooked);
+        traced.sample_processed(self.processed);
+        self.others.remove(&pid);
+        self.traced.push(traced);
+        self.symbols.refresh_maps(pid);
+        Ok(())
     }
 
     fn drain_heap_events(&mut self) {

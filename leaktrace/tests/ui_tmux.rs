@@ -119,7 +119,6 @@ fn wait_for_file(path: &Path, timeout: Duration) -> String {
 }
 
 #[test]
-#[ignore = "needs the TUI wired into the session"]
 fn dashboard_shows_the_leak_sorts_and_quits_cleanly() {
     if !privileged() {
         return;

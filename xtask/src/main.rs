@@ -235,15 +235,17 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
     let linker = cargo_home().join("bin/bpf-linker");
     let version_ok = output_of(Command::new(&linker).arg("--version"))
         .is_some_and(|v| v.contains(BPF_LINKER_VERSION));
+    // The library is linked by its soname, e.g. libLLVM.so.22.1-rust-1.95.0-stable.
+    let soname_tail = TOOLCHAIN_LLVM_LIB.trim_start_matches("LLVM-22-");
     let llvm_ok = output_of(Command::new("ldd").arg(&linker)).is_some_and(|libs| {
         libs.lines()
-            .any(|l| l.contains(TOOLCHAIN_LLVM_LIB) && !l.contains("not found"))
+            .any(|l| l.contains("libLLVM") && l.contains(soname_tail) && !l.contains("not found"))
     });
     if version_ok && llvm_ok {
         return Ok(());
     }
     let sysroot =
-        output_of(Command::new("rustc").args([&format!("+{TOOLCHAIN}"), "--print", "sysroot"]))
+        output_of(Command::new("rustup").args(["run", TOOLCHAIN, "rustc", "--print", "sysroot"]))
             .context("cannot find the pinned toolchain's sysroot")?;
     let llvm_dir = Path::new(sysroot.trim()).join("lib");
     if !llvm_dir
@@ -261,8 +263,8 @@ fn ensure_bpf_linker() -> anyhow::Result<()> {
         dir = llvm_dir.display()
     );
     run_checked(
-        Command::new(cargo_bin())
-            .arg(format!("+{TOOLCHAIN}"))
+        Command::new("rustup")
+            .args(["run", TOOLCHAIN, "cargo"])
             .args(["install", &format!("bpf-linker@{BPF_LINKER_VERSION}")])
             .args(["--locked", "--force", "--no-default-features", "--features"])
             .arg(format!("{BPF_LINKER_LLVM_FEATURE},no-llvm-linking"))
