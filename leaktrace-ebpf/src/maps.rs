@@ -2,7 +2,7 @@
 //! load time (`--max-allocations`, `--max-stacks`).
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use leaktrace_common::{
     AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats, SyscallArgs,
@@ -39,3 +39,7 @@ pub static SYSCALLS: HashMap<u64, SyscallArgs> = HashMap::with_max_entries(1 << 
 /// Completed heap syscalls and allocator-call sites, for userspace (polled on a timer).
 #[map]
 pub static HEAP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
+
+/// Uprobe hits (all programs, all traced processes), per CPU: the cost meter.
+#[map]
+pub static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -16,7 +16,7 @@ use leaktrace_common::{
     NO_STACK,
 };
 
-use crate::maps::{ALLOCS, COUNTERS, INFLIGHT, SITES, STACKS};
+use crate::maps::{ALLOCS, COUNTERS, INFLIGHT, PROBE_HITS, SITES, STACKS};
 
 const E2BIG: i32 = -7;
 const EEXIST: i32 = -17;
@@ -72,12 +72,21 @@ fn stack_pointer(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
     unsafe { (*regs).rsp }
 }
 
+#[inline(always)]
+fn count_hit() {
+    if let Some(hits) = PROBE_HITS.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; probes do not nest on one CPU.
+        unsafe { *hits += 1 };
+    }
+}
+
 pub fn bump_lost(tgid: u32) {
     bump(tgid, |c| c.lost_events += 1);
 }
 
 #[uprobe]
 pub fn alloc_enter(ctx: ProbeContext) -> u32 {
+    count_hit();
     try_alloc_enter(&ctx);
     0
 }
@@ -184,6 +193,7 @@ fn restore(call: &InflightCall) {
 
 #[uretprobe]
 pub fn alloc_return(ctx: RetProbeContext) -> u32 {
+    count_hit();
     try_alloc_return(&ctx);
     0
 }
@@ -343,6 +353,7 @@ fn account_free(info: &AllocInfo) {
 
 #[uprobe]
 pub fn free_enter(ctx: ProbeContext) -> u32 {
+    count_hit();
     try_free_enter(&ctx);
     0
 }

@@ -50,6 +50,18 @@ pub struct Cli {
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_min_age)]
     pub min_age: Duration,
 
+    /// Also keep a rolling series of timestamped snapshots, one this often, in --snapshot-dir.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, requires = "snapshot_dir")]
+    pub snapshot_every: Option<Duration>,
+
+    /// Directory of the rolling snapshots (created if missing).
+    #[arg(long, value_name = "DIR", requires = "snapshot_every")]
+    pub snapshot_dir: Option<PathBuf>,
+
+    /// How many rolling snapshots to keep (the oldest are deleted).
+    #[arg(long, value_name = "N", default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep: u32,
+
     /// How many sites the periodic table shows per process.
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,

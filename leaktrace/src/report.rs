@@ -180,6 +180,57 @@ pub fn write_snapshot(path: &Path, snapshot: &Snapshot) -> io::Result<()> {
     write_atomically(path, &json)
 }
 
+/// Rolling timestamped snapshots in a directory, the newest `keep` kept.
+#[derive(Debug)]
+pub struct SnapshotSeries {
+    dir: PathBuf,
+    keep: usize,
+}
+
+const SERIES_PREFIX: &str = "leaktrace-";
+
+impl SnapshotSeries {
+    /// Create the directory if needed and check it is writable.
+    pub fn new(dir: &Path, keep: u32) -> io::Result<Self> {
+        fs::create_dir_all(dir)?;
+        check_writable(&dir.join(format!("{SERIES_PREFIX}check.json")))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            keep: usize::try_from(keep).unwrap_or(usize::MAX).max(1),
+        })
+    }
+
+    /// Write one snapshot (atomically) named by its time, then delete the oldest beyond `keep`.
+    /// Returns the path written.
+    pub fn write(&self, snapshot: &Snapshot) -> io::Result<PathBuf> {
+        // "2026-11-23T18:00:00.123Z" -> "20261123T180000.123Z": sorts by time, no colons.
+        let stamp: String = snapshot
+            .generated_at
+            .chars()
+            .filter(|c| !matches!(c, '-' | ':'))
+            .collect();
+        let path = self.dir.join(format!("{SERIES_PREFIX}{stamp}.json"));
+        write_snapshot(&path, snapshot)?;
+        let mut series: Vec<PathBuf> = fs::read_dir(&self.dir)?
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| {
+                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                    n.starts_with(SERIES_PREFIX)
+                        && n.ends_with(".json")
+                        && n != "leaktrace-check.json"
+                })
+            })
+            .collect();
+        series.sort();
+        let excess = series.len().saturating_sub(self.keep);
+        for old in &series[..excess] {
+            fs::remove_file(old)?;
+        }
+        Ok(path)
+    }
+}
+
 /// "1.5 MiB", "512 B".
 pub fn human_bytes(bytes: u64) -> String {
     const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
@@ -541,6 +592,30 @@ mod tests {
             .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
             .collect();
         assert!(leftovers.is_empty());
+    }
+
+    #[test]
+    fn the_series_keeps_the_newest_snapshots() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let series = SnapshotSeries::new(&dir.path().join("series"), 3).expect("series");
+        let mut written = Vec::new();
+        for second in 0..5 {
+            let mut snap = snapshot();
+            snap.generated_at = format!("2026-11-23T18:00:0{second}.000Z");
+            snap.duration_s = f64::from(second);
+            written.push(series.write(&snap).expect("write"));
+        }
+        let mut left: Vec<PathBuf> = fs::read_dir(dir.path().join("series"))
+            .expect("list")
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .collect();
+        left.sort();
+        assert_eq!(left, written[2..].to_vec());
+        let newest: Snapshot =
+            serde_json::from_slice(&fs::read(&left[2]).expect("read")).expect("parse");
+        assert_eq!(newest.duration_s, 4.0);
+        assert!(left[2].ends_with("leaktrace-20261123T180004.000Z.json"));
     }
 
     #[test]

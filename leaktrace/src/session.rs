@@ -102,6 +102,14 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         report::check_writable(path)
             .with_context(|| format!("cannot write JSON snapshots to {}", path.display()))?;
     }
+    let series = match (&cli.snapshot_dir, cli.snapshot_every) {
+        (Some(dir), Some(every)) => Some((
+            report::SnapshotSeries::new(dir, cli.keep)
+                .with_context(|| format!("cannot keep snapshots in {}", dir.display()))?,
+            every,
+        )),
+        _ => None,
+    };
 
     let mut pids = cli.pids.clone();
     pids.sort_unstable();
@@ -190,6 +198,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         processed: cli.processed,
         top: cli.top,
         json: cli.json.clone(),
+        rolling: series,
+        last_series_write: None,
     };
     session.refresh_liveness();
     for t in &mut session.traced {
@@ -236,6 +246,9 @@ struct Session {
     processed: Processed,
     top: usize,
     json: Option<PathBuf>,
+    /// `--snapshot-dir` / `--snapshot-every` / `--keep`.
+    rolling: Option<(report::SnapshotSeries, Duration)>,
+    last_series_write: Option<Instant>,
 }
 
 impl Session {
@@ -289,6 +302,7 @@ impl Session {
         let deadline = duration.map(|d| start + d);
         // A first picture at once rather than after a whole interval.
         let mut next_sample = tokio::time::Instant::now();
+        let mut last_hits: Option<(Instant, u64)> = None;
         loop {
             dash.draw(&app)?;
             tokio::select! {
@@ -325,9 +339,15 @@ impl Session {
                     if let Err(err) = self.save(&snapshot) {
                         app.set_status(format!("{err:#}"));
                     }
+                    let hits = (Instant::now(), self.tracer.probe_hits());
+                    let probe_hits_per_s = last_hits.and_then(|(at, count): (Instant, u64)| {
+                        let seconds = hits.0.duration_since(at).as_secs_f64();
+                        (seconds > 0.0).then(|| hits.1.saturating_sub(count) as f64 / seconds)
+                    });
+                    last_hits = Some(hits);
                     let live = Live {
                         uptime_s: Some(self.started.elapsed().as_secs_f64()),
-                        ..Live::default()
+                        probe_hits_per_s,
                     };
                     app.handle(Event::Update(Box::new(Update { snapshot, live })));
                     next_sample = tokio::time::Instant::now() + self.interval;
@@ -430,10 +450,24 @@ impl Session {
         }
     }
 
-    fn save(&self, snapshot: &Snapshot) -> anyhow::Result<()> {
+    /// Write `--json` and, when due (and always for the final snapshot), the next snapshot of
+    /// the rolling series.
+    fn save(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
         if let Some(path) = &self.json {
             report::write_snapshot(path, snapshot)
                 .with_context(|| format!("cannot write JSON snapshot {}", path.display()))?;
+        }
+        if let Some((series, every)) = &self.rolling {
+            let due = snapshot.complete
+                || self
+                    .last_series_write
+                    .is_none_or(|last| last.elapsed() >= *every);
+            if due {
+                series
+                    .write(snapshot)
+                    .context("cannot write the rolling snapshot")?;
+                self.last_series_write = Some(Instant::now());
+            }
         }
         Ok(())
     }

@@ -3,7 +3,7 @@ use std::{collections::HashMap, num::NonZeroU32, path::Path};
 
 use anyhow::{anyhow, bail, Context as _};
 use aya::{
-    maps::{HashMap as BpfHashMap, MapData, PerCpuHashMap, RingBuf, StackTraceMap},
+    maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
         TracePoint, UProbe,
@@ -286,6 +286,19 @@ impl Tracer {
             }
         }
         Ok(reading)
+    }
+
+    /// Uprobe hits so far, all CPUs.
+    pub fn probe_hits(&self) -> u64 {
+        let Ok(map) = self.map("PROBE_HITS") else {
+            return 0;
+        };
+        let Ok(hits) = PerCpuArray::<&MapData, u64>::try_from(map) else {
+            return 0;
+        };
+        hits.get(&0, 0)
+            .map(|per_cpu| per_cpu.iter().fold(0u64, |sum, v| sum.wrapping_add(*v)))
+            .unwrap_or(0)
     }
 
     /// The user stack of a site (instruction pointers, innermost first).

@@ -326,3 +326,58 @@ fn duration_stops_the_run_and_ends_the_launched_command() {
     let (bytes, count, ..) = totals_for(process, "steady_leak");
     assert!(count > 20 && bytes == count * 100, "{bytes} {count}");
 }
+
+#[test]
+fn a_rolling_series_keeps_the_newest_snapshots_whole() {
+    if !privileged() {
+        return;
+    }
+    let fixture = fixture("alloc_patterns", &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let series = dir.path().join("series");
+    let mut run = Run::start(&[
+        "--interval",
+        "100ms",
+        "--snapshot-every",
+        "200ms",
+        "--snapshot-dir",
+        series.to_str().expect("utf-8"),
+        "--keep",
+        "3",
+        "--",
+        fixture.to_str().expect("utf-8"),
+        "steady",
+        "2",
+    ]);
+    run.wait_for("finished steady", Duration::from_secs(30));
+    run.send_line();
+    let (code, lines) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    let mut files: Vec<_> = std::fs::read_dir(&series)
+        .expect("series dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    let parsed: Vec<serde_json::Value> = files
+        .iter()
+        .map(|f| serde_json::from_slice(&std::fs::read(f).expect("read")).expect("parses"))
+        .collect();
+    for snapshot in &parsed {
+        validate_schema(snapshot);
+    }
+    assert_eq!(
+        parsed[2]["complete"], true,
+        "the newest is the final snapshot"
+    );
+    let durations: Vec<f64> = parsed
+        .iter()
+        .map(|s| s["duration_s"].as_f64().expect("f64"))
+        .collect();
+    assert!(durations.windows(2).all(|w| w[0] < w[1]), "{durations:?}");
+    assert_eq!(
+        totals_for(only_process(&parsed[2]), "steady_leak"),
+        (200 * 100, 200, 200, 0)
+    );
+}

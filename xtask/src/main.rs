@@ -196,7 +196,12 @@ fn setup() -> anyhow::Result<()> {
     ensure_toolchain()?;
     ensure_bpf_linker()?;
     ensure_tracefs();
-    ensure_commands(&[("gcc", "gcc"), ("strace", "strace")])?;
+    ensure_commands(&[
+        ("gcc", "gcc"),
+        ("strace", "strace"),
+        ("tmux", "tmux"),
+        ("go", "golang-go"),
+    ])?;
     Ok(())
 }
 
