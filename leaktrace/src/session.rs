@@ -170,6 +170,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         traced.push(Traced::new(process, true, &hooked));
     }
+    // The work baseline is taken before announcing the run: what the targets process from then
+    // on is what the per-MiB slopes measure.
+    for t in &mut traced {
+        t.sample_processed(cli.processed);
+    }
     if system_wide {
         eprintln!("leaktrace: watching the heap syscalls of every process");
     }
@@ -202,9 +207,6 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         last_series_write: None,
     };
     session.refresh_liveness();
-    for t in &mut session.traced {
-        t.sample_processed(session.processed);
-    }
     let outcome = if dashboard {
         // Log lines would land in the middle of the dashboard.
         if std::env::var_os("RUST_LOG").is_none() {

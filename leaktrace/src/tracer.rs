@@ -227,8 +227,13 @@ impl Tracer {
         if !exports.iter().any(|e| e == "free") {
             bail!("{} does not export free", libc.display());
         }
+        let free_offset = entry_probe_skip(libc, "free").unwrap_or(0);
         self.uprobe("free_enter")?
-            .attach(UProbeAttachLocation::Symbol("free"), libc, scope)
+            .attach(
+                UProbeAttachLocation::SymbolOffset("free", free_offset),
+                libc,
+                scope,
+            )
             .with_context(|| format!("failed to attach to free in {}", libc.display()))?;
         hooked.push("free");
         self.trace_heap_of(pid)?;
@@ -312,6 +317,28 @@ impl Tracer {
     }
 }
 
+/// How many bytes into `function` its entry probe can go so that the kernel emulates the
+/// probed instruction instead of single-stepping it out of line (a second trap per hit).
+/// Only one pattern is recognized, glibc's `free`: it starts with `test %rdi,%rdi`
+/// (48 85 ff), which must be single-stepped, followed by a conditional jump on it, which the
+/// kernel emulates; %rdi, the argument, is untouched at +3. Anything else stays at +0.
+fn entry_probe_skip(path: &Path, function: &str) -> Option<u64> {
+    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
+    let data = std::fs::read(path).ok()?;
+    let file = object::File::parse(&*data).ok()?;
+    let symbol = file
+        .dynamic_symbols()
+        .find(|s| s.name().ok().and_then(|n| n.split('@').next()) == Some(function))?;
+    let section = file.section_by_index(symbol.section_index()?).ok()?;
+    let (section_offset, _) = section.file_range()?;
+    let offset = symbol.address().checked_sub(section.address())? + section_offset;
+    let code = data.get(usize::try_from(offset).ok()?..usize::try_from(offset + 5).ok()?)?;
+    let test_rdi = code.starts_with(&[0x48, 0x85, 0xff]);
+    // je/jne rel8 (74/75) or rel32 (0f 84/0f 85).
+    let jcc = matches!(code[3], 0x74 | 0x75) || (code[3] == 0x0f && matches!(code[4], 0x84 | 0x85));
+    (test_rdi && jcc).then_some(3)
+}
+
 /// Names of the functions an ELF file exports (dynamic symbol table).
 fn exported_functions(path: &Path) -> anyhow::Result<Vec<String>> {
     use object::{Object as _, ObjectSymbol as _};
@@ -325,6 +352,25 @@ fn exported_functions(path: &Path) -> anyhow::Result<Vec<String>> {
         // Versioned names ("malloc@@GLIBC_2.2.5") keep only the base name.
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_probe_skips_glibc_s_leading_test_only_when_it_is_there() {
+        let me = crate::target::inspect(std::process::id()).expect("inspect self");
+        // Debian 12's glibc 2.36 starts free with test %rdi,%rdi; je.
+        let skip = entry_probe_skip(&me.libc_host_path, "free");
+        assert_eq!(skip, Some(3));
+        // malloc starts differently: it stays at its entry.
+        assert_eq!(entry_probe_skip(&me.libc_host_path, "malloc"), None);
+        assert_eq!(
+            entry_probe_skip(&me.libc_host_path, "no_such_function"),
+            None
+        );
+    }
 }
 
 /// CLOCK_MONOTONIC now, in the same time base as `bpf_ktime_get_ns`.
