@@ -97,7 +97,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
                 json.display()
             );
             let mut leaktrace = Command::new(root.join("target/release/leaktrace"));
-            leaktrace.args(["--interval", "3s", "--json"]).arg(&json);
+            leaktrace.args(["--interval", "2s", "--json"]).arg(&json);
             leaktrace.args(&leaktrace_args);
             leaktrace.arg("--").arg(&service).arg("15");
             run_checked(&mut leaktrace)?;
