@@ -253,14 +253,37 @@ struct Session {
     last_series_write: Option<Instant>,
 }
 
+/// What both sampling loops wait on besides their own inputs.
+struct Clocks {
+    sigint: tokio::signal::unix::Signal,
+    sigterm: tokio::signal::unix::Signal,
+    liveness: tokio::time::Interval,
+    start: tokio::time::Instant,
+    deadline: Option<tokio::time::Instant>,
+}
+
 impl Session {
-    async fn sample_loop(&mut self, duration: Option<Duration>) -> anyhow::Result<()> {
-        let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    fn clocks(&self, duration: Option<Duration>) -> anyhow::Result<Clocks> {
         let mut liveness = tokio::time::interval(LIVENESS_PERIOD);
         liveness.set_missed_tick_behavior(MissedTickBehavior::Skip);
         let start = tokio::time::Instant::from_std(self.started);
-        let deadline = duration.map(|d| start + d);
+        Ok(Clocks {
+            sigint: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+            sigterm: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            liveness,
+            start,
+            deadline: duration.map(|d| start + d),
+        })
+    }
+
+    async fn sample_loop(&mut self, duration: Option<Duration>) -> anyhow::Result<()> {
+        let Clocks {
+            mut sigint,
+            mut sigterm,
+            mut liveness,
+            start,
+            deadline,
+        } = self.clocks(duration)?;
         let mut next_sample = start + self.interval;
         loop {
             tokio::select! {
@@ -296,12 +319,13 @@ impl Session {
     ) -> anyhow::Result<()> {
         let mut app = App::new();
         app.handle(dash.size_event()?);
-        let mut sigint = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-        let mut sigterm = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-        let mut liveness = tokio::time::interval(LIVENESS_PERIOD);
-        liveness.set_missed_tick_behavior(MissedTickBehavior::Skip);
-        let start = tokio::time::Instant::from_std(self.started);
-        let deadline = duration.map(|d| start + d);
+        let Clocks {
+            mut sigint,
+            mut sigterm,
+            mut liveness,
+            start,
+            deadline,
+        } = self.clocks(duration)?;
         // A first picture at once rather than after a whole interval.
         let mut next_sample = tokio::time::Instant::now();
         let mut last_hits: Option<(Instant, u64)> = None;
