@@ -188,7 +188,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         );
     }
 
+    let reader = std::sync::Arc::new(tracer.reader()?);
     let mut session = Session {
+        reader,
         tracer,
         symbols: Symbols::new(),
         stacks: HashMap::new(),
@@ -231,6 +233,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 struct Session {
+    /// The aggregate maps, read off the event loop by the dashboard.
+    reader: std::sync::Arc<tracer::MapsReader>,
     tracer: Tracer,
     symbols: Symbols,
     /// Stack map contents, read once per (pid, stack id): ids are never reused.
@@ -251,6 +255,13 @@ struct Session {
     /// `--snapshot-dir` / `--snapshot-every` / `--keep`.
     rolling: Option<(report::SnapshotSeries, Duration)>,
     last_series_write: Option<Instant>,
+}
+
+fn read_or_empty(reading: anyhow::Result<MapsReading>) -> MapsReading {
+    reading.unwrap_or_else(|err| {
+        log::warn!("cannot read the eBPF maps: {err:#}");
+        MapsReading::default()
+    })
 }
 
 /// What both sampling loops wait on besides their own inputs.
@@ -329,6 +340,8 @@ impl Session {
         // A first picture at once rather than after a whole interval.
         let mut next_sample = tokio::time::Instant::now();
         let mut last_hits: Option<(Instant, u64)> = None;
+        let mut pending_read: Option<(u64, tokio::task::JoinHandle<anyhow::Result<MapsReading>>)> =
+            None;
         loop {
             dash.draw(&app)?;
             tokio::select! {
@@ -360,8 +373,25 @@ impl Session {
                     Some(Err(err)) => return Err(err.into()),
                     None => return Ok(()),
                 },
-                _ = sleep_until(next_sample) => {
-                    let snapshot = self.snapshot(false);
+                _ = sleep_until(next_sample), if pending_read.is_none() => {
+                    // Reading the maps can take long (two syscalls per outstanding block): it
+                    // runs on a blocking thread while keys keep being handled.
+                    let (now_ns, min_age_ns) = self.read_clock();
+                    let reader = std::sync::Arc::clone(&self.reader);
+                    pending_read = Some((
+                        now_ns,
+                        tokio::task::spawn_blocking(move || reader.read(now_ns, min_age_ns)),
+                    ));
+                }
+                joined = async {
+                    match pending_read.as_mut() {
+                        Some((_, read)) => read.await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    let now_ns = pending_read.take().map_or(0, |(at, _)| at);
+                    let reading = read_or_empty(joined.context("the map reader failed").and_then(|r| r));
+                    let snapshot = self.build_snapshot(false, now_ns, reading);
                     if let Err(err) = self.save(&snapshot) {
                         app.set_status(format!("{err:#}"));
                     }
@@ -498,19 +528,23 @@ impl Session {
         Ok(())
     }
 
-    /// Read the maps and build a snapshot. Interval snapshots (not the final one) also add a
-    /// sample to each live site's growth series: a dead process's flat tail is not growth data.
+    /// Read the maps and build a snapshot, on this thread.
     fn snapshot(&mut self, complete: bool) -> Snapshot {
-        self.drain_heap_events();
-        let now_ns = tracer::monotonic_ns();
+        let (now_ns, min_age_ns) = self.read_clock();
+        let reading = read_or_empty(self.reader.read(now_ns, min_age_ns));
+        self.build_snapshot(complete, now_ns, reading)
+    }
+
+    /// The moment of a map read and the `--min-age` threshold, both in ns.
+    fn read_clock(&self) -> (u64, u64) {
         let min_age_ns = u64::try_from(self.min_age.as_nanos()).unwrap_or(u64::MAX);
-        let reading = match self.tracer.read(now_ns, min_age_ns) {
-            Ok(reading) => reading,
-            Err(err) => {
-                log::warn!("cannot read the eBPF maps: {err:#}");
-                MapsReading::default()
-            }
-        };
+        (tracer::monotonic_ns(), min_age_ns)
+    }
+
+    /// Build a snapshot from a map reading. Interval snapshots (not the final one) also add a
+    /// sample to each live site's growth series: a dead process's flat tail is not growth data.
+    fn build_snapshot(&mut self, complete: bool, now_ns: u64, reading: MapsReading) -> Snapshot {
+        self.drain_heap_events();
         let t_s = self.started.elapsed().as_secs_f64();
         let mut processes = Vec::with_capacity(self.traced.len());
         for i in 0..self.traced.len() {

@@ -93,6 +93,57 @@ pub struct MapsReading {
     pub ages: HashMap<SiteKey, SiteAges>,
 }
 
+/// The aggregate maps, readable from any thread.
+pub struct MapsReader {
+    sites: aya::maps::Map,
+    counters: aya::maps::Map,
+    allocs: aya::maps::Map,
+}
+
+impl MapsReader {
+    /// Read per-site totals, counters, and per site the age of the oldest outstanding block and
+    /// the bytes outstanding for at least `min_age_ns` (at `now_ns`, CLOCK_MONOTONIC). The
+    /// outstanding-allocation map costs two syscalls per entry: this is the slow part.
+    pub fn read(&self, now_ns: u64, min_age_ns: u64) -> anyhow::Result<MapsReading> {
+        let mut reading = MapsReading::default();
+
+        let sites: PerCpuHashMap<&MapData, SiteKey, SiteStats> =
+            PerCpuHashMap::try_from(&self.sites)?;
+        for entry in sites.iter() {
+            // An entry deleted while we iterate is simply skipped.
+            let Ok((key, per_cpu)) = entry else { continue };
+            let mut total = SiteStats::default();
+            for value in per_cpu.iter() {
+                total.add(value);
+            }
+            reading.sites.push((key, total));
+        }
+
+        let counters: PerCpuHashMap<&MapData, u32, PidCounters> =
+            PerCpuHashMap::try_from(&self.counters)?;
+        for entry in counters.iter() {
+            let Ok((tgid, per_cpu)) = entry else { continue };
+            let total = reading.counters.entry(tgid).or_default();
+            for value in per_cpu.iter() {
+                total.add(value);
+            }
+        }
+
+        let allocs: BpfHashMap<&MapData, AllocKey, AllocInfo> = BpfHashMap::try_from(&self.allocs)?;
+        for entry in allocs.iter() {
+            let Ok((_, info)) = entry else { continue };
+            let ages = reading.ages.entry(info.site).or_default();
+            ages.blocks += 1;
+            ages.oldest_ns = ages.oldest_ns.min(info.timestamp_ns);
+            if now_ns.saturating_sub(info.timestamp_ns) >= min_age_ns {
+                ages.aged_bytes += info.size;
+                ages.aged_blocks += 1;
+            }
+        }
+        Ok(reading)
+    }
+}
+
 pub struct Tracer {
     ebpf: Ebpf,
     /// Which functions are hooked in each process's libc.
@@ -251,46 +302,28 @@ impl Tracer {
             .ok_or_else(|| anyhow!("eBPF object lacks map {name}"))
     }
 
-    /// Read per-site totals, counters, and per site the age of the oldest outstanding block and
-    /// the bytes outstanding for at least `min_age_ns` (at `now_ns`, CLOCK_MONOTONIC).
-    pub fn read(&self, now_ns: u64, min_age_ns: u64) -> anyhow::Result<MapsReading> {
-        let mut reading = MapsReading::default();
-
-        let sites: PerCpuHashMap<&MapData, SiteKey, SiteStats> =
-            PerCpuHashMap::try_from(self.map("SITES")?)?;
-        for entry in sites.iter() {
-            // An entry deleted while we iterate is simply skipped.
-            let Ok((key, per_cpu)) = entry else { continue };
-            let mut total = SiteStats::default();
-            for value in per_cpu.iter() {
-                total.add(value);
-            }
-            reading.sites.push((key, total));
-        }
-
-        let counters: PerCpuHashMap<&MapData, u32, PidCounters> =
-            PerCpuHashMap::try_from(self.map("COUNTERS")?)?;
-        for entry in counters.iter() {
-            let Ok((tgid, per_cpu)) = entry else { continue };
-            let total = reading.counters.entry(tgid).or_default();
-            for value in per_cpu.iter() {
-                total.add(value);
-            }
-        }
-
-        let allocs: BpfHashMap<&MapData, AllocKey, AllocInfo> =
-            BpfHashMap::try_from(self.map("ALLOCS")?)?;
-        for entry in allocs.iter() {
-            let Ok((_, info)) = entry else { continue };
-            let ages = reading.ages.entry(info.site).or_default();
-            ages.blocks += 1;
-            ages.oldest_ns = ages.oldest_ns.min(info.timestamp_ns);
-            if now_ns.saturating_sub(info.timestamp_ns) >= min_age_ns {
-                ages.aged_bytes += info.size;
-                ages.aged_blocks += 1;
-            }
-        }
-        Ok(reading)
+    /// A reader of the aggregate maps that can run on another thread (its own descriptors of
+    /// the same maps), so that a long read does not stall the dashboard.
+    pub fn reader(&self) -> anyhow::Result<MapsReader> {
+        let clone = |name: &str| -> anyhow::Result<aya::maps::Map> {
+            use std::os::fd::AsFd as _;
+            let map = self.map(name)?;
+            let data = match map {
+                aya::maps::Map::HashMap(data) | aya::maps::Map::PerCpuHashMap(data) => data,
+                _ => bail!("map {name} is not a hash map"),
+            };
+            let fd = data.fd().as_fd().try_clone_to_owned()?;
+            let data = MapData::from_fd(fd)?;
+            Ok(match map {
+                aya::maps::Map::HashMap(_) => aya::maps::Map::HashMap(data),
+                _ => aya::maps::Map::PerCpuHashMap(data),
+            })
+        };
+        Ok(MapsReader {
+            sites: clone("SITES")?,
+            counters: clone("COUNTERS")?,
+            allocs: clone("ALLOCS")?,
+        })
     }
 
     /// Uprobe hits so far, all CPUs.
