@@ -138,14 +138,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         system_wide,
     )?;
-    // SAFETY: sysconf has no preconditions.
-    let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    let page_size = crate::target::page_size();
     let mut heap = HeapTracker::new(page_size);
     let mut traced = Vec::new();
     for process in targets {
         let hooked = tracer.attach(process.pid, &process.libc_host_path)?;
-        let brk = target::read_brk(process.pid);
-        heap.register(process.pid, brk.map(|b| b.0), brk.map(|b| b.1));
+        register_heap(&mut heap, process.pid);
         traced.push(Traced::new(process, false, &hooked));
     }
     if let Some((path, libc)) = launch {
@@ -158,8 +156,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
         };
         child.release()?;
-        let brk = target::read_brk(child.pid);
-        heap.register(child.pid, brk.map(|b| b.0), brk.map(|b| b.1));
+        register_heap(&mut heap, child.pid);
         let comm = target::read_comm(child.pid).unwrap_or_else(|_| {
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
@@ -259,6 +256,12 @@ struct Session {
     /// `--snapshot-dir` / `--snapshot-every` / `--keep`.
     rolling: Option<(report::SnapshotSeries, Duration)>,
     last_series_write: Option<Instant>,
+}
+
+/// Start tracking a process's heap at its current program break, read from /proc.
+fn register_heap(heap: &mut HeapTracker, pid: u32) {
+    let brk = target::read_brk(pid);
+    heap.register(pid, brk.map(|b| b.0), brk.map(|b| b.1));
 }
 
 fn read_or_empty(reading: anyhow::Result<MapsReading>) -> MapsReading {
@@ -432,8 +435,7 @@ impl Session {
         }
         let process = target::inspect(pid)?;
         let hooked = self.tracer.attach(pid, &process.libc_host_path)?;
-        let brk = target::read_brk(pid);
-        self.heap.register(pid, brk.map(|b| b.0), brk.map(|b| b.1));
+        register_heap(&mut self.heap, pid);
         let mut traced = Traced::new(process, false, &hooked);
         traced.sample_processed(self.processed);
         self.others.remove(&pid);

@@ -101,6 +101,12 @@ fn parse_io(text: &str) -> Option<IoCounters> {
     })
 }
 
+/// The machine's page size.
+pub fn page_size() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
+}
+
 /// Start of the heap (`start_brk`, /proc/PID/stat field 47) and the current break (end of the
 /// `[heap]` mapping, or the start when the heap is still empty).
 pub fn read_brk(pid: u32) -> Option<(u64, u64)> {

@@ -156,8 +156,7 @@ impl Tracer {
     /// process's heap syscalls, not only those of traced PIDs.
     pub fn load(capacity: Capacity, system_wide: bool) -> anyhow::Result<Self> {
         ensure_tracefs()?;
-        // SAFETY: sysconf has no preconditions.
-        let page_size = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+        let page_size = crate::target::page_size();
         let max_sites = capacity.max_stacks.saturating_mul(2);
         let trace_all = u32::from(system_wide);
         let mut ebpf = EbpfLoader::new()

@@ -5,18 +5,6 @@ use std::process::Command;
 
 use common::*;
 
-fn leaktrace(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(leaktrace_bin())
-        .args(args)
-        .output()
-        .expect("run leaktrace");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 fn assert_one_line_error(args: &[&str], expected: &str) {
     let (code, _stdout, stderr) = leaktrace(args);
     assert_ne!(code, 0, "{args:?} should fail");

@@ -32,18 +32,6 @@ use serde_json::{json, Value};
 // ---------------------------------------------------------------------------------------------
 // Helpers
 
-fn leaktrace(args: &[&str]) -> (i32, String, String) {
-    let output = Command::new(leaktrace_bin())
-        .args(args)
-        .output()
-        .expect("run leaktrace");
-    (
-        output.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&output.stdout).into_owned(),
-        String::from_utf8_lossy(&output.stderr).into_owned(),
-    )
-}
-
 fn data(name: &str) -> String {
     data_file(name).to_str().expect("utf-8 path").to_string()
 }

@@ -18,6 +18,19 @@ pub fn leaktrace_bin() -> &'static str {
     env!("CARGO_BIN_EXE_leaktrace")
 }
 
+/// Run leaktrace to completion: (exit code, stdout, stderr).
+pub fn leaktrace(args: &[&str]) -> (i32, String, String) {
+    let output = Command::new(leaktrace_bin())
+        .args(args)
+        .output()
+        .expect("run leaktrace");
+    (
+        output.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
