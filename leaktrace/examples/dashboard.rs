@@ -171,6 +171,8 @@ fn snapshot(t: f64, options: &Options) -> Snapshot {
         generated_at: "2026-11-23T18:00:00Z".to_string(),
         duration_s: t,
         mode: "exact".to_string(),
+        system_wide: false,
+        unwinding: None,
         interval_s: options.interval.as_secs_f64(),
         min_age_s: 0.0,
         processed: Processed::Both,

@@ -155,6 +155,8 @@ fn snapshot_at(duration_s: f64, processes: Vec<ProcessReport>) -> Snapshot {
         generated_at: "2026-11-23T18:00:00Z".to_string(),
         duration_s,
         mode: "exact".to_string(),
+        system_wide: false,
+        unwinding: None,
         interval_s: 1.0,
         min_age_s: 0.0,
         processed: Processed::Both,
