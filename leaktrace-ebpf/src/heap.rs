@@ -7,8 +7,7 @@ use aya_ebpf::{
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::{
-            bpf_get_current_task_btf, bpf_probe_read_user as probe_read_user_raw,
-            bpf_task_pt_regs,
+            bpf_get_current_task_btf, bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
         },
     },
     macros::tracepoint,

@@ -160,6 +160,7 @@ fn snapshot(t: f64, options: &Options) -> Snapshot {
                 fallback_mmap_bytes: (1 << 20) + 2 * 135_168,
                 direct_mmap_bytes: 0,
                 anon_mmap_bytes: (1 << 20) + 2 * 135_168,
+                ..SiteHeap::default()
             };
         }
     }

@@ -325,7 +325,11 @@ impl ProcessHeap {
                 self.remove_range(new_start, new_start + new_len);
                 // Growth mode: the call that enlarged a block (realloc's mremap) owns it now.
                 if template.writable() {
-                    self.tally(own_site, new_len.saturating_sub(old_len), event.timestamp_ns);
+                    self.tally(
+                        own_site,
+                        new_len.saturating_sub(old_len),
+                        event.timestamp_ns,
+                    );
                 }
                 self.mappings.insert(
                     new_start,
@@ -707,5 +711,167 @@ mod tests {
         assert_eq!(heap.brk_bytes(), 0x1_0000);
         assert_eq!(heap.brk_failures, 0);
         assert_eq!(heap.brk_calls, 2);
+    }
+
+    /// A growth-mode event: outside allocator calls, with the site's own (unwound) stack.
+    fn grown(kind: u32, stack: u32, args: [u64; 5], ret: i64, at_ns: u64) -> HeapEvent {
+        HeapEvent {
+            kind,
+            tgid: 100,
+            tid: 1,
+            stack_id: stack,
+            caller: 0x1000 + u64::from(stack),
+            args,
+            ret,
+            timestamp_ns: at_ns,
+            ..HeapEvent::default()
+        }
+    }
+
+    fn by_stack(heap: &ProcessHeap) -> HashMap<u32, (u64, GrowthTally)> {
+        let net = heap.sites();
+        heap.growth()
+            .iter()
+            .map(|(k, t)| (k.stack_id, (net.get(k).map_or(0, SiteHeap::net_bytes), *t)))
+            .collect()
+    }
+
+    #[test]
+    fn brk_growth_belongs_to_its_stacks_and_a_lower_break_gives_back_the_latest_first() {
+        let base = 0x1000_0000;
+        let mut t = HeapTracker::new(PAGE);
+        t.register(100, Some(base), Some(base));
+        for e in [
+            grown(
+                SYS_BRK,
+                1,
+                [base + 0x4_0000, 0, 0, 0, 0],
+                base as i64 + 0x4_0000,
+                10,
+            ),
+            grown(
+                SYS_BRK,
+                2,
+                [base + 0x6_0000, 0, 0, 0, 0],
+                base as i64 + 0x6_0000,
+                20,
+            ),
+            grown(
+                SYS_BRK,
+                1,
+                [base + 0x7_0000, 0, 0, 0, 0],
+                base as i64 + 0x7_0000,
+                30,
+            ),
+        ] {
+            t.apply(&e, false);
+        }
+        let sites = by_stack(t.get(100).expect("heap"));
+        assert_eq!(sites[&1].0, 0x5_0000);
+        assert_eq!(sites[&2].0, 0x2_0000);
+        assert_eq!(sites[&1].1.events, 2);
+        assert_eq!((sites[&1].1.first_ns, sites[&1].1.last_ns), (10, 30));
+        // Trimming to base+0x5_0000 gives back stack 1's last 0x1_0000, then half of stack 2's.
+        t.apply(
+            &grown(
+                SYS_BRK,
+                3,
+                [base + 0x5_0000, 0, 0, 0, 0],
+                base as i64 + 0x5_0000,
+                40,
+            ),
+            false,
+        );
+        let sites = by_stack(t.get(100).expect("heap"));
+        assert_eq!(sites[&1].0, 0x4_0000);
+        assert_eq!(sites[&2].0, 0x1_0000);
+        // What a site grew is kept: the difference is what it gave back.
+        assert_eq!(sites[&1].1.bytes, 0x5_0000);
+        assert!(!sites.contains_key(&3), "a shrink is nobody's growth");
+        // A refused brk and a query grow nothing.
+        t.apply(
+            &grown(
+                SYS_BRK,
+                4,
+                [base + 0x9_0000, 0, 0, 0, 0],
+                base as i64 + 0x5_0000,
+                50,
+            ),
+            false,
+        );
+        t.apply(
+            &grown(SYS_BRK, 4, [0, 0, 0, 0, 0], base as i64 + 0x5_0000, 60),
+            false,
+        );
+        assert!(!by_stack(t.get(100).expect("heap")).contains_key(&4));
+    }
+
+    #[test]
+    fn write_permission_granted_to_a_reservation_is_the_granting_stack_s_growth() {
+        let arena = 0x7f00_0000_0000;
+        let heap = tracker(
+            &[
+                grown(
+                    SYS_MMAP,
+                    1,
+                    [0, 64 << 20, 0, 0x22, u64::MAX],
+                    arena as i64,
+                    1,
+                ),
+                grown(SYS_MPROTECT, 2, [arena, 33 * 1024, RW, 0, 0], 0, 2),
+                grown(SYS_MPROTECT, 3, [arena, 40 * 1024, RW, 0, 0], 0, 3),
+                // Already writable: no new growth.
+                grown(SYS_MPROTECT, 4, [arena, 8 * 1024, RW, 0, 0], 0, 4),
+            ],
+            false,
+        );
+        let sites = by_stack(&heap);
+        assert!(
+            !sites.contains_key(&1),
+            "a PROT_NONE reservation is no growth"
+        );
+        assert_eq!(sites[&2].0, 36 * 1024);
+        assert_eq!(sites[&3].0, 4 * 1024);
+        assert!(!sites.contains_key(&4));
+        assert_eq!(heap.anon_committed_bytes(), 40 * 1024);
+    }
+
+    #[test]
+    fn a_mapping_enlarged_by_mremap_belongs_to_the_stack_that_enlarged_it() {
+        let (old, moved) = (0x7000_0000, 0x7100_0000);
+        let heap = tracker(
+            &[
+                grown(
+                    SYS_MMAP,
+                    1,
+                    [0, 4 * PAGE, RW, 0x22, u64::MAX],
+                    old as i64,
+                    1,
+                ),
+                grown(
+                    SYS_MREMAP,
+                    2,
+                    [old, 4 * PAGE, 10 * PAGE, MREMAP_MAYMOVE, 0],
+                    moved as i64,
+                    2,
+                ),
+            ],
+            false,
+        );
+        let sites = by_stack(&heap);
+        assert_eq!(
+            sites[&1],
+            (
+                0,
+                GrowthTally {
+                    bytes: 4 * PAGE,
+                    events: 1,
+                    first_ns: 1,
+                    last_ns: 1
+                }
+            )
+        );
+        assert_eq!(sites[&2].0, 10 * PAGE);
+        assert_eq!(sites[&2].1.bytes, 6 * PAGE);
     }
 }

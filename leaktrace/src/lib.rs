@@ -9,7 +9,7 @@ pub mod session;
 pub mod symbolize;
 pub mod target;
 pub mod tracer;
-pub mod unwind;
 pub mod ui;
+pub mod unwind;
 
 pub use session::run;

@@ -21,8 +21,8 @@ use crate::{
     symbolize::Symbols,
     target::{self, ExitStatus, TargetProcess},
     tracer::{self, Capacity, MapsReading, Tracer},
-    unwind::StackUnwinder,
     ui::{self, Action, App, Event, Live, Update},
+    unwind::StackUnwinder,
 };
 
 /// How often liveness is checked and live processes' mappings are re-read (so that stacks stay
@@ -946,7 +946,11 @@ impl Session {
         let mut rows = Vec::with_capacity(pids.len());
         for pid in pids {
             let alive = target::is_alive(pid);
-            let comm = self.heap.get(pid).map(|h| h.comm.clone()).unwrap_or_default();
+            let comm = self
+                .heap
+                .get(pid)
+                .map(|h| h.comm.clone())
+                .unwrap_or_default();
             let mut row = self.others.remove(&pid).unwrap_or_else(|| {
                 let process = TargetProcess {
                     pid,

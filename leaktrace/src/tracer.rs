@@ -11,8 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use leaktrace_common::{
-    AllocFn, AllocInfo, AllocKey, GrowthEvent, HeapEvent, PidCounters, SiteKey, SiteStats,
-    NO_STACK,
+    AllocFn, AllocInfo, AllocKey, GrowthEvent, HeapEvent, PidCounters, SiteKey, SiteStats, NO_STACK,
 };
 
 use crate::model::SiteAges;

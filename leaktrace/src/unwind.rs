@@ -106,10 +106,17 @@ impl ModuleFile {
 
     /// `avma - svma` for a mapping of this file that starts at `start` with `file_offset`.
     fn bias(&self, start: u64, file_offset: u64) -> Option<u64> {
+        // A mapping starts where its segment starts, page-aligned; the previous segment's last
+        // page may hold the same file offset (lld packs segments), so an exact start wins.
         let &(offset, vaddr, _) = self
             .loads
             .iter()
-            .find(|(offset, _, size)| *offset & !0xfff <= file_offset && file_offset < offset + size)?;
+            .find(|(offset, _, _)| *offset & !0xfff == file_offset)
+            .or_else(|| {
+                self.loads.iter().find(|(offset, _, size)| {
+                    *offset & !0xfff <= file_offset && file_offset < offset + size
+                })
+            })?;
         let svma = vaddr.wrapping_sub(offset).wrapping_add(file_offset);
         Some(start.wrapping_sub(svma))
     }
@@ -167,9 +174,9 @@ fn parse_code_mappings(maps: &str) -> Vec<CodeMapping> {
 /// Whether a module is the C library, whose frames (the allocator, the syscall wrappers) are
 /// dropped from the top of growth stacks so that a site starts at the code that allocated.
 fn is_libc(path: &Path) -> bool {
-    path.file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("libc.so") || n.starts_with("libc-") || n.starts_with("ld-musl"))
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        n.starts_with("libc.so") || n.starts_with("libc-") || n.starts_with("ld-musl")
+    })
 }
 
 struct ProcessUnwinder {
@@ -245,7 +252,10 @@ impl StackUnwinder {
         };
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
             let offset = usize::try_from(addr.checked_sub(copy.sp).ok_or(())?).map_err(|_| ())?;
-            let bytes = copy.bytes.get(offset..offset.checked_add(8).ok_or(())?).ok_or(())?;
+            let bytes = copy
+                .bytes
+                .get(offset..offset.checked_add(8).ok_or(())?)
+                .ok_or(())?;
             let mut word = [0u8; 8];
             word.copy_from_slice(bytes);
             Ok(u64::from_le_bytes(word))
@@ -257,7 +267,15 @@ impl StackUnwinder {
                 .unwinder
                 .iter_frames(copy.ip, regs, &mut process.cache, &mut read_stack);
         // An error ends the stack where it is: what was unwound so far is kept.
-        while let Ok(Some(frame)) = iter.next() {
+        loop {
+            let frame = match iter.next() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(err) => {
+                    log::debug!("unwinding pid {pid} stopped: {err}");
+                    break;
+                }
+            };
             let addr = frame.address();
             if addr == 0 || frames.len() >= MAX_FRAMES {
                 break;
@@ -319,12 +337,8 @@ fn read_module(pid: u32, mapping: &CodeMapping) -> Option<ModuleFile> {
         "/proc/{pid}/map_files/{:x}-{:x}",
         mapping.range.start, mapping.range.end
     ));
-    let in_root = Path::new(&format!("/proc/{pid}/root")).join(
-        mapping
-            .path
-            .strip_prefix("/")
-            .unwrap_or(&mapping.path),
-    );
+    let in_root = Path::new(&format!("/proc/{pid}/root"))
+        .join(mapping.path.strip_prefix("/").unwrap_or(&mapping.path));
     [by_mapping, in_root, mapping.path.clone()]
         .iter()
         .find_map(|p| ModuleFile::read(p))
@@ -366,16 +380,30 @@ mod tests {
             debug_frame: None,
             // A PIE: text segment at vaddr 0x1000 from file offset 0x1000; a non-PIE's at
             // 0x401000 from 0x1000.
-            loads: vec![(0, 0, 0x800), (0x1000, 0x1000, 0x3000), (0x4000, 0x5000, 0x100)],
+            loads: vec![
+                (0, 0, 0x800),
+                (0x1000, 0x1000, 0x3000),
+                (0x4000, 0x5000, 0x100),
+            ],
         };
         assert_eq!(file.bias(0x55d0_a000_1000, 0x1000), Some(0x55d0_a000_0000));
-        assert_eq!(file.bias(0x7f00_0000_4000, 0x4000), Some(0x7f00_0000_3000));
+        assert_eq!(file.bias(0x7f00_0000_5000, 0x4000), Some(0x7f00_0000_0000));
         let non_pie = ModuleFile {
             loads: vec![(0, 0x40_0000, 0x800), (0x1000, 0x40_1000, 0x3000)],
             ..file
         };
         assert_eq!(non_pie.bias(0x40_1000, 0x1000), Some(0));
         assert_eq!(non_pie.bias(0x40_1000, 0x9000), None);
+        // lld's layout: the text segment starts mid-page, in the read-only segment's last page,
+        // so the mapping's offset is inside both.
+        let lld = ModuleFile {
+            loads: vec![(0, 0, 0x32_3430), (0x32_3430, 0x32_4430, 0x94_4800)],
+            ..non_pie
+        };
+        assert_eq!(
+            lld.bias(0x5600_0032_4000, 0x32_3000),
+            Some(0x5600_0000_0000)
+        );
     }
 
     /// Unwind this test's own stack from a copy, as the eBPF program would send it: the frames
@@ -393,8 +421,12 @@ mod tests {
         let mut unwinder = StackUnwinder::new();
         let me = std::process::id();
         let (frames, _) = unwinder.unwind(me, &copy);
-        let here = unwinds_a_copy_of_this_thread_s_own_stack as usize as u64;
-        assert!(frames.len() >= 3, "only {} frames: {frames:x?}", frames.len());
+        let here = unwinds_a_copy_of_this_thread_s_own_stack as *const () as u64;
+        assert!(
+            frames.len() >= 3,
+            "only {} frames: {frames:x?}",
+            frames.len()
+        );
         // One of the return addresses lands in this function (just after its call).
         assert!(
             frames.iter().any(|a| (here..here + 4096).contains(a)),
@@ -402,10 +434,7 @@ mod tests {
         );
         assert_eq!(unwinder.stats.events, 1);
         // A copy that holds nothing unwinds to the instruction pointer alone.
-        let empty = StackCopy {
-            bytes: &[],
-            ..copy
-        };
+        let empty = StackCopy { bytes: &[], ..copy };
         let (frames, _) = unwinder.unwind(me, &empty);
         assert!(frames.len() <= 2, "{frames:x?}");
         assert_eq!(unwinder.stats.empty_copies, 1);

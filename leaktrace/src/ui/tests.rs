@@ -269,6 +269,7 @@ fn fallback_snapshot() -> Snapshot {
         fallback_mmap_bytes: (1 << 20) + 135_168,
         direct_mmap_bytes: 0,
         anon_mmap_bytes: (1 << 20) + 135_168,
+        ..SiteHeap::default()
     };
     let mut p = process(42, "leaky", sites);
     p.heap = Some(heap_with_fallbacks());
