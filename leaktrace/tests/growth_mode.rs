@@ -209,3 +209,55 @@ fn system_wide_runs_in_growth_mode_and_names_a_process_s_leaking_stack() {
         .unwrap_or_else(|| panic!("pid {pid} not among the processes"));
     assert_stack_contains(ranked_first(process), &["store_record", "remember_request"]);
 }
+
+/// A pure-Go program has no libc and no `.eh_frame`, and makes its heap syscalls on the system
+/// stack: the copied stack ends at `runtime.systemstack`, the kernel's frame-pointer walk goes
+/// on into the goroutine's frames, and growth mode keeps the longer of the two.
+#[test]
+fn a_go_program_s_leak_is_named_through_the_frame_pointer_walk() {
+    if !privileged() {
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/growth/goleak.go");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
+    let exe = dir.join(format!("goleak-{}", std::process::id()));
+    let status = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("path"))
+        .env("GO111MODULE", "off")
+        .status()
+        .expect("go is installed by `cargo xtask setup` (golang-go)");
+    assert!(status.success(), "go build failed");
+    let json = dir.join(format!("go-{}.json", std::process::id()));
+    let mut run = Run::start(&[
+        "--mode",
+        "growth",
+        "--interval",
+        "300ms",
+        "--json",
+        json.to_str().expect("utf-8"),
+        "--",
+        exe.to_str().expect("utf-8"),
+    ]);
+    run.wait_for("finished go", Duration::from_secs(60));
+    run.send_line();
+    let (code, lines) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    let snapshot: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("JSON")).expect("parses");
+    validate_schema(&snapshot);
+    let top = ranked_first(only_process(&snapshot));
+    assert_stack_contains(top, &["runtime.mallocgc", "main.rememberBlob", "main.main"]);
+    // 30 rounds of 64 blocks of 64 KiB, kept; the Go heap maps whole 4 MiB pieces at most
+    // ahead of need.
+    let leaked: u64 = 30 * 64 * (64 << 10);
+    let grown = top["outstanding_bytes"].as_u64().expect("outstanding");
+    assert!(
+        (leaked..=leaked + (8 << 20)).contains(&grown),
+        "Go heap growth {grown} for {leaked} leaked"
+    );
+}
