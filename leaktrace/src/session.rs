@@ -33,6 +33,10 @@ const LIVENESS_PERIOD: Duration = Duration::from_millis(100);
 /// site, so 10,000 sites cost 40 MiB rather than the 160 MiB of growth.rs's default 512.
 const SERIES_CAPACITY: usize = 128;
 
+/// System-wide mode: how long a process that exited stays listed (its heap state, sites and
+/// series are then dropped, so a run of days on a busy host does not grow with process churn).
+const EXITED_KEPT: Duration = Duration::from_secs(600);
+
 struct Traced {
     process: TargetProcess,
     /// Its malloc family is hooked (exact mode); otherwise growth mode's syscalls only.
@@ -40,6 +44,8 @@ struct Traced {
     alive: bool,
     launched: bool,
     exit: Option<ExitStatus>,
+    /// When it was first seen gone (system-wide rows are dropped some time after).
+    gone_since: Option<Instant>,
     hooked: Vec<String>,
     /// /proc/PID/io counter (per `--processed`) when tracing started, and the latest value.
     processed_baseline: Option<u64>,
@@ -57,6 +63,7 @@ impl Traced {
             alive: true,
             launched,
             exit: None,
+            gone_since: None,
             hooked: hooked.iter().map(|s| s.to_string()).collect(),
             processed_baseline: None,
             processed_latest: None,
@@ -243,6 +250,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         growth,
         unwinder: StackUnwinder::new(),
         interned: HashMap::new(),
+        fp_stacks: HashMap::new(),
+        unwound_ids: 0,
         start_ns: tracer::monotonic_ns(),
         series: HashMap::new(),
         started: Instant::now(),
@@ -295,6 +304,10 @@ struct Session {
     unwinder: StackUnwinder,
     /// Unwound stacks by process, as synthetic stack ids (above the kernel's) for site keys.
     interned: HashMap<(u32, Vec<u64>), u32>,
+    /// Frame-pointer stacks of growth events, by kernel stack id (ids are never reused).
+    fp_stacks: HashMap<u32, Vec<u64>>,
+    /// The last synthetic stack id handed out (ids are not reused when processes are dropped).
+    unwound_ids: u32,
     /// `bpf_ktime_get_ns()` time base at the start, for growth sites' first/last seen.
     start_ns: u64,
     /// Outstanding bytes of every site at every interval, for the growth slopes.
@@ -535,7 +548,13 @@ impl Session {
         let skip = if in_libc < frames.len() { in_libc } else { 0 };
         let unwound = &frames[skip..];
         if event.stack_id != NO_STACK {
-            if let Some(fp) = self.tracer.stack(event.stack_id) {
+            let fp = match self.fp_stacks.get(&event.stack_id) {
+                Some(fp) => Some(fp.clone()),
+                None => self.tracer.stack(event.stack_id).inspect(|fp| {
+                    self.fp_stacks.insert(event.stack_id, fp.clone());
+                }),
+            };
+            if let Some(fp) = fp {
                 // The frame-pointer walk also starts in the C library; drop the same frames.
                 let fp_skip = self.unwinder.leading_libc(event.tgid, &fp);
                 let fp_rest: Vec<u64> = fp.iter().copied().skip(fp_skip).collect();
@@ -550,8 +569,14 @@ impl Session {
     fn intern(&mut self, pid: u32, stack: Vec<u64>) -> u32 {
         /// Above any stack id the kernel hands out (`--max-stacks` is at most 2^31 here).
         const FIRST_UNWOUND_ID: u32 = 0x8000_0000;
-        let next = FIRST_UNWOUND_ID + u32::try_from(self.interned.len()).unwrap_or(0x7fff_fffe);
-        let id = *self.interned.entry((pid, stack.clone())).or_insert(next);
+        let fresh = &mut self.unwound_ids;
+        let id = *self
+            .interned
+            .entry((pid, stack.clone()))
+            .or_insert_with(|| {
+                *fresh = fresh.wrapping_add(1) & 0x7fff_ffff;
+                FIRST_UNWOUND_ID | *fresh
+            });
         self.stacks.entry(id).or_insert(stack);
         id
     }
@@ -925,6 +950,21 @@ impl Session {
         })
     }
 
+    /// Drop everything kept about a system-wide row's process.
+    fn forget_process(&mut self, pid: u32) {
+        self.others.remove(&pid);
+        self.heap.processes.remove(&pid);
+        self.unwinder.forget(pid);
+        self.series.retain(|key, _| key.tgid != pid);
+        let stacks = &mut self.stacks;
+        self.interned.retain(|(owner, _), id| {
+            if *owner == pid {
+                stacks.remove(id);
+            }
+            *owner != pid
+        });
+    }
+
     /// System-wide mode: one row per other process seen making heap syscalls, largest heap
     /// growth first; in growth mode with its sites.
     fn system_wide_rows(
@@ -946,6 +986,19 @@ impl Session {
         let mut rows = Vec::with_capacity(pids.len());
         for pid in pids {
             let alive = target::is_alive(pid);
+            let reused = alive && self.others.get(&pid).is_some_and(|r| !r.alive);
+            let expired = self
+                .others
+                .get(&pid)
+                .and_then(|r| r.gone_since)
+                .is_some_and(|since| since.elapsed() >= EXITED_KEPT);
+            if reused || expired {
+                // A new process with a dead one's pid starts afresh; a long-gone one goes.
+                self.forget_process(pid);
+                if !reused {
+                    continue;
+                }
+            }
             let comm = self
                 .heap
                 .get(pid)
@@ -966,6 +1019,7 @@ impl Session {
                 row.sample_processed(self.processed);
             } else if !alive && row.alive {
                 row.alive = false;
+                row.gone_since = Some(Instant::now());
                 self.unwinder.forget(pid);
             }
             rows.push(self.sample_process(&row, sampling, t_s, now_ns, reading));

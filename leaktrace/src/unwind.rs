@@ -456,9 +456,26 @@ mod tests {
                 bp = out(reg) bp,
             );
         }
-        // SAFETY: our own live stack above the stack pointer; test threads' stacks are far
-        // larger than 16 KiB plus what is in use.
-        let bytes = unsafe { std::slice::from_raw_parts(sp as *const u8, 16 * 1024) }.to_vec();
+        // SAFETY: our own live stack above the stack pointer, within its mapping.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(sp as *const u8, readable_above(sp)) }.to_vec();
         (ip, sp, bp, bytes)
+    }
+
+    /// Bytes of this thread's stack mapping above `sp`, at most 16 KiB (what the eBPF program copies).
+    fn readable_above(sp: u64) -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        maps.lines()
+            .filter_map(|line| {
+                let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+                Some((
+                    u64::from_str_radix(start, 16).ok()?,
+                    u64::from_str_radix(end, 16).ok()?,
+                ))
+            })
+            .find(|(start, end)| (*start..*end).contains(&sp))
+            .map_or(0, |(_, end)| {
+                usize::try_from(end - sp).unwrap_or(0).min(16 * 1024)
+            })
     }
 }
