@@ -27,6 +27,11 @@ use crate::{
 #[unsafe(no_mangle)]
 static TRACE_ALL: u32 = 0;
 
+/// Set by userspace: leaktrace's own process, never traced (system-wide, its own heap growth
+/// would feed back into the events it handles).
+#[unsafe(no_mangle)]
+static SELF_TGID: u32 = 0;
+
 /// Set by userspace: growth mode (no uprobes). Heap-growing syscalls carry the user registers
 /// and a copy of the top of the user stack, for unwinding with `.eh_frame` in userspace.
 #[unsafe(no_mangle)]
@@ -53,7 +58,9 @@ fn growth_mode() -> bool {
 
 #[inline(always)]
 fn traced(tgid: u32) -> bool {
-    trace_all() || TRACED_PIDS.get_ptr(tgid).is_some()
+    // SAFETY: plain read of a global patched before load.
+    let own = unsafe { core::ptr::read_volatile(&SELF_TGID) };
+    tgid != own && (trace_all() || TRACED_PIDS.get_ptr(tgid).is_some())
 }
 
 #[tracepoint]

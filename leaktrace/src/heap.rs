@@ -323,7 +323,8 @@ impl ProcessHeap {
                     return;
                 }
                 self.remove_range(new_start, new_start + new_len);
-                // Growth mode: the call that enlarged a block (realloc's mremap) owns it now.
+                // Growth mode: the stack that enlarged a block (realloc's mremap) owns it now;
+                // exact mode keeps the allocating call's site.
                 if template.writable() {
                     self.tally(
                         own_site,
@@ -335,7 +336,11 @@ impl ProcessHeap {
                     new_start,
                     Mapping {
                         end: new_start + new_len,
-                        site: own_site.or(template.site),
+                        site: if exact {
+                            template.site
+                        } else {
+                            own_site.or(template.site)
+                        },
                         ..template
                     },
                 );

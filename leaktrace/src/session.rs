@@ -37,6 +37,9 @@ const SERIES_CAPACITY: usize = 128;
 /// series are then dropped, so a run of days on a busy host does not grow with process churn).
 const EXITED_KEPT: Duration = Duration::from_secs(600);
 
+/// System-wide mode: sites listed per process (at least; `--top` if more), by leak rank.
+const SYSTEM_WIDE_SITES: usize = 20;
+
 struct Traced {
     process: TargetProcess,
     /// Its malloc family is hooked (exact mode); otherwise growth mode's syscalls only.
@@ -569,15 +572,16 @@ impl Session {
     fn intern(&mut self, pid: u32, stack: Vec<u64>) -> u32 {
         /// Above any stack id the kernel hands out (`--max-stacks` is at most 2^31 here).
         const FIRST_UNWOUND_ID: u32 = 0x8000_0000;
-        let fresh = &mut self.unwound_ids;
-        let id = *self
-            .interned
-            .entry((pid, stack.clone()))
-            .or_insert_with(|| {
-                *fresh = fresh.wrapping_add(1) & 0x7fff_ffff;
-                FIRST_UNWOUND_ID | *fresh
-            });
-        self.stacks.entry(id).or_insert(stack);
+        if let Some(id) = self.interned.get(&(pid, stack.clone())) {
+            return *id;
+        }
+        self.unwound_ids = self.unwound_ids.wrapping_add(1) & 0x3fff_ffff;
+        let id = FIRST_UNWOUND_ID | self.unwound_ids;
+        // The mappings are read now, while the process surely lives: a short-lived process may
+        // be gone by the next snapshot, and the frames are named from module and offset then.
+        self.symbols.keep_maps_for(pid, &stack);
+        self.interned.insert((pid, stack.clone()), id);
+        self.stacks.insert(id, stack);
         id
     }
 
@@ -679,7 +683,9 @@ impl Session {
     /// Build a snapshot from a map reading. Interval snapshots (not the final one) also add a
     /// sample to each live site's growth series: a dead process's flat tail is not growth data.
     fn build_snapshot(&mut self, complete: bool, now_ns: u64, reading: MapsReading) -> Snapshot {
+        let building = Instant::now();
         self.drain_heap_events();
+        log::debug!("heap events drained in {:?}", building.elapsed());
         let t_s = self.started.elapsed().as_secs_f64();
         let mut traced = std::mem::take(&mut self.traced);
         let mut processes = Vec::with_capacity(traced.len());
@@ -688,12 +694,17 @@ impl Session {
             if sampling {
                 t.sample_processed(self.processed);
             }
-            processes.push(self.sample_process(t, sampling, t_s, now_ns, &reading));
+            processes.push(self.sample_process(t, sampling, t_s, now_ns, &reading, usize::MAX));
         }
         self.traced = traced;
         if self.system_wide {
             processes.extend(self.system_wide_rows(complete, t_s, now_ns, &reading));
         }
+        log::debug!(
+            "snapshot of {} processes built in {:?}",
+            processes.len(),
+            building.elapsed()
+        );
         Snapshot {
             schema: report::SCHEMA.to_string(),
             generated_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
@@ -711,6 +722,7 @@ impl Session {
 
     /// One process's totals (from the maps in exact mode, from heap growth otherwise), a
     /// sample for its sites' growth series, and its report.
+    #[allow(clippy::too_many_arguments)]
     fn sample_process(
         &mut self,
         t: &Traced,
@@ -718,6 +730,7 @@ impl Session {
         t_s: f64,
         now_ns: u64,
         reading: &MapsReading,
+        max_sites: usize,
     ) -> ProcessReport {
         let pid = t.process.pid;
         let mut totals = model::process_totals(
@@ -744,7 +757,7 @@ impl Session {
                     });
             }
         }
-        self.process_report(t, totals)
+        self.process_report(t, totals, max_sites)
     }
 
     /// Growth mode's sites of a process: heap bytes each stack grew (outstanding: still there;
@@ -790,7 +803,14 @@ impl Session {
         totals
     }
 
-    fn process_report(&mut self, t: &Traced, totals: ProcessTotals) -> ProcessReport {
+    /// A process's report with at most `max_sites` sites, by leak rank (only those are
+    /// symbolized).
+    fn process_report(
+        &mut self,
+        t: &Traced,
+        totals: ProcessTotals,
+        max_sites: usize,
+    ) -> ProcessReport {
         let (pid, alive) = (t.process.pid, t.alive);
         let growths: Vec<Growth> = totals
             .sites
@@ -810,11 +830,11 @@ impl Session {
             leak_rank[i] = u32::try_from(rank + 1).unwrap_or(u32::MAX);
         }
         let mut site_heap = self.heap.get(pid).map(|h| h.sites()).unwrap_or_default();
-        let tallies = self
-            .heap
-            .get(pid)
-            .map(|h| h.growth().clone())
-            .unwrap_or_default();
+        // Growth mode's per-stack tallies (exact mode's sites come from the maps).
+        let tallies = match self.heap.get(pid) {
+            Some(heap) if !t.exact => heap.growth().clone(),
+            _ => HashMap::new(),
+        };
         let seen_s = |ns: u64| ns.saturating_sub(self.start_ns) as f64 / 1e9;
         for (key, tally) in &tallies {
             let heap = site_heap.entry(*key).or_default();
@@ -827,6 +847,7 @@ impl Session {
             .iter()
             .zip(growths)
             .zip(leak_rank)
+            .filter(|(_, rank)| usize::try_from(*rank).is_ok_and(|r| r <= max_sites))
             .map(|((site, growth), leak_rank)| {
                 let addrs = self.site_stack(site.key.stack_id, site.key.caller);
                 SiteReport {
@@ -856,8 +877,9 @@ impl Session {
                 .cmp(&a.1.anon_mmap_bytes)
                 .then(a.0.caller.cmp(&b.0.caller))
         });
-        let first_rank = u32::try_from(sites.len() + 1).unwrap_or(u32::MAX);
-        for (rank, (key, heap)) in heap_only.into_iter().enumerate() {
+        let first_rank = u32::try_from(totals.sites.len() + 1).unwrap_or(u32::MAX);
+        let room = max_sites.saturating_sub(totals.sites.len());
+        for (rank, (key, heap)) in heap_only.into_iter().take(room).enumerate() {
             let addrs = self.site_stack(key.stack_id, key.caller);
             sites.push(SiteReport {
                 id: format!("{:x}-{}-heap", key.caller, key.stack_id),
@@ -956,6 +978,7 @@ impl Session {
         self.heap.processes.remove(&pid);
         self.unwinder.forget(pid);
         self.series.retain(|key, _| key.tgid != pid);
+        self.symbols.forget(pid);
         let stacks = &mut self.stacks;
         self.interned.retain(|(owner, _), id| {
             if *owner == pid {
@@ -984,6 +1007,7 @@ impl Session {
             .filter(|p| !exact.contains(p))
             .collect();
         let mut rows = Vec::with_capacity(pids.len());
+        let mut last_drain = Instant::now();
         for pid in pids {
             let alive = target::is_alive(pid);
             let reused = alive && self.others.get(&pid).is_some_and(|r| !r.alive);
@@ -1022,8 +1046,15 @@ impl Session {
                 row.gone_since = Some(Instant::now());
                 self.unwinder.forget(pid);
             }
-            rows.push(self.sample_process(&row, sampling, t_s, now_ns, reading));
+            let max_sites = self.top.max(SYSTEM_WIDE_SITES);
+            rows.push(self.sample_process(&row, sampling, t_s, now_ns, reading, max_sites));
             self.others.insert(pid, row);
+            // Naming new stacks of many processes takes a while: keep the ring buffer drained
+            // (and short-lived processes' mappings read) meanwhile.
+            if last_drain.elapsed() >= LIVENESS_PERIOD {
+                self.drain_heap_events();
+                last_drain = Instant::now();
+            }
         }
         let growth = |p: &ProcessReport| {
             p.heap

@@ -90,9 +90,29 @@ impl Symbols {
 
     /// Re-read a live process's mappings (libraries loaded since the last call).
     pub fn refresh_maps(&mut self, pid: u32) {
-        if let Ok(text) = fs::read_to_string(format!("/proc/{pid}/maps")) {
-            self.maps.insert(pid, parse_maps(&text));
+        match fs::read_to_string(format!("/proc/{pid}/maps")) {
+            Ok(text) => {
+                let maps = parse_maps(&text);
+                log::debug!("pid {pid}: {} file mappings", maps.len());
+                self.maps.insert(pid, maps);
+            }
+            Err(err) => log::debug!("pid {pid}: cannot read its maps: {err}"),
         }
+    }
+
+    /// Make sure the mappings of `addrs` are known (read while the process lives), so that a
+    /// short-lived process's stacks can still be named after it exits.
+    pub fn keep_maps_for(&mut self, pid: u32, addrs: &[u64]) {
+        if addrs.iter().any(|a| self.mapping(pid, *a).is_none()) {
+            self.refresh_maps(pid);
+        }
+    }
+
+    /// Forget a process's mappings and frames: its pid now names another program (exec, or
+    /// reuse after exit).
+    pub fn forget(&mut self, pid: u32) {
+        self.maps.remove(&pid);
+        self.frames.retain(|(p, _), _| *p != pid);
     }
 
     /// Frames for a stack of return addresses, innermost first. `alive` says whether module files

@@ -224,6 +224,7 @@ impl Tracer {
             .override_global("PAGE_SIZE", &page_size, true)
             .override_global("TRACE_ALL", &trace_all, true)
             .override_global("GROWTH_MODE", &growth_mode, true)
+            .override_global("SELF_TGID", &std::process::id(), true)
             .map_max_entries("HEAP_EVENTS", ring_bytes)
             .map_max_entries("ALLOCS", capacity.max_allocations)
             .map_max_entries("STACKS", capacity.max_stacks)

@@ -28,7 +28,7 @@ type Data = Arc<[u8]>;
 const MAX_FRAMES: usize = 127;
 /// A process's modules are re-read at most this often when a stack leads outside them (a
 /// library loaded since they were read).
-const MODULES_REFRESH: Duration = Duration::from_secs(1);
+const MODULES_REFRESH: Duration = Duration::from_millis(250);
 
 /// What unwinding cost, for the report: growth mode must keep up with the events it is sent.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -65,7 +65,12 @@ struct ModuleFile {
 
 impl ModuleFile {
     fn read(path: &Path) -> Option<Self> {
-        let data = fs::read(path).ok()?;
+        // Mapped, not read: only the pages of the unwind sections and headers are touched (a
+        // 100 MiB library costs what its .eh_frame costs).
+        let file = fs::File::open(path).ok()?;
+        // SAFETY: a read-only private mapping; a file truncated underneath would fault, which
+        // module files being executed by a process do not do.
+        let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
         let file = object::File::parse(&*data).ok()?;
         let section = |name: &str| -> (Option<Range<u64>>, Option<Data>) {
             match file.section_by_name(name) {
@@ -76,11 +81,21 @@ impl ModuleFile {
                 None => (None, None),
             }
         };
-        let (text_svma, text) = section(".text");
-        let (got_svma, _) = section(".got");
+        let range = |name: &str| {
+            file.section_by_name(name)
+                .map(|s| s.address()..s.address() + s.size())
+        };
+        // The code itself is not copied: framehop only reads it to analyse prologues where the
+        // CFI is missing, and the CFI of the syscall wrappers and their callers is there.
+        let (text_svma, text) = (range(".text"), None);
+        let got_svma = range(".got");
         let (eh_frame_svma, eh_frame) = section(".eh_frame");
         let (eh_frame_hdr_svma, eh_frame_hdr) = section(".eh_frame_hdr");
-        let (_, debug_frame) = section(".debug_frame");
+        // Go binaries and some others have only .debug_frame (maybe compressed).
+        let debug_frame = match eh_frame {
+            Some(_) => None,
+            None => section(".debug_frame").1,
+        };
         if eh_frame.is_none() && debug_frame.is_none() {
             log::debug!("{} has no unwind sections", path.display());
         }

@@ -231,14 +231,25 @@ fn system_wide_mode_lists_a_process_started_later_and_marks_it_exited() {
         Duration::from_secs(30),
     );
     std::thread::sleep(Duration::from_millis(300));
-    let status = Command::new(&fixture)
+    let mut child = Command::new(&fixture)
         .arg("fallback")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
         .spawn()
         .expect("start fixture");
-    let pid = status.id();
-    let output = status.wait_with_output().expect("fixture exits");
+    let pid = child.id();
+    // Kept alive a moment after its work, as a service would be: heap events are unwound and
+    // symbolized within 100 ms, while the process and its mappings are there.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    while !line.contains("finished fallback") {
+        line.clear();
+        let read = std::io::BufRead::read_line(&mut stdout, &mut line).expect("fixture output");
+        assert!(read > 0, "the fixture ended before finishing its work");
+    }
+    std::thread::sleep(Duration::from_millis(400));
+    drop(child.stdin.take());
+    let output = child.wait_with_output().expect("fixture exits");
     assert!(output.status.success());
     std::thread::sleep(Duration::from_millis(800));
     // SAFETY: signalling the leaktrace process this test started.
@@ -248,7 +259,9 @@ fn system_wide_mode_lists_a_process_started_later_and_marks_it_exited() {
     let snapshot: Value =
         serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
     validate_schema(&snapshot);
-    assert_eq!(snapshot["mode"], "system_wide");
+    // System-wide runs in growth mode: every process's heap growth comes with its stack.
+    assert_eq!(snapshot["mode"], "growth");
+    assert_eq!(snapshot["system_wide"], true);
     let row = snapshot["processes"]
         .as_array()
         .expect("processes")
@@ -274,4 +287,19 @@ fn system_wide_mode_lists_a_process_started_later_and_marks_it_exited() {
     assert!(heap["anon_mmap_outstanding_bytes"]
         .as_u64()
         .is_some_and(|b| b >= fallbacks.iter().sum::<u64>()));
+    // The fallback chunks are attributed to the stack that made them, unwound through glibc.
+    let fallback_site = row["sites"]
+        .as_array()
+        .expect("sites")
+        .iter()
+        .find(|s| s["fallback_mmap_count"].as_u64().unwrap_or(0) > 0)
+        .unwrap_or_else(|| panic!("no site holds the fallbacks: {row:#}"));
+    assert_eq!(
+        fallback_site["fallback_mmap_count"].as_u64(),
+        Some(fallbacks.len() as u64)
+    );
+    assert!(
+        function_names(fallback_site).contains(&"fill_heap"),
+        "{fallback_site:#}"
+    );
 }
