@@ -224,6 +224,27 @@ pub struct HeapEvent {
     pub comm: [u8; 16],
 }
 
+/// Bytes of user stack copied at each heap-growth event in growth mode (16 KiB held 53 frames
+/// on this kind of machine; 8 KiB lost the outer frames of deep stacks).
+pub const STACK_COPY_BYTES: usize = 16 * 1024;
+
+/// Growth mode: a heap-growing syscall with what userspace needs to unwind the thread's stack
+/// with the modules' `.eh_frame` (no frame pointers needed). Sent in the heap ring buffer after
+/// its `HeapEvent` header; told apart from plain `HeapEvent` records by its length.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct GrowthEvent {
+    pub event: HeapEvent,
+    /// User registers at the syscall.
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// Bytes of `stack` copied from `sp` upwards (0: the stack could not be read).
+    pub stack_len: u32,
+    pub _pad: u32,
+    pub stack: [u8; STACK_COPY_BYTES],
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: #[repr(C)] integers without padding (size assertions below).
@@ -254,3 +275,4 @@ const _: () = assert!(core::mem::size_of::<PidCounters>() == 32);
 const _: () = assert!(core::mem::size_of::<InflightCall>() == 64 + 32);
 const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 56);
 const _: () = assert!(core::mem::size_of::<HeapEvent>() == 104);
+const _: () = assert!(core::mem::size_of::<GrowthEvent>() == 104 + 32 + STACK_COPY_BYTES);

@@ -6,17 +6,20 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+        generated::{
+            bpf_get_current_task_btf, bpf_probe_read_user as probe_read_user_raw, bpf_task_pt_regs,
+        },
     },
     macros::tracepoint,
     programs::{tracing::StackIdContext as _, TracePointContext},
 };
 use leaktrace_common::{
-    HeapEvent, SyscallArgs, NO_STACK, SYS_BRK, SYS_MMAP, SYS_MPROTECT, SYS_MREMAP, SYS_MUNMAP,
+    GrowthEvent, HeapEvent, SyscallArgs, NO_STACK, STACK_COPY_BYTES, SYS_BRK, SYS_MMAP,
+    SYS_MPROTECT, SYS_MREMAP, SYS_MUNMAP,
 };
 
 use crate::{
-    maps::{HEAP_EVENTS, INFLIGHT, STACKS, SYSCALLS, TRACED_PIDS},
+    maps::{BRK_TOPS, HEAP_EVENTS, INFLIGHT, STACKS, SYSCALLS, TRACED_PIDS},
     probes::bump_lost,
 };
 
@@ -24,7 +27,14 @@ use crate::{
 #[unsafe(no_mangle)]
 static TRACE_ALL: u32 = 0;
 
+/// Set by userspace: growth mode (no uprobes). Heap-growing syscalls carry the user registers
+/// and a copy of the top of the user stack, for unwinding with `.eh_frame` in userspace.
+#[unsafe(no_mangle)]
+static GROWTH_MODE: u32 = 0;
+
 const MAP_ANONYMOUS: u64 = 0x20;
+const PROT_WRITE: u64 = 0x2;
+const PAGE: u64 = 4096;
 /// Offsets in the syscalls:sys_enter_* / sys_exit_* records (see their `format` files).
 const NR_OFFSET: usize = 8;
 const ARGS_OFFSET: usize = 16;
@@ -33,6 +43,12 @@ const ARGS_OFFSET: usize = 16;
 fn trace_all() -> bool {
     // SAFETY: plain read of a global patched before load.
     unsafe { core::ptr::read_volatile(&TRACE_ALL) != 0 }
+}
+
+#[inline(always)]
+fn growth_mode() -> bool {
+    // SAFETY: plain read of a global patched before load.
+    unsafe { core::ptr::read_volatile(&GROWTH_MODE) != 0 }
 }
 
 #[inline(always)]
@@ -104,45 +120,140 @@ fn try_heap_sys_exit(ctx: &TracePointContext) {
         inflight.heap_events += 1;
         call_ns = inflight.entry_ns;
     }
-    // Outside allocator calls the syscall keeps its own stack (not in system-wide mode, where
-    // stacks of every process would flood the stack map). glibc's syscall wrappers push nothing,
-    // so the word at the user stack pointer is the wrapper's return address: the caller a
-    // frame-pointer walk skips.
-    let (stack_id, caller) = if call_ns == 0 && !trace_all() {
-        let stack_id = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
-            Ok(id) => id as u32,
-            Err(_) => NO_STACK,
-        };
-        (stack_id, user_return_address())
-    } else {
-        (NO_STACK, 0)
-    };
-
-    let Some(mut entry) = HEAP_EVENTS.reserve::<HeapEvent>(0) else {
-        bump_lost(tgid);
-        return;
-    };
-    let event = HeapEvent {
+    let args = [
+        call.args[0],
+        call.args[1],
+        call.args[2],
+        call.args[3],
+        call.args[4],
+    ];
+    let mut event = HeapEvent {
         kind: call.nr,
         tgid,
         tid: pid_tgid as u32,
-        stack_id,
+        stack_id: NO_STACK,
         call_ns,
-        caller,
-        args: [
-            call.args[0],
-            call.args[1],
-            call.args[2],
-            call.args[3],
-            call.args[4],
-        ],
+        caller: 0,
+        args,
         ret,
         // SAFETY: helper without preconditions.
         timestamp_ns: unsafe { bpf_ktime_get_ns() },
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
+    if growth_mode() {
+        if grows_heap(tgid, &call, ret) {
+            // The frame-pointer walk as well: it reaches a Go program's goroutine frames,
+            // which the copied system stack does not.
+            event.stack_id = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+                Ok(id) => id as u32,
+                Err(_) => NO_STACK,
+            };
+            send_growth(&event);
+            return;
+        }
+    } else if call_ns == 0 && !trace_all() {
+        // Outside allocator calls the syscall keeps its own stack (not in system-wide mode,
+        // where stacks of every process would flood the stack map). glibc's syscall wrappers
+        // push nothing, so the word at the user stack pointer is the wrapper's return address:
+        // the caller a frame-pointer walk skips.
+        event.stack_id = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+            Ok(id) => id as u32,
+            Err(_) => NO_STACK,
+        };
+        event.caller = user_return_address();
+    }
+
+    let Some(mut entry) = HEAP_EVENTS.reserve::<HeapEvent>(0) else {
+        bump_lost(tgid);
+        return;
+    };
     entry.write(event);
     entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+}
+
+/// Whether a completed heap syscall grew the process's writable memory: a break moved up, a
+/// writable anonymous mapping, write permission granted (threads' arenas grow that way), a
+/// mapping enlarged. Shrinks and failures need no stack: userspace credits them back to the
+/// sites that grew those bytes.
+#[inline(always)]
+fn grows_heap(tgid: u32, call: &SyscallArgs, ret: i64) -> bool {
+    match call.nr {
+        SYS_BRK => {
+            let new_brk = ret as u64;
+            // SAFETY: copied out at once.
+            let previous = unsafe { BRK_TOPS.get(tgid) }.copied();
+            let _ = BRK_TOPS.insert(tgid, new_brk, 0);
+            // brk(0) queries; a refused brk returns the old break.
+            call.args[0] != 0 && new_brk == call.args[0] && previous.is_none_or(|p| new_brk > p)
+        }
+        SYS_MMAP | SYS_MPROTECT => ret >= 0 && call.args[2] & PROT_WRITE != 0,
+        SYS_MREMAP => ret >= 0 && call.args[2] > call.args[1],
+        _ => false,
+    }
+}
+
+/// Send a growth event with the user registers and up to `STACK_COPY_BYTES` of user stack.
+#[inline(always)]
+fn send_growth(event: &HeapEvent) {
+    let Some(mut entry) = HEAP_EVENTS.reserve::<GrowthEvent>(0) else {
+        bump_lost(event.tgid);
+        return;
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to a reserved ring-buffer record of the right size; every field
+    // is written before submit (the stack bytes by the read helper, which zero-fills on error).
+    unsafe {
+        core::ptr::addr_of_mut!((*record).event).write(*event);
+        let task = bpf_get_current_task_btf();
+        let regs = bpf_task_pt_regs(task) as *const aya_ebpf::bindings::pt_regs;
+        let (ip, sp, bp) = if regs.is_null() {
+            (0, 0, 0)
+        } else {
+            ((*regs).rip, (*regs).rsp, (*regs).rbp)
+        };
+        core::ptr::addr_of_mut!((*record).ip).write(ip);
+        core::ptr::addr_of_mut!((*record).sp).write(sp);
+        core::ptr::addr_of_mut!((*record).bp).write(bp);
+        core::ptr::addr_of_mut!((*record)._pad).write(0);
+        let dst = core::ptr::addr_of_mut!((*record).stack).cast::<core::ffi::c_void>();
+        let copied = copy_user_stack(dst, sp);
+        core::ptr::addr_of_mut!((*record).stack_len).write(copied);
+    }
+    entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+}
+
+/// Copy the user stack from `sp` up into `dst` (`STACK_COPY_BYTES` long). The read fails whole
+/// when the stack ends less than that above `sp` (a shallow main thread, the top of a thread's
+/// stack); stacks end on a page boundary, so the longest read that ends on one of the next few
+/// page boundaries is retried. Returns the bytes copied (0: none).
+///
+/// # Safety
+/// `dst` must be valid for `STACK_COPY_BYTES` bytes.
+#[inline(always)]
+unsafe fn copy_user_stack(dst: *mut core::ffi::c_void, sp: u64) -> u32 {
+    const FULL: u64 = STACK_COPY_BYTES as u64;
+    if sp == 0 {
+        return 0;
+    }
+    let src = sp as *const core::ffi::c_void;
+    // SAFETY: per this function's contract.
+    if unsafe { probe_read_user_raw(dst, FULL as u32, src) } == 0 {
+        return FULL as u32;
+    }
+    let page_end = (sp | (PAGE - 1)) + 1;
+    let mut pages = FULL / PAGE;
+    while pages > 0 {
+        pages -= 1;
+        let len = page_end + pages * PAGE - sp;
+        if len == 0 || len > FULL {
+            continue;
+        }
+        // SAFETY: as above, `len` is at most `FULL`.
+        if unsafe { probe_read_user_raw(dst, len as u32, src) } == 0 {
+            return len as u32;
+        }
+    }
+    0
 }
 
 #[inline(always)]

@@ -43,3 +43,7 @@ pub static HEAP_EVENTS: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 /// Uprobe hits (all programs, all traced processes), per CPU: the cost meter.
 #[map]
 pub static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
+/// Growth mode: each process's program break after its last brk, to tell growth from shrinks.
+#[map]
+pub static BRK_TOPS: HashMap<u32, u64> = HashMap::with_max_entries(1 << 14, 0);

@@ -84,6 +84,8 @@ fn snapshot(round: u64) -> Snapshot {
         generated_at: "2026-11-23T18:00:00Z".to_string(),
         duration_s: round as f64,
         mode: "exact".to_string(),
+        system_wide: false,
+        unwinding: None,
         interval_s: 1.0,
         min_age_s: 0.0,
         processed: Processed::Both,

@@ -160,6 +160,7 @@ fn snapshot(t: f64, options: &Options) -> Snapshot {
                 fallback_mmap_bytes: (1 << 20) + 2 * 135_168,
                 direct_mmap_bytes: 0,
                 anon_mmap_bytes: (1 << 20) + 2 * 135_168,
+                ..SiteHeap::default()
             };
         }
     }
@@ -171,6 +172,8 @@ fn snapshot(t: f64, options: &Options) -> Snapshot {
         generated_at: "2026-11-23T18:00:00Z".to_string(),
         duration_s: t,
         mode: "exact".to_string(),
+        system_wide: false,
+        unwinding: None,
         interval_s: options.interval.as_secs_f64(),
         min_age_s: 0.0,
         processed: Processed::Both,

@@ -71,13 +71,20 @@ pub struct Cli {
     pub max_allocations: u32,
 
     /// Capacity of the stack map (distinct call stacks; beyond it sites keep only their caller).
-    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(256..))]
+    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
     pub max_stacks: u32,
 
     /// Watch every process's heap syscalls (brk, mmap, ...; no uprobes). The default when
-    /// neither --pid nor a command is given; with --pid, those PIDs are also traced exactly.
+    /// neither --pid nor a command is given; with --pid, those PIDs are also traced per --mode.
     #[arg(long)]
     pub system_wide: bool,
+
+    /// exact: every malloc/free of the targets (uprobes; costs microseconds per call).
+    /// growth: only the syscalls that grow the heap, with full stacks unwound from .eh_frame
+    /// (near-zero overhead, safe to leave on a production service)
+    /// [default: exact for --pid and commands, growth system-wide].
+    #[arg(long, value_enum, value_name = "MODE")]
+    pub mode: Option<Mode>,
 
     /// Command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "COMMAND")]
@@ -160,6 +167,12 @@ pub enum ExportFormat {
     Pprof,
     Folded,
     Svg,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Mode {
+    Exact,
+    Growth,
 }
 
 /// Which /proc/PID/io counters measure the work a process did.

@@ -67,7 +67,7 @@ pub struct FallbackSummary {
 }
 
 /// Per-site heap attribution.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct SiteHeap {
     pub fallback_mmap_count: u64,
     pub fallback_mmap_bytes: u64,
@@ -76,6 +76,48 @@ pub struct SiteHeap {
     pub direct_mmap_bytes: u64,
     /// Writable anonymous bytes still mapped that this site made, by any route.
     pub anon_mmap_bytes: u64,
+    /// Program-break bytes this site's brk calls added and that are still below the break
+    /// (growth mode, or the program's own brk calls).
+    #[serde(default)]
+    pub brk_bytes: u64,
+    /// Growth mode: heap-growing syscalls made from this site's stack, and when the first and
+    /// latest were seen (seconds since tracing started).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub growth_events: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_s: Option<f64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+impl SiteHeap {
+    /// The heap bytes this site grew that are still there.
+    pub fn net_bytes(&self) -> u64 {
+        self.brk_bytes + self.anon_mmap_bytes
+    }
+}
+
+/// Heap growth attributed to one site: every event that grew the heap from its stack, whether
+/// or not those bytes were given back since.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GrowthTally {
+    pub bytes: u64,
+    pub events: u64,
+    /// `bpf_ktime_get_ns()` of the first and latest event.
+    pub first_ns: u64,
+    pub last_ns: u64,
+}
+
+/// Program-break growth since tracing began, by the site that grew it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct BrkSegment {
+    start: u64,
+    end: u64,
+    site: Option<SiteKey>,
 }
 
 /// One process's heap.
@@ -92,6 +134,10 @@ pub struct ProcessHeap {
     fallbacks: Vec<Fallback>,
     /// Per thread: the allocator call (or 0 outside calls) whose last brk failed.
     brk_failed: HashMap<u32, u64>,
+    /// The program break's growth since tracing began, lowest first (the break lowers from the
+    /// top, so shrinking gives back the latest growth first).
+    brk_segments: Vec<BrkSegment>,
+    growth: HashMap<SiteKey, GrowthTally>,
 }
 
 impl ProcessHeap {
@@ -137,9 +183,33 @@ impl ProcessHeap {
         summary
     }
 
+    /// Heap growth per site (sites known by their own stack: growth mode, or the program's own
+    /// syscalls).
+    pub fn growth(&self) -> &HashMap<SiteKey, GrowthTally> {
+        &self.growth
+    }
+
+    fn tally(&mut self, site: Option<SiteKey>, bytes: u64, at_ns: u64) {
+        let (Some(site), true) = (site, bytes > 0) else {
+            return;
+        };
+        let tally = self.growth.entry(site).or_insert(GrowthTally {
+            first_ns: at_ns,
+            ..GrowthTally::default()
+        });
+        tally.bytes += bytes;
+        tally.events += 1;
+        tally.last_ns = at_ns;
+    }
+
     /// Heap attribution per site.
     pub fn sites(&self) -> HashMap<SiteKey, SiteHeap> {
         let mut sites: HashMap<SiteKey, SiteHeap> = HashMap::new();
+        for segment in &self.brk_segments {
+            if let Some(site) = segment.site {
+                sites.entry(site).or_default().brk_bytes += segment.end - segment.start;
+            }
+        }
         for f in &self.fallbacks {
             if let Some(site) = f.site {
                 let entry = sites.entry(site).or_default();
@@ -182,6 +252,9 @@ impl ProcessHeap {
                     self.brk_failed.insert(tid, event.call_ns);
                 } else {
                     self.brk_failed.remove(&tid);
+                    if let Some(old) = self.current_brk {
+                        self.move_break(old, new_brk, own_site, event.timestamp_ns);
+                    }
                 }
                 self.start_brk.get_or_insert(new_brk);
                 self.current_brk = Some(new_brk);
@@ -198,6 +271,9 @@ impl ProcessHeap {
                     (call, Some(failed)) if failed == call => Origin::Fallback,
                     _ => Origin::Allocator,
                 };
+                if a2 & PROT_WRITE != 0 {
+                    self.tally(own_site, len, event.timestamp_ns);
+                }
                 if origin == Origin::Fallback {
                     self.fallbacks.push(Fallback {
                         bytes: len,
@@ -223,7 +299,8 @@ impl ProcessHeap {
             }
             SYS_MPROTECT => {
                 self.brk_failed.remove(&tid);
-                self.protect_range(a0, a0 + round(a1), a2);
+                let granted = self.protect_range(a0, a0 + round(a1), a2, own_site);
+                self.tally(own_site, granted, event.timestamp_ns);
             }
             SYS_MREMAP => {
                 self.brk_failed.remove(&tid);
@@ -246,10 +323,19 @@ impl ProcessHeap {
                     return;
                 }
                 self.remove_range(new_start, new_start + new_len);
+                // Growth mode: the call that enlarged a block (realloc's mremap) owns it now.
+                if template.writable() {
+                    self.tally(
+                        own_site,
+                        new_len.saturating_sub(old_len),
+                        event.timestamp_ns,
+                    );
+                }
                 self.mappings.insert(
                     new_start,
                     Mapping {
                         end: new_start + new_len,
+                        site: own_site.or(template.site),
                         ..template
                     },
                 );
@@ -307,11 +393,45 @@ impl ProcessHeap {
         }
     }
 
-    fn protect_range(&mut self, start: u64, end: u64, prot: u64) {
+    /// Change the protection of [start, end). Returns the bytes that became writable; those
+    /// belong to `site` when it is known (a thread arena's heap grows this way).
+    fn protect_range(&mut self, start: u64, end: u64, prot: u64, site: Option<SiteKey>) -> u64 {
         self.split_at(start);
         self.split_at(end);
-        for m in self.mappings.range_mut(start..end).map(|(_, m)| m) {
+        let mut granted = 0;
+        for (piece, m) in self.mappings.range_mut(start..end) {
+            if !m.writable() && prot & PROT_WRITE != 0 {
+                granted += m.end - piece;
+                if site.is_some() {
+                    m.site = site;
+                }
+            }
             m.prot = prot;
+        }
+        granted
+    }
+
+    /// The break moved from `old` to `new`: growth belongs to `site`; a lower break gives back
+    /// the latest growth first.
+    fn move_break(&mut self, old: u64, new: u64, site: Option<SiteKey>, at_ns: u64) {
+        if new > old {
+            self.brk_segments.push(BrkSegment {
+                start: old,
+                end: new,
+                site,
+            });
+            self.tally(site, new - old, at_ns);
+            return;
+        }
+        while let Some(top) = self.brk_segments.last_mut() {
+            if top.end <= new {
+                break;
+            }
+            if top.start >= new {
+                self.brk_segments.pop();
+            } else {
+                top.end = new;
+            }
         }
     }
 }
@@ -591,5 +711,167 @@ mod tests {
         assert_eq!(heap.brk_bytes(), 0x1_0000);
         assert_eq!(heap.brk_failures, 0);
         assert_eq!(heap.brk_calls, 2);
+    }
+
+    /// A growth-mode event: outside allocator calls, with the site's own (unwound) stack.
+    fn grown(kind: u32, stack: u32, args: [u64; 5], ret: i64, at_ns: u64) -> HeapEvent {
+        HeapEvent {
+            kind,
+            tgid: 100,
+            tid: 1,
+            stack_id: stack,
+            caller: 0x1000 + u64::from(stack),
+            args,
+            ret,
+            timestamp_ns: at_ns,
+            ..HeapEvent::default()
+        }
+    }
+
+    fn by_stack(heap: &ProcessHeap) -> HashMap<u32, (u64, GrowthTally)> {
+        let net = heap.sites();
+        heap.growth()
+            .iter()
+            .map(|(k, t)| (k.stack_id, (net.get(k).map_or(0, SiteHeap::net_bytes), *t)))
+            .collect()
+    }
+
+    #[test]
+    fn brk_growth_belongs_to_its_stacks_and_a_lower_break_gives_back_the_latest_first() {
+        let base = 0x1000_0000;
+        let mut t = HeapTracker::new(PAGE);
+        t.register(100, Some(base), Some(base));
+        for e in [
+            grown(
+                SYS_BRK,
+                1,
+                [base + 0x4_0000, 0, 0, 0, 0],
+                base as i64 + 0x4_0000,
+                10,
+            ),
+            grown(
+                SYS_BRK,
+                2,
+                [base + 0x6_0000, 0, 0, 0, 0],
+                base as i64 + 0x6_0000,
+                20,
+            ),
+            grown(
+                SYS_BRK,
+                1,
+                [base + 0x7_0000, 0, 0, 0, 0],
+                base as i64 + 0x7_0000,
+                30,
+            ),
+        ] {
+            t.apply(&e, false);
+        }
+        let sites = by_stack(t.get(100).expect("heap"));
+        assert_eq!(sites[&1].0, 0x5_0000);
+        assert_eq!(sites[&2].0, 0x2_0000);
+        assert_eq!(sites[&1].1.events, 2);
+        assert_eq!((sites[&1].1.first_ns, sites[&1].1.last_ns), (10, 30));
+        // Trimming to base+0x5_0000 gives back stack 1's last 0x1_0000, then half of stack 2's.
+        t.apply(
+            &grown(
+                SYS_BRK,
+                3,
+                [base + 0x5_0000, 0, 0, 0, 0],
+                base as i64 + 0x5_0000,
+                40,
+            ),
+            false,
+        );
+        let sites = by_stack(t.get(100).expect("heap"));
+        assert_eq!(sites[&1].0, 0x4_0000);
+        assert_eq!(sites[&2].0, 0x1_0000);
+        // What a site grew is kept: the difference is what it gave back.
+        assert_eq!(sites[&1].1.bytes, 0x5_0000);
+        assert!(!sites.contains_key(&3), "a shrink is nobody's growth");
+        // A refused brk and a query grow nothing.
+        t.apply(
+            &grown(
+                SYS_BRK,
+                4,
+                [base + 0x9_0000, 0, 0, 0, 0],
+                base as i64 + 0x5_0000,
+                50,
+            ),
+            false,
+        );
+        t.apply(
+            &grown(SYS_BRK, 4, [0, 0, 0, 0, 0], base as i64 + 0x5_0000, 60),
+            false,
+        );
+        assert!(!by_stack(t.get(100).expect("heap")).contains_key(&4));
+    }
+
+    #[test]
+    fn write_permission_granted_to_a_reservation_is_the_granting_stack_s_growth() {
+        let arena = 0x7f00_0000_0000;
+        let heap = tracker(
+            &[
+                grown(
+                    SYS_MMAP,
+                    1,
+                    [0, 64 << 20, 0, 0x22, u64::MAX],
+                    arena as i64,
+                    1,
+                ),
+                grown(SYS_MPROTECT, 2, [arena, 33 * 1024, RW, 0, 0], 0, 2),
+                grown(SYS_MPROTECT, 3, [arena, 40 * 1024, RW, 0, 0], 0, 3),
+                // Already writable: no new growth.
+                grown(SYS_MPROTECT, 4, [arena, 8 * 1024, RW, 0, 0], 0, 4),
+            ],
+            false,
+        );
+        let sites = by_stack(&heap);
+        assert!(
+            !sites.contains_key(&1),
+            "a PROT_NONE reservation is no growth"
+        );
+        assert_eq!(sites[&2].0, 36 * 1024);
+        assert_eq!(sites[&3].0, 4 * 1024);
+        assert!(!sites.contains_key(&4));
+        assert_eq!(heap.anon_committed_bytes(), 40 * 1024);
+    }
+
+    #[test]
+    fn a_mapping_enlarged_by_mremap_belongs_to_the_stack_that_enlarged_it() {
+        let (old, moved) = (0x7000_0000, 0x7100_0000);
+        let heap = tracker(
+            &[
+                grown(
+                    SYS_MMAP,
+                    1,
+                    [0, 4 * PAGE, RW, 0x22, u64::MAX],
+                    old as i64,
+                    1,
+                ),
+                grown(
+                    SYS_MREMAP,
+                    2,
+                    [old, 4 * PAGE, 10 * PAGE, MREMAP_MAYMOVE, 0],
+                    moved as i64,
+                    2,
+                ),
+            ],
+            false,
+        );
+        let sites = by_stack(&heap);
+        assert_eq!(
+            sites[&1],
+            (
+                0,
+                GrowthTally {
+                    bytes: 4 * PAGE,
+                    events: 1,
+                    first_ns: 1,
+                    last_ns: 1
+                }
+            )
+        );
+        assert_eq!(sites[&2].0, 10 * PAGE);
+        assert_eq!(sites[&2].1.bytes, 6 * PAGE);
     }
 }

@@ -10,5 +10,6 @@ pub mod symbolize;
 pub mod target;
 pub mod tracer;
 pub mod ui;
+pub mod unwind;
 
 pub use session::run;

@@ -26,9 +26,17 @@ pub struct Snapshot {
     pub generated_at: String,
     /// Seconds since tracing started.
     pub duration_s: f64,
-    /// `exact`: every allocation of the malloc family of the targets is traced;
-    /// `system_wide`: every process's heap syscalls (plus exact tracing of any --pid).
+    /// `exact`: every allocation of the malloc family of the targets is traced (uprobes);
+    /// `growth`: only heap-growing syscalls, with stacks unwound from copies of the user stack
+    /// (no uprobes: near-zero overhead); `system_wide`: written by older versions for
+    /// system-wide runs without stacks.
     pub mode: String,
+    /// Every process's heap syscalls are watched (plus any --pid, in `mode`).
+    #[serde(default)]
+    pub system_wide: bool,
+    /// Growth mode: the cost of unwinding the stack copies, so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwinding: Option<crate::unwind::UnwindStats>,
     pub interval_s: f64,
     /// `--min-age`: sites' aged outstanding bytes count only blocks at least this old.
     pub min_age_s: f64,
@@ -341,17 +349,31 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
             .bytes_processed
             .map(|b| format!(", {} processed", human_bytes(b)))
             .unwrap_or_default();
-        let _ = writeln!(
-            out,
-            "[{:>7.1}s] pid {} ({}){state}: {} outstanding in {} blocks, {} allocations, {} frees{processed}",
-            snapshot.duration_s,
-            process.pid,
-            process.comm,
-            human_bytes(process.outstanding_bytes),
-            process.outstanding_count,
-            process.allocated_count,
-            process.freed_count,
-        );
+        if process.exact {
+            let _ = writeln!(
+                out,
+                "[{:>7.1}s] pid {} ({}){state}: {} outstanding in {} blocks, {} allocations, {} frees{processed}",
+                snapshot.duration_s,
+                process.pid,
+                process.comm,
+                human_bytes(process.outstanding_bytes),
+                process.outstanding_count,
+                process.allocated_count,
+                process.freed_count,
+            );
+        } else {
+            // Growth mode: sites are the stacks that grew the heap (no uprobes).
+            let _ = writeln!(
+                out,
+                "[{:>7.1}s] pid {} ({}){state}: {} of heap growth still mapped, {} grown in {} growth events{processed}",
+                snapshot.duration_s,
+                process.pid,
+                process.comm,
+                human_bytes(process.outstanding_bytes),
+                human_bytes(process.allocated_bytes),
+                process.allocated_count,
+            );
+        }
         if let Some(heap) = &process.heap {
             let fallbacks = &heap.fallback_mmaps;
             let _ = writeln!(
@@ -401,22 +423,39 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
             .filter(|s| s.outstanding_count > 0)
             .collect();
         if shown.is_empty() {
-            let _ = writeln!(out, "  no outstanding allocations");
+            let _ = writeln!(
+                out,
+                "  {}",
+                if process.exact {
+                    "no outstanding allocations"
+                } else {
+                    "no heap growth seen with a stack"
+                }
+            );
             continue;
         }
         shown.sort_by_key(|s| s.leak_rank);
         shown.truncate(top);
+        let (size_column, count_column) = if process.exact {
+            ("OUTSTANDING", "BLOCKS")
+        } else {
+            ("GROWTH", "EVENTS")
+        };
         let _ = writeln!(
             out,
             "  {:>11} {:>8} {:>11} {:>11} {:>4} {:>7} {:>7}  SITE",
-            "OUTSTANDING", "BLOCKS", "PER MiB", "PER MIN", "R2", "CLASS", "OLDEST"
+            size_column, count_column, "PER MiB", "PER MIN", "R2", "CLASS", "OLDEST"
         );
         for site in shown {
             let _ = writeln!(
                 out,
                 "  {:>11} {:>8} {:>11} {:>11} {:>4} {:>7} {:>7}  {}",
                 human_bytes(site.outstanding_bytes),
-                site.outstanding_count,
+                if process.exact {
+                    site.outstanding_count
+                } else {
+                    site.allocated_count
+                },
                 human_rate(site.growth.bytes_per_mib_processed),
                 human_rate(site.growth.bytes_per_min),
                 best_r2(&site.growth),
@@ -484,6 +523,8 @@ mod tests {
             generated_at: "2026-11-23T18:00:00Z".to_string(),
             duration_s: 12.5,
             mode: "exact".to_string(),
+            system_wide: false,
+            unwinding: None,
             interval_s: 5.0,
             min_age_s: 0.0,
             processed: Processed::Both,

@@ -13,7 +13,7 @@ use tokio::{
 };
 
 use crate::{
-    cli::{Cli, Processed},
+    cli::{Cli, Mode, Processed},
     growth::{self, Growth, SeriesBuffer},
     heap::{HeapTracker, SiteHeap},
     model::{self, ProcessTotals},
@@ -22,6 +22,7 @@ use crate::{
     target::{self, ExitStatus, TargetProcess},
     tracer::{self, Capacity, MapsReading, Tracer},
     ui::{self, Action, App, Event, Live, Update},
+    unwind::StackUnwinder,
 };
 
 /// How often liveness is checked and live processes' mappings are re-read (so that stacks stay
@@ -32,11 +33,19 @@ const LIVENESS_PERIOD: Duration = Duration::from_millis(100);
 /// site, so 10,000 sites cost 40 MiB rather than the 160 MiB of growth.rs's default 512.
 const SERIES_CAPACITY: usize = 128;
 
+/// System-wide mode: how long a process that exited stays listed (its heap state, sites and
+/// series are then dropped, so a run of days on a busy host does not grow with process churn).
+const EXITED_KEPT: Duration = Duration::from_secs(600);
+
 struct Traced {
     process: TargetProcess,
+    /// Its malloc family is hooked (exact mode); otherwise growth mode's syscalls only.
+    exact: bool,
     alive: bool,
     launched: bool,
     exit: Option<ExitStatus>,
+    /// When it was first seen gone (system-wide rows are dropped some time after).
+    gone_since: Option<Instant>,
     hooked: Vec<String>,
     /// /proc/PID/io counter (per `--processed`) when tracing started, and the latest value.
     processed_baseline: Option<u64>,
@@ -50,9 +59,11 @@ impl Traced {
     fn new(process: TargetProcess, launched: bool, hooked: &[&str]) -> Self {
         Self {
             process,
+            exact: !hooked.is_empty(),
             alive: true,
             launched,
             exit: None,
+            gone_since: None,
             hooked: hooked.iter().map(|s| s.to_string()).collect(),
             processed_baseline: None,
             processed_latest: None,
@@ -101,6 +112,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             "--system-wide and a command do not go together: launch the command in another shell"
         );
     }
+    let growth = match cli.mode {
+        Some(mode) => mode == Mode::Growth,
+        None => system_wide && cli.pids.is_empty(),
+    };
+    if !growth && system_wide && cli.pids.is_empty() {
+        bail!("--mode exact needs --pid: system-wide tracing has no uprobes (use --mode growth)");
+    }
     tracer::preflight()?;
     if let Some(path) = &cli.json {
         report::check_writable(path)
@@ -120,12 +138,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     pids.dedup();
     let mut targets = Vec::new();
     for pid in pids {
-        targets.push(target::inspect(pid)?);
+        targets.push(if growth {
+            target::inspect_any(pid)?
+        } else {
+            target::inspect(pid)?
+        });
     }
     let launch = match cli.command.first() {
         Some(program) => {
             let path = target::resolve_program(program)?;
-            let libc = target::libc_for_executable(&path)?;
+            // Growth mode needs no allocator to hook: static binaries (Go) are fine.
+            let libc = match target::libc_for_executable(&path) {
+                Ok(libc) => libc,
+                Err(_) if growth && target::is_elf(&path) => PathBuf::new(),
+                Err(err) => return Err(err.into()),
+            };
             Some((path, libc))
         }
         None => None,
@@ -137,18 +164,29 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             max_stacks: cli.max_stacks,
         },
         system_wide,
+        growth,
     )?;
     let page_size = crate::target::page_size();
     let mut heap = HeapTracker::new(page_size);
     let mut traced = Vec::new();
     for process in targets {
-        let hooked = tracer.attach(process.pid, &process.libc_host_path)?;
+        let hooked = if growth {
+            tracer.trace_heap_of(process.pid)?;
+            Vec::new()
+        } else {
+            tracer.attach(process.pid, &process.libc_host_path)?
+        };
         register_heap(&mut heap, process.pid);
         traced.push(Traced::new(process, false, &hooked));
     }
     if let Some((path, libc)) = launch {
         let mut child = target::spawn_paused(&path, &cli.command)?;
-        let hooked = match tracer.attach(child.pid, &libc) {
+        let attached = if growth {
+            tracer.trace_heap_of(child.pid).map(|()| Vec::new())
+        } else {
+            tracer.attach(child.pid, &libc)
+        };
+        let hooked = match attached {
             Ok(hooked) => hooked,
             Err(err) => {
                 child.abort();
@@ -177,16 +215,26 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         t.sample_processed(cli.processed);
     }
     if system_wide {
-        eprintln!("leaktrace: watching the heap syscalls of every process");
+        eprintln!(
+            "leaktrace: watching the heap syscalls of every process{}",
+            if growth { " (growth mode)" } else { "" }
+        );
     }
     for t in &traced {
-        eprintln!(
-            "leaktrace: tracing pid {} ({}) through {} [{}]",
-            t.process.pid,
-            t.process.comm,
-            t.process.libc.display(),
-            t.hooked.join(" ")
-        );
+        if t.exact {
+            eprintln!(
+                "leaktrace: tracing pid {} ({}) through {} [{}]",
+                t.process.pid,
+                t.process.comm,
+                t.process.libc.display(),
+                t.hooked.join(" ")
+            );
+        } else {
+            eprintln!(
+                "leaktrace: tracing pid {} ({}) in growth mode [brk mmap mremap mprotect munmap]",
+                t.process.pid, t.process.comm
+            );
+        }
     }
 
     let reader = std::sync::Arc::new(tracer.reader()?);
@@ -199,6 +247,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         others: HashMap::new(),
         heap,
         system_wide,
+        growth,
+        unwinder: StackUnwinder::new(),
+        interned: HashMap::new(),
+        fp_stacks: HashMap::new(),
+        unwound_ids: 0,
+        start_ns: tracer::monotonic_ns(),
         series: HashMap::new(),
         started: Instant::now(),
         interval,
@@ -245,6 +299,17 @@ struct Session {
     others: HashMap<u32, Traced>,
     heap: HeapTracker,
     system_wide: bool,
+    /// Growth mode: heap-growing syscalls carry stack copies, unwound here.
+    growth: bool,
+    unwinder: StackUnwinder,
+    /// Unwound stacks by process, as synthetic stack ids (above the kernel's) for site keys.
+    interned: HashMap<(u32, Vec<u64>), u32>,
+    /// Frame-pointer stacks of growth events, by kernel stack id (ids are never reused).
+    fp_stacks: HashMap<u32, Vec<u64>>,
+    /// The last synthetic stack id handed out (ids are not reused when processes are dropped).
+    unwound_ids: u32,
+    /// `bpf_ktime_get_ns()` time base at the start, for growth sites' first/last seen.
+    start_ns: u64,
     /// Outstanding bytes of every site at every interval, for the growth slopes.
     series: HashMap<leaktrace_common::SiteKey, SeriesBuffer>,
     started: Instant,
@@ -445,11 +510,75 @@ impl Session {
     }
 
     fn drain_heap_events(&mut self) {
-        let exact: std::collections::HashSet<u32> =
-            self.traced.iter().map(|t| t.process.pid).collect();
-        let heap = &mut self.heap;
-        self.tracer
-            .drain_heap_events(|event| heap.apply(event, exact.contains(&event.tgid)));
+        let exact: std::collections::HashSet<u32> = self
+            .traced
+            .iter()
+            .filter(|t| t.exact)
+            .map(|t| t.process.pid)
+            .collect();
+        // Stack copies are unwound in place (they live in the ring buffer); events are applied
+        // afterwards, in order, once their stacks are interned.
+        let mut drained = Vec::new();
+        let unwinder = &mut self.unwinder;
+        self.tracer.drain_heap_events(|record| {
+            let unwound = record
+                .stack
+                .map(|copy| unwinder.unwind(record.event.tgid, &copy));
+            drained.push((record.event, unwound));
+        });
+        for (mut event, unwound) in drained {
+            if let Some((frames, in_libc)) = unwound {
+                let stack = self.growth_stack(&event, frames, in_libc);
+                event.caller = stack.first().copied().unwrap_or(0);
+                event.stack_id = self.intern(event.tgid, stack);
+            }
+            self.heap.apply(&event, exact.contains(&event.tgid));
+        }
+    }
+
+    /// A growth event's stack: the unwound one without the C library's leading frames (the
+    /// allocator and syscall wrappers), unless the kernel's frame-pointer walk went further
+    /// (Go: the copied system stack ends where the goroutine's frames begin).
+    fn growth_stack(
+        &mut self,
+        event: &leaktrace_common::HeapEvent,
+        frames: Vec<u64>,
+        in_libc: usize,
+    ) -> Vec<u64> {
+        let skip = if in_libc < frames.len() { in_libc } else { 0 };
+        let unwound = &frames[skip..];
+        if event.stack_id != NO_STACK {
+            let fp = match self.fp_stacks.get(&event.stack_id) {
+                Some(fp) => Some(fp.clone()),
+                None => self.tracer.stack(event.stack_id).inspect(|fp| {
+                    self.fp_stacks.insert(event.stack_id, fp.clone());
+                }),
+            };
+            if let Some(fp) = fp {
+                // The frame-pointer walk also starts in the C library; drop the same frames.
+                let fp_skip = self.unwinder.leading_libc(event.tgid, &fp);
+                let fp_rest: Vec<u64> = fp.iter().copied().skip(fp_skip).collect();
+                if fp_rest.len() > unwound.len() + 1 {
+                    return fp_rest;
+                }
+            }
+        }
+        unwound.to_vec()
+    }
+
+    fn intern(&mut self, pid: u32, stack: Vec<u64>) -> u32 {
+        /// Above any stack id the kernel hands out (`--max-stacks` is at most 2^31 here).
+        const FIRST_UNWOUND_ID: u32 = 0x8000_0000;
+        let fresh = &mut self.unwound_ids;
+        let id = *self
+            .interned
+            .entry((pid, stack.clone()))
+            .or_insert_with(|| {
+                *fresh = fresh.wrapping_add(1) & 0x7fff_ffff;
+                FIRST_UNWOUND_ID | *fresh
+            });
+        self.stacks.entry(id).or_insert(stack);
+        id
     }
 
     /// Note exits (reaping launched children for their status) and keep live processes'
@@ -552,49 +681,26 @@ impl Session {
     fn build_snapshot(&mut self, complete: bool, now_ns: u64, reading: MapsReading) -> Snapshot {
         self.drain_heap_events();
         let t_s = self.started.elapsed().as_secs_f64();
-        let mut processes = Vec::with_capacity(self.traced.len());
-        for i in 0..self.traced.len() {
-            let sampling = !complete && self.traced[i].alive;
+        let mut traced = std::mem::take(&mut self.traced);
+        let mut processes = Vec::with_capacity(traced.len());
+        for t in &mut traced {
+            let sampling = !complete && t.alive;
             if sampling {
-                self.traced[i].sample_processed(self.processed);
+                t.sample_processed(self.processed);
             }
-            let pid = self.traced[i].process.pid;
-            let totals = model::process_totals(
-                pid,
-                &reading.sites,
-                &reading.counters,
-                &reading.ages,
-                now_ns,
-            );
-            if sampling {
-                let processed = self.traced[i].bytes_processed().unwrap_or(0);
-                for site in &totals.sites {
-                    self.series
-                        .entry(site.key)
-                        .or_insert_with(|| SeriesBuffer::new(SERIES_CAPACITY))
-                        .push(growth::Sample {
-                            t_s,
-                            processed_bytes: processed,
-                            outstanding_bytes: site.outstanding_bytes,
-                            aged_outstanding_bytes: site.aged_outstanding_bytes,
-                        });
-                }
-            }
-            processes.push(self.process_report(i, totals));
+            processes.push(self.sample_process(t, sampling, t_s, now_ns, &reading));
         }
+        self.traced = traced;
         if self.system_wide {
-            processes.extend(self.system_wide_rows());
+            processes.extend(self.system_wide_rows(complete, t_s, now_ns, &reading));
         }
         Snapshot {
             schema: report::SCHEMA.to_string(),
             generated_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             duration_s: t_s,
-            mode: if self.system_wide {
-                "system_wide"
-            } else {
-                "exact"
-            }
-            .to_string(),
+            mode: if self.growth { "growth" } else { "exact" }.to_string(),
+            system_wide: self.system_wide,
+            unwinding: self.growth.then_some(self.unwinder.stats),
             interval_s: self.interval.as_secs_f64(),
             min_age_s: self.min_age.as_secs_f64(),
             processed: self.processed,
@@ -603,8 +709,89 @@ impl Session {
         }
     }
 
-    fn process_report(&mut self, index: usize, totals: ProcessTotals) -> ProcessReport {
-        let (pid, alive) = (self.traced[index].process.pid, self.traced[index].alive);
+    /// One process's totals (from the maps in exact mode, from heap growth otherwise), a
+    /// sample for its sites' growth series, and its report.
+    fn sample_process(
+        &mut self,
+        t: &Traced,
+        sampling: bool,
+        t_s: f64,
+        now_ns: u64,
+        reading: &MapsReading,
+    ) -> ProcessReport {
+        let pid = t.process.pid;
+        let mut totals = model::process_totals(
+            pid,
+            &reading.sites,
+            &reading.counters,
+            &reading.ages,
+            now_ns,
+        );
+        if !t.exact {
+            totals = self.growth_totals(pid, totals.counters, now_ns);
+        }
+        if sampling {
+            let processed = t.bytes_processed().unwrap_or(0);
+            for site in &totals.sites {
+                self.series
+                    .entry(site.key)
+                    .or_insert_with(|| SeriesBuffer::new(SERIES_CAPACITY))
+                    .push(growth::Sample {
+                        t_s,
+                        processed_bytes: processed,
+                        outstanding_bytes: site.outstanding_bytes,
+                        aged_outstanding_bytes: site.aged_outstanding_bytes,
+                    });
+            }
+        }
+        self.process_report(t, totals)
+    }
+
+    /// Growth mode's sites of a process: heap bytes each stack grew (outstanding: still there;
+    /// allocated: all it grew; freed: what was given back since), as the totals exact mode
+    /// reads from the maps.
+    fn growth_totals(&self, pid: u32, counters: report::Counters, now_ns: u64) -> ProcessTotals {
+        let mut totals = ProcessTotals {
+            counters,
+            ..ProcessTotals::default()
+        };
+        let Some(heap) = self.heap.get(pid) else {
+            return totals;
+        };
+        let net = heap.sites();
+        let min_age_ns = u64::try_from(self.min_age.as_nanos()).unwrap_or(u64::MAX);
+        for (key, tally) in heap.growth() {
+            let outstanding = net.get(key).map_or(0, SiteHeap::net_bytes);
+            let age_ns = now_ns.saturating_sub(tally.first_ns);
+            let aged = if age_ns >= min_age_ns { outstanding } else { 0 };
+            totals.sites.push(model::SiteTotals {
+                key: *key,
+                outstanding_bytes: outstanding,
+                outstanding_count: u64::from(outstanding > 0),
+                allocated_bytes: tally.bytes,
+                allocated_count: tally.events,
+                freed_bytes: tally.bytes.saturating_sub(outstanding),
+                freed_count: 0,
+                oldest_age_s: (outstanding > 0).then(|| age_ns as f64 / 1e9),
+                aged_outstanding_bytes: aged,
+                aged_outstanding_count: u64::from(aged > 0),
+            });
+            totals.outstanding_bytes += outstanding;
+            totals.outstanding_count += u64::from(outstanding > 0);
+            totals.allocated_bytes += tally.bytes;
+            totals.allocated_count += tally.events;
+        }
+        totals.sites.sort_by(|a, b| {
+            b.outstanding_bytes
+                .cmp(&a.outstanding_bytes)
+                .then(b.allocated_bytes.cmp(&a.allocated_bytes))
+                .then(a.key.stack_id.cmp(&b.key.stack_id))
+        });
+        totals
+    }
+
+    fn process_report(&mut self, t: &Traced, totals: ProcessTotals) -> ProcessReport {
+        let (pid, alive) = (t.process.pid, t.alive);
         let growths: Vec<Growth> = totals
             .sites
             .iter()
@@ -623,6 +810,18 @@ impl Session {
             leak_rank[i] = u32::try_from(rank + 1).unwrap_or(u32::MAX);
         }
         let mut site_heap = self.heap.get(pid).map(|h| h.sites()).unwrap_or_default();
+        let tallies = self
+            .heap
+            .get(pid)
+            .map(|h| h.growth().clone())
+            .unwrap_or_default();
+        let seen_s = |ns: u64| ns.saturating_sub(self.start_ns) as f64 / 1e9;
+        for (key, tally) in &tallies {
+            let heap = site_heap.entry(*key).or_default();
+            heap.growth_events = tally.events;
+            heap.first_seen_s = Some(seen_s(tally.first_ns));
+            heap.last_seen_s = Some(seen_s(tally.last_ns));
+        }
         let mut sites: Vec<SiteReport> = totals
             .sites
             .iter()
@@ -677,15 +876,14 @@ impl Session {
                 frames: self.symbols.stack_frames(pid, alive, &addrs),
             });
         }
-        let heap = self.heap_report(pid, &self.traced[index], Some(totals.outstanding_bytes));
-        let t = &self.traced[index];
+        let heap = self.heap_report(pid, t, Some(totals.outstanding_bytes));
         ProcessReport {
             pid,
             comm: t.process.comm.clone(),
             exe: t.process.exe.display().to_string(),
             alive: t.alive,
             exit: t.exit,
-            exact: true,
+            exact: t.exact,
             libc: t.process.libc.display().to_string(),
             hooked_functions: t.hooked.clone(),
             outstanding_bytes: totals.outstanding_bytes,
@@ -752,9 +950,30 @@ impl Session {
         })
     }
 
+    /// Drop everything kept about a system-wide row's process.
+    fn forget_process(&mut self, pid: u32) {
+        self.others.remove(&pid);
+        self.heap.processes.remove(&pid);
+        self.unwinder.forget(pid);
+        self.series.retain(|key, _| key.tgid != pid);
+        let stacks = &mut self.stacks;
+        self.interned.retain(|(owner, _), id| {
+            if *owner == pid {
+                stacks.remove(id);
+            }
+            *owner != pid
+        });
+    }
+
     /// System-wide mode: one row per other process seen making heap syscalls, largest heap
-    /// growth first.
-    fn system_wide_rows(&mut self) -> Vec<ProcessReport> {
+    /// growth first; in growth mode with its sites.
+    fn system_wide_rows(
+        &mut self,
+        complete: bool,
+        t_s: f64,
+        now_ns: u64,
+        reading: &MapsReading,
+    ) -> Vec<ProcessReport> {
         let exact: std::collections::HashSet<u32> =
             self.traced.iter().map(|t| t.process.pid).collect();
         let pids: Vec<u32> = self
@@ -767,46 +986,44 @@ impl Session {
         let mut rows = Vec::with_capacity(pids.len());
         for pid in pids {
             let alive = target::is_alive(pid);
-            let row = self.others.entry(pid).or_insert_with(|| {
+            let reused = alive && self.others.get(&pid).is_some_and(|r| !r.alive);
+            let expired = self
+                .others
+                .get(&pid)
+                .and_then(|r| r.gone_since)
+                .is_some_and(|since| since.elapsed() >= EXITED_KEPT);
+            if reused || expired {
+                // A new process with a dead one's pid starts afresh; a long-gone one goes.
+                self.forget_process(pid);
+                if !reused {
+                    continue;
+                }
+            }
+            let comm = self
+                .heap
+                .get(pid)
+                .map(|h| h.comm.clone())
+                .unwrap_or_default();
+            let mut row = self.others.remove(&pid).unwrap_or_else(|| {
                 let process = TargetProcess {
                     pid,
-                    comm: String::new(),
+                    comm,
                     exe: std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default(),
                     libc: PathBuf::new(),
                     libc_host_path: PathBuf::new(),
                 };
                 Traced::new(process, false, &[])
             });
-            if alive && row.alive {
+            let sampling = !complete && alive && row.alive;
+            if sampling {
                 row.sample_processed(self.processed);
-            } else {
+            } else if !alive && row.alive {
                 row.alive = false;
+                row.gone_since = Some(Instant::now());
+                self.unwinder.forget(pid);
             }
-            let Some(heap) = self.heap.get(pid) else {
-                continue;
-            };
-            let comm = heap.comm.clone();
-            let report = self.heap_report(pid, &self.others[&pid], None);
-            let t = &self.others[&pid];
-            rows.push(ProcessReport {
-                pid,
-                comm,
-                exe: t.process.exe.display().to_string(),
-                alive: t.alive,
-                exit: None,
-                exact: false,
-                libc: String::new(),
-                hooked_functions: Vec::new(),
-                outstanding_bytes: 0,
-                outstanding_count: 0,
-                allocated_bytes: 0,
-                allocated_count: 0,
-                freed_count: 0,
-                bytes_processed: t.bytes_processed(),
-                heap: report,
-                counters: report::Counters::default(),
-                sites: Vec::new(),
-            });
+            rows.push(self.sample_process(&row, sampling, t_s, now_ns, reading));
+            self.others.insert(pid, row);
         }
         let growth = |p: &ProcessReport| {
             p.heap

@@ -72,6 +72,29 @@ pub fn inspect(pid: u32) -> Result<TargetProcess, TargetError> {
     })
 }
 
+/// A process to trace in growth mode: no allocator library needed (static binaries, Go).
+pub fn inspect_any(pid: u32) -> Result<TargetProcess, TargetError> {
+    match inspect(pid) {
+        Err(TargetError::NoLibc { comm, .. }) => Ok(TargetProcess {
+            pid,
+            comm,
+            exe: fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default(),
+            libc: PathBuf::new(),
+            libc_host_path: PathBuf::new(),
+        }),
+        other => other,
+    }
+}
+
+/// Whether a file starts like an ELF object.
+pub fn is_elf(path: &Path) -> bool {
+    let mut magic = [0u8; 4];
+    fs::File::open(path)
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
+        .is_ok()
+        && magic == *b"\x7fELF"
+}
+
 pub fn read_comm(pid: u32) -> io::Result<String> {
     Ok(fs::read_to_string(format!("/proc/{pid}/comm"))?
         .trim_end()

@@ -11,7 +11,7 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use leaktrace_common::{
-    AllocFn, AllocInfo, AllocKey, HeapEvent, PidCounters, SiteKey, SiteStats, NO_STACK,
+    AllocFn, AllocInfo, AllocKey, GrowthEvent, HeapEvent, PidCounters, SiteKey, SiteStats, NO_STACK,
 };
 
 use crate::model::SiteAges;
@@ -23,6 +23,60 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 pub struct Capacity {
     pub max_allocations: u32,
     pub max_stacks: u32,
+}
+
+/// Heap ring buffer size: exact mode sends 104-byte records; growth mode about 16 KiB per
+/// heap-growth event (a user stack copy), drained every 100 ms.
+const HEAP_EVENTS_BYTES: u32 = 4 << 20;
+const GROWTH_EVENTS_BYTES: u32 = 32 << 20;
+
+/// A heap syscall from the ring buffer and, in growth mode for heap-growing calls, the user
+/// registers and stack copied at the syscall (borrowed from the ring buffer: unwind in place).
+pub struct HeapRecord<'a> {
+    pub event: HeapEvent,
+    pub stack: Option<StackCopy<'a>>,
+}
+
+#[derive(Clone, Copy, Debug)]
+pub struct StackCopy<'a> {
+    pub ip: u64,
+    pub sp: u64,
+    pub bp: u64,
+    /// The stack from `sp` upwards.
+    pub bytes: &'a [u8],
+}
+
+impl<'a> HeapRecord<'a> {
+    /// Decode one ring-buffer record: a `HeapEvent`, or a `GrowthEvent` (told apart by length).
+    pub fn parse(record: &'a [u8]) -> Option<Self> {
+        use std::mem::{offset_of, size_of};
+        if record.len() < size_of::<HeapEvent>() {
+            return None;
+        }
+        // SAFETY: the record starts with a HeapEvent (#[repr(C)], plain integers);
+        // read_unaligned copes with the ring buffer's 8-byte alignment.
+        let event = unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<HeapEvent>()) };
+        if record.len() < size_of::<GrowthEvent>() {
+            return Some(Self { event, stack: None });
+        }
+        let word = |offset: usize| -> u64 {
+            let mut bytes = [0u8; 8];
+            bytes.copy_from_slice(&record[offset..offset + 8]);
+            u64::from_ne_bytes(bytes)
+        };
+        let len = word(offset_of!(GrowthEvent, stack_len)) as u32 as usize;
+        let start = offset_of!(GrowthEvent, stack);
+        let bytes = &record[start..start + len.min(leaktrace_common::STACK_COPY_BYTES)];
+        Some(Self {
+            event,
+            stack: Some(StackCopy {
+                ip: word(offset_of!(GrowthEvent, ip)),
+                sp: word(offset_of!(GrowthEvent, sp)),
+                bp: word(offset_of!(GrowthEvent, bp)),
+                bytes,
+            }),
+        })
+    }
 }
 
 /// The heap syscalls traced through `syscalls:sys_enter_*` / `sys_exit_*`.
@@ -153,15 +207,24 @@ pub struct Tracer {
 
 impl Tracer {
     /// Load the programs and attach the heap-syscall tracepoints. `system_wide`: report every
-    /// process's heap syscalls, not only those of traced PIDs.
-    pub fn load(capacity: Capacity, system_wide: bool) -> anyhow::Result<Self> {
+    /// process's heap syscalls, not only those of traced PIDs. `growth`: growth mode, where
+    /// heap-growing syscalls carry a copy of the user stack.
+    pub fn load(capacity: Capacity, system_wide: bool, growth: bool) -> anyhow::Result<Self> {
         ensure_tracefs()?;
         let page_size = crate::target::page_size();
         let max_sites = capacity.max_stacks.saturating_mul(2);
         let trace_all = u32::from(system_wide);
+        let growth_mode = u32::from(growth);
+        let ring_bytes = if growth {
+            GROWTH_EVENTS_BYTES
+        } else {
+            HEAP_EVENTS_BYTES
+        };
         let mut ebpf = EbpfLoader::new()
             .override_global("PAGE_SIZE", &page_size, true)
             .override_global("TRACE_ALL", &trace_all, true)
+            .override_global("GROWTH_MODE", &growth_mode, true)
+            .map_max_entries("HEAP_EVENTS", ring_bytes)
             .map_max_entries("ALLOCS", capacity.max_allocations)
             .map_max_entries("STACKS", capacity.max_stacks)
             .map_max_entries("SITES", max_sites)
@@ -216,15 +279,12 @@ impl Tracer {
             .with_context(|| format!("cannot register pid {pid} for heap tracing"))
     }
 
-    /// Hand every heap event waiting in the ring buffer to `sink`, oldest first.
-    pub fn drain_heap_events(&mut self, mut sink: impl FnMut(&HeapEvent)) -> usize {
+    /// Hand every heap record waiting in the ring buffer to `sink`, oldest first.
+    pub fn drain_heap_events(&mut self, mut sink: impl FnMut(HeapRecord<'_>)) -> usize {
         let mut drained = 0;
         while let Some(item) = self.heap_events.next() {
-            if item.len() >= std::mem::size_of::<HeapEvent>() {
-                // SAFETY: the record was written as a HeapEvent (#[repr(C)], plain integers);
-                // read_unaligned copes with the ring buffer's 8-byte alignment.
-                let event = unsafe { std::ptr::read_unaligned(item.as_ptr().cast::<HeapEvent>()) };
-                sink(&event);
+            if let Some(record) = HeapRecord::parse(&item) {
+                sink(record);
                 drained += 1;
             }
         }

@@ -29,7 +29,7 @@ pub fn heap_growth_bytes(heap: &HeapReport) -> u64 {
 
 /// Whether the snapshot comes from system-wide mode (a process table exists).
 pub fn is_system_wide(snapshot: &Snapshot) -> bool {
-    snapshot.mode == "system_wide" || snapshot.processes.iter().any(|p| !p.exact)
+    snapshot.system_wide || snapshot.mode == "system_wide"
 }
 
 /// Allocation and free calls per second, all exactly traced processes together, between the

@@ -155,6 +155,8 @@ fn snapshot_at(duration_s: f64, processes: Vec<ProcessReport>) -> Snapshot {
         generated_at: "2026-11-23T18:00:00Z".to_string(),
         duration_s,
         mode: "exact".to_string(),
+        system_wide: false,
+        unwinding: None,
         interval_s: 1.0,
         min_age_s: 0.0,
         processed: Processed::Both,
@@ -267,6 +269,7 @@ fn fallback_snapshot() -> Snapshot {
         fallback_mmap_bytes: (1 << 20) + 135_168,
         direct_mmap_bytes: 0,
         anon_mmap_bytes: (1 << 20) + 135_168,
+        ..SiteHeap::default()
     };
     let mut p = process(42, "leaky", sites);
     p.heap = Some(heap_with_fallbacks());

@@ -1,0 +1,481 @@
+//! Growth mode's stacks: the user registers and the top of the user stack, copied by the eBPF
+//! program at a heap-growing syscall, unwound here with the modules' `.eh_frame` /
+//! `.debug_frame` (framehop), as samply does with perf's stack copies. This gives full stacks
+//! through code built without frame pointers (glibc, OpenSSL, most -O2 builds), where the
+//! kernel's frame-pointer walk stops after a frame or two.
+use std::{
+    collections::HashMap,
+    fs,
+    ops::Range,
+    path::{Path, PathBuf},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use framehop::{
+    x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
+    ExplicitModuleSectionInfo, Module, Unwinder as _,
+};
+use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+use serde::{Deserialize, Serialize};
+
+use crate::tracer::StackCopy;
+
+/// Section data shared by every process that maps the same file.
+type Data = Arc<[u8]>;
+
+/// Frames kept per stack (the kernel's frame-pointer walk keeps 127).
+const MAX_FRAMES: usize = 127;
+/// A process's modules are re-read at most this often when a stack leads outside them (a
+/// library loaded since they were read).
+const MODULES_REFRESH: Duration = Duration::from_secs(1);
+
+/// What unwinding cost, for the report: growth mode must keep up with the events it is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnwindStats {
+    /// Stack copies unwound.
+    pub events: u64,
+    /// Frames they gave, in all.
+    pub frames: u64,
+    /// Events whose stack copy was empty (the eBPF program could not read the stack).
+    pub empty_copies: u64,
+    /// CPU time spent unwinding (including reading modules' unwind sections), in ns.
+    pub nanos: u64,
+}
+
+impl UnwindStats {
+    pub fn ns_per_event(&self) -> Option<f64> {
+        (self.events > 0).then(|| self.nanos as f64 / self.events as f64)
+    }
+}
+
+/// The unwind sections of one ELF file and its loadable segments.
+struct ModuleFile {
+    text_svma: Option<Range<u64>>,
+    text: Option<Data>,
+    got_svma: Option<Range<u64>>,
+    eh_frame_svma: Option<Range<u64>>,
+    eh_frame: Option<Data>,
+    eh_frame_hdr_svma: Option<Range<u64>>,
+    eh_frame_hdr: Option<Data>,
+    debug_frame: Option<Data>,
+    /// (file offset, virtual address, file size) of each PT_LOAD segment.
+    loads: Vec<(u64, u64, u64)>,
+}
+
+impl ModuleFile {
+    fn read(path: &Path) -> Option<Self> {
+        let data = fs::read(path).ok()?;
+        let file = object::File::parse(&*data).ok()?;
+        let section = |name: &str| -> (Option<Range<u64>>, Option<Data>) {
+            match file.section_by_name(name) {
+                Some(s) => (
+                    Some(s.address()..s.address() + s.size()),
+                    s.uncompressed_data().ok().map(|d| Data::from(&*d)),
+                ),
+                None => (None, None),
+            }
+        };
+        let (text_svma, text) = section(".text");
+        let (got_svma, _) = section(".got");
+        let (eh_frame_svma, eh_frame) = section(".eh_frame");
+        let (eh_frame_hdr_svma, eh_frame_hdr) = section(".eh_frame_hdr");
+        let (_, debug_frame) = section(".debug_frame");
+        if eh_frame.is_none() && debug_frame.is_none() {
+            log::debug!("{} has no unwind sections", path.display());
+        }
+        let loads = file
+            .segments()
+            .map(|s| {
+                let (offset, size) = s.file_range();
+                (offset, s.address(), size)
+            })
+            .collect();
+        Some(Self {
+            text_svma,
+            text,
+            got_svma,
+            eh_frame_svma,
+            eh_frame,
+            eh_frame_hdr_svma,
+            eh_frame_hdr,
+            debug_frame,
+            loads,
+        })
+    }
+
+    /// `avma - svma` for a mapping of this file that starts at `start` with `file_offset`.
+    fn bias(&self, start: u64, file_offset: u64) -> Option<u64> {
+        // A mapping starts where its segment starts, page-aligned; the previous segment's last
+        // page may hold the same file offset (lld packs segments), so an exact start wins.
+        let &(offset, vaddr, _) = self
+            .loads
+            .iter()
+            .find(|(offset, _, _)| *offset & !0xfff == file_offset)
+            .or_else(|| {
+                self.loads.iter().find(|(offset, _, size)| {
+                    *offset & !0xfff <= file_offset && file_offset < offset + size
+                })
+            })?;
+        let svma = vaddr.wrapping_sub(offset).wrapping_add(file_offset);
+        Some(start.wrapping_sub(svma))
+    }
+
+    fn section_info(&self) -> ExplicitModuleSectionInfo<Data> {
+        ExplicitModuleSectionInfo {
+            base_svma: 0,
+            text_svma: self.text_svma.clone(),
+            text: self.text.clone(),
+            got_svma: self.got_svma.clone(),
+            eh_frame_svma: self.eh_frame_svma.clone(),
+            eh_frame: self.eh_frame.clone(),
+            eh_frame_hdr_svma: self.eh_frame_hdr_svma.clone(),
+            eh_frame_hdr: self.eh_frame_hdr.clone(),
+            debug_frame: self.debug_frame.clone(),
+            ..Default::default()
+        }
+    }
+}
+
+/// An executable file mapping of a process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct CodeMapping {
+    range: Range<u64>,
+    file_offset: u64,
+    /// (device, inode): the same file whatever path or namespace it is reached by.
+    file_id: (String, u64),
+    path: PathBuf,
+}
+
+fn parse_code_mappings(maps: &str) -> Vec<CodeMapping> {
+    maps.lines()
+        .filter_map(|line| {
+            let mut fields = line.split_whitespace();
+            let range = fields.next()?;
+            let perms = fields.next()?;
+            let offset = fields.next()?;
+            let dev = fields.next()?;
+            let inode = fields.next()?.parse::<u64>().ok()?;
+            let path = fields.collect::<Vec<_>>().join(" ");
+            if !perms.contains('x') || inode == 0 || !path.starts_with('/') {
+                return None;
+            }
+            let (start, end) = range.split_once('-')?;
+            Some(CodeMapping {
+                range: u64::from_str_radix(start, 16).ok()?..u64::from_str_radix(end, 16).ok()?,
+                file_offset: u64::from_str_radix(offset, 16).ok()?,
+                file_id: (dev.to_string(), inode),
+                path: PathBuf::from(path.trim_end_matches(" (deleted)")),
+            })
+        })
+        .collect()
+}
+
+/// Whether a module is the C library, whose frames (the allocator, the syscall wrappers) are
+/// dropped from the top of growth stacks so that a site starts at the code that allocated.
+fn is_libc(path: &Path) -> bool {
+    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+        n.starts_with("libc.so") || n.starts_with("libc-") || n.starts_with("ld-musl")
+    })
+}
+
+struct ProcessUnwinder {
+    unwinder: UnwinderX86_64<Data>,
+    cache: CacheX86_64,
+    code: Vec<Range<u64>>,
+    libc: Vec<Range<u64>>,
+    read_at: Instant,
+}
+
+impl ProcessUnwinder {
+    fn covers(&self, addr: u64) -> bool {
+        self.code.iter().any(|r| r.contains(&addr))
+    }
+}
+
+/// Unwinders of every process growth events came from, and the module files they share.
+#[derive(Default)]
+pub struct StackUnwinder {
+    files: HashMap<(String, u64), Option<Arc<ModuleFile>>>,
+    processes: HashMap<u32, ProcessUnwinder>,
+    pub stats: UnwindStats,
+}
+
+impl StackUnwinder {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The return addresses of a stack copy, innermost first (the syscall's instruction
+    /// pointer, then each caller), and how many leading frames are in the C library.
+    pub fn unwind(&mut self, pid: u32, copy: &StackCopy<'_>) -> (Vec<u64>, usize) {
+        let started = Instant::now();
+        self.stats.events += 1;
+        if copy.bytes.is_empty() {
+            self.stats.empty_copies += 1;
+        }
+        if !self.processes.contains_key(&pid) {
+            self.load_process(pid);
+        }
+        let mut frames = self.walk(pid, copy);
+        let stale = self.processes.get(&pid).is_some_and(|p| {
+            frames.iter().any(|a| !p.covers(*a)) && p.read_at.elapsed() >= MODULES_REFRESH
+        });
+        if stale {
+            self.load_process(pid);
+            frames = self.walk(pid, copy);
+        }
+        let in_libc = self.leading_libc(pid, &frames);
+        self.stats.frames += frames.len() as u64;
+        self.stats.nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        (frames, in_libc)
+    }
+
+    /// How many of the first `frames` are in the process's C library.
+    pub fn leading_libc(&self, pid: u32, frames: &[u64]) -> usize {
+        self.processes.get(&pid).map_or(0, |p| {
+            frames
+                .iter()
+                .take_while(|a| p.libc.iter().any(|r| r.contains(*a)))
+                .count()
+        })
+    }
+
+    /// Drop a process that has exited.
+    pub fn forget(&mut self, pid: u32) {
+        self.processes.remove(&pid);
+    }
+
+    fn walk(&mut self, pid: u32, copy: &StackCopy<'_>) -> Vec<u64> {
+        let Some(process) = self.processes.get_mut(&pid) else {
+            return vec![copy.ip];
+        };
+        let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            let offset = usize::try_from(addr.checked_sub(copy.sp).ok_or(())?).map_err(|_| ())?;
+            let bytes = copy
+                .bytes
+                .get(offset..offset.checked_add(8).ok_or(())?)
+                .ok_or(())?;
+            let mut word = [0u8; 8];
+            word.copy_from_slice(bytes);
+            Ok(u64::from_le_bytes(word))
+        };
+        let regs = UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp);
+        let mut frames = Vec::new();
+        let mut iter =
+            process
+                .unwinder
+                .iter_frames(copy.ip, regs, &mut process.cache, &mut read_stack);
+        // An error ends the stack where it is: what was unwound so far is kept.
+        loop {
+            let frame = match iter.next() {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(err) => {
+                    log::debug!("unwinding pid {pid} stopped: {err}");
+                    break;
+                }
+            };
+            let addr = frame.address();
+            if addr == 0 || frames.len() >= MAX_FRAMES {
+                break;
+            }
+            frames.push(addr);
+        }
+        if frames.is_empty() {
+            frames.push(copy.ip);
+        }
+        frames
+    }
+
+    /// (Re)build a process's unwinder from its executable mappings.
+    fn load_process(&mut self, pid: u32) {
+        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let mut unwinder = UnwinderX86_64::new();
+        let mut code = Vec::new();
+        let mut libc = Vec::new();
+        for mapping in parse_code_mappings(&maps) {
+            let file = self
+                .files
+                .entry(mapping.file_id.clone())
+                .or_insert_with(|| read_module(pid, &mapping).map(Arc::new))
+                .clone();
+            let Some(file) = file else {
+                continue;
+            };
+            let Some(bias) = file.bias(mapping.range.start, mapping.file_offset) else {
+                continue;
+            };
+            if is_libc(&mapping.path) {
+                libc.push(mapping.range.clone());
+            }
+            code.push(mapping.range.clone());
+            unwinder.add_module(Module::new(
+                mapping.path.display().to_string(),
+                mapping.range.clone(),
+                bias,
+                file.section_info(),
+            ));
+        }
+        self.processes.insert(
+            pid,
+            ProcessUnwinder {
+                unwinder,
+                cache: CacheX86_64::new(),
+                code,
+                libc,
+                read_at: Instant::now(),
+            },
+        );
+    }
+}
+
+/// A mapped file's unwind sections, read through the mapping itself (right even for a deleted
+/// or replaced file, and inside containers), else through the process's root, else the path.
+fn read_module(pid: u32, mapping: &CodeMapping) -> Option<ModuleFile> {
+    let by_mapping = PathBuf::from(format!(
+        "/proc/{pid}/map_files/{:x}-{:x}",
+        mapping.range.start, mapping.range.end
+    ));
+    let in_root = Path::new(&format!("/proc/{pid}/root"))
+        .join(mapping.path.strip_prefix("/").unwrap_or(&mapping.path));
+    [by_mapping, in_root, mapping.path.clone()]
+        .iter()
+        .find_map(|p| ModuleFile::read(p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_mappings_keep_executable_files_only() {
+        let maps = "\
+55d0a0000000-55d0a0001000 r--p 00000000 fe:01 1234 /usr/bin/app
+55d0a0001000-55d0a0005000 r-xp 00001000 fe:01 1234 /usr/bin/app
+7f0000000000-7f0000021000 rw-p 00000000 00:00 0
+7f1000026000-7f100017b000 r-xp 00026000 fe:01 777 /usr/lib/x86_64-linux-gnu/libc.so.6
+7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
+7ffd00030000-7ffd00032000 r-xp 00000000 00:00 0 [vdso]
+";
+        let code = parse_code_mappings(maps);
+        assert_eq!(code.len(), 2);
+        assert_eq!(code[0].range, 0x55d0_a000_1000..0x55d0_a000_5000);
+        assert_eq!(code[0].file_offset, 0x1000);
+        assert_eq!(code[1].file_id, ("fe:01".to_string(), 777));
+        assert!(is_libc(&code[1].path));
+        assert!(!is_libc(&code[0].path));
+    }
+
+    #[test]
+    fn bias_maps_a_mapping_back_to_its_segment() {
+        let file = ModuleFile {
+            text_svma: None,
+            text: None,
+            got_svma: None,
+            eh_frame_svma: None,
+            eh_frame: None,
+            eh_frame_hdr_svma: None,
+            eh_frame_hdr: None,
+            debug_frame: None,
+            // A PIE: text segment at vaddr 0x1000 from file offset 0x1000; a non-PIE's at
+            // 0x401000 from 0x1000.
+            loads: vec![
+                (0, 0, 0x800),
+                (0x1000, 0x1000, 0x3000),
+                (0x4000, 0x5000, 0x100),
+            ],
+        };
+        assert_eq!(file.bias(0x55d0_a000_1000, 0x1000), Some(0x55d0_a000_0000));
+        assert_eq!(file.bias(0x7f00_0000_5000, 0x4000), Some(0x7f00_0000_0000));
+        let non_pie = ModuleFile {
+            loads: vec![(0, 0x40_0000, 0x800), (0x1000, 0x40_1000, 0x3000)],
+            ..file
+        };
+        assert_eq!(non_pie.bias(0x40_1000, 0x1000), Some(0));
+        assert_eq!(non_pie.bias(0x40_1000, 0x9000), None);
+        // lld's layout: the text segment starts mid-page, in the read-only segment's last page,
+        // so the mapping's offset is inside both.
+        let lld = ModuleFile {
+            loads: vec![(0, 0, 0x32_3430), (0x32_3430, 0x32_4430, 0x94_4800)],
+            ..non_pie
+        };
+        assert_eq!(
+            lld.bias(0x5600_0032_4000, 0x32_3000),
+            Some(0x5600_0000_0000)
+        );
+    }
+
+    /// Unwind this test's own stack from a copy, as the eBPF program would send it: the frames
+    /// must reach the test function through code whose unwinding needs its CFI.
+    #[test]
+    #[inline(never)]
+    fn unwinds_a_copy_of_this_thread_s_own_stack() {
+        let (ip, sp, bp, bytes) = copy_of_own_stack();
+        let copy = StackCopy {
+            ip,
+            sp,
+            bp,
+            bytes: &bytes,
+        };
+        let mut unwinder = StackUnwinder::new();
+        let me = std::process::id();
+        let (frames, _) = unwinder.unwind(me, &copy);
+        let here = unwinds_a_copy_of_this_thread_s_own_stack as *const () as u64;
+        assert!(
+            frames.len() >= 3,
+            "only {} frames: {frames:x?}",
+            frames.len()
+        );
+        // One of the return addresses lands in this function (just after its call).
+        assert!(
+            frames.iter().any(|a| (here..here + 4096).contains(a)),
+            "no frame in the test function at {here:#x}: {frames:x?}"
+        );
+        assert_eq!(unwinder.stats.events, 1);
+        // A copy that holds nothing unwinds to the instruction pointer alone.
+        let empty = StackCopy { bytes: &[], ..copy };
+        let (frames, _) = unwinder.unwind(me, &empty);
+        assert!(frames.len() <= 2, "{frames:x?}");
+        assert_eq!(unwinder.stats.empty_copies, 1);
+    }
+
+    /// The registers here and 16 KiB of stack above the stack pointer, copied before this
+    /// frame returns (the copy's own calls only write below the stack pointer).
+    #[inline(never)]
+    fn copy_of_own_stack() -> (u64, u64, u64, Vec<u8>) {
+        let (ip, sp, bp): (u64, u64, u64);
+        // SAFETY: reads registers only.
+        unsafe {
+            std::arch::asm!(
+                "lea {ip}, [rip]",
+                "mov {sp}, rsp",
+                "mov {bp}, rbp",
+                ip = out(reg) ip,
+                sp = out(reg) sp,
+                bp = out(reg) bp,
+            );
+        }
+        // SAFETY: our own live stack above the stack pointer, within its mapping.
+        let bytes =
+            unsafe { std::slice::from_raw_parts(sp as *const u8, readable_above(sp)) }.to_vec();
+        (ip, sp, bp, bytes)
+    }
+
+    /// Bytes of this thread's stack mapping above `sp`, at most 16 KiB (what the eBPF program copies).
+    fn readable_above(sp: u64) -> usize {
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        maps.lines()
+            .filter_map(|line| {
+                let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+                Some((
+                    u64::from_str_radix(start, 16).ok()?,
+                    u64::from_str_radix(end, 16).ok()?,
+                ))
+            })
+            .find(|(start, end)| (*start..*end).contains(&sp))
+            .map_or(0, |(_, end)| {
+                usize::try_from(end - sp).unwrap_or(0).min(16 * 1024)
+            })
+    }
+}

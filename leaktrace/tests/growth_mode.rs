@@ -1,0 +1,263 @@
+//! Privileged tests of growth mode (`--mode growth`): no uprobes, heap-growing syscalls with user
+//! stacks unwound from `.eh_frame`. The fixture leaks through a shared library, both built with
+//! `-O2 -fomit-frame-pointer` like Debian's packages, so a frame-pointer walk cannot reach the
+//! leaking functions: only unwinding with the modules' CFI can.
+mod common;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    sync::OnceLock,
+    time::Duration,
+};
+
+use common::*;
+use serde_json::Value;
+
+/// Requests per round and bytes each keeps (tests/fixtures/growth/service.c).
+const RECORDS_PER_ROUND: u64 = 500;
+const RECORD_BYTES: u64 = 1000;
+
+/// Build libstore.so and the service linked to it, without frame pointers, once.
+fn service() -> &'static Path {
+    static BUILT: OnceLock<PathBuf> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/growth");
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
+            .join(format!("growth-fixture-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("fixture dir");
+        let flags = ["-O2", "-g", "-fomit-frame-pointer"];
+        let lib = dir.join("libstore.so");
+        let status = Command::new("gcc")
+            .args(flags)
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(src.join("store.c"))
+            .status()
+            .expect("gcc");
+        assert!(status.success(), "gcc failed on store.c");
+        let exe = dir.join("service");
+        let status = Command::new("gcc")
+            .args(flags)
+            .args(["-pthread", "-o"])
+            .arg(&exe)
+            .arg(src.join("service.c"))
+            .arg(format!("-L{}", dir.display()))
+            .arg("-lstore")
+            .arg(format!("-Wl,-rpath,{}", dir.display()))
+            .status()
+            .expect("gcc");
+        assert!(status.success(), "gcc failed on service.c");
+        exe
+    })
+}
+
+/// Launch `service MODE ROUNDS` under `leaktrace --mode growth`, release it once it is done,
+/// and return the final snapshot.
+fn trace_service(mode: &str, rounds: u32) -> Value {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("growth.json");
+    let service = service().to_str().expect("utf-8").to_string();
+    let rounds = rounds.to_string();
+    let mut run = Run::start(&[
+        "--mode",
+        "growth",
+        "--interval",
+        "300ms",
+        "--json",
+        json.to_str().expect("utf-8"),
+        "--",
+        &service,
+        mode,
+        &rounds,
+    ]);
+    run.wait_for("in growth mode", Duration::from_secs(30));
+    run.wait_for(&format!("finished {mode}"), Duration::from_secs(60));
+    // Released at once: a flat tail after the leak stops would rightly read as a plateau.
+    run.send_line();
+    let (code, lines) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "leaktrace failed:\n{}", lines.join("\n"));
+    let snapshot: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("final JSON")).expect("JSON parses");
+    validate_schema(&snapshot);
+    snapshot
+}
+
+fn ranked_first(process: &Value) -> &Value {
+    process["sites"]
+        .as_array()
+        .expect("sites")
+        .iter()
+        .find(|s| s["leak_rank"] == 1)
+        .unwrap_or_else(|| panic!("no site ranked first: {process:#}"))
+}
+
+/// `expected` appear in this order (innermost first) among the site's frames.
+fn assert_stack_contains(site: &Value, expected: &[&str]) {
+    let names = function_names(site);
+    let mut at = 0;
+    for want in expected {
+        match names[at..].iter().position(|n| n == want) {
+            Some(i) => at += i + 1,
+            None => panic!("{want} missing (in order {expected:?}) from the stack {names:?}"),
+        }
+    }
+}
+
+/// The leaked bytes plus what malloc adds: a 16-byte header per 1000-byte block (rounded to
+/// 1008) and the heap's top padding (128 KiB), with room for the loader's own mappings.
+fn assert_growth_matches(site: &Value, leaked: u64) {
+    let grown = site["outstanding_bytes"].as_u64().expect("outstanding");
+    let ceiling = leaked / RECORD_BYTES * 1008 + 1024 * 1024;
+    assert!(
+        (leaked..=ceiling).contains(&grown),
+        "heap growth {grown} for {leaked} leaked bytes (expected {leaked}..={ceiling}): {site:#}"
+    );
+}
+
+#[test]
+fn growth_mode_finds_the_leak_with_full_stacks_through_code_without_frame_pointers() {
+    if !privileged() {
+        return;
+    }
+    let rounds = 60;
+    let snapshot = trace_service("leak", rounds);
+    assert_eq!(snapshot["mode"], "growth");
+    let process = only_process(&snapshot);
+    assert_eq!(process["exact"], false);
+    assert_eq!(
+        process["hooked_functions"].as_array().map(Vec::len),
+        Some(0)
+    );
+    let top = ranked_first(process);
+    // The library function that leaks, through the program's frames, to main: every one of
+    // them built without frame pointers.
+    assert_stack_contains(top, &["store_record", "remember_request", "serve", "main"]);
+    assert!(
+        function_names(top).iter().all(|n| *n != "malloc"),
+        "the allocator's own frames lead the site: {:?}",
+        function_names(top)
+    );
+    assert_growth_matches(top, u64::from(rounds) * RECORDS_PER_ROUND * RECORD_BYTES);
+    assert_eq!(top["growth"]["class"], "leak_suspect", "{top:#}");
+    assert!(top["growth_events"].as_u64().unwrap_or(0) > 10, "{top:#}");
+    // Every stack copy was unwound, none came back empty, nothing was lost.
+    let unwinding = &snapshot["unwinding"];
+    assert!(
+        unwinding["events"].as_u64().unwrap_or(0) >= top["growth_events"].as_u64().unwrap_or(0)
+    );
+    assert_eq!(unwinding["empty_copies"], 0, "{unwinding:#}");
+    assert_eq!(process["counters"]["lost_events"], 0);
+}
+
+#[test]
+fn a_thread_s_arena_growth_by_mprotect_is_attributed_to_the_thread_s_stack() {
+    if !privileged() {
+        return;
+    }
+    let rounds = 30;
+    let snapshot = trace_service("thread", rounds);
+    let process = only_process(&snapshot);
+    let top = ranked_first(process);
+    // A thread's stack ends within a page or two above its frames: the copy is clamped there
+    // and still reaches the thread's start routine.
+    assert_stack_contains(
+        top,
+        &["store_record", "remember_request", "serve", "worker"],
+    );
+    assert_growth_matches(top, u64::from(rounds) * RECORDS_PER_ROUND * RECORD_BYTES);
+    assert_eq!(snapshot["unwinding"]["empty_copies"], 0);
+}
+
+#[test]
+fn system_wide_runs_in_growth_mode_and_names_a_process_s_leaking_stack() {
+    if !privileged() {
+        return;
+    }
+    // The service runs on its own; leaktrace watches the whole machine.
+    let mut service = Command::new(service())
+        .args(["leak", "60"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the service");
+    let pid = service.id();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("system.json");
+    let (code, _, stderr) = leaktrace(&[
+        "--duration",
+        "3s",
+        "--interval",
+        "1s",
+        "--json",
+        json.to_str().expect("utf-8"),
+    ]);
+    drop(service.stdin.take());
+    let _ = service.wait();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stderr.contains("growth mode"), "{stderr}");
+    let snapshot: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("JSON")).expect("parses");
+    validate_schema(&snapshot);
+    assert_eq!(snapshot["mode"], "growth");
+    assert_eq!(snapshot["system_wide"], true);
+    let process = snapshot["processes"]
+        .as_array()
+        .expect("processes")
+        .iter()
+        .find(|p| p["pid"] == pid)
+        .unwrap_or_else(|| panic!("pid {pid} not among the processes"));
+    assert_stack_contains(ranked_first(process), &["store_record", "remember_request"]);
+}
+
+/// A pure-Go program has no libc and no `.eh_frame`, and makes its heap syscalls on the system
+/// stack: the copied stack ends at `runtime.systemstack`, the kernel's frame-pointer walk goes
+/// on into the goroutine's frames, and growth mode keeps the longer of the two.
+#[test]
+fn a_go_program_s_leak_is_named_through_the_frame_pointer_walk() {
+    if !privileged() {
+        return;
+    }
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/growth/goleak.go");
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
+    let exe = dir.join(format!("goleak-{}", std::process::id()));
+    let status = Command::new("go")
+        .arg("build")
+        .arg("-o")
+        .arg(&exe)
+        .arg(&src)
+        .env("GOCACHE", dir.join("cache"))
+        .env("GOPATH", dir.join("path"))
+        .env("GO111MODULE", "off")
+        .status()
+        .expect("go is installed by `cargo xtask setup` (golang-go)");
+    assert!(status.success(), "go build failed");
+    let json = dir.join(format!("go-{}.json", std::process::id()));
+    let mut run = Run::start(&[
+        "--mode",
+        "growth",
+        "--interval",
+        "300ms",
+        "--json",
+        json.to_str().expect("utf-8"),
+        "--",
+        exe.to_str().expect("utf-8"),
+    ]);
+    run.wait_for("finished go", Duration::from_secs(60));
+    run.send_line();
+    let (code, lines) = run.finish(Duration::from_secs(30));
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    let snapshot: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("JSON")).expect("parses");
+    validate_schema(&snapshot);
+    let top = ranked_first(only_process(&snapshot));
+    assert_stack_contains(top, &["runtime.mallocgc", "main.rememberBlob", "main.main"]);
+    // 30 rounds of 64 blocks of 64 KiB, kept; the Go heap maps whole 4 MiB pieces at most
+    // ahead of need.
+    let leaked: u64 = 30 * 64 * (64 << 10);
+    let grown = top["outstanding_bytes"].as_u64().expect("outstanding");
+    assert!(
+        (leaked..=leaked + (8 << 20)).contains(&grown),
+        "Go heap growth {grown} for {leaked} leaked"
+    );
+}
