@@ -51,6 +51,8 @@ pub struct BenchArgs {
     pub duration_secs: u64,
     /// nginx: seconds of wrk warm-up before each measurement (tracer already attached).
     pub warmup_secs: u64,
+    /// Run only these variants (by name); empty: all of the scenario's variants.
+    pub only: Vec<String>,
 }
 
 /// Longest wait for a tracer to attach (and for the loop to print `ready`).
@@ -120,6 +122,7 @@ fn run_malloc_loop(
     }
     variants.push(bpftrace);
     variants.push(memleak_variant(&peers));
+    let mut variants = select_variants(variants, &args.only)?;
 
     let n = args.iterations;
     println!(
@@ -203,6 +206,23 @@ fn memleak_variant(peers: &Peers) -> Variant {
         (Some(bin), Ok(_)) => memleak.bin = Some(bin),
     }
     memleak
+}
+
+/// The variants named in `only` (all when it is empty), in the scenario's order.
+fn select_variants(variants: Vec<Variant>, only: &[String]) -> Result<Vec<Variant>> {
+    if only.is_empty() {
+        return Ok(variants);
+    }
+    if let Some(unknown) = only.iter().find(|o| !variants.iter().any(|v| v.name == *o)) {
+        bail!(
+            "bench: no variant named {unknown:?} in this scenario (variants: {})",
+            names(&variants)
+        );
+    }
+    Ok(variants
+        .into_iter()
+        .filter(|v| only.iter().any(|o| o == v.name))
+        .collect())
 }
 
 fn names(variants: &[Variant]) -> String {
@@ -1465,6 +1485,22 @@ mod tests {
         assert_eq!(order(1), [1, 2, 0]);
         assert_eq!(order(2), [2, 0, 1]);
         assert_eq!(order(3), [0, 1, 2]);
+    }
+
+    #[test]
+    fn only_keeps_the_named_variants_in_order() {
+        let all = || {
+            vec![
+                variant(UNTRACED, Kind::Untraced, &[]),
+                variant(LEAKTRACE, Kind::Leaktrace, &[]),
+                variant(LEAKTRACE_GROWTH, Kind::LeaktraceGrowth, &[]),
+            ]
+        };
+        let picked = select_variants(all(), &["leaktrace-growth".into(), "untraced".into()])
+            .expect("known names");
+        assert_eq!(names(&picked), "untraced, leaktrace-growth");
+        assert_eq!(select_variants(all(), &[]).map(|v| v.len()).ok(), Some(3));
+        assert!(select_variants(all(), &["leaktrace-exact".into()]).is_err());
     }
 
     #[test]

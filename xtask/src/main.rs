@@ -60,6 +60,9 @@ enum Task {
         /// nginx: seconds of wrk warm-up before each measurement (tracer already attached).
         #[arg(long, value_name = "SECS", default_value_t = 2)]
         warmup: u64,
+        /// Run only these variants (comma-separated names, e.g. `untraced,leaktrace-growth`).
+        #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -122,6 +125,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
             repeats,
             duration,
             warmup,
+            only,
         } => {
             setup()?;
             cargo(&["build", "--release", "--package", "leaktrace"])?;
@@ -137,6 +141,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
                     repeats,
                     duration_secs: duration,
                     warmup_secs: warmup,
+                    only,
                 },
             )
         }

@@ -25,9 +25,9 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use super::{
     bin_of, find_program, first_line, growth_variant, help_mentions_mode, is_root, memleak_variant,
-    names, prepare_peers, run_rounds, summarize, Apt, BenchArgs, Kind, Proc, Report, Unit, Variant,
-    ATTACH_TIMEOUT, EXIT_TIMEOUT, GROWTH_ARGS, LEAKTRACE, MEMLEAK, SETTLE, SIGKILL, SIGQUIT,
-    SIGTERM, UNTRACED,
+    names, prepare_peers, run_rounds, select_variants, summarize, Apt, BenchArgs, Kind, Proc,
+    Report, Unit, Variant, ATTACH_TIMEOUT, EXIT_TIMEOUT, GROWTH_ARGS, LEAKTRACE, MEMLEAK, SETTLE,
+    SIGKILL, SIGQUIT, SIGTERM, UNTRACED,
 };
 
 /// Size of the served file: nginx's own default index page was this size for years.
@@ -53,12 +53,13 @@ pub(super) fn run(leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) -> Res
     } else {
         &[]
     };
-    let mut variants = vec![
+    let variants = vec![
         Variant::new(UNTRACED, Kind::Untraced),
         growth_variant(leaktrace_bin),
         Variant::new(LEAKTRACE, Kind::Leaktrace),
         memleak_variant(&peers),
     ];
+    let mut variants = select_variants(variants, &args.only)?;
     println!(
         "bench: nginx serving {FILE_BYTES} bytes to `wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS}`, \
          {} s warm-up + {} s per measurement, {} round(s); variants: {}",
@@ -187,10 +188,28 @@ fn measure(
         }
     };
     let url = server.url();
+    let tracer_pid = traced.as_ref().map(|(t, _)| t.pid());
+    let cpu_before = (cpu_seconds(server.worker), tracer_pid.and_then(cpu_seconds));
     if args.warmup_secs > 0 {
         run_wrk(wrk_bin, &url, args.warmup_secs).context("wrk warm-up")?;
     }
     let result = run_wrk(wrk_bin, &url, args.duration_secs)?;
+    let cpu_after = (cpu_seconds(server.worker), tracer_pid.and_then(cpu_seconds));
+    // Where the CPU went (2 cores shared by wrk, nginx and the tracer): explains outliers.
+    let used = |before: Option<f64>, after: Option<f64>| {
+        before
+            .zip(after)
+            .map_or_else(|| "n/a".to_string(), |(b, a)| format!("{:.1} s", a - b))
+    };
+    println!(
+        "    cpu during warm-up + measurement: nginx worker {}, tracer {}",
+        used(cpu_before.0, cpu_after.0),
+        if tracer_pid.is_some() {
+            used(cpu_before.1, cpu_after.1)
+        } else {
+            "-".to_string()
+        }
+    );
     if result.socket_errors > 0 {
         println!(
             "  note: wrk saw {} socket errors (connect/read/write/timeout)",
@@ -548,6 +567,32 @@ fn is_nginx_worker(pid: u32) -> bool {
         .is_ok_and(|c| String::from_utf8_lossy(&c).starts_with("nginx: worker process"))
 }
 
+/// CPU time (user + system, all threads) used so far by `pid`.
+fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = cpu_ticks(&stat)?;
+    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
+    let per_second = unsafe { sysconf(SC_CLK_TCK) };
+    (per_second > 0).then(|| ticks as f64 / per_second as f64)
+}
+
+extern "C" {
+    fn sysconf(name: i32) -> i64;
+}
+
+/// `_SC_CLK_TCK` in glibc and musl.
+const SC_CLK_TCK: i32 = 2;
+
+/// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, in clock ticks.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    // After the comm: state(3) ppid(4) ... utime(14) stime(15), i.e. indexes 11 and 12 here.
+    let mut fields = after.split_whitespace().skip(11);
+    let utime: u64 = fields.next()?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
 /// The parent pid in a `/proc/PID/stat` line (`pid (comm) state ppid ...`; comm may hold spaces
 /// and parentheses, so count from the last `)`).
 fn parent_of(stat: &str) -> Option<u32> {
@@ -700,6 +745,14 @@ Transfer/sec:     31.09MB
         let stat = "4242 (nginx: a) b) S 4200 4200 4200 0 -1 4194624 123";
         assert_eq!(parent_of(stat), Some(4200));
         assert_eq!(parent_of("garbage"), None);
+    }
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime() {
+        // pid comm state ppid pgrp session tty tpgid flags minflt cminflt majflt cmajflt utime stime
+        let stat = "4242 (nginx: w) S 4200 4200 4200 0 -1 4194624 10 0 0 0 250 75 0 0 20 0 1";
+        assert_eq!(cpu_ticks(stat), Some(325));
+        assert_eq!(cpu_ticks("4242 (x) S 1 2"), None);
     }
 
     #[test]
