@@ -1,20 +1,26 @@
-//! `cargo xtask bench`: cost of tracing a tight `malloc(64)` + `free` loop.
+//! `cargo xtask bench`: what tracing costs, in two scenarios.
 //!
-//! The fixture `tests/fixtures/bench/malloc_loop.c` prints `ready`, waits for one line on stdin (so a
-//! tracer can attach first), runs N pairs and prints `ns_per_pair <float>`. Each round runs every
-//! variant once, one after another (only one tool may hold a uprobe on malloc at a time), with the
+//! `--scenario malloc-loop` (the default): a tight `malloc(64)` + `free` loop. The fixture
+//! `tests/fixtures/bench/malloc_loop.c` prints `ready`, waits for one line on stdin (so a tracer
+//! can attach first), runs N pairs and prints `ns_per_pair <float>`. Each round runs every variant
+//! once, one after another (only one tool may hold a uprobe on malloc at a time), with the
 //! starting variant rotated from round to round to spread machine noise:
 //!
 //! - `untraced`: the loop alone;
 //! - `leaktrace`: `leaktrace --interval 1h -- <loop> N` (leaktrace launches the loop itself);
+//! - `leaktrace-growth`: the same with `--mode growth` (no uprobes: heap syscalls only); skipped
+//!   when this leaktrace's `--help` has no `--mode`;
 //! - `bpftrace`: count-only uprobes on libc's malloc (entry + return) and free, `-p PID`;
 //! - `memleak-bpfcc`: bcc's memleak with its defaults (stacks), `-p PID`.
+//!
+//! `--scenario nginx`: requests/s of nginx serving a small static file on loopback to `wrk`, with
+//! the same rotation, under the variants in `nginx.rs`.
 //!
 //! Peers (`bpftrace`, `memleak-bpfcc`) are installed with apt when missing, and bcc gets a kernel
 //! headers tree built from Debian's linux-headers packages (see `prepare_peers`). A peer that
 //! cannot start in the first round is skipped with the reason; any later failure, and any failure
-//! of `untraced` or `leaktrace`, is an error. Every child process started here is reaped, and
-//! killed first if it is still running.
+//! of `untraced` or a leaktrace variant, is an error. Every child process started here is reaped,
+//! and killed first if it is still running.
 
 use std::fmt::Write as _;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -26,9 +32,27 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+mod nginx;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Scenario {
+    /// N x malloc(64)+free in a tight loop: ns per pair.
+    MallocLoop,
+    /// nginx serving a 612-byte file on loopback to wrk: requests per second.
+    Nginx,
+}
+
 pub struct BenchArgs {
+    pub scenario: Scenario,
+    /// malloc-loop: pairs per run.
     pub iterations: u64,
     pub repeats: u32,
+    /// nginx: seconds of each wrk measurement.
+    pub duration_secs: u64,
+    /// nginx: seconds of wrk warm-up before each measurement (tracer already attached).
+    pub warmup_secs: u64,
+    /// Run only these variants (by name); empty: all of the scenario's variants.
+    pub only: Vec<String>,
 }
 
 /// Longest wait for a tracer to attach (and for the loop to print `ready`).
@@ -42,6 +66,7 @@ const TAIL_LINES: usize = 8;
 
 const UNTRACED: &str = "untraced";
 const LEAKTRACE: &str = "leaktrace";
+const LEAKTRACE_GROWTH: &str = "leaktrace-growth";
 const BPFTRACE: &str = "bpftrace";
 const MEMLEAK: &str = "memleak-bpfcc";
 
@@ -51,8 +76,8 @@ const HEADERS_MARKER: &str = ".leaktrace-bench-complete";
 
 /// `leaktrace_bin`: an already-built release leaktrace binary. `out_dir`: a scratch dir (target/bench).
 pub fn run(root: &Path, leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) -> Result<()> {
-    if args.iterations == 0 || args.repeats == 0 {
-        bail!("bench: iterations and repeats must both be at least 1");
+    if args.repeats == 0 {
+        bail!("bench: repeats must be at least 1");
     }
     if !leaktrace_bin.is_file() {
         bail!(
@@ -62,12 +87,28 @@ pub fn run(root: &Path, leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) 
     }
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("bench: cannot create {}", out_dir.display()))?;
+    match args.scenario {
+        Scenario::MallocLoop => run_malloc_loop(root, leaktrace_bin, out_dir, args),
+        Scenario::Nginx => nginx::run(leaktrace_bin, out_dir, args),
+    }
+}
+
+fn run_malloc_loop(
+    root: &Path,
+    leaktrace_bin: &Path,
+    out_dir: &Path,
+    args: &BenchArgs,
+) -> Result<()> {
+    if args.iterations == 0 {
+        bail!("bench: iterations must be at least 1");
+    }
     let loop_bin = compile_loop(root, out_dir)?;
 
-    let peers = prepare_peers(out_dir)?;
+    let peers = prepare_peers(out_dir, &PEER_PACKAGES)?;
     let mut variants = vec![
         Variant::new(UNTRACED, Kind::Untraced),
         Variant::new(LEAKTRACE, Kind::Leaktrace),
+        growth_variant(leaktrace_bin),
     ];
     let mut bpftrace = Variant::new(BPFTRACE, Kind::Bpftrace);
     match find_program(BPFTRACE) {
@@ -80,6 +121,79 @@ pub fn run(root: &Path, leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) 
         ),
     }
     variants.push(bpftrace);
+    variants.push(memleak_variant(&peers));
+    let mut variants = select_variants(variants, &args.only)?;
+
+    let n = args.iterations;
+    println!(
+        "bench: {} x malloc(64)+free, {} round(s); variants: {}",
+        n,
+        args.repeats,
+        names(&variants)
+    );
+    let unit = Unit {
+        label: "ns/pair",
+        decimals: 1,
+    };
+    run_rounds(&mut variants, args.repeats, unit, |v| match v.kind {
+        Kind::Untraced => run_untraced(&loop_bin, n),
+        Kind::Leaktrace => run_leaktrace(leaktrace_bin, &[], &loop_bin, n),
+        Kind::LeaktraceGrowth => run_leaktrace(leaktrace_bin, &GROWTH_ARGS, &loop_bin, n),
+        Kind::Bpftrace => run_bpftrace(bin_of(v)?, &loop_bin, n),
+        Kind::Memleak => {
+            let headers = peers.headers.as_ref().map_err(|e| anyhow!("{e}"))?;
+            run_memleak(bin_of(v)?, headers, &loop_bin, n)
+        }
+    })?;
+
+    let report = Report {
+        scenario: "malloc-loop",
+        title: format!(
+            "ns per malloc(64)+free pair, {n} pairs, {} round(s):",
+            args.repeats
+        ),
+        unit: "ns_per_pair",
+        decimals: 1,
+        params: vec![("iterations", n.to_string())],
+        repeats: args.repeats,
+        baselines: &[UNTRACED, BPFTRACE, MEMLEAK],
+    };
+    finish(
+        &report,
+        &summarize(&variants, report.baselines),
+        out_dir,
+        "bench.json",
+    )
+}
+
+/// The leaktrace arguments that select growth mode.
+const GROWTH_ARGS: [&str; 2] = ["--mode", "growth"];
+
+/// `leaktrace-growth`, skipped with the reason when this leaktrace has no `--mode` flag.
+fn growth_variant(leaktrace_bin: &Path) -> Variant {
+    let mut v = Variant::new(LEAKTRACE_GROWTH, Kind::LeaktraceGrowth);
+    let help = Command::new(leaktrace_bin)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output();
+    match help {
+        Ok(out) if help_mentions_mode(&String::from_utf8_lossy(&out.stdout)) => {}
+        Ok(_) => v.skip(
+            "this leaktrace has no --mode flag (growth mode is not in this build)".to_string(),
+        ),
+        Err(e) => v.skip(format!("cannot run `leaktrace --help`: {e}")),
+    }
+    v
+}
+
+/// Whether a `--help` text offers the `--mode` flag (a whole word: not `--model`).
+fn help_mentions_mode(help: &str) -> bool {
+    help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
+        .any(|word| word == "--mode")
+}
+
+/// `memleak-bpfcc`, skipped with the reason when it or its kernel headers are missing.
+fn memleak_variant(peers: &Peers) -> Variant {
     let mut memleak = Variant::new(MEMLEAK, Kind::Memleak);
     match (find_program(MEMLEAK), &peers.headers) {
         (None, _) => memleak.skip(
@@ -91,47 +205,70 @@ pub fn run(root: &Path, leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) 
         (Some(_), Err(why)) => memleak.skip(why.clone()),
         (Some(bin), Ok(_)) => memleak.bin = Some(bin),
     }
-    variants.push(memleak);
+    memleak
+}
 
-    let n = args.iterations;
-    println!(
-        "bench: {} x malloc(64)+free, {} round(s); variants: {}",
-        n,
-        args.repeats,
-        variants
-            .iter()
-            .map(|v| v.name)
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
+/// The variants named in `only` (all when it is empty), in the scenario's order.
+fn select_variants(variants: Vec<Variant>, only: &[String]) -> Result<Vec<Variant>> {
+    if only.is_empty() {
+        return Ok(variants);
+    }
+    if let Some(unknown) = only.iter().find(|o| !variants.iter().any(|v| v.name == *o)) {
+        bail!(
+            "bench: no variant named {unknown:?} in this scenario (variants: {})",
+            names(&variants)
+        );
+    }
+    Ok(variants
+        .into_iter()
+        .filter(|v| only.iter().any(|o| o == v.name))
+        .collect())
+}
+
+fn names(variants: &[Variant]) -> String {
+    variants
+        .iter()
+        .map(|v| v.name)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// How one measurement is printed while the rounds run.
+#[derive(Clone, Copy)]
+struct Unit {
+    label: &'static str,
+    decimals: usize,
+}
+
+/// Runs every variant once per round, the starting variant rotated from round to round. A peer
+/// that fails before it has any sample is skipped with the reason; any other failure is an error.
+fn run_rounds(
+    variants: &mut [Variant],
+    repeats: u32,
+    unit: Unit,
+    mut measure: impl FnMut(&Variant) -> Result<f64>,
+) -> Result<()> {
     let count = variants.len();
-    for round in 0..args.repeats as usize {
+    for round in 0..repeats as usize {
         for k in 0..count {
-            let v = &mut variants[(round + k) % count];
+            let v = &mut variants[rotated(round, k, count)];
             if v.skipped.is_some() {
                 continue;
             }
             let started = Instant::now();
-            let result = match v.kind {
-                Kind::Untraced => run_untraced(&loop_bin, n),
-                Kind::Leaktrace => run_leaktrace(leaktrace_bin, &loop_bin, n),
-                Kind::Bpftrace => run_bpftrace(bin_of(v)?, &loop_bin, n),
-                Kind::Memleak => {
-                    let headers = peers.headers.as_ref().map_err(|e| anyhow!("{e}"))?;
-                    run_memleak(bin_of(v)?, headers, &loop_bin, n)
-                }
-            };
-            match result {
-                Ok(ns) => {
+            match measure(v) {
+                Ok(value) => {
                     println!(
-                        "  round {}/{} {:<14} {:>10.1} ns/pair  ({:.1} s)",
+                        "  round {}/{} {:<16} {:>12.*} {}  ({:.1} s)",
                         round + 1,
-                        args.repeats,
+                        repeats,
                         v.name,
-                        ns,
+                        unit.decimals,
+                        value,
+                        unit.label,
                         started.elapsed().as_secs_f64()
                     );
-                    v.samples.push(ns);
+                    v.samples.push(value);
                 }
                 Err(e) if v.kind.is_peer() && v.samples.is_empty() => {
                     let mut why = format!("it could not run: {e:#}");
@@ -152,18 +289,26 @@ pub fn run(root: &Path, leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) 
                         "bench: {} failed in round {}/{}",
                         v.name,
                         round + 1,
-                        args.repeats
+                        repeats
                     )))
                 }
             }
         }
     }
+    Ok(())
+}
 
-    let rows = summarize(&variants);
+/// Index of the `k`-th variant run in `round`: each round starts one variant later.
+fn rotated(round: usize, k: usize, count: usize) -> usize {
+    (round + k) % count
+}
+
+/// Prints the table and writes the JSON file `json_name` in `out_dir`.
+fn finish(report: &Report, rows: &[Row], out_dir: &Path, json_name: &str) -> Result<()> {
     println!();
-    print!("{}", render_table(&rows, n, args.repeats));
-    let json_path = out_dir.join("bench.json");
-    std::fs::write(&json_path, render_json(&rows, n, args.repeats))
+    print!("{}", render_table(rows, report));
+    let json_path = out_dir.join(json_name);
+    std::fs::write(&json_path, render_json(rows, report))
         .with_context(|| format!("bench: cannot write {}", json_path.display()))?;
     println!("bench: wrote {}", json_path.display());
     Ok(())
@@ -176,6 +321,7 @@ pub fn run(root: &Path, leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) 
 enum Kind {
     Untraced,
     Leaktrace,
+    LeaktraceGrowth,
     Bpftrace,
     Memleak,
 }
@@ -216,16 +362,32 @@ fn bin_of(v: &Variant) -> Result<&Path> {
         .ok_or_else(|| anyhow!("{}: no binary", v.name))
 }
 
+/// What a scenario's table and JSON say about themselves.
+struct Report<'a> {
+    scenario: &'a str,
+    /// First line of the table.
+    title: String,
+    /// Unit of the samples, as a JSON value (`ns_per_pair`, `requests_per_sec`).
+    unit: &'a str,
+    /// Decimals of the values in the table.
+    decimals: usize,
+    /// Scenario parameters written to the JSON (name, JSON value).
+    params: Vec<(&'a str, String)>,
+    repeats: u32,
+    /// Variants every median is compared with (ratio of medians), in column order.
+    baselines: &'a [&'static str],
+}
+
 struct Row {
     name: &'static str,
     samples: Vec<f64>,
     stats: Option<Stats>,
     skipped: Option<String>,
-    vs_untraced: Option<f64>,
-    vs_memleak: Option<f64>,
+    /// Ratio of this row's median to each baseline's median (same order as the baselines).
+    ratios: Vec<Option<f64>>,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 struct Stats {
     median: f64,
     min: f64,
@@ -251,17 +413,21 @@ fn stats(samples: &[f64]) -> Option<Stats> {
     })
 }
 
-fn summarize(variants: &[Variant]) -> Vec<Row> {
+/// `value / base`, when both exist and the base is a positive, finite number.
+fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
+    let (v, b) = value.zip(base)?;
+    (b > 0.0 && b.is_finite() && v.is_finite()).then(|| v / b)
+}
+
+fn summarize(variants: &[Variant], baselines: &[&str]) -> Vec<Row> {
     let median_of = |name: &str| {
         variants
             .iter()
             .find(|v| v.name == name)
             .and_then(|v| stats(&v.samples))
             .map(|s| s.median)
-            .filter(|m| *m > 0.0)
     };
-    let base = median_of(UNTRACED);
-    let memleak = median_of(MEMLEAK);
+    let bases: Vec<Option<f64>> = baselines.iter().map(|b| median_of(b)).collect();
     variants
         .iter()
         .map(|v| {
@@ -272,62 +438,77 @@ fn summarize(variants: &[Variant]) -> Vec<Row> {
                 samples: v.samples.clone(),
                 stats: st,
                 skipped: v.skipped.clone(),
-                vs_untraced: m.zip(base).map(|(m, b)| m / b),
-                vs_memleak: m.zip(memleak).map(|(m, b)| m / b),
+                ratios: bases.iter().map(|b| ratio(m, *b)).collect(),
             }
         })
         .collect()
 }
 
-fn render_table(rows: &[Row], n: u64, repeats: u32) -> String {
+fn render_table(rows: &[Row], report: &Report) -> String {
     let mut out = String::new();
-    let _ = writeln!(
+    let _ = writeln!(out, "{}", report.title);
+    let columns: Vec<String> = report.baselines.iter().map(|b| format!("x {b}")).collect();
+    let _ = write!(
         out,
-        "ns per malloc(64)+free pair, {n} pairs, {repeats} round(s):"
+        "{:<16} {:>12} {:>12} {:>12}",
+        "variant", "median", "min", "max"
     );
-    let _ = writeln!(
-        out,
-        "{:<14} {:>12} {:>12} {:>12} {:>11} {:>15}",
-        "variant", "median", "min", "max", "x untraced", "x memleak-bpfcc"
-    );
+    for c in &columns {
+        let _ = write!(out, " {c:>11}");
+    }
+    out.push('\n');
     let ratio = |r: Option<f64>| r.map_or_else(|| "n/a".to_string(), fmt_ratio);
+    let d = report.decimals;
     for r in rows {
         match (&r.stats, &r.skipped) {
             (Some(s), _) => {
-                let _ = writeln!(
+                let _ = write!(
                     out,
-                    "{:<14} {:>12.1} {:>12.1} {:>12.1} {:>11} {:>15}",
-                    r.name,
-                    s.median,
-                    s.min,
-                    s.max,
-                    ratio(r.vs_untraced),
-                    ratio(r.vs_memleak)
+                    "{:<16} {:>12.d$} {:>12.d$} {:>12.d$}",
+                    r.name, s.median, s.min, s.max
                 );
+                for (c, x) in columns.iter().zip(&r.ratios) {
+                    let _ = write!(out, " {:>w$}", ratio(*x), w = c.len().max(11));
+                }
+                out.push('\n');
             }
             (None, why) => {
                 let why = why.as_deref().unwrap_or("no samples");
-                let _ = writeln!(out, "{:<14} skipped: {}", r.name, first_line(why));
+                let _ = writeln!(out, "{:<16} skipped: {}", r.name, first_line(why));
             }
         }
     }
     out
 }
 
-fn render_json(rows: &[Row], n: u64, repeats: u32) -> String {
+/// JSON key of the ratio to `baseline`: `ratio_to_memleak_bpfcc`.
+fn ratio_key(baseline: &str) -> String {
+    format!("ratio_to_{}", baseline.replace('-', "_"))
+}
+
+fn render_json(rows: &[Row], report: &Report) -> String {
     let num = |x: Option<f64>| x.map_or_else(|| "null".to_string(), json_num);
     let mut out = String::new();
     let _ = write!(
         out,
-        "{{\n  \"unit\": \"ns_per_pair\",\n  \"iterations\": {n},\n  \"repeats\": {repeats},\n  \"variants\": ["
+        "{{\n  \"scenario\": {},\n  \"unit\": {},",
+        json_str(report.scenario),
+        json_str(report.unit)
+    );
+    for (name, value) in &report.params {
+        let _ = write!(out, "\n  {}: {value},", json_str(name));
+    }
+    let _ = write!(
+        out,
+        "\n  \"repeats\": {},\n  \"variants\": [",
+        report.repeats
     );
     for (i, r) in rows.iter().enumerate() {
         let samples: Vec<String> = r.samples.iter().map(|x| json_num(*x)).collect();
         let _ = write!(
             out,
             "{}\n    {{\"name\": {}, \"status\": {}, \"skip_reason\": {}, \"samples\": [{}], \
-             \"median\": {}, \"min\": {}, \"max\": {}, \"ratio_to_untraced\": {}, \
-             \"ratio_to_memleak_bpfcc\": {}}}",
+             \"median\": {}, \"min\": {}, \"max\": {}",
             if i == 0 { "" } else { "," },
             json_str(r.name),
             json_str(if r.stats.is_some() { "ok" } else { "skipped" }),
@@ -338,9 +519,11 @@ fn render_json(rows: &[Row], n: u64, repeats: u32) -> String {
             num(r.stats.map(|s| s.median)),
             num(r.stats.map(|s| s.min)),
             num(r.stats.map(|s| s.max)),
-            num(r.vs_untraced),
-            num(r.vs_memleak),
         );
+        for (b, x) in report.baselines.iter().zip(&r.ratios) {
+            let _ = write!(out, ", {}: {}", json_str(&ratio_key(b)), num(*x));
+        }
+        out.push('}');
     }
     out.push_str("\n  ]\n}\n");
     out
@@ -471,9 +654,11 @@ fn run_untraced(loop_bin: &Path, n: u64) -> Result<f64> {
     go_and_measure(&mut lp, n)
 }
 
-fn run_leaktrace(leaktrace_bin: &Path, loop_bin: &Path, n: u64) -> Result<f64> {
+/// `mode_args`: extra leaktrace arguments (e.g. `--mode growth`), before the command.
+fn run_leaktrace(leaktrace_bin: &Path, mode_args: &[&str], loop_bin: &Path, n: u64) -> Result<f64> {
     let mut cmd = Command::new(leaktrace_bin);
-    cmd.args(["--interval", "1h", "--"])
+    cmd.args(mode_args)
+        .args(["--interval", "1h", "--"])
         .arg(loop_bin)
         .arg(n.to_string());
     // leaktrace attaches, then launches the loop, which inherits leaktrace's stdin and stdout:
@@ -551,7 +736,20 @@ fn run_bpftrace(bpftrace_bin: &Path, loop_bin: &Path, n: u64) -> Result<f64> {
 
 fn run_memleak(memleak_bin: &Path, headers: &Path, loop_bin: &Path, n: u64) -> Result<f64> {
     let mut lp = spawn_loop(loop_bin, n)?;
-    let pid = lp.pid();
+    let mut ml = spawn_memleak(memleak_bin, headers, lp.pid())?;
+    let ns = go_and_measure(&mut lp, n)?;
+    if let Some(status) = ml.try_status()? {
+        bail!(
+            "memleak-bpfcc exited ({status}) while the loop ran; last output: {}",
+            ml.tail()
+        );
+    }
+    ml.interrupt(EXIT_TIMEOUT)?;
+    Ok(ns)
+}
+
+/// Starts `memleak-bpfcc -p PID` and returns once its probes are attached.
+fn spawn_memleak(memleak_bin: &Path, headers: &Path, pid: u32) -> Result<Proc> {
     let mut cmd = Command::new(memleak_bin);
     cmd.arg("-p")
         .arg(pid.to_string())
@@ -569,15 +767,7 @@ fn run_memleak(memleak_bin: &Path, headers: &Path, loop_bin: &Path, n: u64) -> R
         },
     )?;
     thread::sleep(SETTLE);
-    let ns = go_and_measure(&mut lp, n)?;
-    if let Some(status) = ml.try_status()? {
-        bail!(
-            "memleak-bpfcc exited ({status}) while the loop ran; last output: {}",
-            ml.tail()
-        );
-    }
-    ml.interrupt(EXIT_TIMEOUT)?;
-    Ok(ns)
+    Ok(ml)
 }
 
 /// The path of the libc mapped into `pid`, from /proc/PID/maps.
@@ -606,6 +796,9 @@ extern "C" {
 }
 
 const SIGINT: i32 = 2;
+const SIGKILL: i32 = 9;
+const SIGQUIT: i32 = 3;
+const SIGTERM: i32 = 15;
 
 enum Line {
     Out(String),
@@ -668,15 +861,16 @@ impl Proc {
         Ok(())
     }
 
-    fn record(&mut self, line: Line) -> Option<String> {
+    /// Logs the line; returns it with whether it came from stderr.
+    fn record(&mut self, line: Line) -> (bool, String) {
         match line {
             Line::Out(l) => {
                 self.log.push(format!("out: {l}"));
-                Some(l)
+                (false, l)
             }
             Line::Err(l) => {
                 self.log.push(format!("err: {l}"));
-                None
+                (true, l)
             }
         }
     }
@@ -686,14 +880,35 @@ impl Proc {
         &mut self,
         timeout: Duration,
         what: &str,
-        pick: impl Fn(&str) -> Option<T>,
+        pick: impl FnMut(&str) -> Option<T>,
+    ) -> Result<T> {
+        self.wait_line(timeout, what, false, pick)
+    }
+
+    /// Waits for a stderr line for which `pick` returns a value.
+    fn wait_stderr<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        pick: impl FnMut(&str) -> Option<T>,
+    ) -> Result<T> {
+        self.wait_line(timeout, what, true, pick)
+    }
+
+    fn wait_line<T>(
+        &mut self,
+        timeout: Duration,
+        what: &str,
+        from_stderr: bool,
+        mut pick: impl FnMut(&str) -> Option<T>,
     ) -> Result<T> {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.rx.recv_timeout(left) {
                 Ok(line) => {
-                    if let Some(l) = self.record(line) {
+                    let (is_stderr, l) = self.record(line);
+                    if is_stderr == from_stderr {
                         if let Some(v) = pick(&l) {
                             return Ok(v);
                         }
@@ -773,13 +988,7 @@ impl Proc {
             self.collect_rest(Duration::from_secs(2));
             return Ok(s);
         }
-        if let Ok(pid) = i32::try_from(self.child.id()) {
-            // SAFETY: plain syscall wrapper; `pid` is our own child, not yet reaped (checked just
-            // above), so the id cannot have been reused by another process.
-            unsafe {
-                kill(pid, SIGINT);
-            }
-        }
+        self.signal(SIGINT)?;
         match self.wait_exit(timeout) {
             Ok(s) => Ok(s),
             Err(_) => {
@@ -791,6 +1000,31 @@ impl Proc {
                 )
             }
         }
+    }
+
+    /// Sends `sig` unless the process has already exited (and been reaped by us).
+    fn signal(&mut self, sig: i32) -> Result<()> {
+        if self.try_status()?.is_some() {
+            return Ok(());
+        }
+        if let Ok(pid) = i32::try_from(self.child.id()) {
+            // SAFETY: plain syscall wrapper; `pid` is our own child, not yet reaped (checked just
+            // above), so the id cannot have been reused by another process.
+            unsafe {
+                kill(pid, sig);
+            }
+        }
+        Ok(())
+    }
+
+    /// What the process printed on stdout so far, one line per line.
+    fn stdout_text(&self) -> String {
+        let mut text = String::new();
+        for l in self.log.iter().filter_map(|l| l.strip_prefix("out: ")) {
+            text.push_str(l);
+            text.push('\n');
+        }
+        text
     }
 
     /// Reads what is left of the output once the process has exited.
@@ -896,7 +1130,8 @@ struct Peers {
 
 const PEER_PACKAGES: [&str; 2] = ["bpftrace", "bpfcc-tools"];
 
-fn prepare_peers(out_dir: &Path) -> Result<Peers> {
+/// Installs the missing `packages` (Debian names) and prepares what `memleak-bpfcc` needs.
+fn prepare_peers(out_dir: &Path, packages: &[&str]) -> Result<Peers> {
     let mut peers = Peers {
         bpftrace_note: None,
         bcc_note: None,
@@ -912,7 +1147,7 @@ fn prepare_peers(out_dir: &Path) -> Result<Peers> {
         return Ok(peers);
     }
     let mut apt = Apt { updated: false };
-    let missing: Vec<&str> = PEER_PACKAGES
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| !dpkg_installed(p))
@@ -1186,4 +1421,160 @@ fn merge_into(from: &Path, to: &Path, top: bool) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn variant(name: &'static str, kind: Kind, samples: &[f64]) -> Variant {
+        let mut v = Variant::new(name, kind);
+        v.samples = samples.to_vec();
+        v
+    }
+
+    #[test]
+    fn median_of_odd_and_even_sample_counts() {
+        let s = stats(&[5.0, 1.0, 3.0]).expect("samples");
+        assert_eq!(
+            s,
+            Stats {
+                median: 3.0,
+                min: 1.0,
+                max: 5.0
+            }
+        );
+        assert_eq!(stats(&[4.0, 1.0, 2.0, 10.0]).map(|s| s.median), Some(3.0));
+        assert_eq!(stats(&[]), None);
+    }
+
+    #[test]
+    fn ratios_need_a_positive_base() {
+        assert_eq!(ratio(Some(30.0), Some(10.0)), Some(3.0));
+        assert_eq!(ratio(Some(30.0), Some(0.0)), None);
+        assert_eq!(ratio(Some(30.0), None), None);
+        assert_eq!(ratio(None, Some(10.0)), None);
+    }
+
+    #[test]
+    fn summary_compares_medians_with_each_baseline() {
+        let variants = [
+            variant(UNTRACED, Kind::Untraced, &[10.0, 12.0, 11.0]),
+            variant(LEAKTRACE, Kind::Leaktrace, &[4400.0, 4000.0, 4200.0]),
+            variant(MEMLEAK, Kind::Memleak, &[14000.0]),
+            {
+                let mut v = variant(BPFTRACE, Kind::Bpftrace, &[]);
+                v.skip("not installed".into());
+                v
+            },
+        ];
+        let rows = summarize(&variants, &[UNTRACED, BPFTRACE, MEMLEAK]);
+        let lt = &rows[1];
+        assert_eq!(lt.stats.map(|s| s.median), Some(4200.0));
+        assert_eq!(lt.ratios[0], Some(4200.0 / 11.0));
+        assert_eq!(lt.ratios[1], None, "bpftrace has no samples");
+        assert_eq!(lt.ratios[2], Some(0.3));
+        assert_eq!(rows[0].ratios[0], Some(1.0));
+        assert_eq!(rows[3].skipped.as_deref(), Some("not installed"));
+    }
+
+    #[test]
+    fn rounds_rotate_the_starting_variant() {
+        let order = |round| (0..3).map(|k| rotated(round, k, 3)).collect::<Vec<_>>();
+        assert_eq!(order(0), [0, 1, 2]);
+        assert_eq!(order(1), [1, 2, 0]);
+        assert_eq!(order(2), [2, 0, 1]);
+        assert_eq!(order(3), [0, 1, 2]);
+    }
+
+    #[test]
+    fn only_keeps_the_named_variants_in_order() {
+        let all = || {
+            vec![
+                variant(UNTRACED, Kind::Untraced, &[]),
+                variant(LEAKTRACE, Kind::Leaktrace, &[]),
+                variant(LEAKTRACE_GROWTH, Kind::LeaktraceGrowth, &[]),
+            ]
+        };
+        let picked = select_variants(all(), &["leaktrace-growth".into(), "untraced".into()])
+            .expect("known names");
+        assert_eq!(names(&picked), "untraced, leaktrace-growth");
+        assert_eq!(select_variants(all(), &[]).map(|v| v.len()).ok(), Some(3));
+        assert!(select_variants(all(), &["leaktrace-exact".into()]).is_err());
+    }
+
+    #[test]
+    fn mode_flag_is_found_as_a_whole_word_only() {
+        assert!(help_mentions_mode(
+            "Options:\n      --mode <MODE>  growth or exact [default: exact]\n"
+        ));
+        assert!(help_mentions_mode("  --mode=growth"));
+        assert!(!help_mentions_mode("  --model <M>\n  --modes\n  mode\n"));
+    }
+
+    fn report() -> Report<'static> {
+        Report {
+            scenario: "nginx",
+            title: "title line".to_string(),
+            unit: "requests_per_sec",
+            decimals: 0,
+            params: vec![("duration_s", "10".to_string())],
+            repeats: 2,
+            baselines: &[UNTRACED, MEMLEAK],
+        }
+    }
+
+    #[test]
+    fn table_shows_ratios_and_skip_reasons() {
+        let variants = [
+            variant(UNTRACED, Kind::Untraced, &[40000.0, 38000.0]),
+            variant(LEAKTRACE_GROWTH, Kind::LeaktraceGrowth, &[39000.0, 39000.0]),
+            {
+                let mut v = variant(MEMLEAK, Kind::Memleak, &[]);
+                v.skip("it could not run: EINVAL\nsecond line".into());
+                v
+            },
+        ];
+        let rows = summarize(&variants, report().baselines);
+        let table = render_table(&rows, &report());
+        let lines: Vec<&str> = table.lines().collect();
+        assert_eq!(lines[0], "title line");
+        assert!(lines[1].contains("x untraced") && lines[1].contains("x memleak-bpfcc"));
+        assert!(lines[2].starts_with("untraced") && lines[2].contains(" 39000 "));
+        assert!(lines[3].starts_with("leaktrace-growth") && lines[3].contains(" 1.00 "));
+        assert!(lines[3].trim_end().ends_with("n/a"));
+        assert_eq!(
+            lines[4],
+            "memleak-bpfcc    skipped: it could not run: EINVAL"
+        );
+    }
+
+    #[test]
+    fn json_names_scenario_params_and_ratio_keys() {
+        let variants = [
+            variant(UNTRACED, Kind::Untraced, &[40000.0]),
+            variant(MEMLEAK, Kind::Memleak, &[20000.0]),
+        ];
+        let rows = summarize(&variants, report().baselines);
+        let json = render_json(&rows, &report());
+        assert!(json.contains("\"scenario\": \"nginx\""));
+        assert!(json.contains("\"unit\": \"requests_per_sec\""));
+        assert!(json.contains("\"duration_s\": 10,"));
+        assert!(json.contains("\"repeats\": 2,"));
+        assert!(json.contains(
+            "\"name\": \"memleak-bpfcc\", \"status\": \"ok\", \"skip_reason\": null, \
+             \"samples\": [20000], \"median\": 20000, \"min\": 20000, \"max\": 20000, \
+             \"ratio_to_untraced\": 0.5, \"ratio_to_memleak_bpfcc\": 1}"
+        ));
+        assert_eq!(json.matches('{').count(), json.matches('}').count());
+    }
+
+    #[test]
+    fn ratios_keep_three_significant_digits() {
+        assert_eq!(fmt_ratio(0.000785), "0.000785");
+        assert_eq!(fmt_ratio(0.818), "0.82");
+        assert_eq!(fmt_ratio(12.34), "12.3");
+        assert_eq!(fmt_ratio(1042.4), "1042");
+        assert_eq!(json_num(14762.773000000001), "14762.773");
+    }
 }

@@ -42,12 +42,27 @@ enum Task {
         #[arg(last = true)]
         leaktrace_args: Vec<OsString>,
     },
-    /// Measure ns per malloc+free pair untraced, under leaktrace and under peer tracers.
+    /// Measure the cost of tracing, untraced vs leaktrace vs peer tracers: ns per malloc+free
+    /// pair (`--scenario malloc-loop`, the default) or nginx requests/s (`--scenario nginx`).
     Bench {
+        /// What to measure.
+        #[arg(long, value_enum, default_value_t = bench::Scenario::MallocLoop)]
+        scenario: bench::Scenario,
+        /// malloc-loop: malloc+free pairs per run.
         #[arg(long, default_value_t = 5_000_000)]
         iterations: u64,
+        /// Rounds; every variant runs once per round and the median is reported.
         #[arg(long, default_value_t = 3)]
         repeats: u32,
+        /// nginx: seconds of each wrk measurement.
+        #[arg(long, value_name = "SECS", default_value_t = 10)]
+        duration: u64,
+        /// nginx: seconds of wrk warm-up before each measurement (tracer already attached).
+        #[arg(long, value_name = "SECS", default_value_t = 2)]
+        warmup: u64,
+        /// Run only these variants (comma-separated names, e.g. `untraced,leaktrace-growth`).
+        #[arg(long, value_name = "NAMES", value_delimiter = ',')]
+        only: Vec<String>,
     },
 }
 
@@ -105,8 +120,12 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
             Ok(())
         }
         Task::Bench {
+            scenario,
             iterations,
             repeats,
+            duration,
+            warmup,
+            only,
         } => {
             setup()?;
             cargo(&["build", "--release", "--package", "leaktrace"])?;
@@ -117,8 +136,12 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
                 &root.join("target/release/leaktrace"),
                 &out_dir,
                 &bench::BenchArgs {
+                    scenario,
                     iterations,
                     repeats,
+                    duration_secs: duration,
+                    warmup_secs: warmup,
+                    only,
                 },
             )
         }
