@@ -70,6 +70,13 @@ impl AllocFn {
 /// `stack_id` of a site whose stack could not be captured (the caller address is still known).
 pub const NO_STACK: u32 = u32::MAX;
 
+/// `stack_id` of allocations whose stack was not sampled (`--sample-bytes`): counted under their
+/// caller alone, exactly; userspace shares them among the caller's sampled stacks.
+pub const UNSAMPLED_STACK: u32 = u32::MAX - 1;
+
+/// Entries of the table of exponential draws for stack sampling.
+pub const SAMPLE_DRAWS: u32 = 256;
+
 /// An allocation site: one user call stack in one process. `caller` is the instruction the
 /// allocator returns to, which is also the first frame of the stack; it is kept apart so that a
 /// site stays attributable to its caller when the stack map refuses the stack.

@@ -2,7 +2,7 @@
 //! load time (`--max-allocations`, `--max-stacks`).
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use leaktrace_common::{
     AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats, SyscallArgs,
@@ -47,3 +47,13 @@ pub static PROBE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 /// Growth mode: each process's program break after its last brk, to tell growth from shrinks.
 #[map]
 pub static BRK_TOPS: HashMap<u32, u64> = HashMap::with_max_entries(1 << 14, 0);
+
+/// `--sample-bytes`: per CPU, bytes still to allocate before the next allocation whose stack is
+/// captured (a Poisson process over allocated bytes, as jemalloc and Go's pprof sample).
+#[map]
+pub static SAMPLE_COUNTDOWN: PerCpuArray<i64> = PerCpuArray::with_max_entries(1, 0);
+
+/// `--sample-bytes`: exponentially distributed byte gaps with the chosen mean, filled by
+/// userspace; one is drawn at random after each sample.
+#[map]
+pub static SAMPLE_GAPS: Array<u64> = Array::with_max_entries(leaktrace_common::SAMPLE_DRAWS, 0);

@@ -4,7 +4,7 @@
 use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
-        bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_get_attach_cookie,
     },
     macros::{uprobe, uretprobe},
@@ -13,10 +13,12 @@ use aya_ebpf::{
 };
 use leaktrace_common::{
     AllocFn, AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats, INFLIGHT_HAS_OLD,
-    NO_STACK,
+    NO_STACK, SAMPLE_DRAWS, UNSAMPLED_STACK,
 };
 
-use crate::maps::{ALLOCS, COUNTERS, INFLIGHT, PROBE_HITS, SITES, STACKS};
+use crate::maps::{
+    ALLOCS, COUNTERS, INFLIGHT, PROBE_HITS, SAMPLE_COUNTDOWN, SAMPLE_GAPS, SITES, STACKS,
+};
 
 const E2BIG: i32 = -7;
 const EEXIST: i32 = -17;
@@ -24,6 +26,33 @@ const EEXIST: i32 = -17;
 /// Page size of the traced machine, for pvalloc's rounding; set by userspace at load time.
 #[unsafe(no_mangle)]
 static PAGE_SIZE: u64 = 4096;
+
+/// `--sample-bytes`: capture a stack only for sampled allocations (0: for every allocation).
+#[unsafe(no_mangle)]
+static SAMPLE_BYTES: u64 = 0;
+
+/// Whether this allocation's stack is captured: always without `--sample-bytes`; otherwise when
+/// the allocation spans the next sampling point of a Poisson process over allocated bytes.
+#[inline(always)]
+fn sample_stack(size: u64) -> bool {
+    // SAFETY: a plain read of a global patched before load.
+    if unsafe { core::ptr::read_volatile(&SAMPLE_BYTES) } == 0 {
+        return true;
+    }
+    let Some(left) = SAMPLE_COUNTDOWN.get_ptr_mut(0) else {
+        return true;
+    };
+    // SAFETY: this CPU's slot; probes do not nest on one CPU.
+    let left = unsafe { &mut *left };
+    *left -= size as i64;
+    if *left > 0 {
+        return false;
+    }
+    // SAFETY: helper without preconditions.
+    let draw = unsafe { bpf_get_prandom_u32() } % SAMPLE_DRAWS;
+    *left = SAMPLE_GAPS.get(draw).map_or(1, |gap| *gap as i64);
+    true
+}
 
 #[inline(always)]
 fn page_size() -> u64 {
@@ -250,11 +279,16 @@ fn try_alloc_return(ctx: &RetProbeContext) {
     // frame-pointer walk starts in the caller and keeps the frame a walk from malloc's entry loses.
     // SAFETY: `regs` is the probe context.
     let caller = unsafe { (*ctx.regs).rip };
-    let stack_id = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
-        Ok(id) => id as u32,
-        Err(_) => {
-            bump(tgid, |c| c.stack_errors += 1);
-            NO_STACK
+    // A call that made heap syscalls always names its stack (the heap view needs it).
+    let stack_id = if call.heap_events == 0 && !sample_stack(call.size) {
+        UNSAMPLED_STACK
+    } else {
+        match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+            Ok(id) => id as u32,
+            Err(_) => {
+                bump(tgid, |c| c.stack_errors += 1);
+                NO_STACK
+            }
         }
     };
     let site = SiteKey {

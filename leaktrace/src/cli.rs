@@ -74,6 +74,13 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
     pub max_stacks: u32,
 
+    /// Exact mode: capture the call stack of about one allocation per this many bytes (a
+    /// Poisson sample over bytes, like jemalloc's and Go's pprof, e.g. 524288); the others are
+    /// counted under their caller alone. Totals per caller stay exact; per stack they are shared
+    /// out in proportion to the sampled stacks. Saves the stack walk on most calls.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
+    pub sample_bytes: Option<u64>,
+
     /// Watch every process's heap syscalls (brk, mmap, ...; no uprobes). The default when
     /// neither --pid nor a command is given; with --pid, those PIDs are also traced per --mode.
     #[arg(long)]

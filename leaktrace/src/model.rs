@@ -1,7 +1,7 @@
 //! Pure aggregation: from what the maps say to per-process, per-site numbers. No I/O.
 use std::collections::HashMap;
 
-use leaktrace_common::{PidCounters, SiteKey, SiteStats};
+use leaktrace_common::{PidCounters, SiteKey, SiteStats, UNSAMPLED_STACK};
 
 use crate::report::Counters;
 
@@ -28,7 +28,7 @@ impl Default for SiteAges {
 }
 
 /// One site of one process, before symbolization.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SiteTotals {
     pub key: SiteKey,
     pub outstanding_bytes: u64,
@@ -105,6 +105,7 @@ pub fn process_totals(
         totals.freed_count += site.freed_count;
         totals.sites.push(site);
     }
+    share_unsampled(&mut totals.sites);
     totals.sites.sort_by(|a, b| {
         b.outstanding_bytes
             .cmp(&a.outstanding_bytes)
@@ -120,6 +121,93 @@ pub fn process_totals(
         };
     }
     totals
+}
+
+/// `--sample-bytes`: allocations whose stack was not sampled are counted under their caller
+/// alone (`UNSAMPLED_STACK`). Each such caller's totals are shared among its sampled stacks in
+/// proportion to what those stacks hold themselves (outstanding by outstanding, allocated by
+/// allocated): per caller every total stays exact, per stack it is an estimate. A caller with no
+/// sampled stack keeps its caller-only site.
+fn share_unsampled(sites: &mut Vec<SiteTotals>) {
+    let unsampled: Vec<SiteTotals> = sites
+        .iter()
+        .filter(|s| s.key.stack_id == UNSAMPLED_STACK)
+        .copied()
+        .collect();
+    for rest in unsampled {
+        let stacks: Vec<usize> = (0..sites.len())
+            .filter(|&i| {
+                sites[i].key.caller == rest.key.caller && sites[i].key.stack_id != UNSAMPLED_STACK
+            })
+            .collect();
+        if stacks.is_empty() {
+            continue;
+        }
+        let weights = |f: fn(&SiteTotals) -> u64| -> Vec<u64> {
+            let w: Vec<u64> = stacks.iter().map(|&i| f(&sites[i])).collect();
+            // Nothing to go by (all zero): share by what they allocated, else evenly.
+            if w.iter().any(|&x| x > 0) {
+                w
+            } else {
+                let alloc: Vec<u64> = stacks.iter().map(|&i| sites[i].allocated_bytes).collect();
+                if alloc.iter().any(|&x| x > 0) {
+                    alloc
+                } else {
+                    vec![1; stacks.len()]
+                }
+            }
+        };
+        let shares = [
+            split(rest.outstanding_bytes, &weights(|s| s.outstanding_bytes)),
+            split(rest.outstanding_count, &weights(|s| s.outstanding_count)),
+            split(rest.allocated_bytes, &weights(|s| s.allocated_bytes)),
+            split(rest.allocated_count, &weights(|s| s.allocated_count)),
+            split(rest.freed_bytes, &weights(|s| s.freed_bytes)),
+            split(rest.freed_count, &weights(|s| s.freed_count)),
+            split(
+                rest.aged_outstanding_bytes,
+                &weights(|s| s.aged_outstanding_bytes),
+            ),
+            split(
+                rest.aged_outstanding_count,
+                &weights(|s| s.aged_outstanding_count),
+            ),
+        ];
+        for (n, &i) in stacks.iter().enumerate() {
+            let site = &mut sites[i];
+            site.outstanding_bytes += shares[0][n];
+            site.outstanding_count += shares[1][n];
+            site.allocated_bytes += shares[2][n];
+            site.allocated_count += shares[3][n];
+            site.freed_bytes += shares[4][n];
+            site.freed_count += shares[5][n];
+            site.aged_outstanding_bytes += shares[6][n];
+            site.aged_outstanding_count += shares[7][n];
+            site.oldest_age_s = match (site.oldest_age_s, rest.oldest_age_s) {
+                (Some(a), Some(b)) => Some(a.max(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        sites.retain(|s| s.key != rest.key);
+    }
+}
+
+/// `total` in parts proportional to `weights` (not all zero), summing exactly to `total`.
+fn split(total: u64, weights: &[u64]) -> Vec<u64> {
+    let sum: u128 = weights.iter().map(|&w| u128::from(w)).sum();
+    if sum == 0 {
+        return vec![0; weights.len()];
+    }
+    let mut parts: Vec<u64> = weights
+        .iter()
+        .map(|&w| (u128::from(total) * u128::from(w) / sum) as u64)
+        .collect();
+    let given: u64 = parts.iter().sum();
+    // What integer division left over goes to the heaviest.
+    if let Some(heaviest) = (0..weights.len()).max_by_key(|&i| weights[i]) {
+        parts[heaviest] += total - given;
+    }
+    parts
 }
 
 #[cfg(test)]
@@ -184,6 +272,66 @@ mod tests {
         assert_eq!(totals.sites[0].aged_outstanding_bytes, 30_000);
         assert_eq!(totals.sites[0].aged_outstanding_count, 300);
         assert_eq!(totals.sites[1].oldest_age_s, None);
+    }
+
+    #[test]
+    fn unsampled_allocations_are_shared_among_their_caller_s_sampled_stacks_exactly() {
+        let sampled = |stack_id, caller| SiteKey {
+            tgid: 1,
+            stack_id,
+            caller,
+        };
+        let sites = vec![
+            // Caller 0x10: two sampled stacks (3 blocks and 1 block of 100 B still out).
+            (sampled(1, 0x10), stats(300, 3, 0, 0)),
+            (sampled(2, 0x10), stats(200, 2, 100, 1)),
+            (
+                sampled(UNSAMPLED_STACK, 0x10),
+                stats(50_000, 500, 10_000, 100),
+            ),
+            // Caller 0x20: never sampled; keeps its caller-only site.
+            (sampled(UNSAMPLED_STACK, 0x20), stats(64, 1, 0, 0)),
+        ];
+        let totals = process_totals(1, &sites, &HashMap::new(), &HashMap::new(), 0);
+        // Per-caller and per-process totals are those of the maps, exactly.
+        assert_eq!(totals.outstanding_bytes, 300 + 100 + 40_000 + 64);
+        let of = |stack| {
+            totals
+                .sites
+                .iter()
+                .find(|s| s.key.stack_id == stack && s.key.caller == 0x10)
+                .copied()
+                .expect("site")
+        };
+        let (one, two) = (of(1), of(2));
+        assert_eq!(one.outstanding_bytes + two.outstanding_bytes, 40_400);
+        assert_eq!(one.allocated_count + two.allocated_count, 505);
+        assert_eq!(one.freed_bytes + two.freed_bytes, 10_100);
+        // 3:1 by outstanding bytes.
+        assert_eq!(one.outstanding_bytes, 300 + 30_000);
+        assert_eq!(two.outstanding_bytes, 100 + 10_000);
+        // Freed: stack 1 freed nothing itself, so stack 2 takes every unsampled free.
+        assert_eq!(one.freed_bytes, 0);
+        assert!(totals
+            .sites
+            .iter()
+            .all(|s| s.key.stack_id != UNSAMPLED_STACK || s.key.caller == 0x20));
+        assert_eq!(totals.sites.len(), 3);
+    }
+
+    #[test]
+    fn splits_sum_to_the_total() {
+        assert_eq!(split(10, &[1, 1, 1]).iter().sum::<u64>(), 10);
+        assert_eq!(split(10, &[1, 2, 2]), vec![2, 4, 4]);
+        assert_eq!(split(7, &[0, 5]), vec![0, 7]);
+        assert_eq!(
+            split(u64::MAX, &[u64::MAX, 1])
+                .iter()
+                .map(|&x| u128::from(x))
+                .sum::<u128>(),
+            u128::from(u64::MAX)
+        );
+        assert_eq!(split(5, &[0, 0]), vec![0, 0]);
     }
 
     #[test]

@@ -119,6 +119,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Some(mode) => mode == Mode::Growth,
         None => system_wide && cli.pids.is_empty(),
     };
+    if growth && cli.sample_bytes.is_some() {
+        bail!("--sample-bytes samples exact mode's stacks: growth mode has no uprobes to sample");
+    }
     if !growth && system_wide && cli.pids.is_empty() {
         bail!("--mode exact needs --pid: system-wide tracing has no uprobes (use --mode growth)");
     }
@@ -165,6 +168,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Capacity {
             max_allocations: cli.max_allocations,
             max_stacks: cli.max_stacks,
+            sample_bytes: cli.sample_bytes.unwrap_or(0),
         },
         system_wide,
         growth,
@@ -922,7 +926,7 @@ impl Session {
 
     /// The return addresses of a site, innermost (the allocator's caller) first.
     fn site_stack(&mut self, stack_id: u32, caller: u64) -> Vec<u64> {
-        if stack_id == NO_STACK {
+        if stack_id == NO_STACK || stack_id == leaktrace_common::UNSAMPLED_STACK {
             return vec![caller];
         }
         if let Some(stack) = self.stacks.get(&stack_id) {

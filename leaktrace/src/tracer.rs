@@ -18,11 +18,25 @@ use crate::model::SiteAges;
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
 
-/// Map sizes, chosen by the user at load time.
+/// Map sizes and stack sampling, chosen by the user at load time.
 #[derive(Clone, Copy, Debug)]
 pub struct Capacity {
     pub max_allocations: u32,
     pub max_stacks: u32,
+    /// `--sample-bytes`: mean bytes between allocations whose stack is captured (0: all).
+    pub sample_bytes: u64,
+}
+
+/// Exponentially distributed gaps with mean `mean`, one per equal-probability slice of (0, 1):
+/// the eBPF side draws one at random after each stack sample.
+pub fn sample_gaps(mean: u64) -> Vec<u64> {
+    let n = f64::from(leaktrace_common::SAMPLE_DRAWS);
+    (0..leaktrace_common::SAMPLE_DRAWS)
+        .map(|i| {
+            let u = (f64::from(i) + 0.5) / n;
+            ((-u.ln() * mean as f64).round() as u64).max(1)
+        })
+        .collect()
 }
 
 /// Heap ring buffer size: exact mode sends 104-byte records; growth mode about 16 KiB per
@@ -225,6 +239,7 @@ impl Tracer {
             .override_global("TRACE_ALL", &trace_all, true)
             .override_global("GROWTH_MODE", &growth_mode, true)
             .override_global("SELF_TGID", &std::process::id(), true)
+            .override_global("SAMPLE_BYTES", &capacity.sample_bytes, true)
             .map_max_entries("HEAP_EVENTS", ring_bytes)
             .map_max_entries("ALLOCS", capacity.max_allocations)
             .map_max_entries("STACKS", capacity.max_stacks)
@@ -235,6 +250,36 @@ impl Tracer {
             ebpf.take_map("HEAP_EVENTS")
                 .ok_or_else(|| anyhow!("eBPF object lacks map HEAP_EVENTS"))?,
         )?;
+        if capacity.sample_bytes > 0 {
+            let mut gaps: aya::maps::Array<&mut MapData, u64> = aya::maps::Array::try_from(
+                ebpf.map_mut("SAMPLE_GAPS")
+                    .ok_or_else(|| anyhow!("eBPF object lacks map SAMPLE_GAPS"))?,
+            )?;
+            let table = sample_gaps(capacity.sample_bytes);
+            for (i, gap) in (0u32..).zip(&table) {
+                gaps.set(i, *gap, 0)
+                    .context("cannot fill the stack-sampling table")?;
+            }
+            // Each CPU starts at a random point of the process too, not with a sample.
+            let cpus = aya::util::nr_cpus().map_err(|(what, err)| anyhow!("{what}: {err}"))?;
+            let mut seed = monotonic_ns();
+            let starts: Vec<i64> = (0..cpus)
+                .map(|_| {
+                    seed = seed
+                        .wrapping_mul(6_364_136_223_846_793_005)
+                        .wrapping_add(1_442_695_040_888_963_407);
+                    let gap = table[(seed >> 33) as usize % table.len()];
+                    i64::try_from(gap).unwrap_or(i64::MAX)
+                })
+                .collect();
+            let mut countdown: PerCpuArray<&mut MapData, i64> = PerCpuArray::try_from(
+                ebpf.map_mut("SAMPLE_COUNTDOWN")
+                    .ok_or_else(|| anyhow!("eBPF object lacks map SAMPLE_COUNTDOWN"))?,
+            )?;
+            countdown
+                .set(0, aya::maps::PerCpuValues::try_from(starts)?, 0)
+                .context("cannot start the stack-sampling countdowns")?;
+        }
         let mut tracer = Self {
             ebpf,
             hooked: HashMap::new(),
@@ -461,6 +506,25 @@ pub fn monotonic_ns() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn sampling_gaps_are_exponential_with_the_chosen_mean() {
+        let mean = 524_288;
+        let gaps = sample_gaps(mean);
+        assert_eq!(gaps.len(), leaktrace_common::SAMPLE_DRAWS as usize);
+        let average = gaps.iter().sum::<u64>() as f64 / gaps.len() as f64;
+        assert!((average / mean as f64 - 1.0).abs() < 0.01, "mean {average}");
+        // Exponential: the median gap is ln 2 of the mean, and small gaps are common.
+        let mut sorted = gaps.clone();
+        sorted.sort_unstable();
+        let median = sorted[sorted.len() / 2] as f64 / mean as f64;
+        assert!(
+            (median - std::f64::consts::LN_2).abs() < 0.01,
+            "median {median}"
+        );
+        assert!(sorted[0] < mean / 100);
+        assert!(gaps.iter().all(|g| *g >= 1));
+    }
 
     #[test]
     fn free_probe_skips_glibc_s_leading_test_only_when_it_is_there() {

@@ -71,6 +71,53 @@ fn exact_leak_is_attributed_to_its_function_and_caller() {
     assert_eq!(process["outstanding_bytes"].as_u64(), Some(sum));
 }
 
+/// `--sample-bytes`: only some allocations' stacks are walked, yet every total per caller stays
+/// exact (the unsampled ones are counted under their caller and shared among its stacks).
+#[test]
+fn sampled_stacks_keep_exact_totals_per_caller() {
+    if !privileged() {
+        return;
+    }
+    // A mean gap of 4 KiB over 50,000 leaked bytes: about a dozen of the 500 blocks (and some of
+    // the churn) get their stack walked.
+    let snapshot = trace_fixture("leak", &["--sample-bytes", "4096"]);
+    let process = only_process(&snapshot);
+    let leak_sites: Vec<_> = process["sites"]
+        .as_array()
+        .expect("sites")
+        .iter()
+        .filter(|s| function_names(s).first() == Some(&"leak_exactly"))
+        .collect();
+    assert_eq!(
+        leak_sites.len(),
+        1,
+        "one caller, one stack: {leak_sites:#?}"
+    );
+    let site = leak_sites[0];
+    assert_eq!(site["outstanding_bytes"], 500 * 100);
+    assert_eq!(site["outstanding_count"], 500);
+    assert_eq!(site["allocated_count"], 500);
+    // The stack was sampled, so the site has its full stack, not its caller alone.
+    assert_eq!(&function_names(site)[..2], &["leak_exactly", "main"]);
+    assert_eq!(totals_for(process, "churn_temporaries"), (0, 0, 1000, 1000));
+    assert_eq!(process["counters"]["lost_events"], 0);
+    assert_eq!(process["counters"]["stack_errors"], 0);
+
+    // With a mean gap of 1 TiB no stack is walked: the caller alone names the site, and the
+    // totals are still exact.
+    let snapshot = trace_fixture("leak", &["--sample-bytes", "1099511627776"]);
+    let process = only_process(&snapshot);
+    let site = process["sites"]
+        .as_array()
+        .expect("sites")
+        .iter()
+        .find(|s| function_names(s).first() == Some(&"leak_exactly"))
+        .expect("leak site");
+    assert_eq!(function_names(site), ["leak_exactly"], "{site:#}");
+    assert_eq!(site["outstanding_bytes"], 500 * 100);
+    assert_eq!(site["outstanding_count"], 500);
+}
+
 #[test]
 fn every_function_of_the_malloc_family_has_exact_semantics() {
     if !privileged() {

@@ -8,6 +8,7 @@
 //!
 //! - `untraced`: the loop alone;
 //! - `leaktrace`: `leaktrace --interval 1h -- <loop> N` (leaktrace launches the loop itself);
+//! - `leaktrace-sampled`: the same with `--sample-bytes 524288` (stacks of sampled allocations only);
 //! - `leaktrace-growth`: the same with `--mode growth` (no uprobes: heap syscalls only); skipped
 //!   when this leaktrace's `--help` has no `--mode`;
 //! - `bpftrace`: count-only uprobes on libc's malloc (entry + return) and free, `-p PID`;
@@ -67,6 +68,7 @@ const TAIL_LINES: usize = 8;
 const UNTRACED: &str = "untraced";
 const LEAKTRACE: &str = "leaktrace";
 const LEAKTRACE_GROWTH: &str = "leaktrace-growth";
+const LEAKTRACE_SAMPLED: &str = "leaktrace-sampled";
 const BPFTRACE: &str = "bpftrace";
 const MEMLEAK: &str = "memleak-bpfcc";
 
@@ -108,6 +110,7 @@ fn run_malloc_loop(
     let mut variants = vec![
         Variant::new(UNTRACED, Kind::Untraced),
         Variant::new(LEAKTRACE, Kind::Leaktrace),
+        Variant::new(LEAKTRACE_SAMPLED, Kind::LeaktraceSampled),
         growth_variant(leaktrace_bin),
     ];
     let mut bpftrace = Variant::new(BPFTRACE, Kind::Bpftrace);
@@ -139,6 +142,7 @@ fn run_malloc_loop(
         Kind::Untraced => run_untraced(&loop_bin, n),
         Kind::Leaktrace => run_leaktrace(leaktrace_bin, &[], &loop_bin, n),
         Kind::LeaktraceGrowth => run_leaktrace(leaktrace_bin, &GROWTH_ARGS, &loop_bin, n),
+        Kind::LeaktraceSampled => run_leaktrace(leaktrace_bin, &SAMPLED_ARGS, &loop_bin, n),
         Kind::Bpftrace => run_bpftrace(bin_of(v)?, &loop_bin, n),
         Kind::Memleak => {
             let headers = peers.headers.as_ref().map_err(|e| anyhow!("{e}"))?;
@@ -168,6 +172,9 @@ fn run_malloc_loop(
 
 /// The leaktrace arguments that select growth mode.
 const GROWTH_ARGS: [&str; 2] = ["--mode", "growth"];
+
+/// Exact mode walking the stack of about one allocation per 512 KiB (pprof's default rate).
+const SAMPLED_ARGS: [&str; 2] = ["--sample-bytes", "524288"];
 
 /// `leaktrace-growth`, skipped with the reason when this leaktrace has no `--mode` flag.
 fn growth_variant(leaktrace_bin: &Path) -> Variant {
@@ -322,6 +329,7 @@ enum Kind {
     Untraced,
     Leaktrace,
     LeaktraceGrowth,
+    LeaktraceSampled,
     Bpftrace,
     Memleak,
 }

@@ -87,7 +87,9 @@ pub(super) fn run(leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) -> Res
                 bin: bin_of(v)?,
                 headers: peers.headers.as_ref().map_err(|e| anyhow!("{e}"))?,
             },
-            Kind::Bpftrace => bail!("bpftrace is not a variant of the nginx scenario"),
+            Kind::Bpftrace | Kind::LeaktraceSampled => {
+                bail!("{} is not a variant of the nginx scenario", v.name)
+            }
         };
         measure(&nginx_bin, &wrk_bin, &site, tracer, args)
     })?;
