@@ -3,6 +3,7 @@ pub mod cli;
 pub mod growth;
 pub mod heap;
 pub mod model;
+pub mod placement;
 pub mod postmortem;
 pub mod report;
 pub mod session;

@@ -5,7 +5,7 @@ use anyhow::{anyhow, bail, Context as _};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
@@ -14,7 +14,7 @@ use leaktrace_common::{
     AllocFn, AllocInfo, AllocKey, HeapEvent, PidCounters, SiteKey, SiteStats, NO_STACK,
 };
 
-use crate::model::SiteAges;
+use crate::{model::SiteAges, placement};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
 
@@ -144,10 +144,20 @@ impl MapsReader {
     }
 }
 
+/// Probes attached for one process, with their links.
+#[derive(Default)]
+struct AttachedProbes {
+    hooked: Vec<&'static str>,
+    placements: Vec<(&'static str, u64)>,
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
 pub struct Tracer {
     ebpf: Ebpf,
     /// Which functions are hooked in each process's libc.
     hooked: HashMap<u32, Vec<&'static str>>,
+    /// Per process, each hooked function's entry-probe offset.
+    placements: HashMap<u32, Vec<(&'static str, u64)>>,
     heap_events: RingBuf<MapData>,
 }
 
@@ -174,6 +184,7 @@ impl Tracer {
         let mut tracer = Self {
             ebpf,
             hooked: HashMap::new(),
+            placements: HashMap::new(),
             heap_events,
         };
         for name in ["alloc_enter", "alloc_return", "free_enter"] {
@@ -243,11 +254,20 @@ impl Tracer {
     /// Returns the functions hooked; functions a libc does not export are skipped, but malloc and
     /// free must be there.
     pub fn attach(&mut self, pid: u32, libc: &Path) -> anyhow::Result<Vec<&'static str>> {
+        let attached = self.attach_probes(pid, libc)?;
+        self.trace_heap_of(pid)?;
+        self.hooked.insert(pid, attached.hooked.clone());
+        self.placements.insert(pid, attached.placements);
+        Ok(attached.hooked)
+    }
+
+    /// Attach the allocator probes for `pid`, keeping their links so that they can be detached.
+    fn attach_probes(&mut self, pid: u32, libc: &Path) -> anyhow::Result<AttachedProbes> {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?,
         );
         let exports = exported_functions(libc)?;
-        let mut hooked = Vec::new();
+        let mut attached = AttachedProbes::default();
         for function in AllocFn::ALL {
             let symbol = function.symbol();
             if !exports.iter().any(|e| e == symbol) {
@@ -257,42 +277,71 @@ impl Tracer {
                 log::debug!("{} does not export {symbol}; not hooked", libc.display());
                 continue;
             }
-            let point = || UProbeAttachPoint {
-                location: UProbeAttachLocation::Symbol(symbol),
-                cookie: Some(function as u64),
-            };
-            self.uprobe("alloc_enter")?
-                .attach(point(), libc, scope)
+            let offset = placement::entry_probe_offset_in(libc, symbol);
+            let link = self
+                .uprobe("alloc_enter")?
+                .attach(
+                    UProbeAttachPoint {
+                        location: UProbeAttachLocation::SymbolOffset(symbol, offset),
+                        cookie: Some(function as u64),
+                    },
+                    libc,
+                    scope,
+                )
                 .with_context(|| format!("failed to attach to {symbol} in {}", libc.display()))?;
-            self.uprobe("alloc_return")?
-                .attach(point(), libc, scope)
+            attached.links.push(("alloc_enter", link));
+            // The return probe stays at the function's entry, where `[rsp]` is the return
+            // address by definition.
+            let link = self
+                .uprobe("alloc_return")?
+                .attach(
+                    UProbeAttachPoint {
+                        location: UProbeAttachLocation::Symbol(symbol),
+                        cookie: Some(function as u64),
+                    },
+                    libc,
+                    scope,
+                )
                 .with_context(|| {
                     format!(
                         "failed to attach to {symbol}'s return in {}",
                         libc.display()
                     )
                 })?;
-            hooked.push(symbol);
+            attached.links.push(("alloc_return", link));
+            attached.hooked.push(symbol);
+            attached.placements.push((symbol, offset));
         }
         if !exports.iter().any(|e| e == "free") {
             bail!("{} does not export free", libc.display());
         }
-        let free_offset = entry_probe_skip(libc, "free").unwrap_or(0);
-        self.uprobe("free_enter")?
+        let free_offset = placement::entry_probe_offset_in(libc, "free");
+        let link = self
+            .uprobe("free_enter")?
             .attach(
                 UProbeAttachLocation::SymbolOffset("free", free_offset),
                 libc,
                 scope,
             )
             .with_context(|| format!("failed to attach to free in {}", libc.display()))?;
-        hooked.push("free");
-        self.trace_heap_of(pid)?;
-        self.hooked.insert(pid, hooked.clone());
-        Ok(hooked)
+        attached.links.push(("free_enter", link));
+        attached.hooked.push("free");
+        attached.placements.push(("free", free_offset));
+        log::debug!(
+            "pid {pid}: entry probes at {}",
+            format_placements(&attached.placements)
+        );
+        Ok(attached)
     }
 
     pub fn hooked(&self, pid: u32) -> &[&'static str] {
         self.hooked.get(&pid).map_or(&[], Vec::as_slice)
+    }
+
+    /// Where each hooked function's entry probe sits in `pid`'s libc, e.g. `("free", 3)`
+    /// (return probes are always at +0).
+    pub fn entry_probe_offsets(&self, pid: u32) -> &[(&'static str, u64)] {
+        self.placements.get(&pid).map_or(&[], Vec::as_slice)
     }
 
     fn map(&self, name: &str) -> anyhow::Result<&aya::maps::Map> {
@@ -349,26 +398,13 @@ impl Tracer {
     }
 }
 
-/// How many bytes into `function` its entry probe can go so that the kernel emulates the
-/// probed instruction instead of single-stepping it out of line (a second trap per hit).
-/// Only one pattern is recognized, glibc's `free`: it starts with `test %rdi,%rdi`
-/// (48 85 ff), which must be single-stepped, followed by a conditional jump on it, which the
-/// kernel emulates; %rdi, the argument, is untouched at +3. Anything else stays at +0.
-fn entry_probe_skip(path: &Path, function: &str) -> Option<u64> {
-    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let symbol = file
-        .dynamic_symbols()
-        .find(|s| s.name().ok().and_then(|n| n.split('@').next()) == Some(function))?;
-    let section = file.section_by_index(symbol.section_index()?).ok()?;
-    let (section_offset, _) = section.file_range()?;
-    let offset = symbol.address().checked_sub(section.address())? + section_offset;
-    let code = data.get(usize::try_from(offset).ok()?..usize::try_from(offset + 5).ok()?)?;
-    let test_rdi = code.starts_with(&[0x48, 0x85, 0xff]);
-    // je/jne rel8 (74/75) or rel32 (0f 84/0f 85).
-    let jcc = matches!(code[3], 0x74 | 0x75) || (code[3] == 0x0f && matches!(code[4], 0x84 | 0x85));
-    (test_rdi && jcc).then_some(3)
+/// `free+3 malloc+0 ...`: entry probe placements, for logs and the start-up line.
+pub fn format_placements(placements: &[(&str, u64)]) -> String {
+    placements
+        .iter()
+        .map(|(function, offset)| format!("{function}+{offset}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Names of the functions an ELF file exports (dynamic symbol table).
@@ -402,16 +438,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn free_probe_skips_glibc_s_leading_test_only_when_it_is_there() {
-        let me = crate::target::inspect(std::process::id()).expect("inspect self");
-        // Debian 12's glibc 2.36 starts free with test %rdi,%rdi; je.
-        let skip = entry_probe_skip(&me.libc_host_path, "free");
-        assert_eq!(skip, Some(3));
-        // malloc starts differently: it stays at its entry.
-        assert_eq!(entry_probe_skip(&me.libc_host_path, "malloc"), None);
+    fn placements_read_as_function_plus_offset() {
         assert_eq!(
-            entry_probe_skip(&me.libc_host_path, "no_such_function"),
-            None
+            format_placements(&[("malloc", 0), ("free", 3)]),
+            "malloc+0 free+3"
         );
+        assert_eq!(format_placements(&[]), "");
     }
 }
