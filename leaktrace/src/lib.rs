@@ -1,5 +1,6 @@
 //! leaktrace: exact eBPF memory-leak tracing of running processes or a launched command.
 pub mod cli;
+pub mod cost;
 pub mod growth;
 pub mod heap;
 pub mod model;

@@ -14,10 +14,11 @@ use tokio::{
 
 use crate::{
     cli::{Cli, Processed},
+    cost::HitRate,
     growth::{self, Growth, SeriesBuffer},
     heap::{HeapTracker, SiteHeap},
     model::{self, ProcessTotals},
-    report::{self, HeapReport, ProcessReport, SiteReport, Snapshot},
+    report::{self, HeapReport, ProbeCost, ProcessReport, SiteReport, Snapshot},
     symbolize::Symbols,
     target::{self, ExitStatus, TargetProcess},
     tracer::{self, Capacity, MapsReading, Tracer},
@@ -138,6 +139,21 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         },
         system_wide,
     )?;
+    // Before any target is attached, so that only our own loop hits the probes.
+    let ns_per_hit = match tracer.calibrate() {
+        Ok(calibration) => {
+            log::info!(
+                "one probe hit costs {:.0} ns here (calibrated in {} ms)",
+                calibration.ns_per_hit,
+                calibration.took.as_millis()
+            );
+            Some(calibration.ns_per_hit)
+        }
+        Err(err) => {
+            log::warn!("cannot measure the cost of a probe hit: {err:#}");
+            None
+        }
+    };
     let page_size = crate::target::page_size();
     let mut heap = HeapTracker::new(page_size);
     let mut traced = Vec::new();
@@ -190,6 +206,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let reader = std::sync::Arc::new(tracer.reader()?);
+    let hit_rate = HitRate::starting_at(Instant::now(), tracer.probe_hits());
     let mut session = Session {
         reader,
         tracer,
@@ -208,6 +225,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json.clone(),
         rolling: series,
         last_series_write: None,
+        ns_per_hit,
+        hit_rate,
     };
     session.refresh_liveness();
     let outcome = if dashboard {
@@ -256,6 +275,9 @@ struct Session {
     /// `--snapshot-dir` / `--snapshot-every` / `--keep`.
     rolling: Option<(report::SnapshotSeries, Duration)>,
     last_series_write: Option<Instant>,
+    /// Cost of one probe hit, from the calibration at start.
+    ns_per_hit: Option<f64>,
+    hit_rate: HitRate,
 }
 
 /// Start tracking a process's heap at its current program break, read from /proc.
@@ -346,7 +368,6 @@ impl Session {
         } = self.clocks(duration)?;
         // A first picture at once rather than after a whole interval.
         let mut next_sample = tokio::time::Instant::now();
-        let mut last_hits: Option<(Instant, u64)> = None;
         let mut pending_read: Option<(u64, tokio::task::JoinHandle<anyhow::Result<MapsReading>>)> =
             None;
         loop {
@@ -402,12 +423,7 @@ impl Session {
                     if let Err(err) = self.save(&snapshot) {
                         app.set_status(format!("{err:#}"));
                     }
-                    let hits = (Instant::now(), self.tracer.probe_hits());
-                    let probe_hits_per_s = last_hits.and_then(|(at, count): (Instant, u64)| {
-                        let seconds = hits.0.duration_since(at).as_secs_f64();
-                        (seconds > 0.0).then(|| hits.1.saturating_sub(count) as f64 / seconds)
-                    });
-                    last_hits = Some(hits);
+                    let probe_hits_per_s = snapshot.cost.and_then(|c| c.probe_hits_per_s);
                     let live = Live {
                         uptime_s: Some(self.started.elapsed().as_secs_f64()),
                         probe_hits_per_s,
@@ -599,6 +615,11 @@ impl Session {
             min_age_s: self.min_age.as_secs_f64(),
             processed: self.processed,
             complete,
+            cost: Some(ProbeCost::new(
+                self.ns_per_hit,
+                self.hit_rate
+                    .update(Instant::now(), self.tracer.probe_hits()),
+            )),
             processes,
         }
     }

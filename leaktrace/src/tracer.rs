@@ -11,10 +11,11 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use leaktrace_common::{
-    AllocFn, AllocInfo, AllocKey, HeapEvent, PidCounters, SiteKey, SiteStats, NO_STACK,
+    AllocFn, AllocInfo, AllocKey, HeapEvent, InflightCall, PidCounters, SiteKey, SiteStats,
+    NO_STACK,
 };
 
-use crate::{model::SiteAges, placement};
+use crate::{cost, model::SiteAges, placement};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
 
@@ -144,6 +145,31 @@ impl MapsReader {
     }
 }
 
+/// What one probe hit costs on this machine, measured by [`Tracer::calibrate`].
+#[derive(Clone, Copy, Debug)]
+pub struct Calibration {
+    /// Extra CPU time per probe hit (median over the rounds).
+    pub ns_per_hit: f64,
+    /// Probe hits the calibration loops caused, all rounds.
+    pub hits: u64,
+    /// How long the whole calibration took, attaching and detaching included.
+    pub took: std::time::Duration,
+}
+
+/// Time `pairs` x `malloc(64)` + `free` in this thread, in ns.
+fn time_allocation_pairs(pairs: u32) -> u64 {
+    let started = std::time::Instant::now();
+    for _ in 0..pairs {
+        // SAFETY: the block malloc returns (or NULL) is only handed back to free, once.
+        unsafe {
+            let block = libc::malloc(64);
+            // Opaque to the optimizer, which would otherwise drop the pair.
+            libc::free(std::hint::black_box(block));
+        }
+    }
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Probes attached for one process, with their links.
 #[derive(Default)]
 struct AttachedProbes {
@@ -254,7 +280,7 @@ impl Tracer {
     /// Returns the functions hooked; functions a libc does not export are skipped, but malloc and
     /// free must be there.
     pub fn attach(&mut self, pid: u32, libc: &Path) -> anyhow::Result<Vec<&'static str>> {
-        let attached = self.attach_probes(pid, libc)?;
+        let attached = self.attach_probes(pid, libc, &AllocFn::ALL)?;
         self.trace_heap_of(pid)?;
         self.hooked.insert(pid, attached.hooked.clone());
         self.placements.insert(pid, attached.placements);
@@ -262,13 +288,19 @@ impl Tracer {
     }
 
     /// Attach the allocator probes for `pid`, keeping their links so that they can be detached.
-    fn attach_probes(&mut self, pid: u32, libc: &Path) -> anyhow::Result<AttachedProbes> {
+    /// `functions`: the allocating functions to hook (free always is).
+    fn attach_probes(
+        &mut self,
+        pid: u32,
+        libc: &Path,
+        functions: &[AllocFn],
+    ) -> anyhow::Result<AttachedProbes> {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?,
         );
         let exports = exported_functions(libc)?;
         let mut attached = AttachedProbes::default();
-        for function in AllocFn::ALL {
+        for &function in functions {
             let symbol = function.symbol();
             if !exports.iter().any(|e| e == symbol) {
                 if function == AllocFn::Malloc {
@@ -332,6 +364,141 @@ impl Tracer {
             format_placements(&attached.placements)
         );
         Ok(attached)
+    }
+
+    /// Measure what one probe hit costs here, on leaktrace's own process: a loop of
+    /// `malloc(64)` + `free` pairs timed without probes, then with the same probes the targets
+    /// get, attached to our own pid. Call it before attaching any target, so that the hit
+    /// counter only counts our own loop. The probes are detached and every map entry of ours is
+    /// deleted before this returns, whatever happens in between.
+    pub fn calibrate(&mut self) -> anyhow::Result<Calibration> {
+        const ROUNDS: usize = 5;
+        const PAIRS: u32 = 2_000;
+        let started = std::time::Instant::now();
+        let pid = std::process::id();
+        let me = crate::target::inspect(pid).context("cannot find leaktrace's own libc")?;
+        let untraced: Vec<u64> = (0..ROUNDS).map(|_| time_allocation_pairs(PAIRS)).collect();
+        let attached = self
+            .attach_probes(pid, &me.libc_host_path, &[AllocFn::Malloc])
+            .context("cannot attach the calibration probes to leaktrace itself");
+        let rounds = attached.as_ref().ok().map(|_| {
+            untraced
+                .iter()
+                .map(|&untraced_ns| {
+                    let before = self.probe_hits();
+                    let traced_ns = time_allocation_pairs(PAIRS);
+                    cost::Round {
+                        untraced_ns,
+                        traced_ns,
+                        hits: self.probe_hits().saturating_sub(before),
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let detached = match attached {
+            Ok(probes) => self.detach_probes(probes.links),
+            Err(err) => Err(err),
+        };
+        self.forget_process(pid);
+        detached?;
+        let rounds = rounds.unwrap_or_default();
+        let ns_per_hit = cost::ns_per_hit(&rounds)
+            .ok_or_else(|| anyhow!("the calibration loop caused no probe hits"))?;
+        let calibration = Calibration {
+            ns_per_hit,
+            hits: rounds.iter().map(|r| r.hits).sum(),
+            took: started.elapsed(),
+        };
+        log::debug!("calibration: {calibration:?} from {rounds:?}");
+        Ok(calibration)
+    }
+
+    /// Detach probes, all at once: each detach waits for a grace period of its own (about
+    /// 100 ms here), and waits on separate threads overlap.
+    fn detach_probes(&mut self, links: Vec<(&'static str, UProbeLinkId)>) -> anyhow::Result<()> {
+        use aya::programs::Link as _;
+        let mut taken = Vec::with_capacity(links.len());
+        let mut first_error = None;
+        for (program, link) in links {
+            match self
+                .uprobe(program)
+                .and_then(|p| p.take_link(link).map_err(anyhow::Error::from))
+            {
+                Ok(link) => taken.push((program, link)),
+                Err(err) => {
+                    first_error.get_or_insert(err.context(format!("cannot detach {program}")));
+                }
+            }
+        }
+        std::thread::scope(|scope| {
+            let detaching: Vec<_> = taken
+                .into_iter()
+                .map(|(program, link)| (program, scope.spawn(move || link.detach())))
+                .collect();
+            for (program, thread) in detaching {
+                let detached = match thread.join() {
+                    Ok(result) => result.map_err(anyhow::Error::from),
+                    Err(_) => Err(anyhow!("the detaching thread panicked")),
+                };
+                if let Err(err) = detached {
+                    first_error.get_or_insert(err.context(format!("cannot detach {program}")));
+                }
+            }
+        });
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Delete every map entry of process `tgid` (after its probes are gone).
+    fn forget_process(&mut self, tgid: u32) {
+        fn remove_where<K: aya::Pod + Eq, V: aya::Pod>(
+            ebpf: &mut Ebpf,
+            name: &str,
+            ours: impl Fn(&K) -> bool,
+        ) -> anyhow::Result<()> {
+            let map = ebpf
+                .map_mut(name)
+                .ok_or_else(|| anyhow!("eBPF object lacks map {name}"))?;
+            let mut map: BpfHashMap<&mut MapData, K, V> = BpfHashMap::try_from(map)?;
+            let keys: Vec<K> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| ours(k))
+                .collect();
+            for key in keys {
+                map.remove(&key)?;
+            }
+            Ok(())
+        }
+        fn remove_per_cpu_where<K: aya::Pod + Eq, V: aya::Pod>(
+            ebpf: &mut Ebpf,
+            name: &str,
+            ours: impl Fn(&K) -> bool,
+        ) -> anyhow::Result<()> {
+            let map = ebpf
+                .map_mut(name)
+                .ok_or_else(|| anyhow!("eBPF object lacks map {name}"))?;
+            let mut map: PerCpuHashMap<&mut MapData, K, V> = PerCpuHashMap::try_from(map)?;
+            let keys: Vec<K> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| ours(k))
+                .collect();
+            for key in keys {
+                map.remove(&key)?;
+            }
+            Ok(())
+        }
+        let results = [
+            remove_where::<AllocKey, AllocInfo>(&mut self.ebpf, "ALLOCS", |k| k.tgid == tgid),
+            remove_where::<u64, InflightCall>(&mut self.ebpf, "INFLIGHT", |k| {
+                k >> 32 == u64::from(tgid)
+            }),
+            remove_per_cpu_where::<SiteKey, SiteStats>(&mut self.ebpf, "SITES", |k| k.tgid == tgid),
+            remove_per_cpu_where::<u32, PidCounters>(&mut self.ebpf, "COUNTERS", |k| *k == tgid),
+        ];
+        for err in results.into_iter().filter_map(Result::err) {
+            log::warn!("cannot clear pid {tgid}'s entries: {err:#}");
+        }
     }
 
     pub fn hooked(&self, pid: u32) -> &[&'static str] {
