@@ -90,6 +90,7 @@ fn snapshot(round: u64) -> Snapshot {
         min_age_s: 0.0,
         processed: Processed::Both,
         complete: false,
+        cost: None,
         processes: vec![ProcessReport {
             pid: 4242,
             comm: "service".to_string(),

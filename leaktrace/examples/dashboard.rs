@@ -13,7 +13,7 @@ use leaktrace::{
     cli::Processed,
     growth::{Growth, GrowthClass},
     heap::{ChunkSize, FallbackSummary, SiteHeap},
-    report::{Counters, HeapReport, ProcessReport, SiteReport, Snapshot, SCHEMA},
+    report::{Counters, HeapReport, ProbeCost, ProcessReport, SiteReport, Snapshot, SCHEMA},
     symbolize::Frame,
     target::ExitStatus,
     ui::{self, Action, App, Event, Live, Update},
@@ -178,6 +178,7 @@ fn snapshot(t: f64, options: &Options) -> Snapshot {
         min_age_s: 0.0,
         processed: Processed::Both,
         complete: false,
+        cost: Some(ProbeCost::new(Some(1_300.0), Some(2_400.0))),
         processes: vec![ProcessReport {
             pid: 4242,
             comm: "demo-service".to_string(),

@@ -1,8 +1,10 @@
 //! leaktrace: exact eBPF memory-leak tracing of running processes or a launched command.
 pub mod cli;
+pub mod cost;
 pub mod growth;
 pub mod heap;
 pub mod model;
+pub mod placement;
 pub mod postmortem;
 pub mod report;
 pub mod session;

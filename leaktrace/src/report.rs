@@ -44,7 +44,34 @@ pub struct Snapshot {
     pub processed: Processed,
     /// Whether this is the last snapshot of the run.
     pub complete: bool,
+    /// What the probes cost the traced programs; absent from snapshots of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<ProbeCost>,
     pub processes: Vec<ProcessReport>,
+}
+
+/// The CPU cost of tracing, all exactly traced processes together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeCost {
+    /// CPU time one probe hit costs, measured at start on leaktrace's own process; `None` when
+    /// that measurement failed.
+    pub ns_per_hit: Option<f64>,
+    /// Probe hits per second over the latest interval; `None` before the first interval.
+    pub probe_hits_per_s: Option<f64>,
+    /// `probe_hits_per_s × ns_per_hit`, in percent of one CPU.
+    pub estimated_overhead_pct: Option<f64>,
+}
+
+impl ProbeCost {
+    pub fn new(ns_per_hit: Option<f64>, probe_hits_per_s: Option<f64>) -> Self {
+        Self {
+            ns_per_hit,
+            probe_hits_per_s,
+            estimated_overhead_pct: ns_per_hit
+                .zip(probe_hits_per_s)
+                .map(|(ns, rate)| crate::cost::overhead_pct(rate, ns)),
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -529,6 +556,7 @@ mod tests {
             min_age_s: 0.0,
             processed: Processed::Both,
             complete: false,
+            cost: Some(ProbeCost::new(Some(1_200.0), Some(5_000.0))),
             processes: vec![ProcessReport {
                 pid: 42,
                 comm: "leaky".to_string(),

@@ -14,10 +14,11 @@ use tokio::{
 
 use crate::{
     cli::{Cli, Mode, Processed},
+    cost::HitRate,
     growth::{self, Growth, SeriesBuffer},
     heap::{HeapTracker, SiteHeap},
     model::{self, ProcessTotals},
-    report::{self, HeapReport, ProcessReport, SiteReport, Snapshot},
+    report::{self, HeapReport, ProbeCost, ProcessReport, SiteReport, Snapshot},
     symbolize::Symbols,
     target::{self, ExitStatus, TargetProcess},
     tracer::{self, Capacity, MapsReading, Tracer},
@@ -173,6 +174,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         system_wide,
         growth,
     )?;
+    // Before any target is attached, so that only our own loop hits the probes (exact mode) or
+    // only our calibration child makes heap-growth events (growth mode).
+    let calibration = if growth {
+        tracer.calibrate_growth()
+    } else {
+        tracer.calibrate()
+    };
+    let ns_per_hit = match calibration {
+        Ok(calibration) => {
+            log::info!(
+                "one probe hit costs {:.0} ns here (calibrated in {} ms)",
+                calibration.ns_per_hit,
+                calibration.took.as_millis()
+            );
+            Some(calibration.ns_per_hit)
+        }
+        Err(err) => {
+            log::warn!("cannot measure the cost of a probe hit: {err:#}");
+            None
+        }
+    };
     let page_size = crate::target::page_size();
     let mut heap = HeapTracker::new(page_size);
     let mut traced = Vec::new();
@@ -245,6 +267,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 
     let reader = std::sync::Arc::new(tracer.reader()?);
+    let hit_rate =
+        HitRate::starting_at(Instant::now(), if growth { 0 } else { tracer.probe_hits() });
     let mut session = Session {
         reader,
         tracer,
@@ -269,6 +293,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         json: cli.json.clone(),
         rolling: series,
         last_series_write: None,
+        ns_per_hit,
+        hit_rate,
     };
     session.refresh_liveness();
     let outcome = if dashboard {
@@ -328,6 +354,9 @@ struct Session {
     /// `--snapshot-dir` / `--snapshot-every` / `--keep`.
     rolling: Option<(report::SnapshotSeries, Duration)>,
     last_series_write: Option<Instant>,
+    /// Cost of one probe hit, from the calibration at start.
+    ns_per_hit: Option<f64>,
+    hit_rate: HitRate,
 }
 
 /// Start tracking a process's heap at its current program break, read from /proc.
@@ -418,7 +447,6 @@ impl Session {
         } = self.clocks(duration)?;
         // A first picture at once rather than after a whole interval.
         let mut next_sample = tokio::time::Instant::now();
-        let mut last_hits: Option<(Instant, u64)> = None;
         let mut pending_read: Option<(u64, tokio::task::JoinHandle<anyhow::Result<MapsReading>>)> =
             None;
         loop {
@@ -474,12 +502,7 @@ impl Session {
                     if let Err(err) = self.save(&snapshot) {
                         app.set_status(format!("{err:#}"));
                     }
-                    let hits = (Instant::now(), self.tracer.probe_hits());
-                    let probe_hits_per_s = last_hits.and_then(|(at, count): (Instant, u64)| {
-                        let seconds = hits.0.duration_since(at).as_secs_f64();
-                        (seconds > 0.0).then(|| hits.1.saturating_sub(count) as f64 / seconds)
-                    });
-                    last_hits = Some(hits);
+                    let probe_hits_per_s = snapshot.cost.and_then(|c| c.probe_hits_per_s);
                     let live = Live {
                         uptime_s: Some(self.started.elapsed().as_secs_f64()),
                         probe_hits_per_s,
@@ -720,7 +743,26 @@ impl Session {
             min_age_s: self.min_age.as_secs_f64(),
             processed: self.processed,
             complete,
+            cost: Some(self.cost()),
             processes,
+        }
+    }
+
+    /// What tracing costs: probe hits (exact mode) or heap-growth events (growth mode) per
+    /// second, times the cost of one, measured at start; growth mode adds the measured cost of
+    /// unwinding an event in userspace.
+    fn cost(&mut self) -> ProbeCost {
+        if self.growth {
+            let stats = self.unwinder.stats;
+            let rate = self.hit_rate.update(Instant::now(), stats.events);
+            let per_event = match (self.ns_per_hit, stats.ns_per_event()) {
+                (Some(kernel), Some(unwind)) => Some(kernel + unwind),
+                (kernel, _) => kernel,
+            };
+            ProbeCost::new(per_event, rate)
+        } else {
+            let hits = self.tracer.probe_hits();
+            ProbeCost::new(self.ns_per_hit, self.hit_rate.update(Instant::now(), hits))
         }
     }
 

@@ -5,16 +5,17 @@ use anyhow::{anyhow, bail, Context as _};
 use aya::{
     maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap},
     programs::{
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
         TracePoint, UProbe,
     },
     Ebpf, EbpfLoader,
 };
 use leaktrace_common::{
-    AllocFn, AllocInfo, AllocKey, GrowthEvent, HeapEvent, PidCounters, SiteKey, SiteStats, NO_STACK,
+    AllocFn, AllocInfo, AllocKey, GrowthEvent, HeapEvent, InflightCall, PidCounters, SiteKey,
+    SiteStats, NO_STACK,
 };
 
-use crate::model::SiteAges;
+use crate::{cost, model::SiteAges, placement};
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
 
@@ -212,10 +213,165 @@ impl MapsReader {
     }
 }
 
+/// What one probe hit costs on this machine, measured by [`Tracer::calibrate`].
+#[derive(Clone, Copy, Debug)]
+pub struct Calibration {
+    /// Extra CPU time per probe hit (median over the rounds).
+    pub ns_per_hit: f64,
+    /// Probe hits the calibration loops caused, all rounds.
+    pub hits: u64,
+    /// How long the whole calibration took, attaching and detaching included.
+    pub took: std::time::Duration,
+}
+
+/// A child of leaktrace that, each time it is told to, revokes and grants write permission on
+/// one page `events` times and reports how long that took (ns). Only async-signal-safe calls
+/// happen in the child (leaktrace has threads).
+struct GrowthLoop {
+    pid: u32,
+    go: std::os::fd::OwnedFd,
+    done: std::os::fd::OwnedFd,
+    exited: bool,
+}
+
+impl GrowthLoop {
+    fn start(events: u32) -> anyhow::Result<Self> {
+        use std::os::fd::FromRawFd as _;
+        let pipe = || -> anyhow::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+            let mut fds = [0; 2];
+            // SAFETY: valid out-array of two descriptors.
+            if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+                bail!("pipe: {}", std::io::Error::last_os_error());
+            }
+            // SAFETY: both descriptors were just opened and are owned here only.
+            Ok(unsafe {
+                (
+                    std::os::fd::OwnedFd::from_raw_fd(fds[0]),
+                    std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+                )
+            })
+        };
+        let (go_read, go_write) = pipe()?;
+        let (done_read, done_write) = pipe()?;
+        let page = crate::target::page_size() as usize;
+        // SAFETY: a fresh private anonymous mapping.
+        let addr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if addr == libc::MAP_FAILED {
+            bail!("mmap: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: the child only makes async-signal-safe calls (read, write, mprotect,
+        // clock_gettime, _exit) before it exits.
+        let pid = unsafe { libc::fork() };
+        if pid < 0 {
+            bail!("fork: {}", std::io::Error::last_os_error());
+        }
+        if pid == 0 {
+            use std::os::fd::AsRawFd as _;
+            let (input, output) = (go_read.as_raw_fd(), done_write.as_raw_fd());
+            loop {
+                let mut byte = 0u8;
+                // SAFETY: a one-byte read into a local.
+                if unsafe { libc::read(input, (&raw mut byte).cast(), 1) } != 1 {
+                    // SAFETY: leaving the forked child without running any destructor.
+                    unsafe { libc::_exit(0) };
+                }
+                let start = monotonic_ns();
+                for _ in 0..events {
+                    // SAFETY: our own page.
+                    unsafe {
+                        libc::mprotect(addr, page, libc::PROT_READ);
+                        libc::mprotect(addr, page, libc::PROT_READ | libc::PROT_WRITE);
+                    }
+                }
+                let took = monotonic_ns().saturating_sub(start).to_ne_bytes();
+                // SAFETY: writes a local buffer.
+                unsafe { libc::write(output, took.as_ptr().cast(), took.len()) };
+            }
+        }
+        // SAFETY: the parent's copy of the page is not used.
+        unsafe { libc::munmap(addr, page) };
+        drop(go_read);
+        drop(done_write);
+        Ok(Self {
+            pid: pid as u32,
+            go: go_write,
+            done: done_read,
+            exited: false,
+        })
+    }
+
+    /// One round; returns the child's time in ns.
+    fn run(&mut self) -> anyhow::Result<u64> {
+        use std::io::{Read as _, Write as _};
+        let mut go = std::fs::File::from(self.go.try_clone()?);
+        go.write_all(&[1])?;
+        let mut took = [0u8; 8];
+        std::fs::File::from(self.done.try_clone()?)
+            .read_exact(&mut took)
+            .context("the calibration child stopped")?;
+        Ok(u64::from_ne_bytes(took))
+    }
+
+    fn finish(mut self) {
+        self.reap();
+    }
+
+    fn reap(&mut self) {
+        if self.exited {
+            return;
+        }
+        // SAFETY: our own child, not reaped yet: the pid cannot have been reused.
+        unsafe {
+            libc::kill(self.pid as i32, libc::SIGKILL);
+            libc::waitpid(self.pid as i32, std::ptr::null_mut(), 0);
+        }
+        self.exited = true;
+    }
+}
+
+impl Drop for GrowthLoop {
+    fn drop(&mut self) {
+        self.reap();
+    }
+}
+
+/// Time `pairs` x `malloc(64)` + `free` in this thread, in ns.
+fn time_allocation_pairs(pairs: u32) -> u64 {
+    let started = std::time::Instant::now();
+    for _ in 0..pairs {
+        // SAFETY: the block malloc returns (or NULL) is only handed back to free, once.
+        unsafe {
+            let block = libc::malloc(64);
+            // Opaque to the optimizer, which would otherwise drop the pair.
+            libc::free(std::hint::black_box(block));
+        }
+    }
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Probes attached for one process, with their links.
+#[derive(Default)]
+struct AttachedProbes {
+    hooked: Vec<&'static str>,
+    placements: Vec<(&'static str, u64)>,
+    links: Vec<(&'static str, UProbeLinkId)>,
+}
+
 pub struct Tracer {
     ebpf: Ebpf,
     /// Which functions are hooked in each process's libc.
     hooked: HashMap<u32, Vec<&'static str>>,
+    /// Per process, each hooked function's entry-probe offset.
+    placements: HashMap<u32, Vec<(&'static str, u64)>>,
     heap_events: RingBuf<MapData>,
 }
 
@@ -283,6 +439,7 @@ impl Tracer {
         let mut tracer = Self {
             ebpf,
             hooked: HashMap::new(),
+            placements: HashMap::new(),
             heap_events,
         };
         for name in ["alloc_enter", "alloc_return", "free_enter"] {
@@ -349,12 +506,27 @@ impl Tracer {
     /// Returns the functions hooked; functions a libc does not export are skipped, but malloc and
     /// free must be there.
     pub fn attach(&mut self, pid: u32, libc: &Path) -> anyhow::Result<Vec<&'static str>> {
+        let attached = self.attach_probes(pid, libc, &AllocFn::ALL)?;
+        self.trace_heap_of(pid)?;
+        self.hooked.insert(pid, attached.hooked.clone());
+        self.placements.insert(pid, attached.placements);
+        Ok(attached.hooked)
+    }
+
+    /// Attach the allocator probes for `pid`, keeping their links so that they can be detached.
+    /// `functions`: the allocating functions to hook (free always is).
+    fn attach_probes(
+        &mut self,
+        pid: u32,
+        libc: &Path,
+        functions: &[AllocFn],
+    ) -> anyhow::Result<AttachedProbes> {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?,
         );
         let exports = exported_functions(libc)?;
-        let mut hooked = Vec::new();
-        for function in AllocFn::ALL {
+        let mut attached = AttachedProbes::default();
+        for &function in functions {
             let symbol = function.symbol();
             if !exports.iter().any(|e| e == symbol) {
                 if function == AllocFn::Malloc {
@@ -363,42 +535,250 @@ impl Tracer {
                 log::debug!("{} does not export {symbol}; not hooked", libc.display());
                 continue;
             }
-            let point = || UProbeAttachPoint {
-                location: UProbeAttachLocation::Symbol(symbol),
-                cookie: Some(function as u64),
-            };
-            self.uprobe("alloc_enter")?
-                .attach(point(), libc, scope)
+            let offset = placement::entry_probe_offset_in(libc, symbol);
+            let link = self
+                .uprobe("alloc_enter")?
+                .attach(
+                    UProbeAttachPoint {
+                        location: UProbeAttachLocation::SymbolOffset(symbol, offset),
+                        cookie: Some(function as u64),
+                    },
+                    libc,
+                    scope,
+                )
                 .with_context(|| format!("failed to attach to {symbol} in {}", libc.display()))?;
-            self.uprobe("alloc_return")?
-                .attach(point(), libc, scope)
+            attached.links.push(("alloc_enter", link));
+            // The return probe shares the entry probe's instruction: one breakpoint, emulated,
+            // instead of a second one single-stepped at +0 (2.6x cheaper for the memalign
+            // family). The instructions skipped write neither rsp nor memory, so `[rsp]` is
+            // still the return address the kernel hijacks.
+            let link = self
+                .uprobe("alloc_return")?
+                .attach(
+                    UProbeAttachPoint {
+                        location: UProbeAttachLocation::SymbolOffset(symbol, offset),
+                        cookie: Some(function as u64),
+                    },
+                    libc,
+                    scope,
+                )
                 .with_context(|| {
                     format!(
                         "failed to attach to {symbol}'s return in {}",
                         libc.display()
                     )
                 })?;
-            hooked.push(symbol);
+            attached.links.push(("alloc_return", link));
+            attached.hooked.push(symbol);
+            attached.placements.push((symbol, offset));
         }
         if !exports.iter().any(|e| e == "free") {
             bail!("{} does not export free", libc.display());
         }
-        let free_offset = entry_probe_skip(libc, "free").unwrap_or(0);
-        self.uprobe("free_enter")?
+        let free_offset = placement::entry_probe_offset_in(libc, "free");
+        let link = self
+            .uprobe("free_enter")?
             .attach(
                 UProbeAttachLocation::SymbolOffset("free", free_offset),
                 libc,
                 scope,
             )
             .with_context(|| format!("failed to attach to free in {}", libc.display()))?;
-        hooked.push("free");
-        self.trace_heap_of(pid)?;
-        self.hooked.insert(pid, hooked.clone());
-        Ok(hooked)
+        attached.links.push(("free_enter", link));
+        attached.hooked.push("free");
+        attached.placements.push(("free", free_offset));
+        log::debug!(
+            "pid {pid}: entry probes at {}",
+            format_placements(&attached.placements)
+        );
+        Ok(attached)
+    }
+
+    /// Measure what one probe hit costs here, on leaktrace's own process: a loop of
+    /// `malloc(64)` + `free` pairs timed without probes, then with the same probes the targets
+    /// get, attached to our own pid. Call it before attaching any target, so that the hit
+    /// counter only counts our own loop. The probes are detached and every map entry of ours is
+    /// deleted before this returns, whatever happens in between.
+    /// Growth mode's cost of one heap-growth event in the kernel (the tracepoints and the 16 KiB
+    /// stack copy), measured on a child of leaktrace that grants write permission to a page
+    /// `EVENTS` times, untraced and then traced, a few rounds. Its events are drained and
+    /// dropped. Unwinding them in userspace is measured live (`UnwindStats`).
+    pub fn calibrate_growth(&mut self) -> anyhow::Result<Calibration> {
+        const ROUNDS: usize = 3;
+        const EVENTS: u32 = 400;
+        let started = std::time::Instant::now();
+        let mut child = GrowthLoop::start(EVENTS)?;
+        let mut rounds = Vec::with_capacity(ROUNDS);
+        for _ in 0..ROUNDS {
+            let untraced_ns = child.run()?;
+            self.trace_heap_of(child.pid)?;
+            let traced_ns = child.run();
+            self.untrace_heap_of(child.pid);
+            let drained = self.drain_heap_events(|_| {});
+            rounds.push(cost::Round {
+                untraced_ns,
+                traced_ns: traced_ns?,
+                // Each round: one PROT_WRITE grant (with its stack copy) and one revocation.
+                hits: (drained as u64 / 2).min(u64::from(EVENTS)),
+            });
+        }
+        child.finish();
+        let ns_per_hit = cost::ns_per_hit(&rounds)
+            .ok_or_else(|| anyhow!("the calibration child's heap events never arrived"))?;
+        Ok(Calibration {
+            ns_per_hit,
+            hits: rounds.iter().map(|r| r.hits).sum(),
+            took: started.elapsed(),
+        })
+    }
+
+    /// Stop reporting a process's heap syscalls.
+    fn untrace_heap_of(&mut self, pid: u32) {
+        if let Some(map) = self.ebpf.map_mut("TRACED_PIDS") {
+            if let Ok(mut traced) = BpfHashMap::<&mut MapData, u32, u32>::try_from(map) {
+                let _ = traced.remove(&pid);
+            }
+        }
+    }
+
+    pub fn calibrate(&mut self) -> anyhow::Result<Calibration> {
+        const ROUNDS: usize = 5;
+        const PAIRS: u32 = 2_000;
+        let started = std::time::Instant::now();
+        let pid = std::process::id();
+        let me = crate::target::inspect(pid).context("cannot find leaktrace's own libc")?;
+        let untraced: Vec<u64> = (0..ROUNDS).map(|_| time_allocation_pairs(PAIRS)).collect();
+        let attached = self
+            .attach_probes(pid, &me.libc_host_path, &[AllocFn::Malloc])
+            .context("cannot attach the calibration probes to leaktrace itself");
+        let rounds = attached.as_ref().ok().map(|_| {
+            untraced
+                .iter()
+                .map(|&untraced_ns| {
+                    let before = self.probe_hits();
+                    let traced_ns = time_allocation_pairs(PAIRS);
+                    cost::Round {
+                        untraced_ns,
+                        traced_ns,
+                        hits: self.probe_hits().saturating_sub(before),
+                    }
+                })
+                .collect::<Vec<_>>()
+        });
+        let detached = match attached {
+            Ok(probes) => self.detach_probes(probes.links),
+            Err(err) => Err(err),
+        };
+        self.forget_process(pid);
+        detached?;
+        let rounds = rounds.unwrap_or_default();
+        let ns_per_hit = cost::ns_per_hit(&rounds)
+            .ok_or_else(|| anyhow!("the calibration loop caused no probe hits"))?;
+        let calibration = Calibration {
+            ns_per_hit,
+            hits: rounds.iter().map(|r| r.hits).sum(),
+            took: started.elapsed(),
+        };
+        log::debug!("calibration: {calibration:?} from {rounds:?}");
+        Ok(calibration)
+    }
+
+    /// Detach probes, all at once: each detach waits for a grace period of its own (about
+    /// 100 ms here), and waits on separate threads overlap.
+    fn detach_probes(&mut self, links: Vec<(&'static str, UProbeLinkId)>) -> anyhow::Result<()> {
+        use aya::programs::Link as _;
+        let mut taken = Vec::with_capacity(links.len());
+        let mut first_error = None;
+        for (program, link) in links {
+            match self
+                .uprobe(program)
+                .and_then(|p| p.take_link(link).map_err(anyhow::Error::from))
+            {
+                Ok(link) => taken.push((program, link)),
+                Err(err) => {
+                    first_error.get_or_insert(err.context(format!("cannot detach {program}")));
+                }
+            }
+        }
+        std::thread::scope(|scope| {
+            let detaching: Vec<_> = taken
+                .into_iter()
+                .map(|(program, link)| (program, scope.spawn(move || link.detach())))
+                .collect();
+            for (program, thread) in detaching {
+                let detached = match thread.join() {
+                    Ok(result) => result.map_err(anyhow::Error::from),
+                    Err(_) => Err(anyhow!("the detaching thread panicked")),
+                };
+                if let Err(err) = detached {
+                    first_error.get_or_insert(err.context(format!("cannot detach {program}")));
+                }
+            }
+        });
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// Delete every map entry of process `tgid` (after its probes are gone).
+    fn forget_process(&mut self, tgid: u32) {
+        fn remove_where<K: aya::Pod + Eq, V: aya::Pod>(
+            ebpf: &mut Ebpf,
+            name: &str,
+            ours: impl Fn(&K) -> bool,
+        ) -> anyhow::Result<()> {
+            let map = ebpf
+                .map_mut(name)
+                .ok_or_else(|| anyhow!("eBPF object lacks map {name}"))?;
+            let mut map: BpfHashMap<&mut MapData, K, V> = BpfHashMap::try_from(map)?;
+            let keys: Vec<K> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| ours(k))
+                .collect();
+            for key in keys {
+                map.remove(&key)?;
+            }
+            Ok(())
+        }
+        fn remove_per_cpu_where<K: aya::Pod + Eq, V: aya::Pod>(
+            ebpf: &mut Ebpf,
+            name: &str,
+            ours: impl Fn(&K) -> bool,
+        ) -> anyhow::Result<()> {
+            let map = ebpf
+                .map_mut(name)
+                .ok_or_else(|| anyhow!("eBPF object lacks map {name}"))?;
+            let mut map: PerCpuHashMap<&mut MapData, K, V> = PerCpuHashMap::try_from(map)?;
+            let keys: Vec<K> = map
+                .keys()
+                .filter_map(Result::ok)
+                .filter(|k| ours(k))
+                .collect();
+            for key in keys {
+                map.remove(&key)?;
+            }
+            Ok(())
+        }
+        let results = [
+            remove_where::<AllocKey, AllocInfo>(&mut self.ebpf, "ALLOCS", |k| k.tgid == tgid),
+            remove_where::<u64, InflightCall>(&mut self.ebpf, "INFLIGHT", |k| {
+                k >> 32 == u64::from(tgid)
+            }),
+            remove_per_cpu_where::<SiteKey, SiteStats>(&mut self.ebpf, "SITES", |k| k.tgid == tgid),
+            remove_per_cpu_where::<u32, PidCounters>(&mut self.ebpf, "COUNTERS", |k| *k == tgid),
+        ];
+        for err in results.into_iter().filter_map(Result::err) {
+            log::warn!("cannot clear pid {tgid}'s entries: {err:#}");
+        }
     }
 
     pub fn hooked(&self, pid: u32) -> &[&'static str] {
         self.hooked.get(&pid).map_or(&[], Vec::as_slice)
+    }
+
+    /// Where each hooked function's entry probe sits in `pid`'s libc, e.g. `("free", 3)`
+    /// (return probes are always at +0).
+    pub fn entry_probe_offsets(&self, pid: u32) -> &[(&'static str, u64)] {
+        self.placements.get(&pid).map_or(&[], Vec::as_slice)
     }
 
     fn map(&self, name: &str) -> anyhow::Result<&aya::maps::Map> {
@@ -455,26 +835,13 @@ impl Tracer {
     }
 }
 
-/// How many bytes into `function` its entry probe can go so that the kernel emulates the
-/// probed instruction instead of single-stepping it out of line (a second trap per hit).
-/// Only one pattern is recognized, glibc's `free`: it starts with `test %rdi,%rdi`
-/// (48 85 ff), which must be single-stepped, followed by a conditional jump on it, which the
-/// kernel emulates; %rdi, the argument, is untouched at +3. Anything else stays at +0.
-fn entry_probe_skip(path: &Path, function: &str) -> Option<u64> {
-    use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
-    let data = std::fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
-    let symbol = file
-        .dynamic_symbols()
-        .find(|s| s.name().ok().and_then(|n| n.split('@').next()) == Some(function))?;
-    let section = file.section_by_index(symbol.section_index()?).ok()?;
-    let (section_offset, _) = section.file_range()?;
-    let offset = symbol.address().checked_sub(section.address())? + section_offset;
-    let code = data.get(usize::try_from(offset).ok()?..usize::try_from(offset + 5).ok()?)?;
-    let test_rdi = code.starts_with(&[0x48, 0x85, 0xff]);
-    // je/jne rel8 (74/75) or rel32 (0f 84/0f 85).
-    let jcc = matches!(code[3], 0x74 | 0x75) || (code[3] == 0x0f && matches!(code[4], 0x84 | 0x85));
-    (test_rdi && jcc).then_some(3)
+/// `free+3 malloc+0 ...`: entry probe placements, for logs and the start-up line.
+pub fn format_placements(placements: &[(&str, u64)]) -> String {
+    placements
+        .iter()
+        .map(|(function, offset)| format!("{function}+{offset}"))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Names of the functions an ELF file exports (dynamic symbol table).
@@ -527,16 +894,11 @@ mod tests {
     }
 
     #[test]
-    fn free_probe_skips_glibc_s_leading_test_only_when_it_is_there() {
-        let me = crate::target::inspect(std::process::id()).expect("inspect self");
-        // Debian 12's glibc 2.36 starts free with test %rdi,%rdi; je.
-        let skip = entry_probe_skip(&me.libc_host_path, "free");
-        assert_eq!(skip, Some(3));
-        // malloc starts differently: it stays at its entry.
-        assert_eq!(entry_probe_skip(&me.libc_host_path, "malloc"), None);
+    fn placements_read_as_function_plus_offset() {
         assert_eq!(
-            entry_probe_skip(&me.libc_host_path, "no_such_function"),
-            None
+            format_placements(&[("malloc", 0), ("free", 3)]),
+            "malloc+0 free+3"
         );
+        assert_eq!(format_placements(&[]), "");
     }
 }

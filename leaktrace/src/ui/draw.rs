@@ -11,7 +11,7 @@ use ratatui::{
 use super::{
     app::{App, Screen, SiteSort},
     format::{
-        self, basename, count, frame_in_width, frame_location, frame_name, human_bytes,
+        self, basename, count, cpu_share, frame_in_width, frame_location, frame_name, human_bytes,
         is_runtime_module, per_second, signed_bytes, truncate_middle, user_frame,
     },
     layout,
@@ -213,6 +213,15 @@ impl App {
             counter("stack errors", sum(|p| p.counters.stack_errors)),
             sep(),
             counter("unknown frees", sum(|p| p.counters.unknown_frees)),
+            sep(),
+            // Last on the line: the short counter line has room for it on any width.
+            Span::styled(
+                format!(
+                    "cost {}",
+                    cpu_share(shown.snapshot.cost.and_then(|c| c.estimated_overhead_pct))
+                ),
+                DIM,
+            ),
         ]);
         Paragraph::new(vec![Line::from(first), second, third]).render(area, buf);
     }

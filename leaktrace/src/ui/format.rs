@@ -64,6 +64,20 @@ pub fn uptime(seconds: f64) -> String {
 }
 
 /// Events per second: "0/s", "950/s", "12.3k/s", "4.1M/s", "n/a".
+/// An estimated share of one CPU: `≈0.8% CPU`, `≈12% CPU`, or `n/a`.
+pub fn cpu_share(pct: Option<f64>) -> String {
+    match pct {
+        Some(v) if v.is_finite() && v >= 0.0 => {
+            if v < 10.0 {
+                format!("≈{v:.1}% CPU")
+            } else {
+                format!("≈{v:.0}% CPU")
+            }
+        }
+        _ => "n/a".to_string(),
+    }
+}
+
 pub fn per_second(value: Option<f64>) -> String {
     match value {
         Some(v) if v.is_finite() && v >= 0.0 => {
@@ -177,6 +191,14 @@ pub fn contains_lowercase(haystack: &str, needle: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpu_share_reads_as_an_estimate() {
+        assert_eq!(cpu_share(Some(0.8432)), "≈0.8% CPU");
+        assert_eq!(cpu_share(Some(42.4)), "≈42% CPU");
+        assert_eq!(cpu_share(None), "n/a");
+        assert_eq!(cpu_share(Some(f64::NAN)), "n/a");
+    }
 
     #[test]
     fn long_names_are_cut_in_the_middle() {

@@ -161,6 +161,7 @@ fn snapshot_at(duration_s: f64, processes: Vec<ProcessReport>) -> Snapshot {
         min_age_s: 0.0,
         processed: Processed::Both,
         complete: false,
+        cost: None,
         processes,
     }
 }
@@ -847,4 +848,14 @@ fn ten_thousand_sites_draw_only_the_visible_rows() {
     let screen = text(&draw(&app, 120, 40));
     assert!(screen.contains("alloc_site_0 "), "{screen}");
     assert!(!screen.contains("alloc_site_9999"), "{screen}");
+}
+
+#[test]
+fn the_header_shows_the_estimated_cost_of_tracing() {
+    let mut with_cost = snapshot(vec![]);
+    with_cost.cost = Some(crate::report::ProbeCost::new(Some(1_250.0), Some(6_400.0)));
+    let screen = text(&draw(&app_with(with_cost, 80, 24), 80, 24));
+    assert!(screen.contains("cost ≈0.8% CPU"), "{screen}");
+    let screen = text(&draw(&app_with(snapshot(vec![]), 80, 24), 80, 24));
+    assert!(screen.contains("cost n/a"), "{screen}");
 }
