@@ -233,8 +233,13 @@ impl StackUnwinder {
             self.load_process(pid);
         }
         let mut frames = self.walk(pid, copy);
+        // The syscall's own instruction is always in a mapped file (libc, ld.so, a static
+        // binary): outside the modules read, the process has exec'd since (a fork's heap
+        // events can be seen before its exec), so they are read again at once. Other frames
+        // outside them (a library loaded since, or JIT code) wait for MODULES_REFRESH.
         let stale = self.processes.get(&pid).is_some_and(|p| {
-            frames.iter().any(|a| !p.covers(*a)) && p.read_at.elapsed() >= MODULES_REFRESH
+            !p.covers(copy.ip)
+                || (frames.iter().any(|a| !p.covers(*a)) && p.read_at.elapsed() >= MODULES_REFRESH)
         });
         if stale {
             self.load_process(pid);
