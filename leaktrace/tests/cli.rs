@@ -41,6 +41,22 @@ fn system_wide_with_a_command_is_refused() {
 }
 
 #[test]
+fn modes_that_cannot_work_are_refused_in_one_line() {
+    // System-wide has no uprobes to be exact with.
+    assert_one_line_error(&["--mode", "exact"], "--mode exact needs --pid");
+    // Growth mode has no uprobes whose stacks could be sampled.
+    assert_one_line_error(
+        &["--mode", "growth", "--sample-bytes", "4096", "--pid", "1"],
+        "--sample-bytes samples exact mode's stacks",
+    );
+    let (code, _, stderr) = leaktrace(&["--sample-bytes", "0", "--pid", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    let (code, _, stderr) = leaktrace(&["--mode", "fast", "--pid", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("exact") && stderr.contains("growth"), "{stderr}");
+}
+
+#[test]
 fn bad_durations_are_rejected_by_the_parser() {
     let (code, _, stderr) = leaktrace(&["--interval", "soon", "--pid", "1"]);
     assert_eq!(code, 2);
