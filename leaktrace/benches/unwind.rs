@@ -19,38 +19,7 @@ fn deep(depth: u32) -> (u64, u64, u64, Vec<u8>) {
         std::hint::black_box(depth);
         return copy;
     }
-    let (ip, sp, bp): (u64, u64, u64);
-    // SAFETY: reads registers only.
-    unsafe {
-        std::arch::asm!(
-            "lea {ip}, [rip]",
-            "mov {sp}, rsp",
-            "mov {bp}, rbp",
-            ip = out(reg) ip,
-            sp = out(reg) sp,
-            bp = out(reg) bp,
-        );
-    }
-    // SAFETY: this thread's live stack above its stack pointer, within its mapping.
-    let bytes = unsafe { std::slice::from_raw_parts(sp as *const u8, readable_above(sp)) }.to_vec();
-    (ip, sp, bp, bytes)
-}
-
-/// Bytes of this thread's stack mapping above `sp`, at most 16 KiB (what the eBPF program copies).
-fn readable_above(sp: u64) -> usize {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    maps.lines()
-        .filter_map(|line| {
-            let (start, end) = line.split_whitespace().next()?.split_once('-')?;
-            Some((
-                u64::from_str_radix(start, 16).ok()?,
-                u64::from_str_radix(end, 16).ok()?,
-            ))
-        })
-        .find(|(start, end)| (*start..*end).contains(&sp))
-        .map_or(0, |(_, end)| {
-            usize::try_from(end - sp).unwrap_or(0).min(16 * 1024)
-        })
+    leaktrace::unwind::own_stack_copy()
 }
 
 fn main() {

@@ -720,51 +720,35 @@ impl Tracer {
 
     /// Delete every map entry of process `tgid` (after its probes are gone).
     fn forget_process(&mut self, tgid: u32) {
-        fn remove_where<K: aya::Pod + Eq, V: aya::Pod>(
-            ebpf: &mut Ebpf,
-            name: &str,
-            ours: impl Fn(&K) -> bool,
-        ) -> anyhow::Result<()> {
-            let map = ebpf
-                .map_mut(name)
-                .ok_or_else(|| anyhow!("eBPF object lacks map {name}"))?;
-            let mut map: BpfHashMap<&mut MapData, K, V> = BpfHashMap::try_from(map)?;
-            let keys: Vec<K> = map
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| ours(k))
-                .collect();
-            for key in keys {
-                map.remove(&key)?;
-            }
-            Ok(())
-        }
-        fn remove_per_cpu_where<K: aya::Pod + Eq, V: aya::Pod>(
-            ebpf: &mut Ebpf,
-            name: &str,
-            ours: impl Fn(&K) -> bool,
-        ) -> anyhow::Result<()> {
-            let map = ebpf
-                .map_mut(name)
-                .ok_or_else(|| anyhow!("eBPF object lacks map {name}"))?;
-            let mut map: PerCpuHashMap<&mut MapData, K, V> = PerCpuHashMap::try_from(map)?;
-            let keys: Vec<K> = map
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| ours(k))
-                .collect();
-            for key in keys {
-                map.remove(&key)?;
-            }
-            Ok(())
+        /// Remove the keys of map `$name` (of aya type `$kind<_, $key, $value>`) that `$ours`.
+        macro_rules! remove_where {
+            ($kind:ident<$key:ty, $value:ty>, $name:literal, $ours:expr) => {
+                (|| -> anyhow::Result<()> {
+                    let map = self
+                        .ebpf
+                        .map_mut($name)
+                        .ok_or_else(|| anyhow!("eBPF object lacks map {}", $name))?;
+                    let mut map: $kind<&mut MapData, $key, $value> = $kind::try_from(map)?;
+                    let ours: fn(&$key, u32) -> bool = $ours;
+                    let keys: Vec<$key> = map
+                        .keys()
+                        .filter_map(Result::ok)
+                        .filter(|k| ours(k, tgid))
+                        .collect();
+                    for key in keys {
+                        map.remove(&key)?;
+                    }
+                    Ok(())
+                })()
+            };
         }
         let results = [
-            remove_where::<AllocKey, AllocInfo>(&mut self.ebpf, "ALLOCS", |k| k.tgid == tgid),
-            remove_where::<u64, InflightCall>(&mut self.ebpf, "INFLIGHT", |k| {
-                k >> 32 == u64::from(tgid)
+            remove_where!(BpfHashMap<AllocKey, AllocInfo>, "ALLOCS", |k, t| k.tgid == t),
+            remove_where!(BpfHashMap<u64, InflightCall>, "INFLIGHT", |k, t| {
+                k >> 32 == u64::from(t)
             }),
-            remove_per_cpu_where::<SiteKey, SiteStats>(&mut self.ebpf, "SITES", |k| k.tgid == tgid),
-            remove_per_cpu_where::<u32, PidCounters>(&mut self.ebpf, "COUNTERS", |k| *k == tgid),
+            remove_where!(PerCpuHashMap<SiteKey, SiteStats>, "SITES", |k, t| k.tgid == t),
+            remove_where!(PerCpuHashMap<u32, PidCounters>, "COUNTERS", |k, t| *k == t),
         ];
         for err in results.into_iter().filter_map(Result::err) {
             log::warn!("cannot clear pid {tgid}'s entries: {err:#}");
@@ -776,7 +760,7 @@ impl Tracer {
     }
 
     /// Where each hooked function's entry probe sits in `pid`'s libc, e.g. `("free", 3)`
-    /// (return probes are always at +0).
+    /// (a malloc-family function's return probe shares its instruction).
     pub fn entry_probe_offsets(&self, pid: u32) -> &[(&'static str, u64)] {
         self.placements.get(&pid).map_or(&[], Vec::as_slice)
     }

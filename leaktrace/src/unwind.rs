@@ -364,6 +364,48 @@ fn read_module(pid: u32, mapping: &CodeMapping) -> Option<ModuleFile> {
         .find_map(|p| ModuleFile::read(p))
 }
 
+/// The registers here and up to 16 KiB of this thread's stack above the stack pointer, as the
+/// eBPF program copies them at a syscall: for the unwinder's tests and benchmark. The copy is
+/// taken before this frame returns (the copy's own calls only write below the stack pointer).
+#[doc(hidden)]
+#[inline(never)]
+pub fn own_stack_copy() -> (u64, u64, u64, Vec<u8>) {
+    let (ip, sp, bp): (u64, u64, u64);
+    // SAFETY: reads registers only.
+    unsafe {
+        std::arch::asm!(
+            "lea {ip}, [rip]",
+            "mov {sp}, rsp",
+            "mov {bp}, rbp",
+            ip = out(reg) ip,
+            sp = out(reg) sp,
+            bp = out(reg) bp,
+        );
+    }
+    // SAFETY: this thread's live stack above its stack pointer, within its mapping.
+    let bytes = unsafe { std::slice::from_raw_parts(sp as *const u8, readable_above(sp)) }.to_vec();
+    (ip, sp, bp, bytes)
+}
+
+/// Bytes of this process's mapping above `sp`, at most 16 KiB (what the eBPF program copies).
+fn readable_above(sp: u64) -> usize {
+    let maps = fs::read_to_string("/proc/self/maps").unwrap_or_default();
+    maps.lines()
+        .filter_map(|line| {
+            let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .find(|(start, end)| (*start..*end).contains(&sp))
+        .map_or(0, |(_, end)| {
+            usize::try_from(end - sp)
+                .unwrap_or(0)
+                .min(leaktrace_common::STACK_COPY_BYTES)
+        })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,7 +473,7 @@ mod tests {
     #[test]
     #[inline(never)]
     fn unwinds_a_copy_of_this_thread_s_own_stack() {
-        let (ip, sp, bp, bytes) = copy_of_own_stack();
+        let (ip, sp, bp, bytes) = own_stack_copy();
         let copy = StackCopy {
             ip,
             sp,
@@ -458,44 +500,5 @@ mod tests {
         let (frames, _) = unwinder.unwind(me, &empty);
         assert!(frames.len() <= 2, "{frames:x?}");
         assert_eq!(unwinder.stats.empty_copies, 1);
-    }
-
-    /// The registers here and 16 KiB of stack above the stack pointer, copied before this
-    /// frame returns (the copy's own calls only write below the stack pointer).
-    #[inline(never)]
-    fn copy_of_own_stack() -> (u64, u64, u64, Vec<u8>) {
-        let (ip, sp, bp): (u64, u64, u64);
-        // SAFETY: reads registers only.
-        unsafe {
-            std::arch::asm!(
-                "lea {ip}, [rip]",
-                "mov {sp}, rsp",
-                "mov {bp}, rbp",
-                ip = out(reg) ip,
-                sp = out(reg) sp,
-                bp = out(reg) bp,
-            );
-        }
-        // SAFETY: our own live stack above the stack pointer, within its mapping.
-        let bytes =
-            unsafe { std::slice::from_raw_parts(sp as *const u8, readable_above(sp)) }.to_vec();
-        (ip, sp, bp, bytes)
-    }
-
-    /// Bytes of this thread's stack mapping above `sp`, at most 16 KiB (what the eBPF program copies).
-    fn readable_above(sp: u64) -> usize {
-        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
-        maps.lines()
-            .filter_map(|line| {
-                let (start, end) = line.split_whitespace().next()?.split_once('-')?;
-                Some((
-                    u64::from_str_radix(start, 16).ok()?,
-                    u64::from_str_radix(end, 16).ok()?,
-                ))
-            })
-            .find(|(start, end)| (*start..*end).contains(&sp))
-            .map_or(0, |(_, end)| {
-                usize::try_from(end - sp).unwrap_or(0).min(16 * 1024)
-            })
     }
 }

@@ -53,7 +53,10 @@ fn modes_that_cannot_work_are_refused_in_one_line() {
     assert_eq!(code, 2, "{stderr}");
     let (code, _, stderr) = leaktrace(&["--mode", "fast", "--pid", "1"]);
     assert_eq!(code, 2, "{stderr}");
-    assert!(stderr.contains("exact") && stderr.contains("growth"), "{stderr}");
+    assert!(
+        stderr.contains("exact") && stderr.contains("growth"),
+        "{stderr}"
+    );
 }
 
 #[test]

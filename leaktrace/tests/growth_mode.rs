@@ -55,11 +55,19 @@ fn service() -> &'static Path {
 /// Launch `service MODE ROUNDS` under `leaktrace --mode growth`, release it once it is done,
 /// and return the final snapshot.
 fn trace_service(mode: &str, rounds: u32) -> Value {
+    let service = service().to_str().expect("utf-8").to_string();
+    trace_growth(
+        &[&service, mode, &rounds.to_string()],
+        &format!("finished {mode}"),
+    )
+}
+
+/// Launch `command` under `leaktrace --mode growth`, release it (a line on its stdin) once it
+/// prints `finished`, and return the final snapshot.
+fn trace_growth(command: &[&str], finished: &str) -> Value {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("growth.json");
-    let service = service().to_str().expect("utf-8").to_string();
-    let rounds = rounds.to_string();
-    let mut run = Run::start(&[
+    let mut args = vec![
         "--mode",
         "growth",
         "--interval",
@@ -67,12 +75,11 @@ fn trace_service(mode: &str, rounds: u32) -> Value {
         "--json",
         json.to_str().expect("utf-8"),
         "--",
-        &service,
-        mode,
-        &rounds,
-    ]);
+    ];
+    args.extend_from_slice(command);
+    let mut run = Run::start(&args);
     run.wait_for("in growth mode", Duration::from_secs(30));
-    run.wait_for(&format!("finished {mode}"), Duration::from_secs(60));
+    run.wait_for(finished, Duration::from_secs(60));
     // Released at once: a flat tail after the leak stops would rightly read as a plateau.
     run.send_line();
     let (code, lines) = run.finish(Duration::from_secs(30));
@@ -232,24 +239,7 @@ fn a_go_program_s_leak_is_named_through_the_frame_pointer_walk() {
         .status()
         .expect("go is installed by `cargo xtask setup` (golang-go)");
     assert!(status.success(), "go build failed");
-    let json = dir.join(format!("go-{}.json", std::process::id()));
-    let mut run = Run::start(&[
-        "--mode",
-        "growth",
-        "--interval",
-        "300ms",
-        "--json",
-        json.to_str().expect("utf-8"),
-        "--",
-        exe.to_str().expect("utf-8"),
-    ]);
-    run.wait_for("finished go", Duration::from_secs(60));
-    run.send_line();
-    let (code, lines) = run.finish(Duration::from_secs(30));
-    assert_eq!(code, 0, "{}", lines.join("\n"));
-    let snapshot: Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("JSON")).expect("parses");
-    validate_schema(&snapshot);
+    let snapshot = trace_growth(&[exe.to_str().expect("utf-8")], "finished go");
     let top = ranked_first(only_process(&snapshot));
     assert_stack_contains(top, &["runtime.mallocgc", "main.rememberBlob", "main.main"]);
     // 30 rounds of 64 blocks of 64 KiB, kept; the Go heap maps whole 4 MiB pieces at most
