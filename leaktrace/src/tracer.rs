@@ -536,39 +536,29 @@ impl Tracer {
                 continue;
             }
             let offset = placement::entry_probe_offset_in(libc, symbol);
-            let link = self
-                .uprobe("alloc_enter")?
-                .attach(
-                    UProbeAttachPoint {
-                        location: UProbeAttachLocation::SymbolOffset(symbol, offset),
-                        cookie: Some(function as u64),
-                    },
-                    libc,
-                    scope,
-                )
-                .with_context(|| format!("failed to attach to {symbol} in {}", libc.display()))?;
-            attached.links.push(("alloc_enter", link));
             // The return probe shares the entry probe's instruction: one breakpoint, emulated,
             // instead of a second one single-stepped at +0 (2.6x cheaper for the memalign
             // family). The instructions skipped write neither rsp nor memory, so `[rsp]` is
             // still the return address the kernel hijacks.
-            let link = self
-                .uprobe("alloc_return")?
-                .attach(
-                    UProbeAttachPoint {
-                        location: UProbeAttachLocation::SymbolOffset(symbol, offset),
-                        cookie: Some(function as u64),
-                    },
-                    libc,
-                    scope,
-                )
-                .with_context(|| {
-                    format!(
-                        "failed to attach to {symbol}'s return in {}",
-                        libc.display()
+            for program in ["alloc_enter", "alloc_return"] {
+                let link = self
+                    .uprobe(program)?
+                    .attach(
+                        UProbeAttachPoint {
+                            location: UProbeAttachLocation::SymbolOffset(symbol, offset),
+                            cookie: Some(function as u64),
+                        },
+                        libc,
+                        scope,
                     )
-                })?;
-            attached.links.push(("alloc_return", link));
+                    .with_context(|| {
+                        format!(
+                            "failed to attach {program} to {symbol} in {}",
+                            libc.display()
+                        )
+                    })?;
+                attached.links.push((program, link));
+            }
             attached.hooked.push(symbol);
             attached.placements.push((symbol, offset));
         }
