@@ -299,11 +299,20 @@ impl App {
                     row
                 })
             });
+        // Growth mode's sites are stacks that grew the heap: their bytes are heap growth still
+        // there and their count is growth events (the headless table says the same).
+        let growth = self.snapshot().is_some_and(|s| s.mode == "growth");
         let header = Row::new(
             columns
                 .shown
                 .iter()
-                .map(|c| column_title(c.title, c.sort == Some(self.sort), true))
+                .map(|c| {
+                    column_title(
+                        growth_title(c.title, growth),
+                        c.sort == Some(self.sort),
+                        true,
+                    )
+                })
                 .chain(std::iter::once(Cell::from("TOP FRAME (USER CODE)"))),
         )
         .style(HEADING);
@@ -572,9 +581,19 @@ fn site_columns(width: u16, sort: SiteSort, multi_process: bool, heap: bool) -> 
     SiteColumns { shown, frame_width }
 }
 
+/// A site column's title in growth mode.
+fn growth_title(title: &'static str, growth: bool) -> &'static str {
+    match (growth, title) {
+        (true, "OUTSTANDING") => "GROWTH",
+        (true, "COUNT") => "EVENTS",
+        _ => title,
+    }
+}
+
 fn site_cell(column: SiteColumn, process: &ProcessReport, site: &SiteReport) -> Cell<'static> {
     let text = match column.value {
         SiteValue::Outstanding => human_bytes(site.outstanding_bytes),
+        SiteValue::Count if !process.exact => count(site.allocated_count),
         SiteValue::Count => count(site.outstanding_count),
         SiteValue::PerMib => signed_bytes(site.growth.bytes_per_mib_processed),
         SiteValue::PerMin => signed_bytes(site.growth.bytes_per_min),

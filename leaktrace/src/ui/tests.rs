@@ -727,6 +727,24 @@ fn small_terminal_keeps_header_and_table() {
 }
 
 #[test]
+fn growth_mode_names_its_columns_growth_and_events() {
+    let mut grown = sites();
+    grown[0].allocated_count = 77;
+    grown[0].outstanding_count = 1;
+    let mut p = process(42, "leaky", grown);
+    p.exact = false;
+    let mut s = snapshot(vec![p]);
+    s.mode = "growth".to_string();
+    let app = app_with(s, 120, 30);
+    let screen = text(&draw(&app, 120, 30));
+    assert!(screen.contains("GROWTH▼"), "{screen}");
+    assert!(screen.contains("EVENTS"), "{screen}");
+    assert!(!screen.contains("OUTSTANDING▼"), "{screen}");
+    // The count column shows the site's growth events, not its one "block".
+    assert!(screen.contains(" 77 "), "{screen}");
+}
+
+#[test]
 fn sort_indicator_follows_the_sort() {
     let mut app = app_with(snapshot(vec![process(42, "leaky", sites())]), 80, 24);
     app.handle(key('s'));
