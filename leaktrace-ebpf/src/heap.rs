@@ -151,10 +151,7 @@ fn try_heap_sys_exit(ctx: &TracePointContext) {
         if grows_heap(tgid, &call, ret) {
             // The frame-pointer walk as well: it reaches a Go program's goroutine frames,
             // which the copied system stack does not.
-            event.stack_id = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
-                Ok(id) => id as u32,
-                Err(_) => NO_STACK,
-            };
+            event.stack_id = user_stack_id(ctx);
             send_growth(&event);
             return;
         }
@@ -163,10 +160,7 @@ fn try_heap_sys_exit(ctx: &TracePointContext) {
         // where stacks of every process would flood the stack map). glibc's syscall wrappers
         // push nothing, so the word at the user stack pointer is the wrapper's return address:
         // the caller a frame-pointer walk skips.
-        event.stack_id = match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
-            Ok(id) => id as u32,
-            Err(_) => NO_STACK,
-        };
+        event.stack_id = user_stack_id(ctx);
         event.caller = user_return_address();
     }
 
@@ -211,12 +205,9 @@ fn send_growth(event: &HeapEvent) {
     // is written before submit (the stack bytes by the read helper, which zero-fills on error).
     unsafe {
         core::ptr::addr_of_mut!((*record).event).write(*event);
-        let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as *const aya_ebpf::bindings::pt_regs;
-        let (ip, sp, bp) = if regs.is_null() {
-            (0, 0, 0)
-        } else {
-            ((*regs).rip, (*regs).rsp, (*regs).rbp)
+        let (ip, sp, bp) = match user_regs() {
+            Some(regs) => ((*regs).rip, (*regs).rsp, (*regs).rbp),
+            None => (0, 0, 0),
         };
         core::ptr::addr_of_mut!((*record).ip).write(ip);
         core::ptr::addr_of_mut!((*record).sp).write(sp);
@@ -265,16 +256,30 @@ unsafe fn copy_user_stack(dst: *mut core::ffi::c_void, sp: u64) -> u32 {
 
 #[inline(always)]
 fn user_return_address() -> u64 {
-    // SAFETY: BTF task helpers on the current task; the register block is read through
-    // bpf_probe_read_kernel-safe pointer arithmetic by the helper itself.
-    unsafe {
-        let task = bpf_get_current_task_btf();
-        let regs = bpf_task_pt_regs(task) as *const aya_ebpf::bindings::pt_regs;
-        if regs.is_null() {
-            return 0;
-        }
-        let sp = (*regs).rsp;
-        bpf_probe_read_user(sp as *const u64).unwrap_or(0)
+    let Some(regs) = user_regs() else {
+        return 0;
+    };
+    // SAFETY: the register block of the current task (see `user_regs`); the user stack is read
+    // through the checked helper.
+    unsafe { bpf_probe_read_user((*regs).rsp as *const u64).unwrap_or(0) }
+}
+
+/// The current task's user registers, as saved at syscall entry.
+#[inline(always)]
+fn user_regs() -> Option<*const aya_ebpf::bindings::pt_regs> {
+    // SAFETY: BTF task helpers on the current task; the verifier checks the returned pointer's
+    // use as a trusted kernel pointer.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) }
+        as *const aya_ebpf::bindings::pt_regs;
+    (!regs.is_null()).then_some(regs)
+}
+
+/// The user stack's frame-pointer walk, in the stack map (`NO_STACK` when refused).
+#[inline(always)]
+fn user_stack_id(ctx: &TracePointContext) -> u32 {
+    match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
+        Ok(id) => id as u32,
+        Err(_) => NO_STACK,
     }
 }
 
