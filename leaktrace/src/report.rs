@@ -166,6 +166,27 @@ pub struct SiteReport {
 }
 
 impl SiteReport {
+    /// A site that made heap syscalls but holds no allocations of the malloc family (the
+    /// program's own mmaps, or allocator calls whose only effect was a syscall).
+    pub fn heap_only(id: String, heap: SiteHeap, leak_rank: u32, frames: Vec<Frame>) -> Self {
+        Self {
+            id,
+            outstanding_bytes: 0,
+            outstanding_count: 0,
+            allocated_bytes: 0,
+            allocated_count: 0,
+            freed_bytes: 0,
+            freed_count: 0,
+            oldest_age_s: None,
+            aged_outstanding_bytes: 0,
+            aged_outstanding_count: 0,
+            growth: crate::growth::analyze(&[], 0, crate::growth::DEFAULT_RECENT_WINDOW),
+            leak_rank,
+            heap,
+            frames,
+        }
+    }
+
     /// The frame to name the site by: the innermost frame with a function name.
     pub fn top_function(&self) -> Option<&Frame> {
         self.frames.iter().find(|f| f.function.is_some())

@@ -786,8 +786,9 @@ impl Session {
             &reading.ages,
             now_ns,
         );
+        let mut site_heap = self.heap.get(pid).map(|h| h.sites()).unwrap_or_default();
         if !t.exact {
-            totals = self.growth_totals(pid, totals.counters, now_ns);
+            totals = self.growth_totals(pid, totals.counters, now_ns, &mut site_heap);
         }
         if sampling {
             let processed = t.bytes_processed().unwrap_or(0);
@@ -803,13 +804,20 @@ impl Session {
                     });
             }
         }
-        self.process_report(t, totals, max_sites)
+        self.process_report(t, totals, site_heap, max_sites)
     }
 
     /// Growth mode's sites of a process: heap bytes each stack grew (outstanding: still there;
     /// allocated: all it grew; freed: what was given back since), as the totals exact mode
-    /// reads from the maps.
-    fn growth_totals(&self, pid: u32, counters: report::Counters, now_ns: u64) -> ProcessTotals {
+    /// reads from the maps. Each site's heap attribution (`site_heap`, from
+    /// `ProcessHeap::sites`) gets its growth events and when they were first and last seen.
+    fn growth_totals(
+        &self,
+        pid: u32,
+        counters: report::Counters,
+        now_ns: u64,
+        site_heap: &mut HashMap<leaktrace_common::SiteKey, SiteHeap>,
+    ) -> ProcessTotals {
         let mut totals = ProcessTotals {
             counters,
             ..ProcessTotals::default()
@@ -817,10 +825,14 @@ impl Session {
         let Some(heap) = self.heap.get(pid) else {
             return totals;
         };
-        let net = heap.sites();
         let min_age_ns = u64::try_from(self.min_age.as_nanos()).unwrap_or(u64::MAX);
+        let seen_s = |ns: u64| ns.saturating_sub(self.start_ns) as f64 / 1e9;
         for (key, tally) in heap.growth() {
-            let outstanding = net.get(key).map_or(0, SiteHeap::net_bytes);
+            let attribution = site_heap.entry(*key).or_default();
+            attribution.growth_events = tally.events;
+            attribution.first_seen_s = Some(seen_s(tally.first_ns));
+            attribution.last_seen_s = Some(seen_s(tally.last_ns));
+            let outstanding = attribution.net_bytes();
             let age_ns = now_ns.saturating_sub(tally.first_ns);
             let aged = if age_ns >= min_age_ns { outstanding } else { 0 };
             totals.sites.push(model::SiteTotals {
@@ -850,11 +862,13 @@ impl Session {
     }
 
     /// A process's report with at most `max_sites` sites, by leak rank (only those are
-    /// symbolized).
+    /// symbolized). `site_heap`: the heap attribution of its sites (`ProcessHeap::sites`);
+    /// entries of no allocation site become heap-only sites.
     fn process_report(
         &mut self,
         t: &Traced,
         totals: ProcessTotals,
+        mut site_heap: HashMap<leaktrace_common::SiteKey, SiteHeap>,
         max_sites: usize,
     ) -> ProcessReport {
         let (pid, alive) = (t.process.pid, t.alive);
@@ -874,19 +888,6 @@ impl Session {
         let mut leak_rank = vec![0u32; growths.len()];
         for (rank, &i) in by_likelihood.iter().enumerate() {
             leak_rank[i] = u32::try_from(rank + 1).unwrap_or(u32::MAX);
-        }
-        let mut site_heap = self.heap.get(pid).map(|h| h.sites()).unwrap_or_default();
-        // Growth mode's per-stack tallies (exact mode's sites come from the maps).
-        let tallies = match self.heap.get(pid) {
-            Some(heap) if !t.exact => heap.growth().clone(),
-            _ => HashMap::new(),
-        };
-        let seen_s = |ns: u64| ns.saturating_sub(self.start_ns) as f64 / 1e9;
-        for (key, tally) in &tallies {
-            let heap = site_heap.entry(*key).or_default();
-            heap.growth_events = tally.events;
-            heap.first_seen_s = Some(seen_s(tally.first_ns));
-            heap.last_seen_s = Some(seen_s(tally.last_ns));
         }
         let mut sites: Vec<SiteReport> = totals
             .sites
@@ -927,22 +928,12 @@ impl Session {
         let room = max_sites.saturating_sub(totals.sites.len());
         for (rank, (key, heap)) in heap_only.into_iter().take(room).enumerate() {
             let addrs = self.site_stack(key.stack_id, key.caller);
-            sites.push(SiteReport {
-                id: format!("{:x}-{}-heap", key.caller, key.stack_id),
-                outstanding_bytes: 0,
-                outstanding_count: 0,
-                allocated_bytes: 0,
-                allocated_count: 0,
-                freed_bytes: 0,
-                freed_count: 0,
-                oldest_age_s: None,
-                aged_outstanding_bytes: 0,
-                aged_outstanding_count: 0,
-                growth: growth::analyze(&[], 0, growth::DEFAULT_RECENT_WINDOW),
-                leak_rank: first_rank.saturating_add(u32::try_from(rank).unwrap_or(u32::MAX)),
+            sites.push(SiteReport::heap_only(
+                format!("{:x}-{}-heap", key.caller, key.stack_id),
                 heap,
-                frames: self.symbols.stack_frames(pid, alive, &addrs),
-            });
+                first_rank.saturating_add(u32::try_from(rank).unwrap_or(u32::MAX)),
+                self.symbols.stack_frames(pid, alive, &addrs),
+            ));
         }
         let heap = self.heap_report(pid, t, Some(totals.outstanding_bytes));
         ProcessReport {

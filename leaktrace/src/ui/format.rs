@@ -239,21 +239,11 @@ mod tests {
 
     #[test]
     fn user_frame_skips_libc() {
-        let site = SiteReport {
-            id: "s".into(),
-            outstanding_bytes: 0,
-            outstanding_count: 0,
-            allocated_bytes: 0,
-            allocated_count: 0,
-            freed_bytes: 0,
-            freed_count: 0,
-            oldest_age_s: None,
-            aged_outstanding_bytes: 0,
-            aged_outstanding_count: 0,
-            growth: crate::growth::analyze(&[], 0, 1),
-            leak_rank: 1,
-            heap: crate::heap::SiteHeap::default(),
-            frames: vec![
+        let site = SiteReport::heap_only(
+            "s".into(),
+            crate::heap::SiteHeap::default(),
+            1,
+            vec![
                 Frame {
                     function: Some("strdup".into()),
                     module: Some("/lib/libc.so.6".into()),
@@ -265,7 +255,7 @@ mod tests {
                     ..Frame::default()
                 },
             ],
-        };
+        );
         assert_eq!(
             user_frame(&site).and_then(|f| f.function.as_deref()),
             Some("remember")
