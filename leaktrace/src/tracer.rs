@@ -229,8 +229,8 @@ pub struct Calibration {
 /// happen in the child (leaktrace has threads).
 struct GrowthLoop {
     pid: u32,
-    go: std::os::fd::OwnedFd,
-    done: std::os::fd::OwnedFd,
+    go: std::fs::File,
+    done: std::fs::File,
     exited: bool,
 }
 
@@ -303,8 +303,8 @@ impl GrowthLoop {
         drop(done_write);
         Ok(Self {
             pid: pid as u32,
-            go: go_write,
-            done: done_read,
+            go: go_write.into(),
+            done: done_read.into(),
             exited: false,
         })
     }
@@ -312,10 +312,9 @@ impl GrowthLoop {
     /// One round; returns the child's time in ns.
     fn run(&mut self) -> anyhow::Result<u64> {
         use std::io::{Read as _, Write as _};
-        let mut go = std::fs::File::from(self.go.try_clone()?);
-        go.write_all(&[1])?;
+        self.go.write_all(&[1])?;
         let mut took = [0u8; 8];
-        std::fs::File::from(self.done.try_clone()?)
+        self.done
             .read_exact(&mut took)
             .context("the calibration child stopped")?;
         Ok(u64::from_ne_bytes(took))
