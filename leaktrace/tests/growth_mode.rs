@@ -65,28 +65,18 @@ fn trace_service(mode: &str, rounds: u32) -> Value {
 /// Launch `command` under `leaktrace --mode growth`, release it (a line on its stdin) once it
 /// prints `finished`, and return the final snapshot.
 fn trace_growth(command: &[&str], finished: &str) -> Value {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("growth.json");
-    let mut args = vec![
-        "--mode",
-        "growth",
-        "--interval",
-        "300ms",
-        "--json",
-        json.to_str().expect("utf-8"),
-        "--",
-    ];
-    args.extend_from_slice(command);
-    let mut run = Run::start(&args);
-    run.wait_for("in growth mode", Duration::from_secs(30));
-    run.wait_for(finished, Duration::from_secs(60));
     // Released at once: a flat tail after the leak stops would rightly read as a plateau.
-    run.send_line();
-    let (code, lines) = run.finish(Duration::from_secs(30));
-    assert_eq!(code, 0, "leaktrace failed:\n{}", lines.join("\n"));
-    let snapshot: Value =
-        serde_json::from_slice(&std::fs::read(&json).expect("final JSON")).expect("JSON parses");
-    validate_schema(&snapshot);
+    let (snapshot, lines) = trace_command(
+        &["--mode", "growth", "--interval", "300ms"],
+        command,
+        (finished, Duration::from_secs(60)),
+        Duration::ZERO,
+    );
+    assert!(
+        lines.iter().any(|l| l.contains("in growth mode")),
+        "{}",
+        lines.join("\n")
+    );
     snapshot
 }
 

@@ -208,24 +208,42 @@ pub fn trace_fixture_with_interval(mode: &str, interval: &str) -> Value {
 
 fn trace_fixture_args(mode: &str, interval: &str, extra: &[&str]) -> Value {
     let fixture = fixture("alloc_patterns", &[]);
+    let mut options = vec!["--interval", interval];
+    options.extend_from_slice(extra);
+    // Leaktrace sees the process alive once more (mappings, a sample) before it exits.
+    trace_command(
+        &options,
+        &[fixture.to_str().expect("utf-8 path"), mode],
+        (&format!("finished {mode}"), Duration::from_secs(30)),
+        Duration::from_millis(400),
+    )
+    .0
+}
+
+/// Launch `command` under `leaktrace OPTIONS --json PATH --`, wait (at most `within`) for a
+/// line containing `finished`, wait `linger`, release the command (a line on its stdin), and
+/// return the final snapshot (checked against the schema) and every output line.
+pub fn trace_command(
+    options: &[&str],
+    command: &[&str],
+    (finished, within): (&str, Duration),
+    linger: Duration,
+) -> (Value, Vec<String>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("snapshot.json");
-    let json_arg = json.to_str().expect("utf-8 path");
-    let fixture_arg = fixture.to_str().expect("utf-8 path");
-    let mut args = vec!["--interval", interval, "--json", json_arg];
-    args.extend_from_slice(extra);
-    args.extend_from_slice(&["--", fixture_arg, mode]);
+    let mut args = options.to_vec();
+    args.extend_from_slice(&["--json", json.to_str().expect("utf-8 path"), "--"]);
+    args.extend_from_slice(command);
     let mut run = Run::start(&args);
-    run.wait_for(&format!("finished {mode}"), Duration::from_secs(30));
-    // Let leaktrace see the process alive once more (mappings, a sample) before it exits.
-    std::thread::sleep(Duration::from_millis(400));
+    run.wait_for(finished, within);
+    std::thread::sleep(linger);
     run.send_line();
     let (code, lines) = run.finish(Duration::from_secs(30));
     assert_eq!(code, 0, "leaktrace failed:\n{}", lines.join("\n"));
     let snapshot: Value = serde_json::from_slice(&std::fs::read(&json).expect("final JSON exists"))
         .expect("JSON parses");
     validate_schema(&snapshot);
-    snapshot
+    (snapshot, lines)
 }
 
 pub fn validate_schema(snapshot: &Value) {
