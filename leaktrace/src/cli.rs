@@ -58,6 +58,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", requires = "snapshot_every")]
     pub snapshot_dir: Option<PathBuf>,
 
+    /// Create snapshots readable only by the user running leaktrace (0600 instead of 0644;
+    /// the umask can only narrow either).
+    #[arg(long)]
+    pub private: bool,
+
     /// How many rolling snapshots to keep (the oldest are deleted).
     #[arg(long, value_name = "N", default_value_t = 24, value_parser = clap::value_parser!(u32).range(1..))]
     pub keep: u32,
@@ -164,6 +169,10 @@ pub struct ExportArgs {
     #[arg(long, value_enum)]
     pub format: ExportFormat,
 
+    /// Create the file readable only by its owner (0600 instead of 0644).
+    #[arg(long)]
+    pub private: bool,
+
     /// Where to write it (`-` for standard output).
     #[arg(short, long, value_name = "OUT")]
     pub output: PathBuf,
@@ -213,6 +222,13 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
         return Err("the duration must be greater than zero".to_string());
     }
     Ok(parsed)
+}
+
+impl Cli {
+    /// Who may read the files this run writes.
+    pub fn access(&self) -> crate::output::Access {
+        crate::output::Access::from_private(self.private)
+    }
 }
 
 #[cfg(test)]

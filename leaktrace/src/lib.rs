@@ -4,6 +4,7 @@ pub mod cost;
 pub mod growth;
 pub mod heap;
 pub mod model;
+pub mod output;
 pub mod placement;
 pub mod postmortem;
 pub mod report;

@@ -1,11 +1,6 @@
 //! The JSON snapshot (schema `leaktrace/1`, documented in docs/json-schema.md and
-//! docs/leaktrace-1.schema.json), its atomic writing, and the periodic text table.
-use std::{
-    fmt::Write as _,
-    fs,
-    io::{self, Write as _},
-    path::{Path, PathBuf},
-};
+//! docs/leaktrace-1.schema.json), its serialization, and the periodic text table.
+use std::{fmt::Write as _, io, path::Path};
 
 use serde::{Deserialize, Serialize};
 
@@ -13,6 +8,7 @@ use crate::{
     cli::Processed,
     growth::{Growth, GrowthClass},
     heap::{FallbackSummary, SiteHeap},
+    output::{write_atomically, Access, OutputError},
     symbolize::Frame,
     target::ExitStatus,
 };
@@ -193,98 +189,16 @@ impl SiteReport {
     }
 }
 
-/// Write `bytes` to `path` so that a reader sees either the old file or the new one, whole:
-/// a temporary file in the same directory, flushed, then renamed over the target.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = temp_path_for(path);
-    let result = (|| {
-        let mut file = fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        fs::rename(&tmp, path)
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn temp_path_for(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "snapshot.json".to_string());
-    path.with_file_name(format!(".{name}.tmp.{}", std::process::id()))
-}
-
-/// Check before tracing starts that snapshots can be written to `path`.
-pub fn check_writable(path: &Path) -> io::Result<()> {
-    if path.is_dir() {
-        return Err(io::Error::new(
-            io::ErrorKind::IsADirectory,
-            "it is a directory",
-        ));
-    }
-    let tmp = temp_path_for(path);
-    fs::File::create(&tmp)?;
-    fs::remove_file(&tmp)
-}
-
-pub fn write_snapshot(path: &Path, snapshot: &Snapshot) -> io::Result<()> {
+/// The snapshot as written to disk: pretty JSON and a final newline.
+pub fn snapshot_json(snapshot: &Snapshot) -> io::Result<Vec<u8>> {
     let mut json = serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?;
     json.push(b'\n');
-    write_atomically(path, &json)
+    Ok(json)
 }
 
-/// Rolling timestamped snapshots in a directory, the newest `keep` kept.
-#[derive(Debug)]
-pub struct SnapshotSeries {
-    dir: PathBuf,
-    keep: usize,
-}
-
-const SERIES_PREFIX: &str = "leaktrace-";
-
-impl SnapshotSeries {
-    /// Create the directory if needed and check it is writable.
-    pub fn new(dir: &Path, keep: u32) -> io::Result<Self> {
-        fs::create_dir_all(dir)?;
-        check_writable(&dir.join(format!("{SERIES_PREFIX}check.json")))?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            keep: usize::try_from(keep).unwrap_or(usize::MAX).max(1),
-        })
-    }
-
-    /// Write one snapshot (atomically) named by its time, then delete the oldest beyond `keep`.
-    /// Returns the path written.
-    pub fn write(&self, snapshot: &Snapshot) -> io::Result<PathBuf> {
-        // "2026-11-23T18:00:00.123Z" -> "20261123T180000.123Z": sorts by time, no colons.
-        let stamp: String = snapshot
-            .generated_at
-            .chars()
-            .filter(|c| !matches!(c, '-' | ':'))
-            .collect();
-        let path = self.dir.join(format!("{SERIES_PREFIX}{stamp}.json"));
-        write_snapshot(&path, snapshot)?;
-        let mut series: Vec<PathBuf> = fs::read_dir(&self.dir)?
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .filter(|p| {
-                p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-                    n.starts_with(SERIES_PREFIX)
-                        && n.ends_with(".json")
-                        && n != "leaktrace-check.json"
-                })
-            })
-            .collect();
-        series.sort();
-        let excess = series.len().saturating_sub(self.keep);
-        for old in &series[..excess] {
-            fs::remove_file(old)?;
-        }
-        Ok(path)
-    }
+/// Write a snapshot atomically (crate::output's rules).
+pub fn write_snapshot(path: &Path, snapshot: &Snapshot, access: Access) -> Result<(), OutputError> {
+    write_atomically(path, &snapshot_json(snapshot)?, access)
 }
 
 /// "1.5 MiB", "512 B".
@@ -663,56 +577,5 @@ mod tests {
         let json = serde_json::to_string(&snap).expect("serializes");
         let back: Snapshot = serde_json::from_str(&json).expect("parses");
         assert_eq!(back, snap);
-    }
-
-    #[test]
-    fn atomic_write_replaces_whole_file_and_leaves_no_temp() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("snap.json");
-        write_snapshot(&path, &snapshot()).expect("first write");
-        let mut second = snapshot();
-        second.duration_s = 99.0;
-        write_snapshot(&path, &second).expect("second write");
-        let read: Snapshot =
-            serde_json::from_slice(&fs::read(&path).expect("read")).expect("parse");
-        assert_eq!(read.duration_s, 99.0);
-        let leftovers: Vec<_> = fs::read_dir(dir.path())
-            .expect("list")
-            .filter_map(Result::ok)
-            .filter(|e| e.file_name().to_string_lossy().contains(".tmp."))
-            .collect();
-        assert!(leftovers.is_empty());
-    }
-
-    #[test]
-    fn the_series_keeps_the_newest_snapshots() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let series = SnapshotSeries::new(&dir.path().join("series"), 3).expect("series");
-        let mut written = Vec::new();
-        for second in 0..5 {
-            let mut snap = snapshot();
-            snap.generated_at = format!("2026-11-23T18:00:0{second}.000Z");
-            snap.duration_s = f64::from(second);
-            written.push(series.write(&snap).expect("write"));
-        }
-        let mut left: Vec<PathBuf> = fs::read_dir(dir.path().join("series"))
-            .expect("list")
-            .filter_map(Result::ok)
-            .map(|e| e.path())
-            .collect();
-        left.sort();
-        assert_eq!(left, written[2..].to_vec());
-        let newest: Snapshot =
-            serde_json::from_slice(&fs::read(&left[2]).expect("read")).expect("parse");
-        assert_eq!(newest.duration_s, 4.0);
-        assert!(left[2].ends_with("leaktrace-20261123T180004.000Z.json"));
-    }
-
-    #[test]
-    fn unwritable_paths_are_refused_up_front() {
-        assert!(check_writable(Path::new("/nonexistent-dir/x.json")).is_err());
-        let dir = tempfile::tempdir().expect("tempdir");
-        assert!(check_writable(dir.path()).is_err());
-        assert!(check_writable(&dir.path().join("ok.json")).is_ok());
     }
 }

@@ -18,6 +18,7 @@ use crate::{
     growth::{self, Growth, SeriesBuffer},
     heap::{HeapTracker, SiteHeap},
     model::{self, ProcessTotals},
+    output::{self, Access},
     report::{self, HeapReport, ProbeCost, ProcessReport, SiteReport, Snapshot},
     symbolize::Symbols,
     target::{self, ExitStatus, TargetProcess},
@@ -128,12 +129,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     }
     tracer::preflight()?;
     if let Some(path) = &cli.json {
-        report::check_writable(path)
+        output::check_writable(path)
             .with_context(|| format!("cannot write JSON snapshots to {}", path.display()))?;
     }
     let series = match (&cli.snapshot_dir, cli.snapshot_every) {
         (Some(dir), Some(every)) => Some((
-            report::SnapshotSeries::new(dir, cli.keep)
+            output::SnapshotSeries::new(dir, cli.keep, cli.access())
                 .with_context(|| format!("cannot keep snapshots in {}", dir.display()))?,
             every,
         )),
@@ -291,6 +292,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         processed: cli.processed,
         top: cli.top,
         json: cli.json.clone(),
+        access: cli.access(),
         rolling: series,
         last_series_write: None,
         ns_per_hit,
@@ -351,8 +353,10 @@ struct Session {
     processed: Processed,
     top: usize,
     json: Option<PathBuf>,
+    /// `--private`: who may read the snapshots.
+    access: Access,
     /// `--snapshot-dir` / `--snapshot-every` / `--keep`.
-    rolling: Option<(report::SnapshotSeries, Duration)>,
+    rolling: Option<(output::SnapshotSeries, Duration)>,
     last_series_write: Option<Instant>,
     /// Cost of one probe hit, from the calibration at start.
     ns_per_hit: Option<f64>,
@@ -458,7 +462,7 @@ impl Session {
                         Some(Action::WriteSnapshot) => {
                             let snapshot = self.snapshot(false);
                             let status = match &self.json {
-                                Some(path) => match report::write_snapshot(path, &snapshot) {
+                                Some(path) => match report::write_snapshot(path, &snapshot, self.access) {
                                     Ok(()) => format!("snapshot written to {}", path.display()),
                                     Err(err) => format!("cannot write {}: {err}", path.display()),
                                 },
@@ -676,7 +680,7 @@ impl Session {
     /// the rolling series.
     fn save(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
         if let Some(path) = &self.json {
-            report::write_snapshot(path, snapshot)
+            report::write_snapshot(path, snapshot, self.access)
                 .with_context(|| format!("cannot write JSON snapshot {}", path.display()))?;
         }
         if let Some((series, every)) = &self.rolling {
@@ -685,8 +689,9 @@ impl Session {
                     .last_series_write
                     .is_none_or(|last| last.elapsed() >= *every);
             if due {
+                let bytes = report::snapshot_json(snapshot)?;
                 series
-                    .write(snapshot)
+                    .write(&snapshot.generated_at, &bytes)
                     .context("cannot write the rolling snapshot")?;
                 self.last_series_write = Some(Instant::now());
             }

@@ -15,7 +15,7 @@ use anyhow::Context as _;
 
 use crate::{
     cli::{DiffArgs, ExportArgs, ExportFormat, PostmortemCommand, ReportArgs, ReportFormat},
-    report::write_atomically,
+    output::{write_atomically, Access},
 };
 
 /// Run one post-mortem subcommand.
@@ -65,7 +65,7 @@ fn export(args: &ExportArgs) -> anyhow::Result<()> {
         return print(&bytes);
     }
     // Atomically, like the snapshots: a viewer never opens half a file.
-    write_atomically(&args.output, &bytes)
+    write_atomically(&args.output, &bytes, Access::from_private(args.private))
         .with_context(|| format!("cannot write {}", args.output.display()))
 }
 
