@@ -12,6 +12,7 @@ pub mod report;
 pub mod session;
 pub mod symbolize;
 pub mod target;
+pub mod target_files;
 pub mod tracer;
 pub mod ui;
 pub mod unwind;

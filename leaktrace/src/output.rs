@@ -25,7 +25,7 @@ use std::{
     io::{self, Write as _},
     os::{
         fd::{AsFd, OwnedFd},
-        unix::{ffi::OsStrExt as _, fs::DirBuilderExt as _},
+        unix::ffi::OsStrExt as _,
     },
     path::{Component, Path, PathBuf},
 };
@@ -78,7 +78,7 @@ pub enum OutputError {
     TooManyLinks(PathBuf),
     #[error("{path} has no file name")]
     NoFileName { path: PathBuf },
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] io::Error),
 }
 
@@ -99,6 +99,8 @@ struct TrustedDir {
     fd: OwnedFd,
     /// For messages only.
     shown: PathBuf,
+    /// While walking: create missing directories with this mode.
+    create: Option<Mode>,
 }
 
 /// A file to write: its directory's descriptor and its name there.
@@ -164,12 +166,19 @@ impl Destination {
 impl TrustedDir {
     /// Walk `path` one component at a time from `/` or the working directory.
     fn open(path: &Path) -> Result<Self, OutputError> {
+        Self::open_or_create(path, None)
+    }
+
+    /// The same walk, creating missing directories with `mode` (like `mkdir -p`, but never
+    /// through anyone else's link).
+    fn open_or_create(path: &Path, create: Option<Mode>) -> Result<Self, OutputError> {
         let mut links = 0;
         let start = if path.is_absolute() { "/" } else { "." };
         let fd = rfs::openat(CWD, start, dir_flags(), Mode::empty())?;
         let mut dir = TrustedDir {
             fd,
             shown: PathBuf::from(start),
+            create,
         };
         dir.walk(path, &mut links)?;
         Ok(dir)
@@ -195,12 +204,24 @@ impl TrustedDir {
 
     fn step(&mut self, name: &OsStr, links: &mut usize) -> Result<(), OutputError> {
         let shown = self.shown.join(name);
-        let fd = rfs::openat(
-            &self.fd,
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
+        let open = |dir: &OwnedFd| {
+            rfs::openat(
+                dir,
+                name,
+                OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+        };
+        let fd = match (open(&self.fd), self.create) {
+            (Err(Errno::NOENT), Some(mode)) => {
+                match rfs::mkdirat(&self.fd, name, mode) {
+                    Ok(()) | Err(Errno::EXIST) => {}
+                    Err(err) => return Err(err.into()),
+                }
+                open(&self.fd)?
+            }
+            (fd, _) => fd?,
+        };
         let stat = rfs::fstat(&fd)?;
         match FileType::from_raw_mode(stat.st_mode) {
             FileType::Directory => {
@@ -324,11 +345,8 @@ impl SnapshotSeries {
             Access::Shared => 0o755,
             Access::Private => 0o700,
         };
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(created_mode)
-            .create(dir)?;
-        let dir = TrustedDir::open(dir)?;
+        let mut dir = TrustedDir::open_or_create(dir, Some(Mode::from_raw_mode(created_mode)))?;
+        dir.create = None;
         dir.check_not_shared_unsafely()?;
         let (temp, fd) = dir.create_temp(OsStr::new("leaktrace-check"), Access::Private)?;
         drop(fd);
@@ -353,6 +371,7 @@ impl SnapshotSeries {
             dir: TrustedDir {
                 fd: self.dir.fd.try_clone()?,
                 shown: self.dir.shown.clone(),
+                create: None,
             },
             name: name.clone(),
         };
@@ -508,19 +527,29 @@ mod tests {
         std::os::unix::fs::lchown(&dir_link, Some(65534), Some(65534)).expect("chown link");
         let err = check_writable(&dir_link.join("x.json")).expect_err("refused");
         assert!(matches!(err, OutputError::ForeignSymlink { .. }), "{err}");
+        // A series directory is never created through it either.
+        let elsewhere = tempfile::tempdir().expect("tempdir");
+        let foreign = dir.path().join("series-link");
+        symlink(elsewhere.path(), &foreign).expect("plant series link");
+        std::os::unix::fs::lchown(&foreign, Some(65534), Some(65534)).expect("chown link");
+        let err =
+            SnapshotSeries::new(&foreign.join("a/b"), 3, Access::Shared).expect_err("refused");
+        assert!(matches!(err, OutputError::ForeignSymlink { .. }), "{err}");
+        assert!(!elsewhere.path().join("a").exists());
     }
 
     #[test]
     fn the_series_keeps_the_newest_snapshots() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let series =
-            SnapshotSeries::new(&dir.path().join("series"), 3, Access::Shared).expect("series");
+        let series = SnapshotSeries::new(&dir.path().join("series/nested"), 3, Access::Shared)
+            .expect("series");
         let mut written = Vec::new();
         for second in 0..5 {
             let stamp = format!("2026-11-23T18:00:0{second}.000Z");
             written.push(series.write(&stamp, stamp.as_bytes()).expect("write"));
         }
-        let mut left: Vec<PathBuf> = fs::read_dir(dir.path().join("series"))
+        assert_eq!(mode_of(&dir.path().join("series")) & 0o7022, 0);
+        let mut left: Vec<PathBuf> = fs::read_dir(dir.path().join("series/nested"))
             .expect("list")
             .filter_map(Result::ok)
             .map(|e| e.path())
