@@ -43,10 +43,15 @@ pub fn exe_file(pid: u32) -> PathBuf {
     proc_path(pid, "exe")
 }
 
+/// The process's root directory (/proc/PID/root): its mount namespace seen from ours.
+pub fn root_dir(pid: u32) -> PathBuf {
+    proc_path(pid, "root")
+}
+
 /// A path of the process's mount namespace, reached from ours through /proc/PID/root
 /// (containers; a file replaced on disk since the process opened it is not followed).
 pub fn path_in_root(pid: u32, path: &Path) -> PathBuf {
-    proc_path(pid, "root").join(path.strip_prefix("/").unwrap_or(path))
+    root_dir(pid).join(path.strip_prefix("/").unwrap_or(path))
 }
 
 /// The file mapped at `range`, opened through the mapping itself (/proc/PID/map_files): right
@@ -542,5 +547,6 @@ mod tests {
             Path::new("/proc/42/map_files/7f00-7f10")
         );
         assert_eq!(exe_file(42), Path::new("/proc/42/exe"));
+        assert_eq!(root_dir(42), Path::new("/proc/42/root"));
     }
 }
