@@ -7,6 +7,7 @@ pub mod model;
 pub mod output;
 pub mod placement;
 pub mod postmortem;
+pub mod procfs;
 pub mod report;
 pub mod session;
 pub mod symbolize;

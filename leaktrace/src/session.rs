@@ -19,6 +19,7 @@ use crate::{
     heap::{HeapTracker, SiteHeap},
     model::{self, ProcessTotals},
     output::{self, Access},
+    procfs,
     report::{self, HeapReport, ProbeCost, ProcessReport, SiteReport, Snapshot},
     symbolize::Symbols,
     target::{self, ExitStatus, TargetProcess},
@@ -86,7 +87,7 @@ impl Traced {
     }
 
     fn sample_processed(&mut self, measure: Processed) {
-        let Some(io) = target::read_io(self.process.pid) else {
+        let Some(io) = procfs::read_io(self.process.pid) else {
             return;
         };
         let value = match measure {
@@ -96,7 +97,7 @@ impl Traced {
         };
         self.processed_baseline.get_or_insert(value);
         self.processed_latest = Some(value);
-        if let Some(memory) = target::read_memory(self.process.pid) {
+        if let Some(memory) = procfs::read_memory(self.process.pid) {
             self.rss_baseline.get_or_insert(memory.0);
             self.memory = Some(memory);
         }
@@ -225,7 +226,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         };
         child.release()?;
         register_heap(&mut heap, child.pid);
-        let comm = target::read_comm(child.pid).unwrap_or_else(|_| {
+        let comm = procfs::read_comm(child.pid).unwrap_or_else(|_| {
             path.file_name()
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
@@ -365,7 +366,7 @@ struct Session {
 
 /// Start tracking a process's heap at its current program break, read from /proc.
 fn register_heap(heap: &mut HeapTracker, pid: u32) {
-    let brk = target::read_brk(pid);
+    let brk = procfs::read_brk(pid);
     heap.register(pid, brk.map(|b| b.0), brk.map(|b| b.1));
 }
 
@@ -627,7 +628,7 @@ impl Session {
                     continue;
                 }
             }
-            if target::is_alive(t.process.pid) {
+            if procfs::is_alive(t.process.pid) {
                 self.symbols.refresh_maps(t.process.pid);
             } else {
                 t.alive = false;
@@ -1051,7 +1052,7 @@ impl Session {
         let mut rows = Vec::with_capacity(pids.len());
         let mut last_drain = Instant::now();
         for pid in pids {
-            let alive = target::is_alive(pid);
+            let alive = procfs::is_alive(pid);
             let reused = alive && self.others.get(&pid).is_some_and(|r| !r.alive);
             let expired = self
                 .others
@@ -1074,7 +1075,7 @@ impl Session {
                 let process = TargetProcess {
                     pid,
                     comm,
-                    exe: std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default(),
+                    exe: procfs::read_exe(pid).unwrap_or_default(),
                     libc: PathBuf::new(),
                     libc_host_path: PathBuf::new(),
                 };

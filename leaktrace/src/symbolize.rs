@@ -16,6 +16,8 @@ use blazesym::symbolize::{
 };
 use serde::{Deserialize, Serialize};
 
+use crate::procfs;
+
 /// One frame of a call stack, innermost first. An address inside inlined code yields several
 /// frames: the inlined functions (innermost first, `inlined: true`) and then the function they
 /// were inlined into.
@@ -32,42 +34,9 @@ pub struct Frame {
     pub inlined: bool,
 }
 
-/// A file-backed mapping of a process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct Mapping {
-    start: u64,
-    end: u64,
-    file_offset: u64,
-    path: PathBuf,
-}
-
-fn parse_maps(text: &str) -> Vec<Mapping> {
-    text.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let _perms = fields.next()?;
-            let offset = fields.next()?;
-            let _dev = fields.next()?;
-            let _inode = fields.next()?;
-            let path = fields.collect::<Vec<_>>().join(" ");
-            if !path.starts_with('/') {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            Some(Mapping {
-                start: u64::from_str_radix(start, 16).ok()?,
-                end: u64::from_str_radix(end, 16).ok()?,
-                file_offset: u64::from_str_radix(offset, 16).ok()?,
-                path: PathBuf::from(path.trim_end_matches(" (deleted)")),
-            })
-        })
-        .collect()
-}
-
 pub struct Symbols {
     symbolizer: Symbolizer,
-    maps: HashMap<u32, Vec<Mapping>>,
+    maps: HashMap<u32, procfs::Maps>,
     frames: HashMap<(u32, u64), Vec<Frame>>,
     build_ids: HashMap<PathBuf, Option<String>>,
 }
@@ -90,10 +59,9 @@ impl Symbols {
 
     /// Re-read a live process's mappings (libraries loaded since the last call).
     pub fn refresh_maps(&mut self, pid: u32) {
-        match fs::read_to_string(format!("/proc/{pid}/maps")) {
-            Ok(text) => {
-                let maps = parse_maps(&text);
-                log::debug!("pid {pid}: {} file mappings", maps.len());
+        match procfs::read_maps(pid) {
+            Ok(maps) => {
+                log::debug!("pid {pid}: {} file mappings", maps.files().count());
                 self.maps.insert(pid, maps);
             }
             Err(err) => log::debug!("pid {pid}: cannot read its maps: {err}"),
@@ -145,17 +113,16 @@ impl Symbols {
         let mapping = self.mapping(pid, addr);
         vec![Frame {
             addr,
-            module: mapping.map(|m| m.path.display().to_string()),
-            offset: mapping.map(|m| addr - m.start + m.file_offset),
+            module: mapping.map(|(path, _)| path.display().to_string()),
+            offset: mapping.map(|(_, offset)| offset),
             ..Frame::default()
         }]
     }
 
-    fn mapping(&self, pid: u32, addr: u64) -> Option<&Mapping> {
-        self.maps
-            .get(&pid)?
-            .iter()
-            .find(|m| m.start <= addr && addr < m.end)
+    /// The module file mapped at `addr`, and the address's offset in that file.
+    fn mapping(&self, pid: u32, addr: u64) -> Option<(&Path, u64)> {
+        let mapping = self.maps.get(&pid)?.containing(addr)?;
+        Some((mapping.path()?, addr - mapping.range.start + mapping.offset))
     }
 
     fn resolve(&mut self, pid: u32, alive: bool, addrs: &[u64]) {
@@ -163,10 +130,10 @@ impl Symbols {
         let mut by_module: HashMap<PathBuf, Vec<(u64, u64)>> = HashMap::new();
         for &addr in addrs {
             match self.mapping(pid, addr) {
-                Some(m) => by_module
-                    .entry(m.path.clone())
+                Some((path, offset)) => by_module
+                    .entry(path.to_path_buf())
                     .or_default()
-                    .push((addr, addr - m.start + m.file_offset)),
+                    .push((addr, offset)),
                 None => {
                     self.frames.insert(
                         (pid, addr),
@@ -181,8 +148,7 @@ impl Symbols {
         for (module, entries) in by_module {
             // Through the process's root first (containers, a file replaced on disk since), then by
             // the plain path: a process that is exiting no longer has a root to go through.
-            let through_root = PathBuf::from(format!("/proc/{pid}/root"))
-                .join(module.strip_prefix("/").unwrap_or(&module));
+            let through_root = procfs::path_in_root(pid, &module);
             let candidates = if alive {
                 vec![through_root, module.clone()]
             } else {
@@ -302,19 +268,6 @@ mod tests {
     fn a_function_to_find() -> u64 {
         // The address of an instruction inside this very function, as a return address would be.
         a_function_to_find as *const () as u64 + 1
-    }
-
-    #[test]
-    fn maps_lines_parse_and_skip_anonymous() {
-        let maps = parse_maps(
-            "55d0c0a00000-55d0c0a21000 r-xp 00001000 fd:01 123 /usr/bin/my server\n\
-             7ffd1c3f0000-7ffd1c411000 rw-p 00000000 00:00 0 [stack]\n\
-             7f00-7f10 r-xp 00002000 fd:01 9 /tmp/lib.so (deleted)",
-        );
-        assert_eq!(maps.len(), 2);
-        assert_eq!(maps[0].path, PathBuf::from("/usr/bin/my server"));
-        assert_eq!(maps[0].file_offset, 0x1000);
-        assert_eq!(maps[1].path, PathBuf::from("/tmp/lib.so"));
     }
 
     #[test]

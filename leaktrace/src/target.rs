@@ -14,6 +14,8 @@ use std::{
 
 use object::{Object as _, ObjectSection as _};
 
+use crate::procfs;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("no process with pid {0}")]
@@ -48,21 +50,18 @@ pub struct TargetProcess {
 
 /// Inspect a running process and find the libc it maps.
 pub fn inspect(pid: u32) -> Result<TargetProcess, TargetError> {
-    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
-    if pid == 0 || !proc_dir.exists() {
+    if pid == 0 || !procfs::process_exists(pid) {
         return Err(TargetError::NoSuchProcess(pid));
     }
     let inspect_err = |source| TargetError::Inspect { pid, source };
-    let comm = read_comm(pid).map_err(inspect_err)?;
-    let exe = fs::read_link(proc_dir.join("exe")).map_err(inspect_err)?;
-    let maps = fs::read_to_string(proc_dir.join("maps")).map_err(inspect_err)?;
+    let comm = procfs::read_comm(pid).map_err(inspect_err)?;
+    let exe = procfs::read_exe(pid).map_err(inspect_err)?;
+    let maps = procfs::read_maps(pid).map_err(inspect_err)?;
     let Some(libc) = libc_in_maps(&maps) else {
-        let why = explain_no_libc(&proc_dir.join("exe"));
+        let why = explain_no_libc(&procfs::exe_file(pid));
         return Err(TargetError::NoLibc { pid, comm, why });
     };
-    let libc_host_path = proc_dir
-        .join("root")
-        .join(libc.strip_prefix("/").unwrap_or(&libc));
+    let libc_host_path = procfs::path_in_root(pid, &libc);
     Ok(TargetProcess {
         pid,
         comm,
@@ -78,7 +77,7 @@ pub fn inspect_any(pid: u32) -> Result<TargetProcess, TargetError> {
         Err(TargetError::NoLibc { comm, .. }) => Ok(TargetProcess {
             pid,
             comm,
-            exe: fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default(),
+            exe: procfs::read_exe(pid).unwrap_or_default(),
             libc: PathBuf::new(),
             libc_host_path: PathBuf::new(),
         }),
@@ -95,94 +94,18 @@ pub fn is_elf(path: &Path) -> bool {
         && magic == *b"\x7fELF"
 }
 
-pub fn read_comm(pid: u32) -> io::Result<String> {
-    Ok(fs::read_to_string(format!("/proc/{pid}/comm"))?
-        .trim_end()
-        .to_string())
-}
-
-/// Cumulative bytes a process read and wrote (`rchar`, `wchar` of /proc/PID/io).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct IoCounters {
-    pub read_bytes: u64,
-    pub written_bytes: u64,
-}
-
-pub fn read_io(pid: u32) -> Option<IoCounters> {
-    parse_io(&fs::read_to_string(format!("/proc/{pid}/io")).ok()?)
-}
-
-fn parse_io(text: &str) -> Option<IoCounters> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().parse::<u64>().ok())
-    };
-    Some(IoCounters {
-        read_bytes: field("rchar:")?,
-        written_bytes: field("wchar:")?,
-    })
-}
-
 /// The machine's page size.
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
 }
 
-/// Start of the heap (`start_brk`, /proc/PID/stat field 47) and the current break (end of the
-/// `[heap]` mapping, or the start when the heap is still empty).
-pub fn read_brk(pid: u32) -> Option<(u64, u64)> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let start_brk = stat
-        .rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(47 - 3)?
-        .parse::<u64>()
-        .ok()?;
-    let maps = fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    let current = maps
-        .lines()
-        .find(|l| l.ends_with("[heap]"))
-        .and_then(|l| l.split('-').nth(1))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|end| u64::from_str_radix(end, 16).ok())
-        .unwrap_or(start_brk);
-    Some((start_brk, current))
-}
-
-/// Resident set size and data segment size (VmRSS, VmData of /proc/PID/status), in bytes.
-pub fn read_memory(pid: u32) -> Option<(u64, u64)> {
-    let status = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<u64>().ok())
-            .map(|v| v * 1024)
-    };
-    Some((kib("VmRSS:")?, kib("VmData:")?))
-}
-
-/// Whether a process still exists (a zombie counts as gone).
-pub fn is_alive(pid: u32) -> bool {
-    match fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => stat
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
-/// The path of the libc mapped in a /proc/PID/maps text (glibc, or musl's combined loader).
-pub fn libc_in_maps(maps: &str) -> Option<PathBuf> {
-    maps.lines()
-        .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| path.starts_with('/') && is_libc_name(path))
-        .map(PathBuf::from)
+/// The path of the libc a process maps (glibc, or musl's combined loader).
+pub fn libc_in_maps(maps: &procfs::Maps) -> Option<PathBuf> {
+    maps.files()
+        .filter_map(procfs::Mapping::path)
+        .find(|path| path.to_str().is_some_and(is_libc_name))
+        .map(Path::to_path_buf)
 }
 
 fn is_libc_name(path: &str) -> bool {
@@ -235,15 +158,10 @@ pub fn resolve_program(program: &OsStr) -> Result<PathBuf, TargetError> {
         };
     }
     let path_var = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
-    std::env::split_paths(&path_var)
-        .map(|dir| dir.join(program))
-        .find(|candidate| is_executable_file(candidate))
+    which::which_in_global(program, Some(path_var))
+        .ok()
+        .and_then(|mut found| found.next())
         .ok_or_else(not_found)
-}
-
-fn is_executable_file(path: &Path) -> bool {
-    use std::os::unix::fs::PermissionsExt as _;
-    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 /// The libc a not-yet-started executable will load, asked of its own dynamic loader
@@ -441,6 +359,7 @@ mod tests {
 
     #[test]
     fn finds_glibc_and_musl_in_maps() {
+        let libc_in_maps = |maps: &str| libc_in_maps(&procfs::Maps::parse(maps));
         let maps = "\
 55d0c0a00000-55d0c0a01000 r--p 00000000 fd:01 123 /usr/bin/cat
 7f1c2a000000-7f1c2a028000 r--p 00000000 fd:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6
@@ -459,29 +378,10 @@ mod tests {
     }
 
     #[test]
-    fn io_counters_parse() {
-        let io = "rchar: 4096\nwchar: 17\nsyscr: 3\nsyscw: 1\nread_bytes: 0\n";
-        assert_eq!(
-            parse_io(io),
-            Some(IoCounters {
-                read_bytes: 4096,
-                written_bytes: 17
-            })
-        );
-        assert_eq!(parse_io("rchar: 1\n"), None);
-        assert!(read_io(std::process::id()).is_some());
-    }
-
-    #[test]
     fn our_own_process_is_inspectable() {
         let me = inspect(std::process::id()).expect("inspect self");
         assert!(me.libc.ends_with("libc.so.6"), "{me:?}");
         assert!(me.libc_host_path.exists(), "{me:?}");
-        assert!(is_alive(std::process::id()));
-        let (start_brk, current) = read_brk(std::process::id()).expect("brk");
-        assert!(start_brk > 0 && current >= start_brk);
-        let (rss, data) = read_memory(std::process::id()).expect("memory");
-        assert!(rss > 0 && data > 0);
     }
 
     #[test]

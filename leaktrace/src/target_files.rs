@@ -68,7 +68,7 @@ pub fn open(path: &Path) -> Result<File, Unreadable> {
 /// Open `path` as the process `pid` sees it: resolved inside its root directory, so its links
 /// (absolute ones included) stay inside that root.
 pub fn open_in_root(pid: u32, path: &Path) -> Result<File, Unreadable> {
-    let root_path = PathBuf::from(format!("/proc/{pid}/root"));
+    let root_path = crate::procfs::root_dir(pid);
     let root = rfs::openat(
         CWD,
         &root_path,
@@ -246,12 +246,12 @@ mod tests {
 
     /// The smallest real shared object the test process maps with unwind tables.
     fn real_module() -> PathBuf {
-        let maps = fs::read_to_string("/proc/self/maps").expect("maps");
+        let maps = crate::procfs::read_own_maps().expect("maps");
         let mut modules: Vec<PathBuf> = maps
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(5))
-            .filter(|p| p.contains(".so"))
-            .map(PathBuf::from)
+            .files()
+            .filter_map(crate::procfs::Mapping::path)
+            .filter(|p| p.to_string_lossy().contains(".so"))
+            .map(Path::to_path_buf)
             .collect();
         modules.sort_by_key(|p| fs::metadata(p).map(|m| m.len()).unwrap_or(u64::MAX));
         modules.into_iter().next().expect("a shared object")

@@ -7,7 +7,7 @@ use std::{
     collections::HashMap,
     fs,
     ops::Range,
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,7 +19,7 @@ use framehop::{
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 use serde::{Deserialize, Serialize};
 
-use crate::tracer::StackCopy;
+use crate::{procfs, tracer::StackCopy};
 
 /// Section data shared by every process that maps the same file.
 type Data = Arc<[u8]>;
@@ -152,38 +152,12 @@ impl ModuleFile {
     }
 }
 
-/// An executable file mapping of a process.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct CodeMapping {
-    range: Range<u64>,
-    file_offset: u64,
-    /// (device, inode): the same file whatever path or namespace it is reached by.
-    file_id: (String, u64),
-    path: PathBuf,
-}
-
-fn parse_code_mappings(maps: &str) -> Vec<CodeMapping> {
-    maps.lines()
-        .filter_map(|line| {
-            let mut fields = line.split_whitespace();
-            let range = fields.next()?;
-            let perms = fields.next()?;
-            let offset = fields.next()?;
-            let dev = fields.next()?;
-            let inode = fields.next()?.parse::<u64>().ok()?;
-            let path = fields.collect::<Vec<_>>().join(" ");
-            if !perms.contains('x') || inode == 0 || !path.starts_with('/') {
-                return None;
-            }
-            let (start, end) = range.split_once('-')?;
-            Some(CodeMapping {
-                range: u64::from_str_radix(start, 16).ok()?..u64::from_str_radix(end, 16).ok()?,
-                file_offset: u64::from_str_radix(offset, 16).ok()?,
-                file_id: (dev.to_string(), inode),
-                path: PathBuf::from(path.trim_end_matches(" (deleted)")),
-            })
-        })
-        .collect()
+/// The executable file mappings of a process (the code to unwind through), with their paths.
+fn code_mappings(maps: &procfs::Maps) -> impl Iterator<Item = (&procfs::Mapping, &Path)> {
+    maps.mappings
+        .iter()
+        .filter(|m| m.executable && m.inode != 0)
+        .filter_map(|m| Some((m, m.path()?)))
 }
 
 /// Whether a module is the C library, whose frames (the allocator, the syscall wrappers) are
@@ -211,7 +185,7 @@ impl ProcessUnwinder {
 /// Unwinders of every process growth events came from, and the module files they share.
 #[derive(Default)]
 pub struct StackUnwinder {
-    files: HashMap<(String, u64), Option<Arc<ModuleFile>>>,
+    files: HashMap<(procfs::Device, u64), Option<Arc<ModuleFile>>>,
     processes: HashMap<u32, ProcessUnwinder>,
     pub stats: UnwindStats,
 }
@@ -310,28 +284,28 @@ impl StackUnwinder {
 
     /// (Re)build a process's unwinder from its executable mappings.
     fn load_process(&mut self, pid: u32) {
-        let maps = fs::read_to_string(format!("/proc/{pid}/maps")).unwrap_or_default();
+        let maps = procfs::read_maps(pid).unwrap_or_default();
         let mut unwinder = UnwinderX86_64::new();
         let mut code = Vec::new();
         let mut libc = Vec::new();
-        for mapping in parse_code_mappings(&maps) {
+        for (mapping, path) in code_mappings(&maps) {
             let file = self
                 .files
-                .entry(mapping.file_id.clone())
-                .or_insert_with(|| read_module(pid, &mapping).map(Arc::new))
+                .entry(mapping.file_id())
+                .or_insert_with(|| read_module(pid, mapping, path).map(Arc::new))
                 .clone();
             let Some(file) = file else {
                 continue;
             };
-            let Some(bias) = file.bias(mapping.range.start, mapping.file_offset) else {
+            let Some(bias) = file.bias(mapping.range.start, mapping.offset) else {
                 continue;
             };
-            if is_libc(&mapping.path) {
+            if is_libc(path) {
                 libc.push(mapping.range.clone());
             }
             code.push(mapping.range.clone());
             unwinder.add_module(Module::new(
-                mapping.path.display().to_string(),
+                path.display().to_string(),
                 mapping.range.clone(),
                 bias,
                 file.section_info(),
@@ -352,16 +326,14 @@ impl StackUnwinder {
 
 /// A mapped file's unwind sections, read through the mapping itself (right even for a deleted
 /// or replaced file, and inside containers), else through the process's root, else the path.
-fn read_module(pid: u32, mapping: &CodeMapping) -> Option<ModuleFile> {
-    let by_mapping = PathBuf::from(format!(
-        "/proc/{pid}/map_files/{:x}-{:x}",
-        mapping.range.start, mapping.range.end
-    ));
-    let in_root = Path::new(&format!("/proc/{pid}/root"))
-        .join(mapping.path.strip_prefix("/").unwrap_or(&mapping.path));
-    [by_mapping, in_root, mapping.path.clone()]
-        .iter()
-        .find_map(|p| ModuleFile::read(p))
+fn read_module(pid: u32, mapping: &procfs::Mapping, path: &Path) -> Option<ModuleFile> {
+    [
+        procfs::mapped_file(pid, &mapping.range),
+        procfs::path_in_root(pid, path),
+        path.to_path_buf(),
+    ]
+    .iter()
+    .find_map(|p| ModuleFile::read(p))
 }
 
 /// The registers here and up to 16 KiB of this thread's stack above the stack pointer, as the
@@ -389,17 +361,10 @@ pub fn own_stack_copy() -> (u64, u64, u64, Vec<u8>) {
 
 /// Bytes of this process's mapping above `sp`, at most 16 KiB (what the eBPF program copies).
 fn readable_above(sp: u64) -> usize {
-    let maps = fs::read_to_string("/proc/self/maps").unwrap_or_default();
-    maps.lines()
-        .filter_map(|line| {
-            let (start, end) = line.split_whitespace().next()?.split_once('-')?;
-            Some((
-                u64::from_str_radix(start, 16).ok()?,
-                u64::from_str_radix(end, 16).ok()?,
-            ))
-        })
-        .find(|(start, end)| (*start..*end).contains(&sp))
-        .map_or(0, |(_, end)| {
+    procfs::read_own_maps()
+        .ok()
+        .and_then(|maps| Some(maps.containing(sp)?.range.end))
+        .map_or(0, |end| {
             usize::try_from(end - sp)
                 .unwrap_or(0)
                 .min(leaktrace_common::STACK_COPY_BYTES)
@@ -420,13 +385,18 @@ mod tests {
 7ffd00000000-7ffd00021000 rw-p 00000000 00:00 0 [stack]
 7ffd00030000-7ffd00032000 r-xp 00000000 00:00 0 [vdso]
 ";
-        let code = parse_code_mappings(maps);
+        let maps = procfs::Maps::parse(maps);
+        let code: Vec<_> = code_mappings(&maps).collect();
         assert_eq!(code.len(), 2);
-        assert_eq!(code[0].range, 0x55d0_a000_1000..0x55d0_a000_5000);
-        assert_eq!(code[0].file_offset, 0x1000);
-        assert_eq!(code[1].file_id, ("fe:01".to_string(), 777));
-        assert!(is_libc(&code[1].path));
-        assert!(!is_libc(&code[0].path));
+        assert_eq!(code[0].0.range, 0x55d0_a000_1000..0x55d0_a000_5000);
+        assert_eq!(code[0].0.offset, 0x1000);
+        let fe_01 = procfs::Device {
+            major: 0xfe,
+            minor: 0x01,
+        };
+        assert_eq!(code[1].0.file_id(), (fe_01, 777));
+        assert!(is_libc(code[1].1));
+        assert!(!is_libc(code[0].1));
     }
 
     #[test]

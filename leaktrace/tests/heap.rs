@@ -68,8 +68,7 @@ fn strace_ground_truth(mode: &str) -> (u64, Vec<u64>, Vec<u64>) {
 }
 
 fn command_exists(name: &str) -> bool {
-    std::env::var_os("PATH")
-        .is_some_and(|paths| std::env::split_paths(&paths).any(|d| d.join(name).is_file()))
+    which::which(name).is_ok()
 }
 
 fn site_with<'a>(process: &'a Value, function: &str) -> Option<&'a Value> {
