@@ -181,17 +181,8 @@ pub fn is_alive(pid: u32) -> bool {
 pub fn libc_in_maps(maps: &str) -> Option<PathBuf> {
     maps.lines()
         .filter_map(|line| line.split_whitespace().nth(5))
-        .find(|path| path.starts_with('/') && is_libc_name(path))
+        .find(|path| path.starts_with('/') && crate::frames::is_libc(path))
         .map(PathBuf::from)
-}
-
-fn is_libc_name(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    name == "libc.so.6"
-        || name == "libc.so"
-        || (name.starts_with("libc-") && name.ends_with(".so"))
-        || name.starts_with("ld-musl-")
-        || name.starts_with("libc.musl-")
 }
 
 /// Why an executable maps no libc, in the user's words.
@@ -282,7 +273,7 @@ pub fn libc_for_executable(exe: &Path) -> Result<PathBuf, TargetError> {
             let resolved = line.split("=>").nth(1).unwrap_or(line).trim();
             resolved.split_whitespace().next().map(str::to_string)
         })
-        .find(|path| path.starts_with('/') && is_libc_name(path))
+        .find(|path| path.starts_with('/') && crate::frames::is_libc(path))
         .map(PathBuf::from)
         .ok_or_else(|| untraceable("it does not link libc"))
 }

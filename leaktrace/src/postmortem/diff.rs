@@ -10,7 +10,10 @@
 use std::{cmp::Reverse, collections::BTreeMap, fmt::Write as _};
 
 use super::read::{RecordedFrame, RecordedProcess, RecordedSite, RecordedSnapshot};
-use crate::report::human_bytes;
+use crate::{
+    format::{self, human_bytes},
+    frames::basename,
+};
 
 /// What identifies an allocation site across runs and machines: per frame, innermost first,
 /// `function@module`, `module+0xoffset` or `?` (a frame with neither).
@@ -24,7 +27,7 @@ impl SiteKey {
 }
 
 fn frame_key(frame: &RecordedFrame) -> String {
-    let module = frame.module_name();
+    let module = frame.module.as_deref().map(basename);
     match (&frame.function, module, frame.offset) {
         (Some(function), Some(module), _) => format!("{function}@{module}"),
         (Some(function), None, _) => format!("{function}@?"),
@@ -184,7 +187,7 @@ fn by_key(process: &RecordedProcess) -> BTreeMap<SiteKey, KeyedSite> {
         entry.count = entry.count.saturating_add(site.outstanding_count);
         // Named after its largest member.
         if entry.label_bytes < Some(site.outstanding_bytes) {
-            entry.label = site.label();
+            entry.label = format::site_label(&site.frames);
             entry.label_bytes = Some(site.outstanding_bytes);
         }
     }
