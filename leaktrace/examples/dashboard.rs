@@ -12,7 +12,7 @@ use std::{process::ExitCode, time::Duration};
 use clap::Parser;
 use leaktrace::{
     growth::{Growth, GrowthClass},
-    heap::{ChunkSize, FallbackSummary, SiteHeap},
+    heap::{FallbackSummary, SiteHeap},
     report::{Counters, HeapReport, ProbeCost, Snapshot},
     symbolize::Frame,
     synthetic,
@@ -156,20 +156,7 @@ fn snapshot(t: f64, options: &Options) -> Snapshot {
         brk_calls: 40,
         brk_failures: if fallbacks { 3 } else { 0 },
         fallback_mmaps: if fallbacks {
-            FallbackSummary {
-                count: 3,
-                bytes: (1 << 20) + 2 * 135_168,
-                chunk_sizes: vec![
-                    ChunkSize {
-                        bytes: 1 << 20,
-                        count: 1,
-                    },
-                    ChunkSize {
-                        bytes: 135_168,
-                        count: 2,
-                    },
-                ],
-            }
+            synthetic::fallbacks(&[(1 << 20, 1), (135_168, 2)])
         } else {
             FallbackSummary::default()
         },

@@ -147,53 +147,39 @@ pub trait StackFrame {
     }
 }
 
-impl StackFrame for Frame {
-    fn function(&self) -> Option<&str> {
-        self.function.as_deref()
-    }
-    fn module(&self) -> Option<&str> {
-        self.module.as_deref()
-    }
-    fn offset(&self) -> Option<u64> {
-        self.offset
-    }
-    fn addr(&self) -> Option<u64> {
-        Some(self.addr)
-    }
-    fn file(&self) -> Option<&str> {
-        self.file.as_deref()
-    }
-    fn line(&self) -> Option<u32> {
-        self.line
-    }
-    fn inlined(&self) -> bool {
-        self.inlined
-    }
+/// Live and recorded frames have the same fields; only the address is optional in a
+/// recorded one.
+macro_rules! impl_stack_frame {
+    ($frame:ty, |$f:ident| $addr:expr) => {
+        impl StackFrame for $frame {
+            fn function(&self) -> Option<&str> {
+                self.function.as_deref()
+            }
+            fn module(&self) -> Option<&str> {
+                self.module.as_deref()
+            }
+            fn offset(&self) -> Option<u64> {
+                self.offset
+            }
+            fn addr(&self) -> Option<u64> {
+                let $f = self;
+                $addr
+            }
+            fn file(&self) -> Option<&str> {
+                self.file.as_deref()
+            }
+            fn line(&self) -> Option<u32> {
+                self.line
+            }
+            fn inlined(&self) -> bool {
+                self.inlined
+            }
+        }
+    };
 }
 
-impl StackFrame for RecordedFrame {
-    fn function(&self) -> Option<&str> {
-        self.function.as_deref()
-    }
-    fn module(&self) -> Option<&str> {
-        self.module.as_deref()
-    }
-    fn offset(&self) -> Option<u64> {
-        self.offset
-    }
-    fn addr(&self) -> Option<u64> {
-        self.addr
-    }
-    fn file(&self) -> Option<&str> {
-        self.file.as_deref()
-    }
-    fn line(&self) -> Option<u32> {
-        self.line
-    }
-    fn inlined(&self) -> bool {
-        self.inlined
-    }
-}
+impl_stack_frame!(Frame, |f| Some(f.addr));
+impl_stack_frame!(RecordedFrame, |f| f.addr);
 
 /// The index of the frame that names a stack for a user: the innermost frame of user code
 /// with a function name, else the innermost frame of user code, else the innermost frame.
@@ -244,34 +230,38 @@ mod tests {
 
     #[test]
     fn functions_decide_before_modules() {
-        assert_eq!(
-            classify(
+        let cases = [
+            (
                 Some("operator new(unsigned long)"),
-                Some("/usr/lib/libstdc++.so.6")
+                Some("/usr/lib/libstdc++.so.6"),
+                FrameClass::Allocator,
             ),
-            FrameClass::Allocator
-        );
-        assert_eq!(
-            classify(Some("CRYPTO_zalloc"), Some("/usr/lib/libcrypto.so.3")),
-            FrameClass::Allocator
-        );
-        assert_eq!(
-            classify(Some("runtime.mallocgc"), Some("/usr/bin/goapp")),
-            FrameClass::Allocator
-        );
-        assert_eq!(
-            classify(Some("runtime.systemstack"), Some("/usr/bin/goapp")),
-            FrameClass::Runtime
-        );
-        assert_eq!(
-            classify(Some("strdup"), Some("/lib/libc.so.6")),
-            FrameClass::Libc
-        );
-        assert_eq!(
-            classify(Some("remember"), Some("/usr/bin/app")),
-            FrameClass::User
-        );
-        assert_eq!(classify(None, None), FrameClass::User);
+            (
+                Some("CRYPTO_zalloc"),
+                Some("/usr/lib/libcrypto.so.3"),
+                FrameClass::Allocator,
+            ),
+            (
+                Some("runtime.mallocgc"),
+                Some("/usr/bin/goapp"),
+                FrameClass::Allocator,
+            ),
+            (
+                Some("runtime.systemstack"),
+                Some("/usr/bin/goapp"),
+                FrameClass::Runtime,
+            ),
+            (Some("strdup"), Some("/lib/libc.so.6"), FrameClass::Libc),
+            (Some("remember"), Some("/usr/bin/app"), FrameClass::User),
+            (None, None, FrameClass::User),
+        ];
+        for (function, module, class) in cases {
+            assert_eq!(
+                classify(function, module),
+                class,
+                "{function:?} in {module:?}"
+            );
+        }
     }
 
     #[test]

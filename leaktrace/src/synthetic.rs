@@ -115,6 +115,19 @@ pub fn snapshot(duration_s: f64, processes: Vec<ProcessReport>) -> Snapshot {
     }
 }
 
+/// malloc's mmap fallbacks of the given `(bytes, count)` chunk sizes, in that order; the
+/// totals add up.
+pub fn fallbacks(chunks: &[(u64, u64)]) -> FallbackSummary {
+    FallbackSummary {
+        count: chunks.iter().map(|(_, count)| count).sum(),
+        bytes: chunks.iter().map(|(bytes, count)| bytes * count).sum(),
+        chunk_sizes: chunks
+            .iter()
+            .map(|&(bytes, count)| ChunkSize { bytes, count })
+            .collect(),
+    }
+}
+
 /// The bytes of [`heap_with_fallbacks`]'s two fallback chunks: 1 MiB and 132 KiB.
 pub const FALLBACK_BYTES: u64 = (1 << 20) + 135_168;
 
@@ -125,20 +138,7 @@ pub fn heap_with_fallbacks() -> HeapReport {
         brk_bytes: 135_168,
         brk_calls: 9,
         brk_failures: 2,
-        fallback_mmaps: FallbackSummary {
-            count: 2,
-            bytes: FALLBACK_BYTES,
-            chunk_sizes: vec![
-                ChunkSize {
-                    bytes: 1 << 20,
-                    count: 1,
-                },
-                ChunkSize {
-                    bytes: 135_168,
-                    count: 1,
-                },
-            ],
-        },
+        fallback_mmaps: fallbacks(&[(1 << 20, 1), (135_168, 1)]),
         anon_mmap_outstanding_bytes: FALLBACK_BYTES,
         anon_reserved_bytes: 0,
         rss_bytes: Some(4 << 20),

@@ -394,7 +394,7 @@ mod tests {
     fn process(pid: u32, exe: &str, sites: Vec<RecordedSite>) -> RecordedProcess {
         RecordedProcess {
             pid,
-            comm: exe.rsplit('/').next().unwrap_or(exe).to_string(),
+            comm: basename(exe).to_string(),
             exe: exe.to_string(),
             alive: true,
             exit: None,

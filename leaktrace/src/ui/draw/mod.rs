@@ -12,7 +12,8 @@ mod sparkline;
 mod stack;
 mod summary;
 
-/// What every panel uses.
+/// What the panels use, imported in one place (the paths of the snapshot types change here
+/// only).
 mod prelude {
     pub(super) use ratatui::{
         buffer::Buffer,
@@ -66,8 +67,6 @@ pub(super) const STATUS: Style = Style::new().fg(Color::Green).add_modifier(Modi
 
 /// The sort indicator next to a column title and in the table title.
 pub(super) const SORT_MARK: &str = "▼";
-/// The site column keeps at least this many characters before optional columns are dropped.
-pub(super) const MIN_FRAME_WIDTH: u16 = 24;
 
 impl Widget for &App {
     fn render(self, area: Rect, buf: &mut Buffer) {

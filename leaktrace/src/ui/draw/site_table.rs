@@ -2,6 +2,9 @@
 //! narrow terminals (least useful first) but never the sorted one.
 use super::prelude::*;
 
+/// The site column keeps at least this many characters before optional columns are dropped.
+const MIN_FRAME_WIDTH: u16 = 24;
+
 impl App {
     pub(super) fn draw_site_table(&self, area: Rect, compact: bool, buf: &mut Buffer) {
         let multi_process = self.focus_pid.is_none()
