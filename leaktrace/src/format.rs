@@ -208,19 +208,20 @@ pub fn contains_lowercase(haystack: &str, needle: &str) -> bool {
 /// What to call a frame when only one name fits: its function, else `module+0xoffset`, else
 /// its address, else `module+?`, else `?`.
 pub fn frame_name(frame: &impl StackFrame) -> String {
-    match (
-        frame.function(),
-        frame.module().map(basename),
-        frame.offset(),
-    ) {
-        (Some(function), _, _) => function.to_string(),
-        (None, Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
-        (None, module, _) => match (frame.addr(), module) {
-            (Some(addr), _) => format!("{addr:#x}"),
-            (None, Some(module)) => format!("{module}+?"),
-            (None, None) => "?".to_string(),
-        },
+    if let Some(function) = frame.function() {
+        return function.to_string();
     }
+    module_offset(frame).unwrap_or_else(|| match (frame.addr(), frame.module()) {
+        (Some(addr), _) => format!("{addr:#x}"),
+        (None, Some(module)) => format!("{}+?", basename(module)),
+        (None, None) => "?".to_string(),
+    })
+}
+
+/// Where a frame is in its module, `libc.so.6+0x29d90`: stable across runs of one build.
+pub fn module_offset(frame: &impl StackFrame) -> Option<String> {
+    let module = basename(frame.module()?);
+    Some(format!("{module}+{:#x}", frame.offset()?))
 }
 
 /// `file.c:42` (the file's directory dropped), or `file.c` without a line, when known.

@@ -27,14 +27,14 @@ impl SiteKey {
 }
 
 fn frame_key(frame: &RecordedFrame) -> String {
-    let module = frame.module.as_deref().map(basename);
-    match (&frame.function, module, frame.offset) {
-        (Some(function), Some(module), _) => format!("{function}@{module}"),
-        (Some(function), None, _) => format!("{function}@?"),
-        (None, Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
+    match &frame.function {
+        Some(function) => {
+            let module = frame.module.as_deref().map_or("?", basename);
+            format!("{function}@{module}")
+        }
         // Only the address is known: it means nothing in another process, so every such frame
         // looks the same.
-        _ => "?".to_string(),
+        None => format::module_offset(frame).unwrap_or_else(|| "?".to_string()),
     }
 }
 

@@ -7,7 +7,6 @@ use super::read::{
 };
 use crate::{
     format::{self, human_bytes},
-    frames::basename,
     target::ExitStatus,
 };
 
@@ -403,10 +402,7 @@ fn frame_columns(frame: &RecordedFrame) -> (String, String) {
     let location = match (format::frame_location(frame), &frame.function) {
         (Some(location), _) => location,
         // A named frame without source: say where it is so it can be looked up.
-        (None, Some(_)) => match (frame.module.as_deref().map(basename), frame.offset) {
-            (Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
-            _ => String::new(),
-        },
+        (None, Some(_)) => format::module_offset(frame).unwrap_or_default(),
         (None, None) => String::new(),
     };
     (name, location)
