@@ -9,12 +9,13 @@
 //! ```
 use std::{process::ExitCode, time::Duration};
 
+use clap::Parser;
 use leaktrace::{
-    cli::Processed,
     growth::{Growth, GrowthClass},
-    heap::{ChunkSize, FallbackSummary, SiteHeap},
-    report::{Counters, HeapReport, ProbeCost, ProcessReport, SiteReport, Snapshot, SCHEMA},
+    heap::{FallbackSummary, SiteHeap},
+    report::{Counters, HeapReport, ProbeCost, Snapshot},
     symbolize::Frame,
+    synthetic,
     target::ExitStatus,
     ui::{self, Action, App, Event, Live, Update},
 };
@@ -23,61 +24,45 @@ use tokio::{
     time::{sleep_until, Instant},
 };
 
+/// The leaktrace dashboard on synthetic data: no eBPF, no root.
+#[derive(Debug, Parser)]
 struct Options {
+    /// Allocation sites in the table.
+    #[arg(long, default_value_t = 40)]
     sites: u64,
+    /// The target "exits" after this many seconds.
+    #[arg(long, value_name = "SECONDS")]
     exit_after: Option<f64>,
+    /// Panic after this many seconds (the terminal must survive it).
+    #[arg(long, value_name = "SECONDS")]
     panic_after: Option<f64>,
+    /// Milliseconds between samples.
+    #[arg(long = "interval-ms", value_name = "MS", default_value = "1000", value_parser = parse_millis)]
     interval: Duration,
 }
 
-fn options() -> Result<Options, String> {
-    let mut options = Options {
-        sites: 40,
-        exit_after: None,
-        panic_after: None,
-        interval: Duration::from_secs(1),
-    };
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let mut value = || -> Result<f64, String> {
-            args.next()
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| format!("{arg} needs a number"))
-        };
-        match arg.as_str() {
-            "--sites" => options.sites = value()? as u64,
-            "--exit-after" => options.exit_after = Some(value()?),
-            "--panic-after" => options.panic_after = Some(value()?),
-            "--interval-ms" => options.interval = Duration::from_millis(value()? as u64),
-            other => return Err(format!("unknown option {other}")),
-        }
-    }
-    Ok(options)
+fn parse_millis(text: &str) -> Result<Duration, String> {
+    text.parse()
+        .map(Duration::from_millis)
+        .map_err(|err| format!("{text}: {err}"))
 }
+
+const EXE: &str = "/opt/demo/bin/demo-service";
 
 fn frame(function: &str, file: &str, line: u32) -> Frame {
     Frame {
         addr: 0x5555_5555_0000 + u64::from(line),
-        module: Some("/opt/demo/bin/demo-service".to_string()),
         offset: Some(u64::from(line) * 16),
-        build_id: None,
-        function: Some(function.to_string()),
         file: Some(format!("/src/demo/{file}")),
-        line: Some(line),
-        inlined: false,
+        ..synthetic::frame(function, EXE, Some((file, line)))
     }
 }
 
 fn libc_frame(function: &str) -> Frame {
     Frame {
         addr: 0x7fff_0000_0000,
-        module: Some("/usr/lib/x86_64-linux-gnu/libc.so.6".to_string()),
         offset: Some(0x2_9d90),
-        build_id: None,
-        function: Some(function.to_string()),
-        file: None,
-        line: None,
-        inlined: false,
+        ..synthetic::frame(function, synthetic::LIBC, None)
     }
 }
 
@@ -86,30 +71,22 @@ fn libc_frame(function: &str) -> Frame {
 fn snapshot(t: f64, options: &Options) -> Snapshot {
     let per_min = |bytes_per_s: f64| Some(bytes_per_s * 60.0);
     let growth = |class, slope: Option<f64>| Growth {
-        bytes_per_mib_processed: slope.map(|s| s / 30.0),
-        bytes_per_min: slope,
         r2_processed: slope.map(|_| 0.97),
         r2_time: slope.map(|_| 0.99),
-        recent_bytes_per_min: slope,
-        recent_bytes_per_mib_processed: slope.map(|s| s / 30.0),
-        class,
         samples: t as usize,
+        ..synthetic::growth(slope.map(|s| s / 30.0), slope, class)
     };
-    let site = |id: u64, bytes: u64, growth: Growth, frames: Vec<Frame>| SiteReport {
-        id: format!("{id:x}-{id}"),
-        outstanding_bytes: bytes,
-        outstanding_count: bytes / 100 + 1,
-        allocated_bytes: bytes * 3,
-        allocated_count: bytes / 30 + 1,
-        freed_bytes: bytes * 2,
-        freed_count: bytes / 50,
-        oldest_age_s: Some(t),
-        aged_outstanding_bytes: bytes / 2,
-        aged_outstanding_count: bytes / 200,
-        growth,
-        leak_rank: u32::try_from(id + 1).unwrap_or(u32::MAX),
-        heap: SiteHeap::default(),
-        frames,
+    let site = |id: u64, bytes: u64, growth: Growth, frames: Vec<Frame>| {
+        let mut site = synthetic::site(
+            &format!("{id:x}-{id}"),
+            bytes,
+            bytes / 100 + 1,
+            growth,
+            Some(t),
+            frames,
+        );
+        site.leak_rank = u32::try_from(id + 1).unwrap_or(u32::MAX);
+        site
     };
     let mut sites = vec![
         site(
@@ -165,72 +142,40 @@ fn snapshot(t: f64, options: &Options) -> Snapshot {
         }
     }
     let exited = options.exit_after.is_some_and(|after| t >= after);
-    let outstanding_bytes = sites.iter().map(|s| s.outstanding_bytes).sum();
-    let outstanding_count = sites.iter().map(|s| s.outstanding_count).sum();
-    Snapshot {
-        schema: SCHEMA.to_string(),
-        generated_at: "2026-11-23T18:00:00Z".to_string(),
-        duration_s: t,
-        mode: "exact".to_string(),
-        system_wide: false,
-        unwinding: None,
-        interval_s: options.interval.as_secs_f64(),
-        min_age_s: 0.0,
-        processed: Processed::Both,
-        complete: false,
-        cost: Some(ProbeCost::new(Some(1_300.0), Some(2_400.0))),
-        processes: vec![ProcessReport {
-            pid: 4242,
-            comm: "demo-service".to_string(),
-            exe: "/opt/demo/bin/demo-service".to_string(),
-            alive: !exited,
-            exit: exited.then_some(ExitStatus::Code(0)),
-            exact: true,
-            libc: "/usr/lib/x86_64-linux-gnu/libc.so.6".to_string(),
-            hooked_functions: vec!["malloc".to_string(), "free".to_string()],
-            outstanding_bytes,
-            outstanding_count,
-            allocated_bytes: outstanding_bytes * 3,
-            allocated_count: (t * 1500.0) as u64,
-            freed_count: (t * 1400.0) as u64,
-            bytes_processed: Some((t * 1_048_576.0) as u64),
-            heap: Some(HeapReport {
-                brk_bytes: 135_168,
-                brk_calls: 40,
-                brk_failures: if fallbacks { 3 } else { 0 },
-                fallback_mmaps: if fallbacks {
-                    FallbackSummary {
-                        count: 3,
-                        bytes: (1 << 20) + 2 * 135_168,
-                        chunk_sizes: vec![
-                            ChunkSize {
-                                bytes: 1 << 20,
-                                count: 1,
-                            },
-                            ChunkSize {
-                                bytes: 135_168,
-                                count: 2,
-                            },
-                        ],
-                    }
-                } else {
-                    FallbackSummary::default()
-                },
-                anon_mmap_outstanding_bytes: 2 << 20,
-                anon_reserved_bytes: 64 << 20,
-                rss_bytes: Some((8 << 20) + outstanding_bytes),
-                vm_data_bytes: Some(100 << 20),
-                rss_growth_bytes: Some(outstanding_bytes as i64),
-                explained_share: Some(0.93),
-                events: 100,
-            }),
-            counters: Counters {
-                unknown_frees: 2,
-                ..Counters::default()
-            },
-            sites,
-        }],
-    }
+    let mut process = synthetic::process(4242, "demo-service", sites);
+    let outstanding_bytes = process.outstanding_bytes;
+    process.exe = EXE.to_string();
+    process.alive = !exited;
+    process.exit = exited.then_some(ExitStatus::Code(0));
+    process.allocated_bytes = outstanding_bytes * 3;
+    process.allocated_count = (t * 1500.0) as u64;
+    process.freed_count = (t * 1400.0) as u64;
+    process.bytes_processed = Some((t * 1_048_576.0) as u64);
+    process.heap = Some(HeapReport {
+        brk_bytes: 135_168,
+        brk_calls: 40,
+        brk_failures: if fallbacks { 3 } else { 0 },
+        fallback_mmaps: if fallbacks {
+            synthetic::fallbacks(&[(1 << 20, 1), (135_168, 2)])
+        } else {
+            FallbackSummary::default()
+        },
+        anon_mmap_outstanding_bytes: 2 << 20,
+        anon_reserved_bytes: 64 << 20,
+        rss_bytes: Some((8 << 20) + outstanding_bytes),
+        vm_data_bytes: Some(100 << 20),
+        rss_growth_bytes: Some(outstanding_bytes as i64),
+        explained_share: Some(0.93),
+        events: 100,
+    });
+    process.counters = Counters {
+        unknown_frees: 2,
+        ..Counters::default()
+    };
+    let mut snapshot = synthetic::snapshot(t, vec![process]);
+    snapshot.interval_s = options.interval.as_secs_f64();
+    snapshot.cost = Some(ProbeCost::new(Some(1_300.0), Some(2_400.0)));
+    snapshot
 }
 
 async fn run(options: Options) -> anyhow::Result<()> {
@@ -280,13 +225,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    let options = match options() {
-        Ok(options) => options,
-        Err(err) => {
-            eprintln!("dashboard example: {err}");
-            return ExitCode::FAILURE;
-        }
-    };
+    let options = Options::parse();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

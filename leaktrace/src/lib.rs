@@ -1,6 +1,8 @@
 //! leaktrace: exact eBPF memory-leak tracing of running processes or a launched command.
 pub mod cli;
 pub mod cost;
+pub mod format;
+pub mod frames;
 pub mod growth;
 pub mod heap;
 pub mod model;
@@ -11,6 +13,9 @@ pub mod procfs;
 pub mod report;
 pub mod session;
 pub mod symbolize;
+#[doc(hidden)]
+pub mod synthetic;
+pub mod table;
 pub mod target;
 pub mod target_files;
 pub mod tracer;

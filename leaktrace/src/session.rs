@@ -318,7 +318,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     session.end_launched_commands().await;
     // The final snapshot is written whatever ended the run, then the probes go with `session`.
     let last = session.snapshot(true);
-    print!("{}", report::render_table(&last, session.top));
+    print!("{}", crate::table::render_table(&last, session.top));
     session.save(&last)?;
     outcome
 }
@@ -413,7 +413,7 @@ impl Session {
             tokio::select! {
                 _ = sleep_until(next_sample) => {
                     let snapshot = self.snapshot(false);
-                    print!("{}", report::render_table(&snapshot, self.top));
+                    print!("{}", crate::table::render_table(&snapshot, self.top));
                     self.save(&snapshot)?;
                     next_sample += self.interval;
                 }

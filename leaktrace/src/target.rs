@@ -104,17 +104,8 @@ pub fn page_size() -> u64 {
 pub fn libc_in_maps(maps: &procfs::Maps) -> Option<PathBuf> {
     maps.files()
         .filter_map(procfs::Mapping::path)
-        .find(|path| path.to_str().is_some_and(is_libc_name))
+        .find(|path| path.to_str().is_some_and(crate::frames::is_libc))
         .map(Path::to_path_buf)
-}
-
-fn is_libc_name(path: &str) -> bool {
-    let name = path.rsplit('/').next().unwrap_or(path);
-    name == "libc.so.6"
-        || name == "libc.so"
-        || (name.starts_with("libc-") && name.ends_with(".so"))
-        || name.starts_with("ld-musl-")
-        || name.starts_with("libc.musl-")
 }
 
 /// Why an executable maps no libc, in the user's words.
@@ -200,7 +191,7 @@ pub fn libc_for_executable(exe: &Path) -> Result<PathBuf, TargetError> {
             let resolved = line.split("=>").nth(1).unwrap_or(line).trim();
             resolved.split_whitespace().next().map(str::to_string)
         })
-        .find(|path| path.starts_with('/') && is_libc_name(path))
+        .find(|path| path.starts_with('/') && crate::frames::is_libc(path))
         .map(PathBuf::from)
         .ok_or_else(|| untraceable("it does not link libc"))
 }

@@ -163,9 +163,7 @@ fn code_mappings(maps: &procfs::Maps) -> impl Iterator<Item = (&procfs::Mapping,
 /// Whether a module is the C library, whose frames (the allocator, the syscall wrappers) are
 /// dropped from the top of growth stacks so that a site starts at the code that allocated.
 fn is_libc(path: &Path) -> bool {
-    path.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
-        n.starts_with("libc.so") || n.starts_with("libc-") || n.starts_with("ld-musl")
-    })
+    path.to_str().is_some_and(crate::frames::is_libc)
 }
 
 struct ProcessUnwinder {

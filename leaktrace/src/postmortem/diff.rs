@@ -10,7 +10,10 @@
 use std::{cmp::Reverse, collections::BTreeMap, fmt::Write as _};
 
 use super::read::{RecordedFrame, RecordedProcess, RecordedSite, RecordedSnapshot};
-use crate::report::human_bytes;
+use crate::{
+    format::{self, human_bytes},
+    frames::basename,
+};
 
 /// What identifies an allocation site across runs and machines: per frame, innermost first,
 /// `function@module`, `module+0xoffset` or `?` (a frame with neither).
@@ -24,14 +27,14 @@ impl SiteKey {
 }
 
 fn frame_key(frame: &RecordedFrame) -> String {
-    let module = frame.module_name();
-    match (&frame.function, module, frame.offset) {
-        (Some(function), Some(module), _) => format!("{function}@{module}"),
-        (Some(function), None, _) => format!("{function}@?"),
-        (None, Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
+    match &frame.function {
+        Some(function) => {
+            let module = frame.module.as_deref().map_or("?", basename);
+            format!("{function}@{module}")
+        }
         // Only the address is known: it means nothing in another process, so every such frame
         // looks the same.
-        _ => "?".to_string(),
+        None => format::module_offset(frame).unwrap_or_else(|| "?".to_string()),
     }
 }
 
@@ -184,7 +187,7 @@ fn by_key(process: &RecordedProcess) -> BTreeMap<SiteKey, KeyedSite> {
         entry.count = entry.count.saturating_add(site.outstanding_count);
         // Named after its largest member.
         if entry.label_bytes < Some(site.outstanding_bytes) {
-            entry.label = site.label();
+            entry.label = format::site_label(&site.frames);
             entry.label_bytes = Some(site.outstanding_bytes);
         }
     }
@@ -391,7 +394,7 @@ mod tests {
     fn process(pid: u32, exe: &str, sites: Vec<RecordedSite>) -> RecordedProcess {
         RecordedProcess {
             pid,
-            comm: exe.rsplit('/').next().unwrap_or(exe).to_string(),
+            comm: basename(exe).to_string(),
             exe: exe.to_string(),
             alive: true,
             exit: None,

@@ -23,6 +23,7 @@ use super::{
     pprof,
     read::{RecordedFrame, RecordedProcess, RecordedSite, RecordedSnapshot},
 };
+use crate::format;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
@@ -64,8 +65,7 @@ fn process_frame(process: &RecordedProcess) -> String {
 
 /// A frame name safe in a folded line: no `;` (the frame separator) and no line breaks.
 fn folded_name(frame: &RecordedFrame) -> String {
-    let mut name: String = frame
-        .name()
+    let mut name: String = format::frame_name(frame)
         .chars()
         .map(|c| match c {
             ';' => ':',
@@ -236,7 +236,8 @@ impl ProfileBuilder {
         let lines: Vec<(u64, i64)> = frames
             .iter()
             .map(|f| {
-                let function = self.function(&f.name(), f.file.as_deref().unwrap_or(""));
+                let function =
+                    self.function(&format::frame_name(*f), f.file.as_deref().unwrap_or(""));
                 (function, i64::from(f.line.unwrap_or(0)))
             })
             .collect();
@@ -400,7 +401,7 @@ mod tests {
         let groups = frames_by_address(&frames);
         let names: Vec<Vec<String>> = groups
             .iter()
-            .map(|g| g.iter().map(|f| f.name()).collect())
+            .map(|g| g.iter().map(|f| format::frame_name(*f)).collect())
             .collect();
         assert_eq!(names, vec![vec!["helper", "caller"], vec!["main"]]);
     }

@@ -176,66 +176,6 @@ pub struct RecordedFrame {
     pub inlined: bool,
 }
 
-impl RecordedFrame {
-    /// The module's file name without its directory (`libc.so.6`), stable across machines.
-    pub fn module_name(&self) -> Option<&str> {
-        self.module.as_deref().map(file_name)
-    }
-
-    /// `function`, `module+0xoffset` or, with nothing known, `0xaddr`/`?`.
-    pub fn name(&self) -> String {
-        match (&self.function, self.module_name(), self.offset, self.addr) {
-            (Some(function), _, _, _) => function.clone(),
-            (None, Some(module), Some(offset), _) => format!("{module}+{offset:#x}"),
-            (None, Some(module), None, _) => format!("{module}+?"),
-            (None, None, _, Some(addr)) => format!("{addr:#x}"),
-            (None, None, _, None) => "?".to_string(),
-        }
-    }
-
-    /// `file.c:42` with the file's directory dropped, when known.
-    pub fn source_location(&self) -> Option<String> {
-        let file = file_name(self.file.as_deref()?);
-        Some(match self.line {
-            Some(line) => format!("{file}:{line}"),
-            None => file.to_string(),
-        })
-    }
-}
-
-/// The last path component of `path` (all of it when there is no `/`).
-pub fn file_name(path: &str) -> &str {
-    path.rsplit('/').next().unwrap_or(path)
-}
-
-impl RecordedSite {
-    /// The innermost frame with a function name, else the innermost frame.
-    pub fn top_frame(&self) -> Option<&RecordedFrame> {
-        self.frames
-            .iter()
-            .find(|f| f.function.is_some())
-            .or_else(|| self.frames.first())
-    }
-
-    /// One line naming the site: the innermost named frame with its source location, then up
-    /// to two callers (`leak_exactly (alloc_patterns.c:31) <- main`).
-    pub fn label(&self) -> String {
-        let mut named = self.frames.iter().filter(|f| f.function.is_some());
-        let Some(first) = named.next().or_else(|| self.frames.first()) else {
-            return "(no frames)".to_string();
-        };
-        let mut label = first.name();
-        if let Some(location) = first.source_location() {
-            label.push_str(&format!(" ({location})"));
-        }
-        for caller in named.take(2) {
-            label.push_str(" <- ");
-            label.push_str(&caller.name());
-        }
-        label
-    }
-}
-
 impl RecordedSnapshot {
     pub fn site_count(&self) -> usize {
         self.processes.iter().map(|p| p.sites.len()).sum()
@@ -405,8 +345,11 @@ mod tests {
         assert!(process.counters.any());
         let site = &process.sites[0];
         assert_eq!(site.growth.class, "some_future_class");
-        assert_eq!(site.frames[0].name(), "libfoo.so+0x1000");
-        assert_eq!(site.label(), "main (main.c:3)");
+        assert_eq!(
+            crate::format::frame_name(&site.frames[0]),
+            "libfoo.so+0x1000"
+        );
+        assert_eq!(crate::format::site_label(&site.frames), "main (main.c:3)");
     }
 
     #[test]

@@ -5,7 +5,10 @@ use std::{fmt::Write as _, time::Duration};
 use super::read::{
     RecordedCounters, RecordedFrame, RecordedHeap, RecordedProcess, RecordedSite, RecordedSnapshot,
 };
-use crate::{report::human_bytes, target::ExitStatus};
+use crate::{
+    format::{self, human_bytes},
+    target::ExitStatus,
+};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReportStyle {
@@ -71,7 +74,7 @@ pub fn render_report(
                 out,
                 "Snapshot of {}, after {} of tracing ({run}).",
                 snapshot.generated_at,
-                age(Some(snapshot.duration_s))
+                format::age(Some(snapshot.duration_s))
             );
         }
         ReportStyle::Markdown => {
@@ -80,7 +83,7 @@ pub fn render_report(
                 out,
                 "\nSnapshot of {}, after {} of tracing ({run}).",
                 snapshot.generated_at,
-                age(Some(snapshot.duration_s))
+                format::age(Some(snapshot.duration_s))
             );
         }
     }
@@ -143,7 +146,7 @@ impl<'a> SiteSelection<'a> {
             ));
         }
         if self.too_young > 0 {
-            let min = options.min_age.map(|d| age(Some(d.as_secs_f64())));
+            let min = options.min_age.map(|d| format::age(Some(d.as_secs_f64())));
             parts.push(format!(
                 "{} younger than {} (--min-age)",
                 self.too_young,
@@ -275,10 +278,9 @@ fn heap_rows(heap: &RecordedHeap) -> Vec<(&'static str, String)> {
     if let Some(rss) = heap.rss_bytes {
         let mut text = human_bytes(rss);
         if let Some(growth) = heap.rss_growth_bytes {
-            let sign = if growth < 0 { "-" } else { "+" };
             text.push_str(&format!(
-                " ({sign}{} since tracing started",
-                human_bytes(growth.unsigned_abs())
+                " ({} since tracing started",
+                format::signed_bytes(growth)
             ));
             match heap.explained_share {
                 Some(share) if share.is_finite() => text.push_str(&format!(
@@ -374,64 +376,33 @@ fn blocks(count: u64) -> String {
     }
 }
 
-/// "1.2s", "3.5m", "2.0h", "-".
-fn age(seconds: Option<f64>) -> String {
-    match seconds {
-        Some(s) if s.is_finite() && s < 60.0 => format!("{s:.1}s"),
-        Some(s) if s.is_finite() && s < 3600.0 => format!("{:.1}m", s / 60.0),
-        Some(s) if s.is_finite() => format!("{:.1}h", s / 3600.0),
-        _ => "-".to_string(),
-    }
-}
-
-/// A slope in bytes: "+555.1 KiB", "-1.0 KiB", "n/a".
-fn slope(value: Option<f64>) -> String {
-    match value {
-        Some(v) if v.is_finite() && v < 0.0 => format!("-{}", human_bytes((-v).round() as u64)),
-        Some(v) if v.is_finite() => format!("+{}", human_bytes(v.round() as u64)),
-        _ => "n/a".to_string(),
-    }
-}
-
-fn r2(value: Option<f64>) -> String {
-    match value {
-        Some(v) if v.is_finite() => format!("{v:.2}"),
-        _ => "-".to_string(),
-    }
-}
-
 fn site_heading(site: &RecordedSite) -> String {
-    site.top_frame()
-        .map(RecordedFrame::name)
-        .unwrap_or_else(|| "(no frames)".to_string())
+    format::site_name(&site.frames)
 }
 
 fn growth_line(site: &RecordedSite) -> String {
     let g = &site.growth;
     format!(
         "{} per MiB processed (R² {}), {} per minute (R² {}), class {}, oldest block {}",
-        slope(g.bytes_per_mib_processed),
-        r2(g.r2_processed),
-        slope(g.bytes_per_min),
-        r2(g.r2_time),
+        format::slope(g.bytes_per_mib_processed),
+        format::r2(g.r2_processed),
+        format::slope(g.bytes_per_min),
+        format::r2(g.r2_time),
         g.class,
-        age(site.oldest_age_s)
+        format::age(site.oldest_age_s)
     )
 }
 
 /// One frame: name, source location, and where it is in its module when not symbolized.
 fn frame_columns(frame: &RecordedFrame) -> (String, String) {
-    let mut name = frame.name();
+    let mut name = format::frame_name(frame);
     if frame.inlined {
         name.push_str(" [inlined]");
     }
-    let location = match (frame.source_location(), &frame.function) {
+    let location = match (format::frame_location(frame), &frame.function) {
         (Some(location), _) => location,
         // A named frame without source: say where it is so it can be looked up.
-        (None, Some(_)) => match (frame.module_name(), frame.offset) {
-            (Some(module), Some(offset)) => format!("{module}+{offset:#x}"),
-            _ => String::new(),
-        },
+        (None, Some(_)) => format::module_offset(frame).unwrap_or_default(),
         (None, None) => String::new(),
     };
     (name, location)
@@ -549,13 +520,13 @@ fn markdown_process(
                 site.leak_rank,
                 exact_bytes(site.outstanding_bytes),
                 site.outstanding_count,
-                slope(g.bytes_per_mib_processed),
-                slope(g.bytes_per_min),
-                r2(g.r2_processed),
-                r2(g.r2_time),
+                format::slope(g.bytes_per_mib_processed),
+                format::slope(g.bytes_per_min),
+                format::r2(g.r2_processed),
+                format::r2(g.r2_time),
                 cell(&g.class),
-                age(site.oldest_age_s),
-                code(&site.label()),
+                format::age(site.oldest_age_s),
+                code(&format::site_label(&site.frames)),
             );
         }
     }
@@ -595,16 +566,6 @@ mod tests {
         assert_eq!(code("a`b"), "`` a`b ``");
         assert_eq!(cell("x\ny|z"), "x y\\|z");
         assert_eq!(longest_backtick_run("a ``` b `"), 3);
-    }
-
-    #[test]
-    fn numbers_the_data_cannot_support_are_dashes() {
-        assert_eq!(slope(None), "n/a");
-        assert_eq!(slope(Some(f64::NAN)), "n/a");
-        assert_eq!(slope(Some(-2048.0)), "-2.0 KiB");
-        assert_eq!(r2(None), "-");
-        assert_eq!(age(Some(90.0)), "1.5m");
-        assert_eq!(age(None), "-");
     }
 
     #[test]

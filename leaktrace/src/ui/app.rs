@@ -5,12 +5,14 @@ use std::{cmp::Ordering, collections::HashMap};
 use ratatui::layout::Rect;
 
 use super::{
-    format::contains_lowercase,
     history::SiteHistory,
     layout,
     live::{self, CallTotals, Live, Rates, SiteHeapTotals},
 };
-use crate::report::{ProcessReport, SiteReport, Snapshot};
+use crate::{
+    format::contains_lowercase,
+    report::{ProcessReport, SiteReport, Snapshot},
+};
 
 /// Rows the mouse wheel moves per notch.
 const WHEEL_ROWS: usize = 3;

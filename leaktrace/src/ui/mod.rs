@@ -1,13 +1,13 @@
-//! The live terminal dashboard (issue 4): a ratatui view of the snapshots the session builds.
+//! The live terminal dashboard: a ratatui view of the snapshots the session builds.
 //!
-//! Split as STYLE.md asks: [`App`] is the state and does no I/O; drawing is
-//! `impl Widget for &App`; the session's `select!` loop owns the App and feeds it [`Event`]s
+//! State, events and drawing are kept apart: [`App`] is the state and does no I/O; drawing is
+//! `impl Widget for &App` (one file per panel under `draw/`); one event enum feeds one loop
+//! that owns the state: the session's `select!` loop owns the App and feeds it [`Event`]s
 //! (keys, mouse wheel, resizes, and an [`Update`] per sampling interval), acting on the
 //! [`Action`]s `App::handle` returns. [`Dashboard`] / [`run_terminal`] own the real terminal
 //! and restore it on every exit path, panics included. docs/dashboard.md shows the loop.
 mod app;
 mod draw;
-mod format;
 mod history;
 mod layout;
 mod live;
@@ -15,8 +15,8 @@ mod terminal;
 #[cfg(test)]
 mod tests;
 
+pub use crate::format::truncate_middle;
 pub use app::{Action, App, Event, Key, ProcessSort, Screen, SiteSort, Update};
-pub use format::truncate_middle;
 pub use history::HISTORY_CAPACITY;
 pub use live::{heap_growth_bytes, is_system_wide, Live, Rates};
 pub use terminal::{event_from_terminal, run_terminal, Dashboard};

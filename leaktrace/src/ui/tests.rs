@@ -4,75 +4,14 @@ use ratatui::{backend::TestBackend, buffer::Buffer, style::Color, Terminal};
 
 use super::*;
 use crate::{
-    cli::Processed,
-    growth::{Growth, GrowthClass},
-    heap::{ChunkSize, FallbackSummary, SiteHeap},
-    report::{Counters, HeapReport, ProcessReport, SiteReport, Snapshot, SCHEMA},
-    symbolize::Frame,
+    frames,
+    growth::GrowthClass,
+    report::{HeapReport, ProcessReport, SiteReport, Snapshot},
+    synthetic::{self, frame, growth, heap_with_fallbacks, process, site, EXE, LIBC},
     target::ExitStatus,
 };
 
-const EXE: &str = "/usr/bin/leaky-service";
-const LIBC: &str = "/usr/lib/x86_64-linux-gnu/libc.so.6";
 const LONG_RUST_NAME: &str = "<alloc::vec::Vec<T,A> as alloc::vec::spec_extend::SpecExtend<T,I>>::spec_extend::hd81fa1e2b3c4d5e6";
-
-fn frame(function: &str, module: &str, file: Option<(&str, u32)>) -> Frame {
-    Frame {
-        addr: 0x5555_0000_1000,
-        module: Some(module.to_string()),
-        offset: Some(0x1000),
-        build_id: None,
-        function: Some(function.to_string()),
-        file: file.map(|(f, _)| format!("/src/{f}")),
-        line: file.map(|(_, l)| l),
-        inlined: false,
-    }
-}
-
-fn growth(per_mib: Option<f64>, per_min: Option<f64>, class: GrowthClass) -> Growth {
-    Growth {
-        bytes_per_mib_processed: per_mib,
-        bytes_per_min: per_min,
-        r2_processed: per_mib.map(|_| 0.99),
-        r2_time: per_min.map(|_| 0.98),
-        recent_bytes_per_min: per_min,
-        recent_bytes_per_mib_processed: per_mib,
-        class,
-        samples: 12,
-    }
-}
-
-#[expect(
-    clippy::too_many_arguments,
-    reason = "a test builder with every number spelled out"
-)]
-fn site(
-    id: &str,
-    outstanding_bytes: u64,
-    outstanding_count: u64,
-    per_mib: Option<f64>,
-    per_min: Option<f64>,
-    class: GrowthClass,
-    oldest: Option<f64>,
-    frames: Vec<Frame>,
-) -> SiteReport {
-    SiteReport {
-        id: id.to_string(),
-        outstanding_bytes,
-        outstanding_count,
-        allocated_bytes: outstanding_bytes * 3,
-        allocated_count: outstanding_count * 3,
-        freed_bytes: outstanding_bytes * 2,
-        freed_count: outstanding_count * 2,
-        oldest_age_s: oldest,
-        aged_outstanding_bytes: outstanding_bytes / 2,
-        aged_outstanding_count: outstanding_count / 2,
-        growth: growth(per_mib, per_min, class),
-        leak_rank: 0,
-        heap: SiteHeap::default(),
-        frames,
-    }
-}
 
 /// A leak (biggest slope, not biggest size), a big plateau reached through libc's strdup,
 /// and a churning Rust site with an inlined frame and a very long symbol name.
@@ -81,9 +20,7 @@ fn sites() -> Vec<SiteReport> {
         "a-1",
         300_000,
         3_000,
-        Some(262_144.0),
-        Some(1_048_576.0),
-        GrowthClass::LeakSuspect,
+        growth(Some(262_144.0), Some(1_048_576.0), GrowthClass::LeakSuspect),
         Some(11.9),
         vec![
             frame("remember_session", EXE, Some(("leaky_service.c", 26))),
@@ -97,9 +34,7 @@ fn sites() -> Vec<SiteReport> {
         "b-2",
         900_000,
         10,
-        Some(1_000.0),
-        Some(2_000.0),
-        GrowthClass::Plateau,
+        growth(Some(1_000.0), Some(2_000.0), GrowthClass::Plateau),
         Some(30.0),
         vec![
             frame("strdup", LIBC, None),
@@ -114,9 +49,7 @@ fn sites() -> Vec<SiteReport> {
         "c-3",
         4_096,
         50_000,
-        None,
-        Some(-10.0),
-        GrowthClass::Churn,
+        growth(None, Some(-10.0), GrowthClass::Churn),
         Some(0.5),
         vec![
             inlined,
@@ -127,43 +60,8 @@ fn sites() -> Vec<SiteReport> {
     vec![leak, plateau, churn]
 }
 
-fn process(pid: u32, comm: &str, sites: Vec<SiteReport>) -> ProcessReport {
-    ProcessReport {
-        pid,
-        comm: comm.to_string(),
-        exe: EXE.to_string(),
-        alive: true,
-        exit: None,
-        exact: true,
-        libc: LIBC.to_string(),
-        hooked_functions: vec!["malloc".to_string(), "free".to_string()],
-        outstanding_bytes: sites.iter().map(|s| s.outstanding_bytes).sum(),
-        outstanding_count: sites.iter().map(|s| s.outstanding_count).sum(),
-        allocated_bytes: 10_000_000,
-        allocated_count: 100_000,
-        freed_count: 40_000,
-        bytes_processed: Some(3 << 20),
-        heap: None,
-        counters: Counters::default(),
-        sites,
-    }
-}
-
 fn snapshot_at(duration_s: f64, processes: Vec<ProcessReport>) -> Snapshot {
-    Snapshot {
-        schema: SCHEMA.to_string(),
-        generated_at: "2026-11-23T18:00:00Z".to_string(),
-        duration_s,
-        mode: "exact".to_string(),
-        system_wide: false,
-        unwinding: None,
-        interval_s: 1.0,
-        min_age_s: 0.0,
-        processed: Processed::Both,
-        complete: false,
-        cost: None,
-        processes,
-    }
+    synthetic::snapshot(duration_s, processes)
 }
 
 fn snapshot(processes: Vec<ProcessReport>) -> Snapshot {
@@ -192,7 +90,7 @@ fn app_with(snapshot: Snapshot, width: u16, height: u16) -> App {
 fn table_functions(app: &App) -> Vec<String> {
     app.table_sites()
         .map(|(_, s)| {
-            format::user_frame(s)
+            frames::label_frame(&s.frames)
                 .and_then(|f| f.function.clone())
                 .unwrap_or_default()
         })
@@ -234,44 +132,9 @@ fn fg_at(buf: &Buffer, needle: &str) -> Option<Color> {
     Some(buf[(x, y)].fg)
 }
 
-fn heap_with_fallbacks() -> HeapReport {
-    HeapReport {
-        brk_bytes: 135_168,
-        brk_calls: 9,
-        brk_failures: 412,
-        fallback_mmaps: FallbackSummary {
-            count: 2,
-            bytes: (1 << 20) + 135_168,
-            chunk_sizes: vec![
-                ChunkSize {
-                    bytes: 1 << 20,
-                    count: 1,
-                },
-                ChunkSize {
-                    bytes: 135_168,
-                    count: 1,
-                },
-            ],
-        },
-        anon_mmap_outstanding_bytes: (1 << 20) + 135_168,
-        anon_reserved_bytes: 0,
-        rss_bytes: Some(4 << 20),
-        vm_data_bytes: Some(8 << 20),
-        rss_growth_bytes: Some(2 << 20),
-        explained_share: Some(0.5),
-        events: 20,
-    }
-}
-
 fn fallback_snapshot() -> Snapshot {
     let mut sites = sites();
-    sites[0].heap = SiteHeap {
-        fallback_mmap_count: 2,
-        fallback_mmap_bytes: (1 << 20) + 135_168,
-        direct_mmap_bytes: 0,
-        anon_mmap_bytes: (1 << 20) + 135_168,
-        ..SiteHeap::default()
-    };
+    sites[0].heap = synthetic::site_heap_with_fallbacks();
     let mut p = process(42, "leaky", sites);
     p.heap = Some(heap_with_fallbacks());
     snapshot(vec![p])
@@ -403,9 +266,7 @@ fn selection_stays_in_bounds() {
                 &format!("s{i}"),
                 u64::from(1000 - i),
                 1,
-                None,
-                None,
-                GrowthClass::Unknown,
+                growth(None, None, GrowthClass::Unknown),
                 None,
                 vec![frame(&format!("f{i}"), EXE, None)],
             )
@@ -671,7 +532,7 @@ fn fallback_mmaps_are_highlighted_with_sizes_and_site() {
     let buf = draw(&app, 100, 30);
     let screen = text(&buf);
     for expected in [
-        "brk 132.0 KiB · 412 failed of 9 calls",
+        "brk 132.0 KiB · 2 failed of 9 calls",
         "fallback mmaps 2 = 1.1 MiB",
         "chunks 1.0 MiB, 132.0 KiB",
         "2 = 1.1 MiB ← remember_session",
@@ -684,7 +545,7 @@ fn fallback_mmaps_are_highlighted_with_sizes_and_site() {
         fg_at(&buf, "2 = 1.1 MiB ← remember_session"),
         Some(Color::Yellow)
     );
-    assert_eq!(fg_at(&buf, "412 failed"), Some(Color::Red));
+    assert_eq!(fg_at(&buf, "2 failed"), Some(Color::Red));
     insta::assert_snapshot!("fallbacks_100x30", screen);
 }
 
@@ -846,9 +707,7 @@ fn ten_thousand_sites_draw_only_the_visible_rows() {
                 &format!("s{i}"),
                 (i + 1) * 16,
                 i + 1,
-                Some(i as f64),
-                Some(i as f64),
-                GrowthClass::Unknown,
+                growth(Some(i as f64), Some(i as f64), GrowthClass::Unknown),
                 Some(i as f64),
                 vec![frame(&format!("alloc_site_{i}"), EXE, Some(("many.c", 1)))],
             )

@@ -1,0 +1,30 @@
+//! The footer: the keys of the current screen, or the latest status message.
+use super::prelude::*;
+
+impl App {
+    pub(super) fn draw_footer(&self, area: Rect, buf: &mut Buffer) {
+        let hints = if self.filter_input.is_some() {
+            "type a function or module · ⏎ apply · esc cancel · ^U clear"
+        } else {
+            match self.screen {
+                Screen::Sites => {
+                    "q quit  ↑↓ move  ⏎ details  s sort  / filter  p pause  e snapshot  ? help"
+                }
+                Screen::Processes => {
+                    "q quit  ↑↓ move  ⏎ trace  s sort  p pause  e snapshot  ? help"
+                }
+                Screen::SiteDetail => {
+                    "q quit  ↑↓ scroll stack  esc back  p pause  e snapshot  ? help"
+                }
+            }
+        };
+        let line = match &self.status {
+            Some((message, _)) => Line::from(vec![
+                Span::styled(message.clone(), STATUS),
+                Span::styled("  ? help  q quit", DIM),
+            ]),
+            None => Line::styled(hints, DIM),
+        };
+        Paragraph::new(line).render(area, buf);
+    }
+}

@@ -1,0 +1,92 @@
+//! The detail screen's numbers for one site.
+use super::prelude::*;
+
+/// The detail screen's numbers for one site.
+pub(super) fn draw_summary(
+    site: Option<(&ProcessReport, &SiteReport)>,
+    area: Rect,
+    buf: &mut Buffer,
+) {
+    let Some((process, site)) = site else {
+        draw_message(
+            Block::bordered().title(" site "),
+            "this site is no longer in the snapshot",
+            area,
+            buf,
+        );
+        return;
+    };
+    let name = frames::label_frame(&site.frames)
+        .map(frame_name)
+        .unwrap_or_default();
+    let title = Line::from(vec![
+        Span::styled(format!(" {} ", truncate_middle(&name, 60)), TITLE),
+        Span::raw(format!(
+            "· pid {} ({}) · site {} ",
+            process.pid, process.comm, site.id
+        )),
+    ]);
+    let g = &site.growth;
+    let lines = vec![
+        Line::from(vec![
+            Span::raw("outstanding "),
+            Span::styled(human_bytes(site.outstanding_bytes), HEADING),
+            Span::raw(format!(
+                " in {} blocks · allocated {} in {} · freed {} in {}",
+                count(site.outstanding_count),
+                human_bytes(site.allocated_bytes),
+                count(site.allocated_count),
+                human_bytes(site.freed_bytes),
+                count(site.freed_count)
+            )),
+        ]),
+        Line::from(vec![
+            Span::raw("class "),
+            Span::styled(
+                format::class_label(g.class),
+                if g.class == GrowthClass::LeakSuspect {
+                    ALERT
+                } else {
+                    HEADING
+                },
+            ),
+            Span::raw(format!(
+                " · leak rank {} · oldest {} · aged {} in {} blocks",
+                site.leak_rank,
+                format::age(site.oldest_age_s),
+                human_bytes(site.aged_outstanding_bytes),
+                count(site.aged_outstanding_count)
+            )),
+        ]),
+        Line::raw(format!(
+            "growth per MiB processed {} (R² {}) · per min {} (R² {})",
+            slope_cell(g.bytes_per_mib_processed),
+            format::r2(g.r2_processed),
+            slope_cell(g.bytes_per_min),
+            format::r2(g.r2_time)
+        )),
+        Line::raw(format!(
+            "recent: per MiB {} · per min {} · {} samples",
+            slope_cell(g.recent_bytes_per_mib_processed),
+            slope_cell(g.recent_bytes_per_min),
+            g.samples
+        )),
+        Line::styled(
+            format!(
+                "heap: fallback mmaps {} = {} · direct mmaps {} · anon mmaps {}",
+                count(site.heap.fallback_mmap_count),
+                human_bytes(site.heap.fallback_mmap_bytes),
+                human_bytes(site.heap.direct_mmap_bytes),
+                human_bytes(site.heap.anon_mmap_bytes)
+            ),
+            if site.heap.fallback_mmap_count > 0 {
+                WARN
+            } else {
+                Style::new()
+            },
+        ),
+    ];
+    Paragraph::new(lines)
+        .block(Block::bordered().title(title))
+        .render(area, buf);
+}
