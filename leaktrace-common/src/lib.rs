@@ -5,35 +5,56 @@
 
 pub mod names;
 
-/// Which allocator function a uprobe is attached to. Passed as the BPF attach cookie so that one
-/// entry program and one return program serve the whole malloc family.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AllocFn {
-    Malloc = 0,
-    Calloc = 1,
-    Realloc = 2,
-    Reallocarray = 3,
-    PosixMemalign = 4,
-    AlignedAlloc = 5,
-    Memalign = 6,
-    Valloc = 7,
-    Pvalloc = 8,
+/// A `#[repr(u32)]` enum of kinds that cross the kernel/user boundary as `u32`, with the list
+/// of its variants and a `TryFrom<u32>` that refuses values this build does not know.
+macro_rules! kind_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident = $value:literal,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant = $value,)+
+        }
+
+        impl $name {
+            pub const ALL: [$name; [$(stringify!($variant)),+].len()] = [$($name::$variant),+];
+        }
+
+        impl TryFrom<u32> for $name {
+            type Error = UnknownKind;
+
+            fn try_from(value: u32) -> Result<Self, UnknownKind> {
+                $(if value == $value {
+                    return Ok($name::$variant);
+                })+
+                Err(UnknownKind(value))
+            }
+        }
+    };
+}
+
+kind_enum! {
+    /// Which allocator function a uprobe is attached to. Passed as the BPF attach cookie so that
+    /// one entry program and one return program serve the whole malloc family.
+    pub enum AllocFn {
+        Malloc = 0,
+        Calloc = 1,
+        Realloc = 2,
+        Reallocarray = 3,
+        PosixMemalign = 4,
+        AlignedAlloc = 5,
+        Memalign = 6,
+        Valloc = 7,
+        Pvalloc = 8,
+    }
 }
 
 impl AllocFn {
-    pub const ALL: [AllocFn; 9] = [
-        AllocFn::Malloc,
-        AllocFn::Calloc,
-        AllocFn::Realloc,
-        AllocFn::Reallocarray,
-        AllocFn::PosixMemalign,
-        AllocFn::AlignedAlloc,
-        AllocFn::Memalign,
-        AllocFn::Valloc,
-        AllocFn::Pvalloc,
-    ];
-
     /// The libc symbol this function is exported as.
     pub const fn symbol(self) -> &'static str {
         match self {
@@ -58,25 +79,6 @@ impl AllocFn {
     /// Whether the function frees its first argument when it succeeds (realloc family).
     pub const fn moves_block(self) -> bool {
         matches!(self, AllocFn::Realloc | AllocFn::Reallocarray)
-    }
-}
-
-impl TryFrom<u32> for AllocFn {
-    type Error = UnknownKind;
-
-    fn try_from(value: u32) -> Result<Self, UnknownKind> {
-        Ok(match value {
-            0 => AllocFn::Malloc,
-            1 => AllocFn::Calloc,
-            2 => AllocFn::Realloc,
-            3 => AllocFn::Reallocarray,
-            4 => AllocFn::PosixMemalign,
-            5 => AllocFn::AlignedAlloc,
-            6 => AllocFn::Memalign,
-            7 => AllocFn::Valloc,
-            8 => AllocFn::Pvalloc,
-            _ => return Err(UnknownKind(value)),
-        })
     }
 }
 
@@ -231,45 +233,18 @@ pub struct InflightCall {
     pub old: AllocInfo,
 }
 
-/// `HeapEvent::kind`: a completed heap syscall (its x86-64 number, which is also
-/// `SyscallArgs::nr`) or the site of an allocator call that made heap syscalls.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum HeapEventKind {
-    Mmap = 9,
-    Mprotect = 10,
-    Munmap = 11,
-    Brk = 12,
-    Mremap = 25,
-    /// Names the site of an allocator call which made heap syscalls (sent at the call's
-    /// return, when its stack is known).
-    CallSite = 1000,
-}
-
-impl HeapEventKind {
-    pub const ALL: [HeapEventKind; 6] = [
-        HeapEventKind::Mmap,
-        HeapEventKind::Mprotect,
-        HeapEventKind::Munmap,
-        HeapEventKind::Brk,
-        HeapEventKind::Mremap,
-        HeapEventKind::CallSite,
-    ];
-}
-
-impl TryFrom<u32> for HeapEventKind {
-    type Error = UnknownKind;
-
-    fn try_from(value: u32) -> Result<Self, UnknownKind> {
-        Ok(match value {
-            9 => HeapEventKind::Mmap,
-            10 => HeapEventKind::Mprotect,
-            11 => HeapEventKind::Munmap,
-            12 => HeapEventKind::Brk,
-            25 => HeapEventKind::Mremap,
-            1000 => HeapEventKind::CallSite,
-            _ => return Err(UnknownKind(value)),
-        })
+kind_enum! {
+    /// `HeapEvent::kind`: a completed heap syscall (its x86-64 number, which is also
+    /// `SyscallArgs::nr`) or the site of an allocator call that made heap syscalls.
+    pub enum HeapEventKind {
+        Mmap = 9,
+        Mprotect = 10,
+        Munmap = 11,
+        Brk = 12,
+        Mremap = 25,
+        /// Names the site of an allocator call which made heap syscalls (sent at the call's
+        /// return, when its stack is known).
+        CallSite = 1000,
     }
 }
 

@@ -17,7 +17,7 @@ use leaktrace_common::{
 };
 
 use crate::{
-    counters::bump,
+    counters::{bump, bump_lost},
     events::send_call_site,
     globals::{page_size, sample_bytes},
     maps::{ALLOCS, INFLIGHT, PROBE_HITS, SAMPLE_COUNTDOWN, SAMPLE_GAPS, SITES, STACKS},
@@ -87,7 +87,7 @@ fn try_alloc_enter(ctx: &ProbeContext) {
         if outer.flags & INFLIGHT_HAS_OLD != 0 {
             restore(outer);
         }
-        bump(tgid, |c| c.lost_events += 1);
+        bump_lost(tgid);
     }
 
     // SAFETY: the context pointer is the program's own.
@@ -152,7 +152,7 @@ fn try_alloc_enter(ctx: &ProbeContext) {
         if call.flags & INFLIGHT_HAS_OLD != 0 {
             restore(&call);
         }
-        bump(tgid, |c| c.lost_events += 1);
+        bump_lost(tgid);
     }
 }
 
@@ -181,7 +181,7 @@ fn try_alloc_return(ctx: &RetProbeContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(call) = INFLIGHT.get_ptr_mut(pid_tgid) else {
-        bump(tgid, |c| c.lost_events += 1);
+        bump_lost(tgid);
         return;
     };
     // SAFETY: only this thread touches its own in-flight entry.
@@ -277,7 +277,7 @@ fn record_allocation(site: SiteKey, addr: u64, size: u64) {
                 let stale = *stale;
                 account_free(&stale);
             }
-            bump(tgid, |c| c.lost_events += 1);
+            bump_lost(tgid);
             if ALLOCS.insert(key, info, 0).is_err() {
                 bump(tgid, |c| c.dropped_allocations += 1);
                 return;
@@ -330,7 +330,7 @@ fn account_free(info: &AllocInfo) {
         ..SiteStats::default()
     };
     if !update_site(&info.site, &delta) {
-        bump(info.site.tgid, |c| c.lost_events += 1);
+        bump_lost(info.site.tgid);
     }
 }
 

@@ -807,6 +807,20 @@ mod tests {
     }
 
     #[test]
+    fn an_event_of_an_unknown_kind_is_counted_and_changes_nothing() {
+        let base = 0x7000_0000;
+        let mut unknown = mmap(1, 0, base, 4 * PAGE, RW);
+        unknown.kind = 4242;
+        let heap = tracker(
+            &[mmap(1, 0, base, 4 * PAGE, RW), unknown],
+            AllocatorCalls::Traced,
+        );
+        assert_eq!(heap.events, 2);
+        assert_eq!(heap.unknown_events, 1);
+        assert_eq!(heap.anon_committed_bytes(), 4 * PAGE);
+    }
+
+    #[test]
     fn brk_growth_and_shrink_move_the_break() {
         let mut t = HeapTracker::new(PAGE);
         t.register(100, Some(0x1000_0000), None);
