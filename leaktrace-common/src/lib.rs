@@ -11,14 +11,14 @@ macro_rules! kind_enum {
     (
         $(#[$meta:meta])*
         pub enum $name:ident {
-            $($(#[$variant_meta:meta])* $variant:ident = $value:literal,)+
+            $($(#[$variant_meta:meta])* $variant:ident $(= $value:literal)?,)+
         }
     ) => {
         $(#[$meta])*
         #[repr(u32)]
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         pub enum $name {
-            $($(#[$variant_meta])* $variant = $value,)+
+            $($(#[$variant_meta])* $variant $(= $value)?,)+
         }
 
         impl $name {
@@ -29,7 +29,7 @@ macro_rules! kind_enum {
             type Error = UnknownKind;
 
             fn try_from(value: u32) -> Result<Self, UnknownKind> {
-                $(if value == $value {
+                $(if value == $name::$variant as u32 {
                     return Ok($name::$variant);
                 })+
                 Err(UnknownKind(value))
@@ -40,17 +40,18 @@ macro_rules! kind_enum {
 
 kind_enum! {
     /// Which allocator function a uprobe is attached to. Passed as the BPF attach cookie so that
-    /// one entry program and one return program serve the whole malloc family.
+    /// one entry program and one return program serve the whole malloc family (0, 1, ... in
+    /// this order).
     pub enum AllocFn {
-        Malloc = 0,
-        Calloc = 1,
-        Realloc = 2,
-        Reallocarray = 3,
-        PosixMemalign = 4,
-        AlignedAlloc = 5,
-        Memalign = 6,
-        Valloc = 7,
-        Pvalloc = 8,
+        Malloc,
+        Calloc,
+        Realloc,
+        Reallocarray,
+        PosixMemalign,
+        AlignedAlloc,
+        Memalign,
+        Valloc,
+        Pvalloc,
     }
 }
 

@@ -3,30 +3,37 @@
 //! `#[map(name = ...)]` takes a literal only), so leaktrace's tests open the built object and
 //! check that each name is there and that nothing there lacks a name here.
 
-/// One `&str` constant per name, and `ALL` of them.
+/// One `&str` constant per name (the constant's own name unless another is given), and `ALL`
+/// of them.
 macro_rules! names {
-    ($($(#[$meta:meta])* $name:ident = $value:literal,)+) => {
-        $($(#[$meta])* pub const $name: &str = $value;)+
+    ($($(#[$meta:meta])* $name:ident $(= $value:literal)?,)+) => {
+        $($(#[$meta])* pub const $name: &str = names!(@value $name $($value)?);)+
 
-        pub const ALL: [&str; [$($value),+].len()] = [$($name),+];
+        pub const ALL: [&str; [$($name),+].len()] = [$($name),+];
+    };
+    (@value $name:ident) => {
+        stringify!($name)
+    };
+    (@value $name:ident $value:literal) => {
+        $value
     };
 }
 
 /// Maps (`leaktrace-ebpf/src/maps.rs`).
 pub mod maps {
     names! {
-        ALLOCS = "ALLOCS",
-        INFLIGHT = "INFLIGHT",
-        STACKS = "STACKS",
-        SITES = "SITES",
-        COUNTERS = "COUNTERS",
-        TRACED_PIDS = "TRACED_PIDS",
-        SYSCALLS = "SYSCALLS",
-        HEAP_EVENTS = "HEAP_EVENTS",
-        PROBE_HITS = "PROBE_HITS",
-        BRK_TOPS = "BRK_TOPS",
-        SAMPLE_COUNTDOWN = "SAMPLE_COUNTDOWN",
-        SAMPLE_GAPS = "SAMPLE_GAPS",
+        ALLOCS,
+        INFLIGHT,
+        STACKS,
+        SITES,
+        COUNTERS,
+        TRACED_PIDS,
+        SYSCALLS,
+        HEAP_EVENTS,
+        PROBE_HITS,
+        BRK_TOPS,
+        SAMPLE_COUNTDOWN,
+        SAMPLE_GAPS,
     }
 }
 
@@ -34,15 +41,15 @@ pub mod maps {
 pub mod globals {
     names! {
         /// The traced machine's page size (u64).
-        PAGE_SIZE = "PAGE_SIZE",
+        PAGE_SIZE,
         /// `--sample-bytes` (u64, 0: every stack captured).
-        SAMPLE_BYTES = "SAMPLE_BYTES",
+        SAMPLE_BYTES,
         /// System-wide mode: every process's heap syscalls are reported (u32, 0 or 1).
-        TRACE_ALL = "TRACE_ALL",
+        TRACE_ALL,
         /// leaktrace's own process, never traced (u32).
-        SELF_TGID = "SELF_TGID",
+        SELF_TGID,
         /// Growth mode (u32, 0 or 1).
-        GROWTH_MODE = "GROWTH_MODE",
+        GROWTH_MODE,
     }
 }
 

@@ -426,21 +426,17 @@ impl ProcessHeap {
             stack_id: event.stack_id,
             caller: event.caller,
         };
-        for m in self
-            .mappings
-            .values_mut()
-            .filter(|m| m.pending == Some(call))
-        {
-            m.site = Some(site);
-            m.pending = None;
+        let settle = |owner: &mut Option<SiteKey>, pending: &mut Option<CallId>| {
+            if *pending == Some(call) {
+                *owner = Some(site);
+                *pending = None;
+            }
+        };
+        for m in self.mappings.values_mut() {
+            settle(&mut m.site, &mut m.pending);
         }
-        for f in self
-            .fallbacks
-            .iter_mut()
-            .filter(|f| f.pending == Some(call))
-        {
-            f.site = Some(site);
-            f.pending = None;
+        for f in &mut self.fallbacks {
+            settle(&mut f.site, &mut f.pending);
         }
     }
 
