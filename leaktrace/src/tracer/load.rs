@@ -210,4 +210,19 @@ mod tests {
         assert_eq!(object_globals, constants(&globals::ALL), "globals");
         assert_eq!(object_programs, constants(&programs::ALL), "programs");
     }
+
+    #[test]
+    fn heap_event_kinds_of_syscalls_are_their_x86_64_numbers() {
+        use leaktrace_common::HeapEventKind;
+        // The kernel side sends a syscall's own number as its event kind.
+        for (kind, number) in [
+            (HeapEventKind::Brk, libc::SYS_brk),
+            (HeapEventKind::Mmap, libc::SYS_mmap),
+            (HeapEventKind::Munmap, libc::SYS_munmap),
+            (HeapEventKind::Mremap, libc::SYS_mremap),
+            (HeapEventKind::Mprotect, libc::SYS_mprotect),
+        ] {
+            assert_eq!(i64::from(kind as u32), number, "{kind:?}");
+        }
+    }
 }
