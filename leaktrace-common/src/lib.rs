@@ -1,36 +1,61 @@
 //! The contract between the eBPF programs and userspace: every type that crosses the
-//! kernel/user boundary lives here, `#[repr(C)]`, without implicit padding.
-#![no_std]
+//! kernel/user boundary lives here, `#[repr(C)]`, without implicit padding, with the names
+//! userspace finds the object's maps, globals and programs by and the arithmetic both sides share.
+#![cfg_attr(not(test), no_std)]
 
-/// Which allocator function a uprobe is attached to. Passed as the BPF attach cookie so that one
-/// entry program and one return program serve the whole malloc family.
-#[repr(u32)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AllocFn {
-    Malloc = 0,
-    Calloc = 1,
-    Realloc = 2,
-    Reallocarray = 3,
-    PosixMemalign = 4,
-    AlignedAlloc = 5,
-    Memalign = 6,
-    Valloc = 7,
-    Pvalloc = 8,
+pub mod names;
+
+/// A `#[repr(u32)]` enum of kinds that cross the kernel/user boundary as `u32`, with the list
+/// of its variants and a `TryFrom<u32>` that refuses values this build does not know.
+macro_rules! kind_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident {
+            $($(#[$variant_meta:meta])* $variant:ident $(= $value:literal)?,)+
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(u32)]
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum $name {
+            $($(#[$variant_meta])* $variant $(= $value)?,)+
+        }
+
+        impl $name {
+            pub const ALL: [$name; [$(stringify!($variant)),+].len()] = [$($name::$variant),+];
+        }
+
+        impl TryFrom<u32> for $name {
+            type Error = UnknownKind;
+
+            fn try_from(value: u32) -> Result<Self, UnknownKind> {
+                $(if value == $name::$variant as u32 {
+                    return Ok($name::$variant);
+                })+
+                Err(UnknownKind(value))
+            }
+        }
+    };
+}
+
+kind_enum! {
+    /// Which allocator function a uprobe is attached to. Passed as the BPF attach cookie so that
+    /// one entry program and one return program serve the whole malloc family (0, 1, ... in
+    /// this order).
+    pub enum AllocFn {
+        Malloc,
+        Calloc,
+        Realloc,
+        Reallocarray,
+        PosixMemalign,
+        AlignedAlloc,
+        Memalign,
+        Valloc,
+        Pvalloc,
+    }
 }
 
 impl AllocFn {
-    pub const ALL: [AllocFn; 9] = [
-        AllocFn::Malloc,
-        AllocFn::Calloc,
-        AllocFn::Realloc,
-        AllocFn::Reallocarray,
-        AllocFn::PosixMemalign,
-        AllocFn::AlignedAlloc,
-        AllocFn::Memalign,
-        AllocFn::Valloc,
-        AllocFn::Pvalloc,
-    ];
-
     /// The libc symbol this function is exported as.
     pub const fn symbol(self) -> &'static str {
         match self {
@@ -46,24 +71,47 @@ impl AllocFn {
         }
     }
 
-    pub const fn from_cookie(cookie: u64) -> Option<AllocFn> {
-        match cookie {
-            0 => Some(AllocFn::Malloc),
-            1 => Some(AllocFn::Calloc),
-            2 => Some(AllocFn::Realloc),
-            3 => Some(AllocFn::Reallocarray),
-            4 => Some(AllocFn::PosixMemalign),
-            5 => Some(AllocFn::AlignedAlloc),
-            6 => Some(AllocFn::Memalign),
-            7 => Some(AllocFn::Valloc),
-            8 => Some(AllocFn::Pvalloc),
-            _ => None,
-        }
+    pub fn from_cookie(cookie: u64) -> Option<AllocFn> {
+        u32::try_from(cookie)
+            .ok()
+            .and_then(|value| AllocFn::try_from(value).ok())
     }
 
     /// Whether the function frees its first argument when it succeeds (realloc family).
     pub const fn moves_block(self) -> bool {
         matches!(self, AllocFn::Realloc | AllocFn::Reallocarray)
+    }
+}
+
+/// A kind number (allocator function, heap event) this build does not know: the kernel and
+/// userspace sides come from different builds, or a record is corrupt.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct UnknownKind(pub u32);
+
+impl core::fmt::Display for UnknownKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write!(f, "unknown kind {}", self.0)
+    }
+}
+
+/// `a * b` unless it overflows (calloc/reallocarray then fail). Done in 32-bit halves: LLVM
+/// turns `checked_mul` and the `b > MAX / a` idiom into a 128-bit multiply BPF cannot do.
+#[inline(always)]
+pub fn mul_no_overflow(a: u64, b: u64) -> Option<u64> {
+    let (a_hi, a_lo, b_hi, b_lo) = (a >> 32, a & 0xffff_ffff, b >> 32, b & 0xffff_ffff);
+    if a_hi != 0 && b_hi != 0 {
+        return None;
+    }
+    let low = a_lo * b_lo;
+    let cross = a_hi * b_lo + b_hi * a_lo;
+    if cross >> 32 != 0 {
+        return None;
+    }
+    let product = (cross << 32).wrapping_add(low);
+    if product < low {
+        None
+    } else {
+        Some(product)
     }
 }
 
@@ -186,16 +234,20 @@ pub struct InflightCall {
     pub old: AllocInfo,
 }
 
-/// x86-64 numbers of the heap syscalls traced.
-pub const SYS_MMAP: u32 = 9;
-pub const SYS_MPROTECT: u32 = 10;
-pub const SYS_MUNMAP: u32 = 11;
-pub const SYS_BRK: u32 = 12;
-pub const SYS_MREMAP: u32 = 25;
-
-/// `HeapEvent::kind` of a record that names the site of an allocator call which made heap
-/// syscalls (sent at the call's return, when its stack is known).
-pub const HEAP_CALL_SITE: u32 = 1000;
+kind_enum! {
+    /// `HeapEvent::kind`: a completed heap syscall (its x86-64 number, which is also
+    /// `SyscallArgs::nr`) or the site of an allocator call that made heap syscalls.
+    pub enum HeapEventKind {
+        Mmap = 9,
+        Mprotect = 10,
+        Munmap = 11,
+        Brk = 12,
+        Mremap = 25,
+        /// Names the site of an allocator call which made heap syscalls (sent at the call's
+        /// return, when its stack is known).
+        CallSite = 1000,
+    }
+}
 
 /// A heap syscall's arguments between its entry and exit tracepoints, by thread.
 #[repr(C)]
@@ -207,11 +259,11 @@ pub struct SyscallArgs {
 }
 
 /// One record of the heap ring buffer: a completed heap syscall of a traced process, or
-/// (`kind == HEAP_CALL_SITE`) the site of an allocator call that made heap syscalls.
+/// (`kind == HeapEventKind::CallSite`) the site of an allocator call that made heap syscalls.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct HeapEvent {
-    /// Syscall number (`SYS_*`) or `HEAP_CALL_SITE`.
+    /// `HeapEventKind` as u32.
     pub kind: u32,
     pub tgid: u32,
     pub tid: u32,
@@ -220,7 +272,7 @@ pub struct HeapEvent {
     /// `entry_ns` of the allocator call the syscall was made in (0: none).
     pub call_ns: u64,
     /// The return address at the top of the user stack (the syscall wrapper's caller) or, for
-    /// `HEAP_CALL_SITE`, the allocator's caller.
+    /// `HeapEventKind::CallSite`, the allocator's caller.
     pub caller: u64,
     /// mmap: addr, len, prot, flags, fd; munmap: addr, len; mprotect: start, len, prot;
     /// mremap: addr, old_len, new_len, flags, new_addr; brk: requested break.
@@ -283,3 +335,56 @@ const _: () = assert!(core::mem::size_of::<InflightCall>() == 64 + 32);
 const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 56);
 const _: () = assert!(core::mem::size_of::<HeapEvent>() == 104);
 const _: () = assert!(core::mem::size_of::<GrowthEvent>() == 104 + 32 + STACK_COPY_BYTES);
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        #[test]
+        fn mul_no_overflow_agrees_with_checked_mul(a: u64, b: u64) {
+            prop_assert_eq!(mul_no_overflow(a, b), a.checked_mul(b));
+        }
+
+        #[test]
+        fn mul_no_overflow_agrees_with_checked_mul_near_32_bits(
+            a in 0u64..1 << 34,
+            b in 0u64..1 << 34,
+        ) {
+            prop_assert_eq!(mul_no_overflow(a, b), a.checked_mul(b));
+        }
+    }
+
+    #[test]
+    fn mul_no_overflow_at_the_edges() {
+        for (a, b) in [
+            (0, u64::MAX),
+            (1, u64::MAX),
+            (2, u64::MAX / 2),
+            (2, u64::MAX / 2 + 1),
+            (1 << 32, 1 << 31),
+            (1 << 32, 1 << 32),
+            (u64::from(u32::MAX), u64::from(u32::MAX)),
+            (u64::from(u32::MAX) + 1, u64::from(u32::MAX)),
+        ] {
+            assert_eq!(mul_no_overflow(a, b), a.checked_mul(b), "{a} * {b}");
+            assert_eq!(mul_no_overflow(b, a), b.checked_mul(a), "{b} * {a}");
+        }
+    }
+
+    #[test]
+    fn kinds_round_trip_through_u32() {
+        for function in AllocFn::ALL {
+            assert_eq!(AllocFn::try_from(function as u32), Ok(function));
+            assert_eq!(AllocFn::from_cookie(function as u64), Some(function));
+        }
+        assert_eq!(AllocFn::try_from(9), Err(UnknownKind(9)));
+        assert_eq!(AllocFn::from_cookie(1 << 32), None);
+        for kind in HeapEventKind::ALL {
+            assert_eq!(HeapEventKind::try_from(kind as u32), Ok(kind));
+        }
+        assert_eq!(HeapEventKind::try_from(0), Err(UnknownKind(0)));
+    }
+}

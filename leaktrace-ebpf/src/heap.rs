@@ -14,53 +14,27 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext as _, TracePointContext},
 };
 use leaktrace_common::{
-    GrowthEvent, HeapEvent, SyscallArgs, NO_STACK, STACK_COPY_BYTES, SYS_BRK, SYS_MMAP,
-    SYS_MPROTECT, SYS_MREMAP, SYS_MUNMAP,
+    GrowthEvent, HeapEvent, HeapEventKind, SyscallArgs, NO_STACK, STACK_COPY_BYTES,
 };
 
 use crate::{
+    counters::bump_lost,
+    events::send_heap_event,
+    globals::{growth_mode, page_size, self_tgid, trace_all},
     maps::{BRK_TOPS, HEAP_EVENTS, INFLIGHT, STACKS, SYSCALLS, TRACED_PIDS},
-    probes::bump_lost,
 };
-
-/// Set by userspace: report every process's heap syscalls (system-wide mode).
-#[unsafe(no_mangle)]
-static TRACE_ALL: u32 = 0;
-
-/// Set by userspace: leaktrace's own process, never traced (system-wide, its own heap growth
-/// would feed back into the events it handles).
-#[unsafe(no_mangle)]
-static SELF_TGID: u32 = 0;
-
-/// Set by userspace: growth mode (no uprobes). Heap-growing syscalls carry the user registers
-/// and a copy of the top of the user stack, for unwinding with `.eh_frame` in userspace.
-#[unsafe(no_mangle)]
-static GROWTH_MODE: u32 = 0;
 
 const MAP_ANONYMOUS: u64 = 0x20;
 const PROT_WRITE: u64 = 0x2;
-const PAGE: u64 = 4096;
+/// The smallest page size (x86-64): bounds the retries of `copy_user_stack`.
+const MIN_PAGE: u64 = 4096;
 /// Offsets in the syscalls:sys_enter_* / sys_exit_* records (see their `format` files).
 const NR_OFFSET: usize = 8;
 const ARGS_OFFSET: usize = 16;
 
 #[inline(always)]
-fn trace_all() -> bool {
-    // SAFETY: plain read of a global patched before load.
-    unsafe { core::ptr::read_volatile(&TRACE_ALL) != 0 }
-}
-
-#[inline(always)]
-fn growth_mode() -> bool {
-    // SAFETY: plain read of a global patched before load.
-    unsafe { core::ptr::read_volatile(&GROWTH_MODE) != 0 }
-}
-
-#[inline(always)]
 fn traced(tgid: u32) -> bool {
-    // SAFETY: plain read of a global patched before load.
-    let own = unsafe { core::ptr::read_volatile(&SELF_TGID) };
-    tgid != own && (trace_all() || TRACED_PIDS.get_ptr(tgid).is_some())
+    tgid != self_tgid() && (trace_all() || TRACED_PIDS.get_ptr(tgid).is_some())
 }
 
 #[tracepoint]
@@ -87,7 +61,7 @@ fn try_heap_sys_enter(ctx: &TracePointContext) {
         // SAFETY: as above; syscalls with fewer arguments leave zeros or garbage we ignore.
         call.args[i] = unsafe { ctx.read_at::<u64>(ARGS_OFFSET + 8 * i) }.unwrap_or(0);
     }
-    if call.nr == SYS_MMAP && call.args[3] & MAP_ANONYMOUS == 0 {
+    if call.nr == HeapEventKind::Mmap as u32 && call.args[3] & MAP_ANONYMOUS == 0 {
         return; // file mappings are not heap
     }
     let _ = SYSCALLS.insert(pid_tgid, call, 0);
@@ -110,14 +84,12 @@ fn try_heap_sys_exit(ctx: &TracePointContext) {
     let _ = SYSCALLS.remove(pid_tgid);
     // SAFETY: offset from the tracepoint format.
     let ret = unsafe { ctx.read_at::<i64>(ARGS_OFFSET) }.unwrap_or(-1);
-    if call.nr != SYS_BRK && ret < 0 {
+    let kind = match HeapEventKind::try_from(call.nr) {
+        Ok(HeapEventKind::CallSite) | Err(_) => return,
+        Ok(kind) => kind,
+    };
+    if kind != HeapEventKind::Brk && ret < 0 {
         return; // a failed mmap/munmap/mremap/mprotect changed nothing
-    }
-    if !matches!(
-        call.nr,
-        SYS_MMAP | SYS_MUNMAP | SYS_MREMAP | SYS_MPROTECT | SYS_BRK
-    ) {
-        return;
     }
 
     let mut call_ns = 0;
@@ -135,7 +107,7 @@ fn try_heap_sys_exit(ctx: &TracePointContext) {
         call.args[4],
     ];
     let mut event = HeapEvent {
-        kind: call.nr,
+        kind: kind as u32,
         tgid,
         tid: pid_tgid as u32,
         stack_id: NO_STACK,
@@ -148,7 +120,7 @@ fn try_heap_sys_exit(ctx: &TracePointContext) {
         comm: bpf_get_current_comm().unwrap_or_default(),
     };
     if growth_mode() {
-        if grows_heap(tgid, &call, ret) {
+        if grows_heap(tgid, kind, &call, ret) {
             // The frame-pointer walk as well: it reaches a Go program's goroutine frames,
             // which the copied system stack does not.
             event.stack_id = user_stack_id(ctx);
@@ -163,13 +135,7 @@ fn try_heap_sys_exit(ctx: &TracePointContext) {
         event.stack_id = user_stack_id(ctx);
         event.caller = user_return_address();
     }
-
-    let Some(mut entry) = HEAP_EVENTS.reserve::<HeapEvent>(0) else {
-        bump_lost(tgid);
-        return;
-    };
-    entry.write(event);
-    entry.submit(u64::from(BPF_RB_NO_WAKEUP));
+    send_heap_event(event);
 }
 
 /// Whether a completed heap syscall grew the process's writable memory: a break moved up, a
@@ -177,9 +143,9 @@ fn try_heap_sys_exit(ctx: &TracePointContext) {
 /// mapping enlarged. Shrinks and failures need no stack: userspace credits them back to the
 /// sites that grew those bytes.
 #[inline(always)]
-fn grows_heap(tgid: u32, call: &SyscallArgs, ret: i64) -> bool {
-    match call.nr {
-        SYS_BRK => {
+fn grows_heap(tgid: u32, kind: HeapEventKind, call: &SyscallArgs, ret: i64) -> bool {
+    match kind {
+        HeapEventKind::Brk => {
             let new_brk = ret as u64;
             // SAFETY: copied out at once.
             let previous = unsafe { BRK_TOPS.get(tgid) }.copied();
@@ -187,9 +153,9 @@ fn grows_heap(tgid: u32, call: &SyscallArgs, ret: i64) -> bool {
             // brk(0) queries; a refused brk returns the old break.
             call.args[0] != 0 && new_brk == call.args[0] && previous.is_none_or(|p| new_brk > p)
         }
-        SYS_MMAP | SYS_MPROTECT => ret >= 0 && call.args[2] & PROT_WRITE != 0,
-        SYS_MREMAP => ret >= 0 && call.args[2] > call.args[1],
-        _ => false,
+        HeapEventKind::Mmap | HeapEventKind::Mprotect => ret >= 0 && call.args[2] & PROT_WRITE != 0,
+        HeapEventKind::Mremap => ret >= 0 && call.args[2] > call.args[1],
+        HeapEventKind::Munmap | HeapEventKind::CallSite => false,
     }
 }
 
@@ -238,11 +204,13 @@ unsafe fn copy_user_stack(dst: *mut core::ffi::c_void, sp: u64) -> u32 {
     if unsafe { probe_read_user_raw(dst, FULL as u32, src) } == 0 {
         return FULL as u32;
     }
-    let page_end = (sp | (PAGE - 1)) + 1;
-    let mut pages = FULL / PAGE;
+    let page = page_size();
+    let page_end = (sp | (page - 1)) + 1;
+    // A constant bound for the verifier; with larger pages the longer reads are skipped below.
+    let mut pages = FULL / MIN_PAGE;
     while pages > 0 {
         pages -= 1;
-        let len = page_end + pages * PAGE - sp;
+        let len = page_end + pages * page - sp;
         if len == 0 || len > FULL {
             continue;
         }
@@ -281,26 +249,4 @@ fn user_stack_id(ctx: &TracePointContext) -> u32 {
         Ok(id) => id as u32,
         Err(_) => NO_STACK,
     }
-}
-
-/// Send the site of an allocator call that made heap syscalls.
-#[inline(always)]
-pub fn send_call_site(tgid: u32, tid: u32, call_ns: u64, stack_id: u32, caller: u64) {
-    let Some(mut entry) = HEAP_EVENTS.reserve::<HeapEvent>(0) else {
-        bump_lost(tgid);
-        return;
-    };
-    entry.write(HeapEvent {
-        kind: leaktrace_common::HEAP_CALL_SITE,
-        tgid,
-        tid,
-        stack_id,
-        call_ns,
-        caller,
-        // SAFETY: helper without preconditions.
-        timestamp_ns: unsafe { bpf_ktime_get_ns() },
-        comm: bpf_get_current_comm().unwrap_or_default(),
-        ..HeapEvent::default()
-    });
-    entry.submit(u64::from(BPF_RB_NO_WAKEUP));
 }

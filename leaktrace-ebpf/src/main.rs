@@ -5,6 +5,14 @@
 //! a few hash-map operations and one `bpf_get_stackid`, and only on successful allocations.
 #![cfg_attr(target_arch = "bpf", no_std, no_main)]
 
+// Leaves first: `maps`, `globals`, `counters` and `events` import none of the program modules,
+// and `heap` and `probes` import none of each other.
+#[cfg(target_arch = "bpf")]
+mod counters;
+#[cfg(target_arch = "bpf")]
+mod events;
+#[cfg(target_arch = "bpf")]
+mod globals;
 #[cfg(target_arch = "bpf")]
 mod heap;
 #[cfg(target_arch = "bpf")]

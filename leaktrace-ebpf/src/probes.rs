@@ -12,31 +12,25 @@ use aya_ebpf::{
     EbpfContext,
 };
 use leaktrace_common::{
-    AllocFn, AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats, INFLIGHT_HAS_OLD,
-    NO_STACK, SAMPLE_DRAWS, UNSAMPLED_STACK,
+    mul_no_overflow, AllocFn, AllocInfo, AllocKey, InflightCall, SiteKey, SiteStats,
+    INFLIGHT_HAS_OLD, NO_STACK, SAMPLE_DRAWS, UNSAMPLED_STACK,
 };
 
-use crate::maps::{
-    ALLOCS, COUNTERS, INFLIGHT, PROBE_HITS, SAMPLE_COUNTDOWN, SAMPLE_GAPS, SITES, STACKS,
+use crate::{
+    counters::{bump, bump_lost},
+    events::send_call_site,
+    globals::{page_size, sample_bytes},
+    maps::{ALLOCS, INFLIGHT, PROBE_HITS, SAMPLE_COUNTDOWN, SAMPLE_GAPS, SITES, STACKS},
 };
 
 const E2BIG: i32 = -7;
 const EEXIST: i32 = -17;
 
-/// Page size of the traced machine, for pvalloc's rounding; set by userspace at load time.
-#[unsafe(no_mangle)]
-static PAGE_SIZE: u64 = 4096;
-
-/// `--sample-bytes`: capture a stack only for sampled allocations (0: for every allocation).
-#[unsafe(no_mangle)]
-static SAMPLE_BYTES: u64 = 0;
-
 /// Whether this allocation's stack is captured: always without `--sample-bytes`; otherwise when
 /// the allocation spans the next sampling point of a Poisson process over allocated bytes.
 #[inline(always)]
 fn sample_stack(size: u64) -> bool {
-    // SAFETY: a plain read of a global patched before load.
-    if unsafe { core::ptr::read_volatile(&SAMPLE_BYTES) } == 0 {
+    if sample_bytes() == 0 {
         return true;
     }
     let Some(left) = SAMPLE_COUNTDOWN.get_ptr_mut(0) else {
@@ -55,47 +49,6 @@ fn sample_stack(size: u64) -> bool {
 }
 
 #[inline(always)]
-fn page_size() -> u64 {
-    // SAFETY: a plain read of a global that userspace patches before load; volatile so the
-    // compiler does not fold the default value.
-    unsafe { core::ptr::read_volatile(&PAGE_SIZE) }
-}
-
-/// `a * b` unless it overflows (calloc/reallocarray then fail). Done in 32-bit halves: LLVM
-/// turns `checked_mul` and the `b > MAX / a` idiom into a 128-bit multiply BPF cannot do.
-#[inline(always)]
-fn mul_no_overflow(a: u64, b: u64) -> Option<u64> {
-    let (a_hi, a_lo, b_hi, b_lo) = (a >> 32, a & 0xffff_ffff, b >> 32, b & 0xffff_ffff);
-    if a_hi != 0 && b_hi != 0 {
-        return None;
-    }
-    let low = a_lo * b_lo;
-    let cross = a_hi * b_lo + b_hi * a_lo;
-    if cross >> 32 != 0 {
-        return None;
-    }
-    let product = (cross << 32).wrapping_add(low);
-    if product < low {
-        None
-    } else {
-        Some(product)
-    }
-}
-
-#[inline(always)]
-fn bump(tgid: u32, update: impl FnOnce(&mut PidCounters)) {
-    if let Some(counters) = COUNTERS.get_ptr_mut(tgid) {
-        // SAFETY: per-CPU value of this CPU; probes do not nest on one CPU.
-        update(unsafe { &mut *counters });
-        return;
-    }
-    let mut counters = PidCounters::default();
-    update(&mut counters);
-    // A full counters map loses the count; nothing better can be done from here.
-    let _ = COUNTERS.insert(tgid, counters, u64::from(BPF_NOEXIST));
-}
-
-#[inline(always)]
 fn stack_pointer(regs: *const aya_ebpf::bindings::pt_regs) -> u64 {
     // SAFETY: `regs` is the probe context, valid for the whole program.
     unsafe { (*regs).rsp }
@@ -107,10 +60,6 @@ fn count_hit() {
         // SAFETY: this CPU's slot; probes do not nest on one CPU.
         unsafe { *hits += 1 };
     }
-}
-
-pub fn bump_lost(tgid: u32) {
-    bump(tgid, |c| c.lost_events += 1);
 }
 
 #[uprobe]
@@ -138,7 +87,7 @@ fn try_alloc_enter(ctx: &ProbeContext) {
         if outer.flags & INFLIGHT_HAS_OLD != 0 {
             restore(outer);
         }
-        bump(tgid, |c| c.lost_events += 1);
+        bump_lost(tgid);
     }
 
     // SAFETY: the context pointer is the program's own.
@@ -203,7 +152,7 @@ fn try_alloc_enter(ctx: &ProbeContext) {
         if call.flags & INFLIGHT_HAS_OLD != 0 {
             restore(&call);
         }
-        bump(tgid, |c| c.lost_events += 1);
+        bump_lost(tgid);
     }
 }
 
@@ -232,7 +181,7 @@ fn try_alloc_return(ctx: &RetProbeContext) {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     let Some(call) = INFLIGHT.get_ptr_mut(pid_tgid) else {
-        bump(tgid, |c| c.lost_events += 1);
+        bump_lost(tgid);
         return;
     };
     // SAFETY: only this thread touches its own in-flight entry.
@@ -245,7 +194,7 @@ fn try_alloc_return(ctx: &RetProbeContext) {
     let _ = INFLIGHT.remove(pid_tgid);
 
     let ret: u64 = ctx.ret();
-    let function = AllocFn::from_cookie(u64::from(call.function));
+    let function = AllocFn::try_from(call.function).ok();
     let addr = match function {
         Some(AllocFn::PosixMemalign) => {
             if ret as u32 != 0 {
@@ -297,7 +246,7 @@ fn try_alloc_return(ctx: &RetProbeContext) {
         caller,
     };
     if call.heap_events != 0 {
-        crate::heap::send_call_site(tgid, pid_tgid as u32, call.entry_ns, stack_id, caller);
+        send_call_site(tgid, pid_tgid as u32, call.entry_ns, stack_id, caller);
     }
     if addr != 0 {
         record_allocation(site, addr, call.size);
@@ -328,7 +277,7 @@ fn record_allocation(site: SiteKey, addr: u64, size: u64) {
                 let stale = *stale;
                 account_free(&stale);
             }
-            bump(tgid, |c| c.lost_events += 1);
+            bump_lost(tgid);
             if ALLOCS.insert(key, info, 0).is_err() {
                 bump(tgid, |c| c.dropped_allocations += 1);
                 return;
@@ -381,7 +330,7 @@ fn account_free(info: &AllocInfo) {
         ..SiteStats::default()
     };
     if !update_site(&info.site, &delta) {
-        bump(info.site.tgid, |c| c.lost_events += 1);
+        bump_lost(info.site.tgid);
     }
 }
 

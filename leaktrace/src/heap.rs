@@ -3,10 +3,7 @@
 //! versus committed address space, and malloc's mmap fallback. Pure: events in, state out.
 use std::collections::{BTreeMap, HashMap};
 
-use leaktrace_common::{
-    HeapEvent, SiteKey, HEAP_CALL_SITE, NO_STACK, SYS_BRK, SYS_MMAP, SYS_MPROTECT, SYS_MREMAP,
-    SYS_MUNMAP,
-};
+use leaktrace_common::{HeapEvent, HeapEventKind, SiteKey, NO_STACK};
 use serde::{Deserialize, Serialize};
 
 const PROT_WRITE: u64 = 0x2;
@@ -27,6 +24,57 @@ pub enum Origin {
 
 /// Which allocator call an event came from, until the call's site is known.
 type CallId = (u32, u64);
+
+/// Whether a process's allocator calls are traced (uprobes, exact mode). With them a fallback
+/// is recognized within one allocator call, and a moved mapping keeps its allocating call's
+/// site; without them a fallback is the thread's next mmap after a failed brk, and a mapping
+/// belongs to the stack that last enlarged it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AllocatorCalls {
+    Traced,
+    Untraced,
+}
+
+/// A completed heap syscall, with what every handler derives from its event.
+struct Syscall {
+    tid: u32,
+    args: [u64; 5],
+    ret: i64,
+    /// The allocator call it was made in (0: none).
+    call_ns: u64,
+    at_ns: u64,
+    /// Outside allocator calls, the syscall's own stack (when the kernel sent one).
+    own_site: Option<SiteKey>,
+    /// Inside an allocator call, that call, until its site arrives.
+    pending: Option<CallId>,
+    page: u64,
+}
+
+impl Syscall {
+    fn new(event: &HeapEvent, page: u64) -> Self {
+        let outside_calls = event.call_ns == 0;
+        Self {
+            tid: event.tid,
+            args: event.args,
+            ret: event.ret,
+            call_ns: event.call_ns,
+            at_ns: event.timestamp_ns,
+            own_site: (outside_calls && (event.stack_id != NO_STACK || event.caller != 0))
+                .then_some(SiteKey {
+                    tgid: event.tgid,
+                    stack_id: event.stack_id,
+                    caller: event.caller,
+                }),
+            pending: (!outside_calls).then_some((event.tid, event.call_ns)),
+            page,
+        }
+    }
+
+    /// A length rounded up to whole pages, as the kernel maps it.
+    fn round(&self, len: u64) -> u64 {
+        len.div_ceil(self.page) * self.page
+    }
+}
 
 #[derive(Clone, Debug, PartialEq)]
 struct Mapping {
@@ -130,6 +178,8 @@ pub struct ProcessHeap {
     pub brk_calls: u64,
     pub brk_failures: u64,
     pub events: u64,
+    /// Events of a kind this build does not know (counted in `events` too), ignored.
+    pub unknown_events: u64,
     mappings: BTreeMap<u64, Mapping>,
     fallbacks: Vec<Fallback>,
     /// Per thread: the allocator call (or 0 outside calls) whose last brk failed.
@@ -230,146 +280,163 @@ impl ProcessHeap {
         sites
     }
 
-    fn apply(&mut self, event: &HeapEvent, page: u64, exact: bool) {
+    fn apply(&mut self, event: &HeapEvent, page: u64, calls: AllocatorCalls) {
         self.events += 1;
-        let tid = event.tid;
-        let [a0, a1, a2, a3, a4] = event.args;
-        let round = |len: u64| len.div_ceil(page) * page;
-        let own_site = (event.call_ns == 0 && (event.stack_id != NO_STACK || event.caller != 0))
-            .then_some(SiteKey {
-                tgid: event.tgid,
-                stack_id: event.stack_id,
-                caller: event.caller,
-            });
-        let pending = (event.call_ns != 0).then_some((tid, event.call_ns));
-        match event.kind {
-            SYS_BRK => {
-                self.brk_calls += 1;
-                let new_brk = event.ret as u64;
-                if a0 != 0 && new_brk != a0 {
-                    // The kernel returns the old break when it cannot move it.
-                    self.brk_failures += 1;
-                    self.brk_failed.insert(tid, event.call_ns);
-                } else {
-                    self.brk_failed.remove(&tid);
-                    if let Some(old) = self.current_brk {
-                        self.move_break(old, new_brk, own_site, event.timestamp_ns);
-                    }
-                }
-                self.start_brk.get_or_insert(new_brk);
-                self.current_brk = Some(new_brk);
-            }
-            SYS_MMAP => {
-                let start = event.ret as u64;
-                let len = round(a1);
-                let failed_brk_call = self.brk_failed.remove(&tid);
-                // In exact mode the fallback is an mmap inside the same allocator call as the
-                // failed brk; without uprobes (system-wide) the next heap syscall of the thread.
-                let origin = match (event.call_ns, failed_brk_call) {
-                    (0, Some(0)) if !exact => Origin::Fallback,
-                    (0, _) => Origin::Program,
-                    (call, Some(failed)) if failed == call => Origin::Fallback,
-                    _ => Origin::Allocator,
-                };
-                if a2 & PROT_WRITE != 0 {
-                    self.tally(own_site, len, event.timestamp_ns);
-                }
-                if origin == Origin::Fallback {
-                    self.fallbacks.push(Fallback {
-                        bytes: len,
-                        site: own_site,
-                        pending,
-                    });
-                }
-                self.remove_range(start, start + len);
-                self.mappings.insert(
-                    start,
-                    Mapping {
-                        end: start + len,
-                        prot: a2,
-                        origin,
-                        site: own_site,
-                        pending,
-                    },
-                );
-            }
-            SYS_MUNMAP => {
-                self.brk_failed.remove(&tid);
-                self.remove_range(a0, a0 + round(a1));
-            }
-            SYS_MPROTECT => {
-                self.brk_failed.remove(&tid);
-                let granted = self.protect_range(a0, a0 + round(a1), a2, own_site);
-                self.tally(own_site, granted, event.timestamp_ns);
-            }
-            SYS_MREMAP => {
-                self.brk_failed.remove(&tid);
-                let (old, old_len, new_len, flags) = (a0, round(a1), round(a2), a3);
-                let _ = a4;
-                let new_start = event.ret as u64;
-                let template = self
-                    .mappings
-                    .range(..=old)
-                    .next_back()
-                    .filter(|(_, m)| m.end > old)
-                    .map(|(_, m)| m.clone());
-                let Some(template) = template else {
-                    return; // not a mapping we track (file-backed, or made before attach)
-                };
-                if flags & MREMAP_DONTUNMAP == 0 {
-                    self.remove_range(old, old + old_len);
-                }
-                if flags & MREMAP_MAYMOVE == 0 && new_start != old {
-                    return;
-                }
-                self.remove_range(new_start, new_start + new_len);
-                // Growth mode: the stack that enlarged a block (realloc's mremap) owns it now;
-                // exact mode keeps the allocating call's site.
-                if template.writable() {
-                    self.tally(
-                        own_site,
-                        new_len.saturating_sub(old_len),
-                        event.timestamp_ns,
+        let kind = match HeapEventKind::try_from(event.kind) {
+            Ok(kind) => kind,
+            Err(unknown) => {
+                self.unknown_events += 1;
+                if self.unknown_events == 1 {
+                    log::warn!(
+                        "pid {}: heap event of {unknown} ignored (kernel and user sides of different builds?)",
+                        event.tgid
                     );
                 }
-                self.mappings.insert(
-                    new_start,
-                    Mapping {
-                        end: new_start + new_len,
-                        site: if exact {
-                            template.site
-                        } else {
-                            own_site.or(template.site)
-                        },
-                        ..template
-                    },
-                );
+                return;
             }
-            HEAP_CALL_SITE => {
-                let call = (tid, event.call_ns);
-                let site = SiteKey {
-                    tgid: event.tgid,
-                    stack_id: event.stack_id,
-                    caller: event.caller,
-                };
-                for m in self
-                    .mappings
-                    .values_mut()
-                    .filter(|m| m.pending == Some(call))
-                {
-                    m.site = Some(site);
-                    m.pending = None;
-                }
-                for f in self
-                    .fallbacks
-                    .iter_mut()
-                    .filter(|f| f.pending == Some(call))
-                {
-                    f.site = Some(site);
-                    f.pending = None;
-                }
+        };
+        let syscall = Syscall::new(event, page);
+        match kind {
+            HeapEventKind::Brk => self.brk(&syscall),
+            HeapEventKind::Mmap => self.mmap(&syscall, calls),
+            HeapEventKind::Munmap => self.munmap(&syscall),
+            HeapEventKind::Mprotect => self.mprotect(&syscall),
+            HeapEventKind::Mremap => self.mremap(&syscall, calls),
+            HeapEventKind::CallSite => self.name_call_site(event),
+        }
+    }
+
+    fn brk(&mut self, call: &Syscall) {
+        self.brk_calls += 1;
+        let requested = call.args[0];
+        let new_brk = call.ret as u64;
+        if requested != 0 && new_brk != requested {
+            // The kernel returns the old break when it cannot move it.
+            self.brk_failures += 1;
+            self.brk_failed.insert(call.tid, call.call_ns);
+        } else {
+            self.brk_failed.remove(&call.tid);
+            if let Some(old) = self.current_brk {
+                self.move_break(old, new_brk, call.own_site, call.at_ns);
             }
-            _ => {}
+        }
+        self.start_brk.get_or_insert(new_brk);
+        self.current_brk = Some(new_brk);
+    }
+
+    fn mmap(&mut self, call: &Syscall, calls: AllocatorCalls) {
+        let start = call.ret as u64;
+        let len = call.round(call.args[1]);
+        let prot = call.args[2];
+        let failed_brk_call = self.brk_failed.remove(&call.tid);
+        // With uprobes the fallback is an mmap inside the same allocator call as the failed
+        // brk; without them (system-wide) the next heap syscall of the thread.
+        let origin = match (call.call_ns, failed_brk_call) {
+            (0, Some(0)) if calls == AllocatorCalls::Untraced => Origin::Fallback,
+            (0, _) => Origin::Program,
+            (within, Some(failed)) if failed == within => Origin::Fallback,
+            _ => Origin::Allocator,
+        };
+        if prot & PROT_WRITE != 0 {
+            self.tally(call.own_site, len, call.at_ns);
+        }
+        if origin == Origin::Fallback {
+            self.fallbacks.push(Fallback {
+                bytes: len,
+                site: call.own_site,
+                pending: call.pending,
+            });
+        }
+        self.remove_range(start, start + len);
+        self.mappings.insert(
+            start,
+            Mapping {
+                end: start + len,
+                prot,
+                origin,
+                site: call.own_site,
+                pending: call.pending,
+            },
+        );
+    }
+
+    fn munmap(&mut self, call: &Syscall) {
+        self.brk_failed.remove(&call.tid);
+        let start = call.args[0];
+        self.remove_range(start, start + call.round(call.args[1]));
+    }
+
+    fn mprotect(&mut self, call: &Syscall) {
+        self.brk_failed.remove(&call.tid);
+        let start = call.args[0];
+        let end = start + call.round(call.args[1]);
+        let granted = self.protect_range(start, end, call.args[2], call.own_site);
+        self.tally(call.own_site, granted, call.at_ns);
+    }
+
+    fn mremap(&mut self, call: &Syscall, calls: AllocatorCalls) {
+        self.brk_failed.remove(&call.tid);
+        let (old, old_len, new_len, flags) = (
+            call.args[0],
+            call.round(call.args[1]),
+            call.round(call.args[2]),
+            call.args[3],
+        );
+        let new_start = call.ret as u64;
+        let template = self
+            .mappings
+            .range(..=old)
+            .next_back()
+            .filter(|(_, m)| m.end > old)
+            .map(|(_, m)| m.clone());
+        let Some(template) = template else {
+            return; // not a mapping we track (file-backed, or made before attach)
+        };
+        if flags & MREMAP_DONTUNMAP == 0 {
+            self.remove_range(old, old + old_len);
+        }
+        if flags & MREMAP_MAYMOVE == 0 && new_start != old {
+            return;
+        }
+        self.remove_range(new_start, new_start + new_len);
+        // Growth mode: the stack that enlarged a block (realloc's mremap) owns it now; with
+        // uprobes the mapping keeps the allocating call's site.
+        if template.writable() {
+            self.tally(call.own_site, new_len.saturating_sub(old_len), call.at_ns);
+        }
+        let site = match calls {
+            AllocatorCalls::Traced => template.site,
+            AllocatorCalls::Untraced => call.own_site.or(template.site),
+        };
+        self.mappings.insert(
+            new_start,
+            Mapping {
+                end: new_start + new_len,
+                site,
+                ..template
+            },
+        );
+    }
+
+    /// An allocator call that made heap syscalls returned: its site owns what they made.
+    fn name_call_site(&mut self, event: &HeapEvent) {
+        let call = (event.tid, event.call_ns);
+        let site = SiteKey {
+            tgid: event.tgid,
+            stack_id: event.stack_id,
+            caller: event.caller,
+        };
+        let settle = |owner: &mut Option<SiteKey>, pending: &mut Option<CallId>| {
+            if *pending == Some(call) {
+                *owner = Some(site);
+                *pending = None;
+            }
+        };
+        for m in self.mappings.values_mut() {
+            settle(&mut m.site, &mut m.pending);
+        }
+        for f in &mut self.fallbacks {
+            settle(&mut f.site, &mut f.pending);
         }
     }
 
@@ -467,9 +534,8 @@ impl HeapTracker {
         }
     }
 
-    /// Apply one event. `exact`: the process's allocator calls are traced (uprobes), so
-    /// fallbacks are recognized within one call rather than by thread order.
-    pub fn apply(&mut self, event: &HeapEvent, exact: bool) {
+    /// Apply one event of a process whose allocator `calls` are traced or not.
+    pub fn apply(&mut self, event: &HeapEvent, calls: AllocatorCalls) {
         let heap = self.processes.entry(event.tgid).or_default();
         if heap.comm.is_empty() {
             let len = event
@@ -479,7 +545,7 @@ impl HeapTracker {
                 .unwrap_or(event.comm.len());
             heap.comm = String::from_utf8_lossy(&event.comm[..len]).into_owned();
         }
-        heap.apply(event, self.page_size, exact);
+        heap.apply(event, self.page_size, calls);
     }
 
     pub fn get(&self, pid: u32) -> Option<&ProcessHeap> {
@@ -494,9 +560,9 @@ mod tests {
     const PAGE: u64 = 4096;
     const RW: u64 = 0x3;
 
-    fn event(kind: u32, tid: u32, call_ns: u64, args: [u64; 5], ret: i64) -> HeapEvent {
+    fn event(kind: HeapEventKind, tid: u32, call_ns: u64, args: [u64; 5], ret: i64) -> HeapEvent {
         HeapEvent {
-            kind,
+            kind: kind as u32,
             tgid: 100,
             tid,
             stack_id: 7,
@@ -510,7 +576,7 @@ mod tests {
 
     fn mmap(tid: u32, call: u64, addr: u64, len: u64, prot: u64) -> HeapEvent {
         event(
-            SYS_MMAP,
+            HeapEventKind::Mmap,
             tid,
             call,
             [0, len, prot, 0x22, u64::MAX],
@@ -519,12 +585,18 @@ mod tests {
     }
 
     fn brk(tid: u32, call: u64, requested: u64, result: u64) -> HeapEvent {
-        event(SYS_BRK, tid, call, [requested, 0, 0, 0, 0], result as i64)
+        event(
+            HeapEventKind::Brk,
+            tid,
+            call,
+            [requested, 0, 0, 0, 0],
+            result as i64,
+        )
     }
 
     fn call_site(tid: u32, call: u64, caller: u64) -> HeapEvent {
         HeapEvent {
-            kind: HEAP_CALL_SITE,
+            kind: HeapEventKind::CallSite as u32,
             tgid: 100,
             tid,
             stack_id: 9,
@@ -534,10 +606,10 @@ mod tests {
         }
     }
 
-    fn tracker(events: &[HeapEvent], exact: bool) -> ProcessHeap {
+    fn tracker(events: &[HeapEvent], calls: AllocatorCalls) -> ProcessHeap {
         let mut t = HeapTracker::new(PAGE);
         for e in events {
-            t.apply(e, exact);
+            t.apply(e, calls);
         }
         t.get(100).cloned().unwrap_or_default()
     }
@@ -548,18 +620,30 @@ mod tests {
         let heap = tracker(
             &[
                 mmap(1, 0, base, 10 * PAGE, RW),
-                event(SYS_MUNMAP, 1, 0, [base + 4 * PAGE, 2 * PAGE, 0, 0, 0], 0),
+                event(
+                    HeapEventKind::Munmap,
+                    1,
+                    0,
+                    [base + 4 * PAGE, 2 * PAGE, 0, 0, 0],
+                    0,
+                ),
             ],
-            true,
+            AllocatorCalls::Traced,
         );
         assert_eq!(heap.anon_committed_bytes(), 8 * PAGE);
         assert_eq!(heap.mappings.len(), 2);
         // Unmapping across both pieces and beyond them removes exactly what was there.
         let mut heap = heap;
         heap.apply(
-            &event(SYS_MUNMAP, 1, 0, [base + 3 * PAGE, 5 * PAGE, 0, 0, 0], 0),
+            &event(
+                HeapEventKind::Munmap,
+                1,
+                0,
+                [base + 3 * PAGE, 5 * PAGE, 0, 0, 0],
+                0,
+            ),
             PAGE,
-            true,
+            AllocatorCalls::Traced,
         );
         assert_eq!(heap.anon_committed_bytes(), 5 * PAGE);
     }
@@ -571,14 +655,14 @@ mod tests {
             &[
                 mmap(1, 0, base, 4 * PAGE, RW),
                 event(
-                    SYS_MREMAP,
+                    HeapEventKind::Mremap,
                     1,
                     0,
                     [base, 4 * PAGE, 6 * PAGE, MREMAP_MAYMOVE, 0],
                     moved as i64,
                 ),
             ],
-            true,
+            AllocatorCalls::Traced,
         );
         assert_eq!(heap.anon_committed_bytes(), 6 * PAGE);
         let sites = heap.sites();
@@ -590,14 +674,14 @@ mod tests {
         let mut heap = heap;
         heap.apply(
             &event(
-                SYS_MREMAP,
+                HeapEventKind::Mremap,
                 1,
                 0,
                 [moved, 6 * PAGE, 2 * PAGE, 0, 0],
                 moved as i64,
             ),
             PAGE,
-            true,
+            AllocatorCalls::Traced,
         );
         assert_eq!(heap.anon_committed_bytes(), 2 * PAGE);
     }
@@ -608,9 +692,15 @@ mod tests {
         let heap = tracker(
             &[
                 mmap(1, 5, base, 64 * 1024 * 1024, 0),
-                event(SYS_MPROTECT, 1, 5, [base, 33 * 1024, RW, 0, 0], 0),
+                event(
+                    HeapEventKind::Mprotect,
+                    1,
+                    5,
+                    [base, 33 * 1024, RW, 0, 0],
+                    0,
+                ),
             ],
-            true,
+            AllocatorCalls::Traced,
         );
         assert_eq!(heap.anon_committed_bytes(), 36 * 1024); // rounded to pages
         assert_eq!(heap.anon_reserved_bytes(), 64 * 1024 * 1024 - 36 * 1024);
@@ -635,7 +725,7 @@ mod tests {
                 call_site(2, 14, 0x111),
                 mmap(2, 15, 0x7300_0000, 1 << 20, RW),
             ],
-            true,
+            AllocatorCalls::Traced,
         );
         assert_eq!(heap.brk_failures, 3);
         let fallbacks = heap.fallbacks();
@@ -672,9 +762,15 @@ mod tests {
         // Freeing the large block returns its bytes.
         let mut heap = heap;
         heap.apply(
-            &event(SYS_MUNMAP, 1, 0, [0x7200_0000, 1_052_672, 0, 0, 0], 0),
+            &event(
+                HeapEventKind::Munmap,
+                1,
+                0,
+                [0x7200_0000, 1_052_672, 0, 0, 0],
+                0,
+            ),
             PAGE,
-            true,
+            AllocatorCalls::Traced,
         );
         let big = heap
             .sites()
@@ -692,7 +788,7 @@ mod tests {
                 mmap(1, 0, 0x7000_0000, 1 << 20, RW),
                 mmap(1, 0, 0x7100_0000, 1 << 20, RW), // no failed brk before it
             ],
-            false,
+            AllocatorCalls::Untraced,
         );
         assert_eq!(heap.fallbacks().count, 1);
         // With uprobes, the same sequence outside allocator calls is the program's own mmap.
@@ -701,17 +797,31 @@ mod tests {
                 brk(1, 0, 0x1002_1000, 0x1000_0000),
                 mmap(1, 0, 0x7000_0000, 1 << 20, RW),
             ],
-            true,
+            AllocatorCalls::Traced,
         );
         assert_eq!(exact.fallbacks().count, 0);
+    }
+
+    #[test]
+    fn an_event_of_an_unknown_kind_is_counted_and_changes_nothing() {
+        let base = 0x7000_0000;
+        let mut unknown = mmap(1, 0, base, 4 * PAGE, RW);
+        unknown.kind = 4242;
+        let heap = tracker(
+            &[mmap(1, 0, base, 4 * PAGE, RW), unknown],
+            AllocatorCalls::Traced,
+        );
+        assert_eq!(heap.events, 2);
+        assert_eq!(heap.unknown_events, 1);
+        assert_eq!(heap.anon_committed_bytes(), 4 * PAGE);
     }
 
     #[test]
     fn brk_growth_and_shrink_move_the_break() {
         let mut t = HeapTracker::new(PAGE);
         t.register(100, Some(0x1000_0000), None);
-        t.apply(&brk(1, 0, 0x1002_1000, 0x1002_1000), true);
-        t.apply(&brk(1, 0, 0x1001_0000, 0x1001_0000), true);
+        t.apply(&brk(1, 0, 0x1002_1000, 0x1002_1000), AllocatorCalls::Traced);
+        t.apply(&brk(1, 0, 0x1001_0000, 0x1001_0000), AllocatorCalls::Traced);
         let heap = t.get(100).expect("heap");
         assert_eq!(heap.brk_bytes(), 0x1_0000);
         assert_eq!(heap.brk_failures, 0);
@@ -719,9 +829,9 @@ mod tests {
     }
 
     /// A growth-mode event: outside allocator calls, with the site's own (unwound) stack.
-    fn grown(kind: u32, stack: u32, args: [u64; 5], ret: i64, at_ns: u64) -> HeapEvent {
+    fn grown(kind: HeapEventKind, stack: u32, args: [u64; 5], ret: i64, at_ns: u64) -> HeapEvent {
         HeapEvent {
-            kind,
+            kind: kind as u32,
             tgid: 100,
             tid: 1,
             stack_id: stack,
@@ -748,28 +858,28 @@ mod tests {
         t.register(100, Some(base), Some(base));
         for e in [
             grown(
-                SYS_BRK,
+                HeapEventKind::Brk,
                 1,
                 [base + 0x4_0000, 0, 0, 0, 0],
                 base as i64 + 0x4_0000,
                 10,
             ),
             grown(
-                SYS_BRK,
+                HeapEventKind::Brk,
                 2,
                 [base + 0x6_0000, 0, 0, 0, 0],
                 base as i64 + 0x6_0000,
                 20,
             ),
             grown(
-                SYS_BRK,
+                HeapEventKind::Brk,
                 1,
                 [base + 0x7_0000, 0, 0, 0, 0],
                 base as i64 + 0x7_0000,
                 30,
             ),
         ] {
-            t.apply(&e, false);
+            t.apply(&e, AllocatorCalls::Untraced);
         }
         let sites = by_stack(t.get(100).expect("heap"));
         assert_eq!(sites[&1].0, 0x5_0000);
@@ -779,13 +889,13 @@ mod tests {
         // Trimming to base+0x5_0000 gives back stack 1's last 0x1_0000, then half of stack 2's.
         t.apply(
             &grown(
-                SYS_BRK,
+                HeapEventKind::Brk,
                 3,
                 [base + 0x5_0000, 0, 0, 0, 0],
                 base as i64 + 0x5_0000,
                 40,
             ),
-            false,
+            AllocatorCalls::Untraced,
         );
         let sites = by_stack(t.get(100).expect("heap"));
         assert_eq!(sites[&1].0, 0x4_0000);
@@ -796,17 +906,23 @@ mod tests {
         // A refused brk and a query grow nothing.
         t.apply(
             &grown(
-                SYS_BRK,
+                HeapEventKind::Brk,
                 4,
                 [base + 0x9_0000, 0, 0, 0, 0],
                 base as i64 + 0x5_0000,
                 50,
             ),
-            false,
+            AllocatorCalls::Untraced,
         );
         t.apply(
-            &grown(SYS_BRK, 4, [0, 0, 0, 0, 0], base as i64 + 0x5_0000, 60),
-            false,
+            &grown(
+                HeapEventKind::Brk,
+                4,
+                [0, 0, 0, 0, 0],
+                base as i64 + 0x5_0000,
+                60,
+            ),
+            AllocatorCalls::Untraced,
         );
         assert!(!by_stack(t.get(100).expect("heap")).contains_key(&4));
     }
@@ -817,18 +933,36 @@ mod tests {
         let heap = tracker(
             &[
                 grown(
-                    SYS_MMAP,
+                    HeapEventKind::Mmap,
                     1,
                     [0, 64 << 20, 0, 0x22, u64::MAX],
                     arena as i64,
                     1,
                 ),
-                grown(SYS_MPROTECT, 2, [arena, 33 * 1024, RW, 0, 0], 0, 2),
-                grown(SYS_MPROTECT, 3, [arena, 40 * 1024, RW, 0, 0], 0, 3),
+                grown(
+                    HeapEventKind::Mprotect,
+                    2,
+                    [arena, 33 * 1024, RW, 0, 0],
+                    0,
+                    2,
+                ),
+                grown(
+                    HeapEventKind::Mprotect,
+                    3,
+                    [arena, 40 * 1024, RW, 0, 0],
+                    0,
+                    3,
+                ),
                 // Already writable: no new growth.
-                grown(SYS_MPROTECT, 4, [arena, 8 * 1024, RW, 0, 0], 0, 4),
+                grown(
+                    HeapEventKind::Mprotect,
+                    4,
+                    [arena, 8 * 1024, RW, 0, 0],
+                    0,
+                    4,
+                ),
             ],
-            false,
+            AllocatorCalls::Untraced,
         );
         let sites = by_stack(&heap);
         assert!(
@@ -847,21 +981,21 @@ mod tests {
         let heap = tracker(
             &[
                 grown(
-                    SYS_MMAP,
+                    HeapEventKind::Mmap,
                     1,
                     [0, 4 * PAGE, RW, 0x22, u64::MAX],
                     old as i64,
                     1,
                 ),
                 grown(
-                    SYS_MREMAP,
+                    HeapEventKind::Mremap,
                     2,
                     [old, 4 * PAGE, 10 * PAGE, MREMAP_MAYMOVE, 0],
                     moved as i64,
                     2,
                 ),
             ],
-            false,
+            AllocatorCalls::Untraced,
         );
         let sites = by_stack(&heap);
         assert_eq!(

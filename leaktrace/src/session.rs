@@ -16,7 +16,7 @@ use crate::{
     cli::{Cli, Mode, Processed},
     cost::HitRate,
     growth::{self, Growth, SeriesBuffer},
-    heap::{HeapTracker, SiteHeap},
+    heap::{AllocatorCalls, HeapTracker, SiteHeap},
     model::{self, ProcessTotals},
     output::{self, Access},
     procfs,
@@ -173,8 +173,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             max_stacks: cli.max_stacks,
             sample_bytes: cli.sample_bytes.unwrap_or(0),
         },
-        system_wide,
-        growth,
+        if system_wide {
+            tracer::Scope::SystemWide
+        } else {
+            tracer::Scope::Targets
+        },
+        if growth { Mode::Growth } else { Mode::Exact },
     )?;
     // Before any target is attached, so that only our own loop hits the probes (exact mode) or
     // only our calibration child makes heap-growth events (growth mode).
@@ -567,7 +571,12 @@ impl Session {
                 event.caller = stack.first().copied().unwrap_or(0);
                 event.stack_id = self.intern(event.tgid, stack);
             }
-            self.heap.apply(&event, exact.contains(&event.tgid));
+            let calls = if exact.contains(&event.tgid) {
+                AllocatorCalls::Traced
+            } else {
+                AllocatorCalls::Untraced
+            };
+            self.heap.apply(&event, calls);
         }
     }
 
