@@ -106,11 +106,8 @@ pub fn entry_probe_offset(code: &[u8]) -> u64 {
 /// Errors reading a function's code from an ELF file.
 #[derive(Debug, thiserror::Error)]
 pub enum CodeError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: String,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::target_files::Unreadable),
     #[error("{0} is not an ELF file")]
     NotElf(String),
     #[error("{path} does not export {function}")]
@@ -123,10 +120,7 @@ pub enum CodeError {
 /// its section). A versioned name (`malloc@@GLIBC_2.2.5`) matches its base name.
 pub fn function_code(path: &Path, function: &str, len: usize) -> Result<Vec<u8>, CodeError> {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
-    let data = std::fs::read(path).map_err(|source| CodeError::Read {
-        path: path.display().to_string(),
-        source,
-    })?;
+    let data = crate::target_files::read(path)?;
     let file =
         object::File::parse(&*data).map_err(|_| CodeError::NotElf(path.display().to_string()))?;
     let no_symbol = || CodeError::NoSymbol {

@@ -6,7 +6,6 @@
 //! has already exited. Each (pid, address) is resolved once.
 use std::{
     collections::HashMap,
-    fs,
     path::{Path, PathBuf},
 };
 
@@ -162,6 +161,15 @@ impl Symbols {
             let module_name = module.display().to_string();
             let mut resolved = None;
             for readable in &candidates {
+                // blazesym opens the path itself: check first that it is what the process sees
+                // (inside its root) and a file that can be read (target_files' rules).
+                if let Err(why) = vet_module(pid, alive, &module, readable) {
+                    log::debug!(
+                        "pid {pid}: not symbolizing through {}: {why}",
+                        readable.display()
+                    );
+                    continue;
+                }
                 let build_id = self.build_id(readable);
                 let source = Source::Elf(Elf::new(readable));
                 match self
@@ -252,10 +260,36 @@ fn code_file(code: &blazesym::symbolize::CodeInfo<'_>) -> String {
     }
 }
 
+/// Whether `readable` (the module by its path inside the process's root, or by its plain path)
+/// is a regular file within bounds and, while the process lives, the same file as the process's
+/// root holds there: a link it planted cannot send blazesym to a FIFO or to the host's files.
+/// blazesym opens the path again afterwards: a file swapped in between is not caught.
+fn vet_module(
+    pid: u32,
+    alive: bool,
+    module: &Path,
+    readable: &Path,
+) -> Result<(), crate::target_files::Unreadable> {
+    use std::os::unix::fs::MetadataExt as _;
+    let vetted = if alive {
+        crate::target_files::open_in_root(pid, module)?
+    } else {
+        crate::target_files::open(readable)?
+    };
+    let (vetted, there) = (vetted.metadata(), std::fs::metadata(readable));
+    match (vetted, there) {
+        (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => Ok(()),
+        _ => Err(crate::target_files::Unreadable::Malformed {
+            path: readable.to_path_buf(),
+            reason: "it is not the file the process's root holds at that path".to_string(),
+        }),
+    }
+}
+
 fn read_build_id(path: &Path) -> Option<String> {
     use object::Object as _;
-    let data = fs::read(path).ok()?;
-    let file = object::File::parse(&*data).ok()?;
+    let elf = crate::target_files::Elf::open(path).ok()?;
+    let file = elf.parse().ok()?;
     let id = file.build_id().ok()??;
     Some(id.iter().map(|b| format!("{b:02x}")).collect())
 }

@@ -14,7 +14,10 @@ use std::{
 
 use object::{Object as _, ObjectSection as _};
 
-use crate::procfs;
+use crate::{
+    procfs,
+    target_files::{self, Unreadable},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
@@ -88,9 +91,9 @@ pub fn inspect_any(pid: u32) -> Result<TargetProcess, TargetError> {
 /// Whether a file starts like an ELF object.
 pub fn is_elf(path: &Path) -> bool {
     let mut magic = [0u8; 4];
-    fs::File::open(path)
-        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut magic))
-        .is_ok()
+    // Through target_files: a FIFO or a device at the path must not block or stream forever.
+    target_files::open(path)
+        .is_ok_and(|mut f| std::io::Read::read_exact(&mut f, &mut magic).is_ok())
         && magic == *b"\x7fELF"
 }
 
@@ -110,7 +113,7 @@ pub fn libc_in_maps(maps: &procfs::Maps) -> Option<PathBuf> {
 
 /// Why an executable maps no libc, in the user's words.
 fn explain_no_libc(exe: &Path) -> String {
-    let Ok(data) = fs::read(exe) else {
+    let Ok(data) = target_files::read(exe) else {
         return "its executable cannot be read".to_string();
     };
     let Ok(file) = object::File::parse(&*data) else {
@@ -163,7 +166,10 @@ pub fn libc_for_executable(exe: &Path) -> Result<PathBuf, TargetError> {
         path: exe.display().to_string(),
         why: why.to_string(),
     };
-    let data = fs::read(exe).map_err(|e| untraceable(&format!("cannot read it ({e})")))?;
+    let data = target_files::read(exe).map_err(|e| match e {
+        Unreadable::Io { source, .. } => untraceable(&format!("cannot read it ({source})")),
+        other => untraceable(&other.to_string()),
+    })?;
     if let Some(script) = data.strip_prefix(b"#!") {
         let line = script.split(|&b| b == b'\n').next().unwrap_or_default();
         let interpreter = OsStr::from_bytes(line).to_string_lossy().into_owned();

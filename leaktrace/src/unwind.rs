@@ -5,7 +5,6 @@
 //! kernel's frame-pointer walk stops after a frame or two.
 use std::{
     collections::HashMap,
-    fs,
     ops::Range,
     path::Path,
     sync::Arc,
@@ -19,7 +18,11 @@ use framehop::{
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 use serde::{Deserialize, Serialize};
 
-use crate::{procfs, tracer::StackCopy};
+use crate::{
+    procfs,
+    target_files::{self, Elf, Unreadable},
+    tracer::StackCopy,
+};
 
 /// Section data shared by every process that maps the same file.
 type Data = Arc<[u8]>;
@@ -64,22 +67,20 @@ struct ModuleFile {
 }
 
 impl ModuleFile {
-    fn read(path: &Path) -> Option<Self> {
-        // Mapped, not read: only the pages of the unwind sections and headers are touched (a
-        // 100 MiB library costs what its .eh_frame costs).
-        let file = fs::File::open(path).ok()?;
-        // SAFETY: a read-only private mapping; a file truncated underneath would fault, which
-        // module files being executed by a process do not do.
-        let data = unsafe { memmap2::Mmap::map(&file) }.ok()?;
-        let file = object::File::parse(&*data).ok()?;
-        let section = |name: &str| -> (Option<Range<u64>>, Option<Data>) {
-            match file.section_by_name(name) {
-                Some(s) => (
-                    Some(s.address()..s.address() + s.size()),
-                    s.uncompressed_data().ok().map(|d| Data::from(&*d)),
-                ),
-                None => (None, None),
-            }
+    /// Read through `target_files`: headers and the unwind sections only (a 100 MiB library
+    /// costs what its .eh_frame costs), never mapped (a target truncating its file would kill
+    /// a reader of a mapping with SIGBUS), bounded in size.
+    fn read(elf: &Elf) -> Result<Self, Unreadable> {
+        let file = elf.parse()?;
+        let section = |name: &str| -> Result<(Option<Range<u64>>, Option<Data>), Unreadable> {
+            let range = file
+                .section_by_name(name)
+                .map(|s| s.address()..s.address() + s.size());
+            let data = match range {
+                Some(_) => elf.section_data(&file, name)?.map(Data::from),
+                None => None,
+            };
+            Ok((range, data))
         };
         let range = |name: &str| {
             file.section_by_name(name)
@@ -89,15 +90,15 @@ impl ModuleFile {
         // CFI is missing, and the CFI of the syscall wrappers and their callers is there.
         let (text_svma, text) = (range(".text"), None);
         let got_svma = range(".got");
-        let (eh_frame_svma, eh_frame) = section(".eh_frame");
-        let (eh_frame_hdr_svma, eh_frame_hdr) = section(".eh_frame_hdr");
+        let (eh_frame_svma, eh_frame) = section(".eh_frame")?;
+        let (eh_frame_hdr_svma, eh_frame_hdr) = section(".eh_frame_hdr")?;
         // Go binaries and some others have only .debug_frame (maybe compressed).
         let debug_frame = match eh_frame {
             Some(_) => None,
-            None => section(".debug_frame").1,
+            None => section(".debug_frame")?.1,
         };
         if eh_frame.is_none() && debug_frame.is_none() {
-            log::debug!("{} has no unwind sections", path.display());
+            log::debug!("{} has no unwind sections", elf.path().display());
         }
         let loads = file
             .segments()
@@ -106,7 +107,7 @@ impl ModuleFile {
                 (offset, s.address(), size)
             })
             .collect();
-        Some(Self {
+        Ok(Self {
             text_svma,
             text,
             got_svma,
@@ -323,15 +324,30 @@ impl StackUnwinder {
 }
 
 /// A mapped file's unwind sections, read through the mapping itself (right even for a deleted
-/// or replaced file, and inside containers), else through the process's root, else the path.
+/// or replaced file, and inside containers), else by its path inside the process's root, else by
+/// the plain path. A file that cannot be read (a FIFO, a huge or malformed file: see
+/// target_files) is said once, and the stacks through it stop there.
 fn read_module(pid: u32, mapping: &procfs::Mapping, path: &Path) -> Option<ModuleFile> {
-    [
-        procfs::mapped_file(pid, &mapping.range),
-        procfs::path_in_root(pid, path),
-        path.to_path_buf(),
-    ]
-    .iter()
-    .find_map(|p| ModuleFile::read(p))
+    let candidates = [
+        (procfs::mapped_file(pid, &mapping.range), None),
+        (procfs::path_in_root(pid, path), Some(path)),
+        (path.to_path_buf(), None),
+    ];
+    let mut last = None;
+    for (shown, in_root) in candidates {
+        let opened = match in_root {
+            Some(path) => target_files::open_in_root(pid, path),
+            None => target_files::open(&shown),
+        };
+        match opened.and_then(|file| ModuleFile::read(&Elf::new(&shown, file))) {
+            Ok(module) => return Some(module),
+            Err(err) => last = Some(err),
+        }
+    }
+    if let Some(err) = last {
+        log::warn!("pid {pid}: cannot unwind through {}: {err}", path.display());
+    }
+    None
 }
 
 /// The registers here and up to 16 KiB of this thread's stack above the stack pointer, as the

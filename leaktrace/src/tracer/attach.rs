@@ -207,7 +207,7 @@ pub fn format_placements(placements: &[(&str, u64)]) -> String {
 /// Names of the functions an ELF file exports (dynamic symbol table).
 fn exported_functions(path: &Path) -> anyhow::Result<Vec<String>> {
     use object::{Object as _, ObjectSymbol as _};
-    let data = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let data = crate::target_files::read(path)?;
     let file = object::File::parse(&*data)
         .with_context(|| format!("{} is not an ELF file", path.display()))?;
     Ok(file
