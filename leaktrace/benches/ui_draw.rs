@@ -6,11 +6,10 @@
 use std::time::{Duration, Instant};
 
 use leaktrace::{
-    cli::Processed,
-    growth::{Growth, GrowthClass},
-    heap::SiteHeap,
-    report::{Counters, ProcessReport, SiteReport, Snapshot, SCHEMA},
-    symbolize::Frame,
+    schema::{
+        Counters, Frame, Growth, GrowthClass, Mode, ProcessReport, Processed, SiteCounters,
+        SiteHeap, SiteReport, Snapshot, SCHEMA,
+    },
     ui::{App, Event, Key, Live, Update},
 };
 use ratatui::{backend::TestBackend, Terminal};
@@ -40,15 +39,17 @@ fn snapshot(round: u64) -> Snapshot {
             let outstanding = (i * 7919 + round * 104_729) % 1_000_000 + 1;
             SiteReport {
                 id: format!("{i:x}-{i}"),
-                outstanding_bytes: outstanding,
-                outstanding_count: outstanding / 64 + 1,
-                allocated_bytes: outstanding * 4,
-                allocated_count: outstanding / 16 + 1,
-                freed_bytes: outstanding * 3,
-                freed_count: outstanding / 32,
-                oldest_age_s: Some((i % 600) as f64),
-                aged_outstanding_bytes: outstanding / 2,
-                aged_outstanding_count: outstanding / 128,
+                counters: SiteCounters {
+                    outstanding_bytes: outstanding,
+                    outstanding_count: outstanding / 64 + 1,
+                    allocated_bytes: outstanding * 4,
+                    allocated_count: outstanding / 16 + 1,
+                    freed_bytes: outstanding * 3,
+                    freed_count: outstanding / 32,
+                    oldest_age_s: Some((i % 600) as f64),
+                    aged_outstanding_bytes: outstanding / 2,
+                    aged_outstanding_count: outstanding / 128,
+                },
                 growth: Growth {
                     bytes_per_mib_processed: Some((i % 977) as f64 * 13.0),
                     bytes_per_min: Some((i % 613) as f64 * 101.0),
@@ -83,7 +84,7 @@ fn snapshot(round: u64) -> Snapshot {
         schema: SCHEMA.to_string(),
         generated_at: "2026-11-23T18:00:00Z".to_string(),
         duration_s: round as f64,
-        mode: "exact".to_string(),
+        mode: Mode::Exact,
         system_wide: false,
         unwinding: None,
         interval_s: 1.0,
@@ -100,8 +101,8 @@ fn snapshot(round: u64) -> Snapshot {
             exact: true,
             libc: "/usr/lib/x86_64-linux-gnu/libc.so.6".to_string(),
             hooked_functions: vec!["malloc".to_string()],
-            outstanding_bytes: sites.iter().map(|s| s.outstanding_bytes).sum(),
-            outstanding_count: sites.iter().map(|s| s.outstanding_count).sum(),
+            outstanding_bytes: sites.iter().map(|s| s.counters.outstanding_bytes).sum(),
+            outstanding_count: sites.iter().map(|s| s.counters.outstanding_count).sum(),
             allocated_bytes: 0,
             allocated_count: round * 1000,
             freed_count: round * 900,

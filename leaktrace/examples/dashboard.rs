@@ -10,12 +10,11 @@
 use std::{process::ExitCode, time::Duration};
 
 use leaktrace::{
-    cli::Processed,
-    growth::{Growth, GrowthClass},
-    heap::{ChunkSize, FallbackSummary, SiteHeap},
-    report::{Counters, HeapReport, ProbeCost, ProcessReport, SiteReport, Snapshot, SCHEMA},
-    symbolize::Frame,
-    target::ExitStatus,
+    schema::{
+        ChunkSize, Counters, ExitStatus, FallbackSummary, Frame, Growth, GrowthClass, HeapReport,
+        Mode, ProbeCost, ProcessReport, Processed, SiteCounters, SiteHeap, SiteReport, Snapshot,
+        SCHEMA,
+    },
     ui::{self, Action, App, Event, Live, Update},
 };
 use tokio::{
@@ -97,15 +96,17 @@ fn snapshot(t: f64, options: &Options) -> Snapshot {
     };
     let site = |id: u64, bytes: u64, growth: Growth, frames: Vec<Frame>| SiteReport {
         id: format!("{id:x}-{id}"),
-        outstanding_bytes: bytes,
-        outstanding_count: bytes / 100 + 1,
-        allocated_bytes: bytes * 3,
-        allocated_count: bytes / 30 + 1,
-        freed_bytes: bytes * 2,
-        freed_count: bytes / 50,
-        oldest_age_s: Some(t),
-        aged_outstanding_bytes: bytes / 2,
-        aged_outstanding_count: bytes / 200,
+        counters: SiteCounters {
+            outstanding_bytes: bytes,
+            outstanding_count: bytes / 100 + 1,
+            allocated_bytes: bytes * 3,
+            allocated_count: bytes / 30 + 1,
+            freed_bytes: bytes * 2,
+            freed_count: bytes / 50,
+            oldest_age_s: Some(t),
+            aged_outstanding_bytes: bytes / 2,
+            aged_outstanding_count: bytes / 200,
+        },
         growth,
         leak_rank: u32::try_from(id + 1).unwrap_or(u32::MAX),
         heap: SiteHeap::default(),
@@ -165,13 +166,13 @@ fn snapshot(t: f64, options: &Options) -> Snapshot {
         }
     }
     let exited = options.exit_after.is_some_and(|after| t >= after);
-    let outstanding_bytes = sites.iter().map(|s| s.outstanding_bytes).sum();
-    let outstanding_count = sites.iter().map(|s| s.outstanding_count).sum();
+    let outstanding_bytes = sites.iter().map(|s| s.counters.outstanding_bytes).sum();
+    let outstanding_count = sites.iter().map(|s| s.counters.outstanding_count).sum();
     Snapshot {
         schema: SCHEMA.to_string(),
         generated_at: "2026-11-23T18:00:00Z".to_string(),
         duration_s: t,
-        mode: "exact".to_string(),
+        mode: Mode::Exact,
         system_wide: false,
         unwinding: None,
         interval_s: options.interval.as_secs_f64(),

@@ -8,6 +8,7 @@ pub mod output;
 pub mod placement;
 pub mod postmortem;
 pub mod report;
+pub mod schema;
 pub mod session;
 pub mod symbolize;
 pub mod target;

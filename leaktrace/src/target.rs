@@ -14,6 +14,8 @@ use std::{
 
 use object::{Object as _, ObjectSection as _};
 
+use crate::schema::ExitStatus;
+
 #[derive(Debug, thiserror::Error)]
 pub enum TargetError {
     #[error("no process with pid {0}")]
@@ -408,14 +410,6 @@ fn reap(pid: u32) {
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid as i32, &mut status, 0) };
-}
-
-/// How a launched child ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExitStatus {
-    Code(i32),
-    Signal(i32),
 }
 
 /// Reap our launched child if it has exited.

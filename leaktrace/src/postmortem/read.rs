@@ -9,7 +9,7 @@ use std::{fs, io, path::Path};
 use serde::Deserialize;
 use serde_json::error::Category;
 
-use crate::{report::SCHEMA, target::ExitStatus};
+use crate::schema::{ExitStatus, SCHEMA};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::Duration};
 use super::read::{
     RecordedCounters, RecordedFrame, RecordedHeap, RecordedProcess, RecordedSite, RecordedSnapshot,
 };
-use crate::{report::human_bytes, target::ExitStatus};
+use crate::{report::human_bytes, schema::ExitStatus};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ReportStyle {

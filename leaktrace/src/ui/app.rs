@@ -10,7 +10,7 @@ use super::{
     layout,
     live::{self, CallTotals, Live, Rates, SiteHeapTotals},
 };
-use crate::report::{ProcessReport, SiteReport, Snapshot};
+use crate::schema::{ProcessReport, SiteReport, Snapshot};
 
 /// Rows the mouse wheel moves per notch.
 const WHEEL_ROWS: usize = 3;
@@ -139,7 +139,10 @@ impl SiteSort {
     fn compare(self, a: &SiteReport, b: &SiteReport) -> Ordering {
         let primary = match self {
             SiteSort::Outstanding => Ordering::Equal,
-            SiteSort::Count => b.outstanding_count.cmp(&a.outstanding_count),
+            SiteSort::Count => b
+                .counters
+                .outstanding_count
+                .cmp(&a.counters.outstanding_count),
             SiteSort::PerMib => descending(
                 a.growth.bytes_per_mib_processed,
                 b.growth.bytes_per_mib_processed,
@@ -150,14 +153,18 @@ impl SiteSort {
                 .rank_key()
                 .total_cmp(&a.growth.rank_key())
                 .then_with(|| a.leak_rank.cmp(&b.leak_rank)),
-            SiteSort::OldestAge => descending(a.oldest_age_s, b.oldest_age_s),
+            SiteSort::OldestAge => descending(a.counters.oldest_age_s, b.counters.oldest_age_s),
             SiteSort::AnonMmap => b
                 .heap
                 .anon_mmap_bytes
                 .cmp(&a.heap.anon_mmap_bytes)
                 .then_with(|| b.heap.fallback_mmap_bytes.cmp(&a.heap.fallback_mmap_bytes)),
         };
-        primary.then_with(|| b.outstanding_bytes.cmp(&a.outstanding_bytes))
+        primary.then_with(|| {
+            b.counters
+                .outstanding_bytes
+                .cmp(&a.counters.outstanding_bytes)
+        })
     }
 }
 
@@ -817,8 +824,8 @@ fn site_rows(
             continue;
         }
         for (si, site) in process.sites.iter().enumerate() {
-            let holds_memory = site.outstanding_count > 0
-                || site.outstanding_bytes > 0
+            let holds_memory = site.counters.outstanding_count > 0
+                || site.counters.outstanding_bytes > 0
                 || site.heap.anon_mmap_bytes > 0
                 || site.heap.fallback_mmap_count > 0;
             if holds_memory && site_matches(site, filter) {

@@ -18,12 +18,8 @@ use super::{
     live::{heap_growth_bytes, SiteHeapTotals},
     ProcessSort,
 };
-use crate::{
-    growth::GrowthClass,
-    heap::ChunkSize,
-    report::{HeapReport, ProcessReport, SiteReport},
-    symbolize::Frame,
-    target::ExitStatus,
+use crate::schema::{
+    ChunkSize, ExitStatus, Frame, GrowthClass, HeapReport, Mode, ProcessReport, SiteReport,
 };
 
 const WARN: Style = Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD);
@@ -301,7 +297,7 @@ impl App {
             });
         // Growth mode's sites are stacks that grew the heap: their bytes are heap growth still
         // there and their count is growth events (the headless table says the same).
-        let growth = self.snapshot().is_some_and(|s| s.mode == "growth");
+        let growth = self.snapshot().is_some_and(|s| s.mode == Mode::Growth);
         let header = Row::new(
             columns
                 .shown
@@ -394,7 +390,10 @@ impl App {
             .series(process.pid, &site.id, shown.generation, width);
         let peak = series.iter().copied().max().unwrap_or(0);
         let title = Line::from(vec![
-            Span::styled(format!(" {} ", human_bytes(site.outstanding_bytes)), TITLE),
+            Span::styled(
+                format!(" {} ", human_bytes(site.counters.outstanding_bytes)),
+                TITLE,
+            ),
             Span::raw(format!("now · peak {} ", human_bytes(peak))),
         ]);
         let block = Block::bordered().title(title);
@@ -592,12 +591,12 @@ fn growth_title(title: &'static str, growth: bool) -> &'static str {
 
 fn site_cell(column: SiteColumn, process: &ProcessReport, site: &SiteReport) -> Cell<'static> {
     let text = match column.value {
-        SiteValue::Outstanding => human_bytes(site.outstanding_bytes),
-        SiteValue::Count if !process.exact => count(site.allocated_count),
-        SiteValue::Count => count(site.outstanding_count),
+        SiteValue::Outstanding => human_bytes(site.counters.outstanding_bytes),
+        SiteValue::Count if !process.exact => count(site.counters.allocated_count),
+        SiteValue::Count => count(site.counters.outstanding_count),
         SiteValue::PerMib => signed_bytes(site.growth.bytes_per_mib_processed),
         SiteValue::PerMin => signed_bytes(site.growth.bytes_per_min),
-        SiteValue::Oldest => format::age(site.oldest_age_s),
+        SiteValue::Oldest => format::age(site.counters.oldest_age_s),
         SiteValue::Pid => process.pid.to_string(),
         SiteValue::AnonMmap => {
             let text = human_bytes(site.heap.anon_mmap_bytes);
@@ -918,14 +917,14 @@ fn draw_summary(site: Option<(&ProcessReport, &SiteReport)>, area: Rect, buf: &m
     let lines = vec![
         Line::from(vec![
             Span::raw("outstanding "),
-            Span::styled(human_bytes(site.outstanding_bytes), HEADING),
+            Span::styled(human_bytes(site.counters.outstanding_bytes), HEADING),
             Span::raw(format!(
                 " in {} blocks · allocated {} in {} · freed {} in {}",
-                count(site.outstanding_count),
-                human_bytes(site.allocated_bytes),
-                count(site.allocated_count),
-                human_bytes(site.freed_bytes),
-                count(site.freed_count)
+                count(site.counters.outstanding_count),
+                human_bytes(site.counters.allocated_bytes),
+                count(site.counters.allocated_count),
+                human_bytes(site.counters.freed_bytes),
+                count(site.counters.freed_count)
             )),
         ]),
         Line::from(vec![
@@ -941,9 +940,9 @@ fn draw_summary(site: Option<(&ProcessReport, &SiteReport)>, area: Rect, buf: &m
             Span::raw(format!(
                 " · leak rank {} · oldest {} · aged {} in {} blocks",
                 site.leak_rank,
-                format::age(site.oldest_age_s),
-                human_bytes(site.aged_outstanding_bytes),
-                count(site.aged_outstanding_count)
+                format::age(site.counters.oldest_age_s),
+                human_bytes(site.counters.aged_outstanding_bytes),
+                count(site.counters.aged_outstanding_count)
             )),
         ]),
         Line::raw(format!(

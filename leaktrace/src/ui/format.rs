@@ -1,6 +1,6 @@
 //! Short, fixed-width renderings of the numbers and names the dashboard shows. Pure functions:
 //! the widgets call them, tests pin them down.
-use crate::{growth::GrowthClass, report::SiteReport, symbolize::Frame};
+use crate::schema::{Frame, GrowthClass, SiteReport};
 
 pub use crate::report::human_bytes;
 
@@ -241,7 +241,7 @@ mod tests {
     fn user_frame_skips_libc() {
         let site = SiteReport::heap_only(
             "s".into(),
-            crate::heap::SiteHeap::default(),
+            crate::schema::SiteHeap::default(),
             1,
             vec![
                 Frame {

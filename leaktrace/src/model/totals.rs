@@ -1,9 +1,13 @@
-//! Pure aggregation: from what the maps say to per-process, per-site numbers. No I/O.
+//! Totals per site and per process: exact mode's from what the maps say, growth mode's from
+//! the heap growth each stack made.
 use std::collections::HashMap;
 
 use leaktrace_common::{PidCounters, SiteKey, SiteStats, UNSAMPLED_STACK};
 
-use crate::report::Counters;
+use crate::{
+    heap::ProcessHeap,
+    schema::{Counters, SiteCounters, SiteHeap},
+};
 
 /// What the outstanding-allocation map says of one site's blocks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,16 +35,7 @@ impl Default for SiteAges {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct SiteTotals {
     pub key: SiteKey,
-    pub outstanding_bytes: u64,
-    pub outstanding_count: u64,
-    pub allocated_bytes: u64,
-    pub allocated_count: u64,
-    pub freed_bytes: u64,
-    pub freed_count: u64,
-    pub oldest_age_s: Option<f64>,
-    /// Outstanding bytes and blocks allocated at least `--min-age` ago.
-    pub aged_outstanding_bytes: u64,
-    pub aged_outstanding_count: u64,
+    pub counters: SiteCounters,
 }
 
 impl SiteTotals {
@@ -55,16 +50,19 @@ impl SiteTotals {
             .then(|| now_ns.saturating_sub(ages.oldest_ns) as f64 / 1e9);
         Self {
             key,
-            outstanding_bytes,
-            outstanding_count,
-            allocated_bytes: stats.allocated_bytes,
-            allocated_count: stats.allocated_count,
-            freed_bytes: stats.freed_bytes,
-            freed_count: stats.freed_count,
-            oldest_age_s,
-            // Both views are read at slightly different moments; aged can never exceed the total.
-            aged_outstanding_bytes: ages.aged_bytes.min(outstanding_bytes),
-            aged_outstanding_count: ages.aged_blocks.min(outstanding_count),
+            counters: SiteCounters {
+                outstanding_bytes,
+                outstanding_count,
+                allocated_bytes: stats.allocated_bytes,
+                allocated_count: stats.allocated_count,
+                freed_bytes: stats.freed_bytes,
+                freed_count: stats.freed_count,
+                oldest_age_s,
+                // Both views are read at slightly different moments; aged can never exceed
+                // the total.
+                aged_outstanding_bytes: ages.aged_bytes.min(outstanding_bytes),
+                aged_outstanding_count: ages.aged_blocks.min(outstanding_count),
+            },
         }
     }
 
@@ -87,6 +85,30 @@ pub struct ProcessTotals {
     pub sites: Vec<SiteTotals>,
 }
 
+impl ProcessTotals {
+    /// Count a site in the process's totals and keep it.
+    fn add(&mut self, site: SiteTotals) {
+        let c = &site.counters;
+        self.outstanding_bytes += c.outstanding_bytes;
+        self.outstanding_count += c.outstanding_count;
+        self.allocated_bytes += c.allocated_bytes;
+        self.allocated_count += c.allocated_count;
+        self.freed_count += c.freed_count;
+        self.sites.push(site);
+    }
+
+    /// Largest outstanding bytes first, then largest allocated bytes, then by `tie` of keys.
+    fn sort_sites(&mut self, tie: impl Fn(&SiteKey, &SiteKey) -> std::cmp::Ordering) {
+        self.sites.sort_by(|a, b| {
+            b.counters
+                .outstanding_bytes
+                .cmp(&a.counters.outstanding_bytes)
+                .then(b.counters.allocated_bytes.cmp(&a.counters.allocated_bytes))
+                .then_with(|| tie(&a.key, &b.key))
+        });
+    }
+}
+
 /// Gather the sites and counters of `pid`.
 pub fn process_totals(
     pid: u32,
@@ -97,21 +119,10 @@ pub fn process_totals(
 ) -> ProcessTotals {
     let mut totals = ProcessTotals::default();
     for (key, stats) in sites.iter().filter(|(k, _)| k.tgid == pid) {
-        let site = SiteTotals::new(*key, stats, ages.get(key).copied(), now_ns);
-        totals.outstanding_bytes += site.outstanding_bytes;
-        totals.outstanding_count += site.outstanding_count;
-        totals.allocated_bytes += site.allocated_bytes;
-        totals.allocated_count += site.allocated_count;
-        totals.freed_count += site.freed_count;
-        totals.sites.push(site);
+        totals.add(SiteTotals::new(*key, stats, ages.get(key).copied(), now_ns));
     }
     share_unsampled(&mut totals.sites);
-    totals.sites.sort_by(|a, b| {
-        b.outstanding_bytes
-            .cmp(&a.outstanding_bytes)
-            .then(b.allocated_bytes.cmp(&a.allocated_bytes))
-            .then(a.key.caller.cmp(&b.key.caller))
-    });
+    totals.sort_sites(|a, b| a.caller.cmp(&b.caller));
     if let Some(c) = counters.get(&pid) {
         totals.counters = Counters {
             dropped_allocations: c.dropped_allocations,
@@ -143,13 +154,16 @@ fn share_unsampled(sites: &mut Vec<SiteTotals>) {
         if stacks.is_empty() {
             continue;
         }
-        let weights = |f: fn(&SiteTotals) -> u64| -> Vec<u64> {
-            let w: Vec<u64> = stacks.iter().map(|&i| f(&sites[i])).collect();
+        let weights = |f: fn(&SiteCounters) -> u64| -> Vec<u64> {
+            let w: Vec<u64> = stacks.iter().map(|&i| f(&sites[i].counters)).collect();
             // Nothing to go by (all zero): share by what they allocated, else evenly.
             if w.iter().any(|&x| x > 0) {
                 w
             } else {
-                let alloc: Vec<u64> = stacks.iter().map(|&i| sites[i].allocated_bytes).collect();
+                let alloc: Vec<u64> = stacks
+                    .iter()
+                    .map(|&i| sites[i].counters.allocated_bytes)
+                    .collect();
                 if alloc.iter().any(|&x| x > 0) {
                     alloc
                 } else {
@@ -157,24 +171,19 @@ fn share_unsampled(sites: &mut Vec<SiteTotals>) {
                 }
             }
         };
+        let share = |f: fn(&SiteCounters) -> u64| split(f(&rest.counters), &weights(f));
         let shares = [
-            split(rest.outstanding_bytes, &weights(|s| s.outstanding_bytes)),
-            split(rest.outstanding_count, &weights(|s| s.outstanding_count)),
-            split(rest.allocated_bytes, &weights(|s| s.allocated_bytes)),
-            split(rest.allocated_count, &weights(|s| s.allocated_count)),
-            split(rest.freed_bytes, &weights(|s| s.freed_bytes)),
-            split(rest.freed_count, &weights(|s| s.freed_count)),
-            split(
-                rest.aged_outstanding_bytes,
-                &weights(|s| s.aged_outstanding_bytes),
-            ),
-            split(
-                rest.aged_outstanding_count,
-                &weights(|s| s.aged_outstanding_count),
-            ),
+            share(|s| s.outstanding_bytes),
+            share(|s| s.outstanding_count),
+            share(|s| s.allocated_bytes),
+            share(|s| s.allocated_count),
+            share(|s| s.freed_bytes),
+            share(|s| s.freed_count),
+            share(|s| s.aged_outstanding_bytes),
+            share(|s| s.aged_outstanding_count),
         ];
         for (n, &i) in stacks.iter().enumerate() {
-            let site = &mut sites[i];
+            let site = &mut sites[i].counters;
             site.outstanding_bytes += shares[0][n];
             site.outstanding_count += shares[1][n];
             site.allocated_bytes += shares[2][n];
@@ -183,7 +192,7 @@ fn share_unsampled(sites: &mut Vec<SiteTotals>) {
             site.freed_count += shares[5][n];
             site.aged_outstanding_bytes += shares[6][n];
             site.aged_outstanding_count += shares[7][n];
-            site.oldest_age_s = match (site.oldest_age_s, rest.oldest_age_s) {
+            site.oldest_age_s = match (site.oldest_age_s, rest.counters.oldest_age_s) {
                 (Some(a), Some(b)) => Some(a.max(b)),
                 (a, b) => a.or(b),
             };
@@ -208,6 +217,103 @@ fn split(total: u64, weights: &[u64]) -> Vec<u64> {
         parts[heaviest] += total - given;
     }
     parts
+}
+
+/// One growth-mode site (a stack that grew the heap) in its own words. Snapshots carry it under
+/// the exact-mode names of [`SiteCounters`] (docs/json-schema.md, "Growth-mode sites").
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct GrowthSiteTotals {
+    /// Heap bytes this stack grew that are still mapped or below the break.
+    pub still_mapped_bytes: u64,
+    /// All heap bytes this stack grew.
+    pub grown_bytes: u64,
+    /// Heap-growing syscalls made from this stack.
+    pub growth_events: u64,
+    /// Age of its first growth, while it still holds some.
+    pub first_growth_age_s: Option<f64>,
+    /// `still_mapped_bytes` when its first growth is at least `--min-age` old, else 0.
+    pub aged_still_mapped_bytes: u64,
+}
+
+impl From<GrowthSiteTotals> for SiteCounters {
+    fn from(growth: GrowthSiteTotals) -> Self {
+        let holds = |bytes: u64| u64::from(bytes > 0);
+        Self {
+            outstanding_bytes: growth.still_mapped_bytes,
+            // Growth is not counted in blocks: 1 while the site holds growth, else 0.
+            outstanding_count: holds(growth.still_mapped_bytes),
+            allocated_bytes: growth.grown_bytes,
+            allocated_count: growth.growth_events,
+            freed_bytes: growth.grown_bytes.saturating_sub(growth.still_mapped_bytes),
+            // Giving heap back is no event of the site's own.
+            freed_count: 0,
+            oldest_age_s: growth.first_growth_age_s,
+            aged_outstanding_bytes: growth.aged_still_mapped_bytes,
+            aged_outstanding_count: holds(growth.aged_still_mapped_bytes),
+        }
+    }
+}
+
+/// The moments growth mode measures ages against, all `bpf_ktime_get_ns()` time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GrowthClock {
+    /// When tracing started.
+    pub start_ns: u64,
+    /// When the maps were read.
+    pub now_ns: u64,
+    /// `--min-age`.
+    pub min_age_ns: u64,
+}
+
+impl GrowthClock {
+    /// Seconds since tracing started.
+    fn since_start_s(&self, ns: u64) -> f64 {
+        ns.saturating_sub(self.start_ns) as f64 / 1e9
+    }
+}
+
+/// Growth mode's sites of a process: the heap bytes each stack grew (still there, all it grew,
+/// given back since), as the totals exact mode reads from the maps. Each site's heap
+/// attribution (`site_heap`, from `ProcessHeap::sites`) gets its growth events and when they
+/// were first and last seen.
+pub fn growth_totals(
+    heap: Option<&ProcessHeap>,
+    counters: Counters,
+    clock: GrowthClock,
+    site_heap: &mut HashMap<SiteKey, SiteHeap>,
+) -> ProcessTotals {
+    let mut totals = ProcessTotals {
+        counters,
+        ..ProcessTotals::default()
+    };
+    let Some(heap) = heap else {
+        return totals;
+    };
+    for (key, tally) in heap.growth() {
+        let attribution = site_heap.entry(*key).or_default();
+        attribution.growth_events = tally.events;
+        attribution.first_seen_s = Some(clock.since_start_s(tally.first_ns));
+        attribution.last_seen_s = Some(clock.since_start_s(tally.last_ns));
+        let still_mapped = attribution.net_bytes();
+        let age_ns = clock.now_ns.saturating_sub(tally.first_ns);
+        let site = GrowthSiteTotals {
+            still_mapped_bytes: still_mapped,
+            grown_bytes: tally.bytes,
+            growth_events: tally.events,
+            first_growth_age_s: (still_mapped > 0).then(|| age_ns as f64 / 1e9),
+            aged_still_mapped_bytes: if age_ns >= clock.min_age_ns {
+                still_mapped
+            } else {
+                0
+            },
+        };
+        totals.add(SiteTotals {
+            key: *key,
+            counters: site.into(),
+        });
+    }
+    totals.sort_sites(|a, b| a.stack_id.cmp(&b.stack_id));
+    totals
 }
 
 #[cfg(test)]
@@ -268,10 +374,10 @@ mod tests {
         assert_eq!(totals.counters.unknown_frees, 4);
         assert_eq!(totals.sites.len(), 2);
         assert_eq!(totals.sites[0].key.caller, 0x20);
-        assert_eq!(totals.sites[0].oldest_age_s, Some(2.5));
-        assert_eq!(totals.sites[0].aged_outstanding_bytes, 30_000);
-        assert_eq!(totals.sites[0].aged_outstanding_count, 300);
-        assert_eq!(totals.sites[1].oldest_age_s, None);
+        assert_eq!(totals.sites[0].counters.oldest_age_s, Some(2.5));
+        assert_eq!(totals.sites[0].counters.aged_outstanding_bytes, 30_000);
+        assert_eq!(totals.sites[0].counters.aged_outstanding_count, 300);
+        assert_eq!(totals.sites[1].counters.oldest_age_s, None);
     }
 
     #[test]
@@ -304,14 +410,20 @@ mod tests {
                 .expect("site")
         };
         let (one, two) = (of(1), of(2));
-        assert_eq!(one.outstanding_bytes + two.outstanding_bytes, 40_400);
-        assert_eq!(one.allocated_count + two.allocated_count, 505);
-        assert_eq!(one.freed_bytes + two.freed_bytes, 10_100);
+        assert_eq!(
+            one.counters.outstanding_bytes + two.counters.outstanding_bytes,
+            40_400
+        );
+        assert_eq!(
+            one.counters.allocated_count + two.counters.allocated_count,
+            505
+        );
+        assert_eq!(one.counters.freed_bytes + two.counters.freed_bytes, 10_100);
         // 3:1 by outstanding bytes.
-        assert_eq!(one.outstanding_bytes, 300 + 30_000);
-        assert_eq!(two.outstanding_bytes, 100 + 10_000);
+        assert_eq!(one.counters.outstanding_bytes, 300 + 30_000);
+        assert_eq!(two.counters.outstanding_bytes, 100 + 10_000);
         // Freed: stack 1 freed nothing itself, so stack 2 takes every unsampled free.
-        assert_eq!(one.freed_bytes, 0);
+        assert_eq!(one.counters.freed_bytes, 0);
         assert!(totals
             .sites
             .iter()
@@ -343,9 +455,9 @@ mod tests {
             aged_blocks: 1,
         };
         let site = SiteTotals::new(key(1, 1), &stats(100, 1, 200, 2), Some(ages), 10);
-        assert_eq!(site.outstanding_bytes, 0);
-        assert_eq!(site.outstanding_count, 0);
-        assert_eq!(site.oldest_age_s, None);
-        assert_eq!(site.aged_outstanding_bytes, 0);
+        assert_eq!(site.counters.outstanding_bytes, 0);
+        assert_eq!(site.counters.outstanding_count, 0);
+        assert_eq!(site.counters.oldest_age_s, None);
+        assert_eq!(site.counters.aged_outstanding_bytes, 0);
     }
 }
