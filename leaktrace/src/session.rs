@@ -121,33 +121,7 @@ impl Config {
             (false, Stdout::Terminal) => View::Dashboard,
             _ => View::Headless,
         };
-        let no_targets = cli.pids.is_empty() && cli.command.is_empty();
-        let scope = if cli.system_wide || no_targets {
-            Scope::SystemWide
-        } else {
-            Scope::Targets
-        };
-        if scope == Scope::SystemWide && !cli.command.is_empty() {
-            bail!(
-                "--system-wide and a command do not go together: launch the command in another shell"
-            );
-        }
-        let everything = scope == Scope::SystemWide && cli.pids.is_empty();
-        let mode = cli.mode.unwrap_or(if everything {
-            Mode::Growth
-        } else {
-            Mode::Exact
-        });
-        if mode == Mode::Growth && cli.sample_bytes.is_some() {
-            bail!(
-                "--sample-bytes samples exact mode's stacks: growth mode has no uprobes to sample"
-            );
-        }
-        if mode == Mode::Exact && everything {
-            bail!(
-                "--mode exact needs --pid: system-wide tracing has no uprobes (use --mode growth)"
-            );
-        }
+        let (scope, mode) = scope_and_mode(&cli)?;
         let mut pids = cli.pids.clone();
         pids.sort_unstable();
         pids.dedup();
@@ -194,6 +168,35 @@ impl Config {
     fn min_age_ns(&self) -> u64 {
         u64::try_from(self.min_age.as_nanos()).unwrap_or(u64::MAX)
     }
+}
+
+/// Who is traced and how; refuses the combinations that cannot work (with messages that say
+/// what to do instead, which clap's `conflicts_with` would not).
+fn scope_and_mode(cli: &Cli) -> anyhow::Result<(Scope, Mode)> {
+    let no_targets = cli.pids.is_empty() && cli.command.is_empty();
+    let scope = if cli.system_wide || no_targets {
+        Scope::SystemWide
+    } else {
+        Scope::Targets
+    };
+    if scope == Scope::SystemWide && !cli.command.is_empty() {
+        bail!(
+            "--system-wide and a command do not go together: launch the command in another shell"
+        );
+    }
+    let everything = scope == Scope::SystemWide && cli.pids.is_empty();
+    let mode = cli.mode.unwrap_or(if everything {
+        Mode::Growth
+    } else {
+        Mode::Exact
+    });
+    if mode == Mode::Growth && cli.sample_bytes.is_some() {
+        bail!("--sample-bytes samples exact mode's stacks: growth mode has no uprobes to sample");
+    }
+    if mode == Mode::Exact && everything {
+        bail!("--mode exact needs --pid: system-wide tracing has no uprobes (use --mode growth)");
+    }
+    Ok((scope, mode))
 }
 
 /// How a traced process came to be traced.
@@ -652,26 +655,12 @@ impl Session {
                 event = dash.next_event() => match event {
                     Some(Ok(event)) => match app.handle(event) {
                         Some(Action::Quit) => return Ok(()),
-                        Some(Action::WriteSnapshot) => {
-                            let snapshot = self.snapshot(false);
-                            let status = match &self.config.json {
-                                Some(path) => match report::write_snapshot(path, &snapshot, self.config.access) {
-                                    Ok(()) => format!("snapshot written to {}", path.display()),
-                                    Err(err) => format!("cannot write {}: {err}", path.display()),
-                                },
-                                None => "no --json PATH given: nothing written".to_string(),
-                            };
-                            app.set_status(status);
-                        }
-                        Some(Action::TraceProcess(pid)) => {
-                            let status = match self.trace_exactly(pid) {
-                                Ok(()) => format!("tracing pid {pid} exactly"),
-                                Err(err) => format!("cannot trace pid {pid}: {err:#}"),
-                            };
-                            app.set_status(status);
-                            next_sample = tokio::time::Instant::now();
-                        }
                         Some(Action::Redraw) => dash.redraw_all()?,
+                        Some(action) => {
+                            if self.on_action(&mut app, action) {
+                                next_sample = tokio::time::Instant::now();
+                            }
+                        }
                         None => {}
                     },
                     Some(Err(err)) => return Err(err.into()),
@@ -695,16 +684,7 @@ impl Session {
                 } => {
                     let now_ns = pending_read.take().map_or(0, |(at, _)| at);
                     let reading = read_or_empty(joined.context("the map reader failed").and_then(|r| r));
-                    let snapshot = self.build_snapshot(false, now_ns, reading);
-                    if let Err(err) = self.save(&snapshot) {
-                        app.set_status(format!("{err:#}"));
-                    }
-                    let probe_hits_per_s = snapshot.cost.and_then(|c| c.probe_hits_per_s);
-                    let live = Live {
-                        uptime_s: Some(self.started.elapsed().as_secs_f64()),
-                        probe_hits_per_s,
-                    };
-                    app.handle(Event::Update(Box::new(Update { snapshot, live })));
+                    self.show_reading(&mut app, now_ns, reading);
                     next_sample = tokio::time::Instant::now() + self.config.interval;
                 }
                 _ = liveness.tick() => {
@@ -718,6 +698,48 @@ impl Session {
                 _ = sigterm.recv() => return Ok(()),
             }
         }
+    }
+
+    /// Carry out a dashboard action that needs the session; whether a sample is due at once.
+    fn on_action(&mut self, app: &mut App, action: Action) -> bool {
+        match action {
+            Action::WriteSnapshot => {
+                let snapshot = self.snapshot(false);
+                let status = match &self.config.json {
+                    Some(path) => match report::write_snapshot(path, &snapshot, self.config.access)
+                    {
+                        Ok(()) => format!("snapshot written to {}", path.display()),
+                        Err(err) => format!("cannot write {}: {err}", path.display()),
+                    },
+                    None => "no --json PATH given: nothing written".to_string(),
+                };
+                app.set_status(status);
+                false
+            }
+            Action::TraceProcess(pid) => {
+                let status = match self.trace_exactly(pid) {
+                    Ok(()) => format!("tracing pid {pid} exactly"),
+                    Err(err) => format!("cannot trace pid {pid}: {err:#}"),
+                };
+                app.set_status(status);
+                true
+            }
+            Action::Quit | Action::Redraw => false,
+        }
+    }
+
+    /// Build, save and show the snapshot of a map reading the dashboard asked for.
+    fn show_reading(&mut self, app: &mut App, now_ns: u64, reading: MapsReading) {
+        let snapshot = self.build_snapshot(false, now_ns, reading);
+        if let Err(err) = self.save(&snapshot) {
+            app.set_status(format!("{err:#}"));
+        }
+        let probe_hits_per_s = snapshot.cost.and_then(|c| c.probe_hits_per_s);
+        let live = Live {
+            uptime_s: Some(self.started.elapsed().as_secs_f64()),
+            probe_hits_per_s,
+        };
+        app.handle(Event::Update(Box::new(Update { snapshot, live })));
     }
 
     /// Start exact (uprobe) tracing of a process seen in system-wide mode.
