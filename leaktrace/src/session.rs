@@ -656,11 +656,10 @@ impl Session {
                     Some(Ok(event)) => match app.handle(event) {
                         Some(Action::Quit) => return Ok(()),
                         Some(Action::Redraw) => dash.redraw_all()?,
-                        Some(action) => {
-                            if self.on_action(&mut app, action) {
-                                next_sample = tokio::time::Instant::now();
-                            }
+                        Some(action) if self.on_action(&mut app, action) => {
+                            next_sample = tokio::time::Instant::now();
                         }
+                        Some(_) => {}
                         None => {}
                     },
                     Some(Err(err)) => return Err(err.into()),

@@ -204,7 +204,7 @@ mod tests {
 
     #[test]
     fn system_wide_rows_go_by_heap_growth_then_pid() {
-        let mut rows = vec![row(3, 10, 0), row(1, 0, 5), row(2, 4, 6), row(9, 0, 0)];
+        let mut rows = [row(3, 10, 0), row(1, 0, 5), row(2, 4, 6), row(9, 0, 0)];
         rows[3].heap = None;
         rows.sort_by(by_heap_growth);
         let pids: Vec<u32> = rows.iter().map(|r| r.pid).collect();
