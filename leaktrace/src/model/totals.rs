@@ -460,4 +460,123 @@ mod tests {
         assert_eq!(site.counters.oldest_age_s, None);
         assert_eq!(site.counters.aged_outstanding_bytes, 0);
     }
+
+    /// A heap whose break two stacks grew: stack 1 by 0x5_0000 (two brks, at 10 and 30 s),
+    /// stack 2 by 0x2_0000 (at 20 s), then a trim gave back stack 1's latest 0x1_0000.
+    fn grown_heap() -> crate::heap::HeapTracker {
+        use leaktrace_common::{HeapEvent, SYS_BRK};
+        let base = 0x1000_0000u64;
+        let brk = |stack: u32, to: u64, at_s: u64| HeapEvent {
+            kind: SYS_BRK,
+            tgid: 100,
+            tid: 1,
+            stack_id: stack,
+            caller: 0x1000 + u64::from(stack),
+            args: [base + to, 0, 0, 0, 0],
+            ret: (base + to) as i64,
+            timestamp_ns: at_s * 1_000_000_000,
+            ..HeapEvent::default()
+        };
+        let mut tracker = crate::heap::HeapTracker::new(4096);
+        tracker.register(100, Some(base), Some(base));
+        for event in [
+            brk(1, 0x4_0000, 10),
+            brk(2, 0x6_0000, 20),
+            brk(1, 0x7_0000, 30),
+            brk(3, 0x6_0000, 40),
+        ] {
+            tracker.apply(&event, false);
+        }
+        tracker
+    }
+
+    #[test]
+    fn growth_sites_are_what_each_stack_grew_and_still_holds() {
+        let tracker = grown_heap();
+        let heap = tracker.get(100).expect("heap");
+        let mut site_heap = heap.sites();
+        let clock = GrowthClock {
+            start_ns: 5_000_000_000,
+            now_ns: 45_000_000_000,
+            min_age_ns: 30_000_000_000,
+        };
+        let counters = Counters {
+            lost_events: 2,
+            ..Counters::default()
+        };
+        let totals = growth_totals(Some(heap), counters.clone(), clock, &mut site_heap);
+        assert_eq!(totals.counters, counters);
+        let stacks: Vec<u32> = totals.sites.iter().map(|s| s.key.stack_id).collect();
+        assert_eq!(stacks, [1, 2], "largest still mapped first");
+        let one = totals.sites[0].counters;
+        assert_eq!(one.outstanding_bytes, 0x4_0000);
+        assert_eq!(one.outstanding_count, 1);
+        assert_eq!(one.allocated_bytes, 0x5_0000);
+        assert_eq!(one.allocated_count, 2);
+        assert_eq!(one.freed_bytes, 0x1_0000);
+        assert_eq!(one.freed_count, 0);
+        assert_eq!(one.oldest_age_s, Some(35.0));
+        // First grown 35 s ago, at least --min-age (30 s): aged.
+        assert_eq!(one.aged_outstanding_bytes, 0x4_0000);
+        let two = totals.sites[1].counters;
+        assert_eq!(two.outstanding_bytes, 0x2_0000);
+        // First grown 25 s ago: not aged yet.
+        assert_eq!(
+            (two.aged_outstanding_bytes, two.aged_outstanding_count),
+            (0, 0)
+        );
+        assert_eq!(totals.outstanding_bytes, 0x6_0000);
+        assert_eq!(totals.outstanding_count, 2);
+        assert_eq!(totals.allocated_bytes, 0x7_0000);
+        assert_eq!(totals.allocated_count, 3);
+        assert_eq!(totals.freed_count, 0);
+        // Each site's heap attribution now says when it grew, in seconds since the start.
+        let attribution = &site_heap[&totals.sites[0].key];
+        assert_eq!(attribution.growth_events, 2);
+        assert_eq!(attribution.first_seen_s, Some(5.0));
+        assert_eq!(attribution.last_seen_s, Some(25.0));
+    }
+
+    #[test]
+    fn without_a_heap_growth_mode_keeps_only_the_counters() {
+        let counters = Counters {
+            stack_errors: 1,
+            ..Counters::default()
+        };
+        let clock = GrowthClock {
+            start_ns: 0,
+            now_ns: 0,
+            min_age_ns: 0,
+        };
+        let totals = growth_totals(None, counters.clone(), clock, &mut HashMap::new());
+        assert_eq!(totals.counters, counters);
+        assert!(totals.sites.is_empty());
+        assert_eq!(totals.outstanding_bytes, 0);
+    }
+
+    #[test]
+    fn a_growth_site_is_written_under_the_exact_mode_names() {
+        let counters = SiteCounters::from(GrowthSiteTotals {
+            still_mapped_bytes: 4096,
+            grown_bytes: 12_288,
+            growth_events: 3,
+            first_growth_age_s: Some(2.0),
+            aged_still_mapped_bytes: 0,
+        });
+        assert_eq!(counters.outstanding_bytes, 4096);
+        assert_eq!(counters.outstanding_count, 1);
+        assert_eq!(counters.allocated_bytes, 12_288);
+        assert_eq!(counters.allocated_count, 3);
+        assert_eq!(counters.freed_bytes, 8192);
+        assert_eq!(counters.freed_count, 0);
+        assert_eq!(counters.oldest_age_s, Some(2.0));
+        assert_eq!(counters.aged_outstanding_count, 0);
+        let nothing_left = SiteCounters::from(GrowthSiteTotals {
+            grown_bytes: 4096,
+            growth_events: 1,
+            ..GrowthSiteTotals::default()
+        });
+        assert_eq!(nothing_left.outstanding_count, 0);
+        assert_eq!(nothing_left.freed_bytes, 4096);
+    }
 }
