@@ -479,6 +479,14 @@ struct Session {
     hit_rate: HitRate,
 }
 
+/// Which snapshot is taken: one of an interval (its live sites get a growth sample), or the
+/// final one of the run (`complete`; a dead process's flat tail is no growth data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Taken {
+    Interval,
+    Final,
+}
+
 /// When a snapshot is taken: seconds into the run, and `bpf_ktime_get_ns()` of the map read.
 #[derive(Clone, Copy, Debug)]
 struct Moment {
@@ -565,7 +573,7 @@ impl Session {
     /// go with the session.
     async fn finish(mut self, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
         self.end_launched_commands().await;
-        let last = self.snapshot(true);
+        let last = self.snapshot(Taken::Final);
         print!("{}", report::render_table(&last, self.config.top));
         self.save(&last)?;
         outcome
@@ -607,7 +615,7 @@ impl Session {
         loop {
             tokio::select! {
                 _ = sleep_until(next_sample) => {
-                    let snapshot = self.snapshot(false);
+                    let snapshot = self.snapshot(Taken::Interval);
                     print!("{}", report::render_table(&snapshot, self.config.top));
                     self.save(&snapshot)?;
                     next_sample += self.config.interval;
@@ -703,7 +711,7 @@ impl Session {
     fn on_action(&mut self, app: &mut App, action: Action) -> bool {
         match action {
             Action::WriteSnapshot => {
-                let snapshot = self.snapshot(false);
+                let snapshot = self.snapshot(Taken::Interval);
                 let status = match &self.config.json {
                     Some(path) => match report::write_snapshot(path, &snapshot, self.config.access)
                     {
@@ -729,7 +737,7 @@ impl Session {
 
     /// Build, save and show the snapshot of a map reading the dashboard asked for.
     fn show_reading(&mut self, app: &mut App, now_ns: u64, reading: MapsReading) {
-        let snapshot = self.build_snapshot(false, now_ns, reading);
+        let snapshot = self.build_snapshot(Taken::Interval, now_ns, reading);
         if let Err(err) = self.save(&snapshot) {
             app.set_status(format!("{err:#}"));
         }
@@ -914,10 +922,10 @@ impl Session {
     }
 
     /// Read the maps and build a snapshot, on this thread.
-    fn snapshot(&mut self, complete: bool) -> Snapshot {
+    fn snapshot(&mut self, taken: Taken) -> Snapshot {
         let (now_ns, min_age_ns) = self.read_clock();
         let reading = read_or_empty(self.reader.read(now_ns, min_age_ns));
-        self.build_snapshot(complete, now_ns, reading)
+        self.build_snapshot(taken, now_ns, reading)
     }
 
     /// The moment of a map read and the `--min-age` threshold, both in ns.
@@ -927,7 +935,7 @@ impl Session {
 
     /// Build a snapshot from a map reading. Interval snapshots (not the final one) also add a
     /// sample to each live site's growth series: a dead process's flat tail is not growth data.
-    fn build_snapshot(&mut self, complete: bool, now_ns: u64, reading: MapsReading) -> Snapshot {
+    fn build_snapshot(&mut self, taken: Taken, now_ns: u64, reading: MapsReading) -> Snapshot {
         let building = Instant::now();
         self.drain_heap_events();
         log::debug!("heap events drained in {:?}", building.elapsed());
@@ -938,7 +946,7 @@ impl Session {
         let mut traced = std::mem::take(&mut self.traced);
         let mut processes = Vec::with_capacity(traced.len());
         for t in &mut traced {
-            let sampling = !complete && t.alive;
+            let sampling = taken == Taken::Interval && t.alive;
             if sampling {
                 t.sample_processed(self.config.processed);
             }
@@ -946,7 +954,7 @@ impl Session {
         }
         self.traced = traced;
         if self.config.system_wide() {
-            processes.extend(self.system_wide_rows(complete, at, &reading));
+            processes.extend(self.system_wide_rows(taken, at, &reading));
         }
         log::debug!(
             "snapshot of {} processes built in {:?}",
@@ -963,7 +971,7 @@ impl Session {
             interval_s: self.config.interval.as_secs_f64(),
             min_age_s: self.config.min_age.as_secs_f64(),
             processed: self.config.processed,
-            complete,
+            complete: taken == Taken::Final,
             cost: Some(self.cost()),
             processes,
         }
@@ -1114,7 +1122,7 @@ impl Session {
     /// growth first; in growth mode with its sites.
     fn system_wide_rows(
         &mut self,
-        complete: bool,
+        taken: Taken,
         at: Moment,
         reading: &MapsReading,
     ) -> Vec<ProcessReport> {
@@ -1130,7 +1138,7 @@ impl Session {
         let mut rows = Vec::with_capacity(pids.len());
         let mut last_drain = Instant::now();
         for pid in pids {
-            if let Some(row) = self.system_wide_row(pid, complete, at, reading) {
+            if let Some(row) = self.system_wide_row(pid, taken, at, reading) {
                 rows.push(row);
             }
             // Naming new stacks of many processes takes a while: keep the ring buffer drained
@@ -1149,7 +1157,7 @@ impl Session {
     fn system_wide_row(
         &mut self,
         pid: u32,
-        complete: bool,
+        taken: Taken,
         at: Moment,
         reading: &MapsReading,
     ) -> Option<ProcessReport> {
@@ -1182,7 +1190,7 @@ impl Session {
             };
             Traced::new(process, Origin::Found, &[])
         });
-        let sampling = !complete && alive && row.alive;
+        let sampling = taken == Taken::Interval && alive && row.alive;
         if sampling {
             row.sample_processed(self.config.processed);
         } else if !alive && row.alive {
