@@ -6,9 +6,7 @@
 use std::time::{Duration, Instant};
 
 use leaktrace::{
-    growth::GrowthClass,
-    report::Snapshot,
-    symbolize::Frame,
+    schema::{Frame, GrowthClass, Snapshot},
     synthetic,
     ui::{App, Event, Key, Live, Update},
 };

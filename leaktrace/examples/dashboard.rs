@@ -11,12 +11,11 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 use leaktrace::{
-    growth::{Growth, GrowthClass},
-    heap::{FallbackSummary, SiteHeap},
-    report::{Counters, HeapReport, ProbeCost, Snapshot},
-    symbolize::Frame,
+    schema::{
+        Counters, ExitStatus, FallbackSummary, Frame, Growth, GrowthClass, HeapReport, ProbeCost,
+        SiteHeap, Snapshot,
+    },
     synthetic,
-    target::ExitStatus,
     ui::{self, Action, App, Event, Live, Update},
 };
 use tokio::{

@@ -3,6 +3,8 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::schema::{Mode, Processed};
+
 /// Exact eBPF memory-leak tracer: outstanding allocations by call stack, live, for running
 /// processes or a command it launches.
 #[derive(Debug, Parser)]
@@ -183,24 +185,6 @@ pub enum ExportFormat {
     Pprof,
     Folded,
     Svg,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Mode {
-    Exact,
-    Growth,
-}
-
-/// Which /proc/PID/io counters measure the work a process did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Processed {
-    /// rchar: bytes read (files, sockets, pipes).
-    Read,
-    /// wchar: bytes written.
-    Write,
-    /// rchar + wchar.
-    Both,
 }
 
 fn parse_min_age(text: &str) -> Result<Duration, String> {

@@ -9,7 +9,7 @@
 //! - optional byte counts show `n/a` ([`optional_bytes`]).
 use crate::{
     frames::{self, basename, StackFrame},
-    growth::{Growth, GrowthClass},
+    schema::{Growth, GrowthClass},
 };
 
 /// What a narrow cell shows where the data cannot support a number.
@@ -278,7 +278,7 @@ pub fn site_name<F: StackFrame>(frames: &[F]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{postmortem::read::RecordedFrame, symbolize::Frame};
+    use crate::{postmortem::read::RecordedFrame, schema::Frame};
 
     #[test]
     fn bytes_are_humanized_with_binary_units() {

@@ -2,7 +2,7 @@
 //! allocator or a language runtime. One table of patterns decides it for every caller: which
 //! libc to hook, which leading frames of a growth stack to skip, which frame names a site,
 //! which frames the dashboard dims.
-use crate::{postmortem::read::RecordedFrame, symbolize::Frame};
+use crate::{postmortem::read::RecordedFrame, schema::Frame};
 
 /// What a frame is, from the user's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

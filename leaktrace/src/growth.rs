@@ -13,6 +13,8 @@
 
 use std::f64::consts::SQRT_2;
 
+use crate::schema::{Growth, GrowthClass};
+
 /// Samples a [`SeriesBuffer`] keeps by default: enough for stable fits, small enough that
 /// thousands of sites cost little memory.
 pub const DEFAULT_CAPACITY: usize = 512;
@@ -295,24 +297,6 @@ pub fn least_squares(xs: &[f64], ys: &[f64]) -> Option<Fit> {
     })
 }
 
-/// Whether a site leaks, as far as its series can tell.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
-#[serde(rename_all = "snake_case")]
-pub enum GrowthClass {
-    /// Outstanding bytes grow steadily with time or with work, still grow recently, and
-    /// old allocations keep surviving.
-    LeakSuspect,
-    /// Outstanding bytes grew materially, then stopped growing (a cache or pool that
-    /// filled up).
-    Plateau,
-    /// The site allocated and freed much more than it holds, and what it holds stays
-    /// bounded.
-    Churn,
-    /// Too few samples, too little data, or a shape that fits none of the above
-    /// (irregular growth, growth of young allocations only, growth slowing down).
-    Unknown,
-}
-
 impl GrowthClass {
     /// Rank band of the class, higher = more likely a leak. Unknown sits above churn
     /// because it may still hide a leak, while churn is understood and bounded.
@@ -324,29 +308,6 @@ impl GrowthClass {
             GrowthClass::Churn => 0.0,
         }
     }
-}
-
-/// Growth verdict of one site: what goes into leaktrace's JSON per site as `"growth"`.
-#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq)]
-pub struct Growth {
-    /// Outstanding bytes gained per MiB the process processed, over the whole run;
-    /// `None` without enough samples or without any work processed.
-    pub bytes_per_mib_processed: Option<f64>,
-    /// Outstanding bytes gained per minute, over the whole run.
-    pub bytes_per_min: Option<f64>,
-    /// Fit quality (R²) of `bytes_per_mib_processed`; `None` when outstanding is flat.
-    pub r2_processed: Option<f64>,
-    /// Fit quality (R²) of `bytes_per_min`; `None` when outstanding is flat.
-    pub r2_time: Option<f64>,
-    /// Outstanding bytes gained per minute over the recent window.
-    pub recent_bytes_per_min: Option<f64>,
-    /// Outstanding bytes gained per MiB processed over the recent window; `None` when
-    /// no work was processed in it.
-    pub recent_bytes_per_mib_processed: Option<f64>,
-    /// The verdict.
-    pub class: GrowthClass,
-    /// Samples the verdict is based on.
-    pub samples: usize,
 }
 
 impl Growth {

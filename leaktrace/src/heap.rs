@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use leaktrace_common::{HeapEvent, HeapEventKind, SiteKey, NO_STACK};
-use serde::{Deserialize, Serialize};
+
+use crate::schema::{ChunkSize, FallbackSummary, SiteHeap};
 
 const PROT_WRITE: u64 = 0x2;
 const MREMAP_MAYMOVE: u64 = 0x1;
@@ -97,49 +98,6 @@ struct Fallback {
     bytes: u64,
     site: Option<SiteKey>,
     pending: Option<CallId>,
-}
-
-/// Chunk size and how many fallback mmaps had it.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ChunkSize {
-    pub bytes: u64,
-    pub count: u64,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct FallbackSummary {
-    pub count: u64,
-    pub bytes: u64,
-    /// Distinct chunk sizes in the order first seen (glibc 2.36: 1 MiB, then 132 KiB).
-    pub chunk_sizes: Vec<ChunkSize>,
-}
-
-/// Per-site heap attribution.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct SiteHeap {
-    pub fallback_mmap_count: u64,
-    pub fallback_mmap_bytes: u64,
-    /// Writable bytes of mappings this site's allocator calls made without a fallback
-    /// (large blocks), still mapped.
-    pub direct_mmap_bytes: u64,
-    /// Writable anonymous bytes still mapped that this site made, by any route.
-    pub anon_mmap_bytes: u64,
-    /// Program-break bytes this site's brk calls added and that are still below the break
-    /// (growth mode, or the program's own brk calls).
-    #[serde(default)]
-    pub brk_bytes: u64,
-    /// Growth mode: heap-growing syscalls made from this site's stack, and when the first and
-    /// latest were seen (seconds since tracing started).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub growth_events: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub first_seen_s: Option<f64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub last_seen_s: Option<f64>,
-}
-
-fn is_zero(n: &u64) -> bool {
-    *n == 0
 }
 
 impl SiteHeap {

@@ -11,6 +11,7 @@ pub mod placement;
 pub mod postmortem;
 pub mod procfs;
 pub mod report;
+pub mod schema;
 pub mod session;
 pub mod symbolize;
 #[doc(hidden)]

@@ -1,6 +1,9 @@
-//! One tracing run: resolve targets, attach, sample every interval, stop cleanly.
+//! One tracing run, in stages: resolve the configuration, validate it, find the targets, load
+//! the probes, attach, sample every interval, finish. The session only orchestrates: every
+//! reported number comes from `model`.
 use std::{
     collections::HashMap,
+    ffi::OsString,
     path::PathBuf,
     time::{Duration, Instant, SystemTime},
 };
@@ -13,17 +16,16 @@ use tokio::{
 };
 
 use crate::{
-    cli::{Cli, Mode, Processed},
+    cli::Cli,
     cost::HitRate,
-    growth::{self, Growth, SeriesBuffer},
-    heap::{AllocatorCalls, HeapTracker, SiteHeap},
-    model::{self, ProcessTotals},
+    heap::{AllocatorCalls, HeapTracker},
+    model::{self, GrowthClock, ProcessMemory, ProcessTotals, SinceStart, SiteSeries},
     output::{self, Access},
-    procfs,
-    report::{self, HeapReport, ProbeCost, ProcessReport, SiteReport, Snapshot},
+    procfs, report,
+    schema::{ExitStatus, Mode, ProbeCost, ProcessReport, Processed, SiteHeap, Snapshot, SCHEMA},
     symbolize::Symbols,
-    target::{self, ExitStatus, TargetProcess},
-    tracer::{self, Capacity, MapsReading, Tracer},
+    target::{self, TargetProcess},
+    tracer::{self, Capacity, MapsReading, Scope, Tracer},
     ui::{self, Action, App, Event, Live, Update},
     unwind::StackUnwinder,
 };
@@ -43,146 +45,288 @@ const EXITED_KEPT: Duration = Duration::from_secs(600);
 /// System-wide mode: sites listed per process (at least; `--top` if more), by leak rank.
 const SYSTEM_WIDE_SITES: usize = 20;
 
+/// Where the run shows itself.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum View {
+    /// The live dashboard (stdout is a terminal and `--headless` was not given).
+    Dashboard,
+    /// The periodic text table.
+    Headless,
+}
+
+/// What standard output is, for choosing the view.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stdout {
+    Terminal,
+    Other,
+}
+
+impl Stdout {
+    pub fn detect() -> Self {
+        use std::io::IsTerminal as _;
+        if std::io::stdout().is_terminal() {
+            Stdout::Terminal
+        } else {
+            Stdout::Other
+        }
+    }
+}
+
+/// `--snapshot-dir`, `--snapshot-every` and `--keep`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rolling {
+    pub dir: PathBuf,
+    pub every: Duration,
+    pub keep: u32,
+}
+
+/// A run's settings, resolved from the command line: every default chosen, every combination
+/// that cannot work refused.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// `--pid`s, sorted, without repeats.
+    pub pids: Vec<u32>,
+    /// The command to launch (empty: none).
+    pub command: Vec<OsString>,
+    pub mode: Mode,
+    pub scope: Scope,
+    pub view: View,
+    pub interval: Duration,
+    pub duration: Option<Duration>,
+    pub json: Option<PathBuf>,
+    pub rolling: Option<Rolling>,
+    pub access: Access,
+    pub processed: Processed,
+    pub min_age: Duration,
+    pub top: usize,
+    pub max_allocations: u32,
+    pub max_stacks: u32,
+    /// `--sample-bytes` (0: every stack).
+    pub sample_bytes: u64,
+}
+
+impl Config {
+    /// The settings `cli` asks for, with standard output being `stdout`.
+    pub fn resolve(cli: Cli, stdout: Stdout) -> anyhow::Result<Config> {
+        let view = match (cli.headless, stdout) {
+            (false, Stdout::Terminal) => View::Dashboard,
+            _ => View::Headless,
+        };
+        let (scope, mode) = scope_and_mode(&cli)?;
+        let mut pids = cli.pids.clone();
+        pids.sort_unstable();
+        pids.dedup();
+        let default_interval = match view {
+            View::Dashboard => Duration::from_secs(1),
+            View::Headless => Duration::from_secs(5),
+        };
+        let rolling = match (&cli.snapshot_dir, cli.snapshot_every) {
+            (Some(dir), Some(every)) => Some(Rolling {
+                dir: dir.clone(),
+                every,
+                keep: cli.keep,
+            }),
+            _ => None,
+        };
+        Ok(Config {
+            access: cli.access(),
+            pids,
+            command: cli.command,
+            mode,
+            scope,
+            view,
+            interval: cli.interval.unwrap_or(default_interval),
+            duration: cli.duration,
+            json: cli.json,
+            rolling,
+            processed: cli.processed,
+            min_age: cli.min_age,
+            top: cli.top,
+            max_allocations: cli.max_allocations,
+            max_stacks: cli.max_stacks,
+            sample_bytes: cli.sample_bytes.unwrap_or(0),
+        })
+    }
+
+    fn growth(&self) -> bool {
+        self.mode == Mode::Growth
+    }
+
+    fn system_wide(&self) -> bool {
+        self.scope == Scope::SystemWide
+    }
+
+    fn min_age_ns(&self) -> u64 {
+        u64::try_from(self.min_age.as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+/// Who is traced and how; refuses the combinations that cannot work (with messages that say
+/// what to do instead, which clap's `conflicts_with` would not).
+fn scope_and_mode(cli: &Cli) -> anyhow::Result<(Scope, Mode)> {
+    let no_targets = cli.pids.is_empty() && cli.command.is_empty();
+    let scope = if cli.system_wide || no_targets {
+        Scope::SystemWide
+    } else {
+        Scope::Targets
+    };
+    if scope == Scope::SystemWide && !cli.command.is_empty() {
+        bail!(
+            "--system-wide and a command do not go together: launch the command in another shell"
+        );
+    }
+    let everything = scope == Scope::SystemWide && cli.pids.is_empty();
+    let mode = cli.mode.unwrap_or(if everything {
+        Mode::Growth
+    } else {
+        Mode::Exact
+    });
+    if mode == Mode::Growth && cli.sample_bytes.is_some() {
+        bail!("--sample-bytes samples exact mode's stacks: growth mode has no uprobes to sample");
+    }
+    if mode == Mode::Exact && everything {
+        bail!("--mode exact needs --pid: system-wide tracing has no uprobes (use --mode growth)");
+    }
+    Ok((scope, mode))
+}
+
+/// How a traced process came to be traced.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Origin {
+    /// Given by `--pid`, picked in the dashboard, or seen system-wide: never signalled.
+    Found,
+    /// Launched by leaktrace: reaped for its exit status, and ended with the run.
+    Launched,
+}
+
 struct Traced {
     process: TargetProcess,
-    /// Its malloc family is hooked (exact mode); otherwise growth mode's syscalls only.
-    exact: bool,
+    /// Exact: its malloc family is hooked; growth: its heap syscalls only.
+    mode: Mode,
+    origin: Origin,
     alive: bool,
-    launched: bool,
     exit: Option<ExitStatus>,
     /// When it was first seen gone (system-wide rows are dropped some time after).
     gone_since: Option<Instant>,
     hooked: Vec<String>,
-    /// /proc/PID/io counter (per `--processed`) when tracing started, and the latest value.
-    processed_baseline: Option<u64>,
-    processed_latest: Option<u64>,
-    /// RSS when tracing started, and (RSS, VmData) at the latest sample.
-    rss_baseline: Option<u64>,
-    memory: Option<(u64, u64)>,
+    /// /proc/PID/io counter (per `--processed`) since tracing started.
+    work: SinceStart,
+    memory: ProcessMemory,
 }
 
 impl Traced {
-    fn new(process: TargetProcess, launched: bool, hooked: &[&str]) -> Self {
+    /// `hooked`: the allocator functions hooked (none: growth mode).
+    fn new(process: TargetProcess, origin: Origin, hooked: &[&str]) -> Self {
         Self {
             process,
-            exact: !hooked.is_empty(),
+            mode: if hooked.is_empty() {
+                Mode::Growth
+            } else {
+                Mode::Exact
+            },
+            origin,
             alive: true,
-            launched,
             exit: None,
             gone_since: None,
             hooked: hooked.iter().map(|s| s.to_string()).collect(),
-            processed_baseline: None,
-            processed_latest: None,
-            rss_baseline: None,
-            memory: None,
+            work: SinceStart::default(),
+            memory: ProcessMemory::default(),
         }
     }
 
-    /// Bytes processed since tracing started.
-    fn bytes_processed(&self) -> Option<u64> {
-        Some(
-            self.processed_latest?
-                .saturating_sub(self.processed_baseline?),
-        )
+    fn exact(&self) -> bool {
+        self.mode == Mode::Exact
+    }
+
+    fn launched(&self) -> bool {
+        self.origin == Origin::Launched
     }
 
     fn sample_processed(&mut self, measure: Processed) {
         let Some(io) = procfs::read_io(self.process.pid) else {
             return;
         };
-        let value = match measure {
-            Processed::Read => io.read_bytes,
-            Processed::Write => io.written_bytes,
-            Processed::Both => io.read_bytes.saturating_add(io.written_bytes),
-        };
-        self.processed_baseline.get_or_insert(value);
-        self.processed_latest = Some(value);
-        if let Some(memory) = procfs::read_memory(self.process.pid) {
-            self.rss_baseline.get_or_insert(memory.0);
-            self.memory = Some(memory);
+        self.work
+            .record(model::work_done(io.read_bytes, io.written_bytes, measure));
+        if let Some((rss, vm_data)) = procfs::read_memory(self.process.pid) {
+            self.memory.record(rss, vm_data);
         }
     }
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    use std::io::IsTerminal as _;
-    let dashboard = !cli.headless && std::io::stdout().is_terminal();
-    let interval = cli.interval.unwrap_or(if dashboard {
-        Duration::from_secs(1)
-    } else {
-        Duration::from_secs(5)
-    });
-    let system_wide = cli.system_wide || (cli.pids.is_empty() && cli.command.is_empty());
-    if system_wide && !cli.command.is_empty() {
-        bail!(
-            "--system-wide and a command do not go together: launch the command in another shell"
-        );
-    }
-    let growth = match cli.mode {
-        Some(mode) => mode == Mode::Growth,
-        None => system_wide && cli.pids.is_empty(),
-    };
-    if growth && cli.sample_bytes.is_some() {
-        bail!("--sample-bytes samples exact mode's stacks: growth mode has no uprobes to sample");
-    }
-    if !growth && system_wide && cli.pids.is_empty() {
-        bail!("--mode exact needs --pid: system-wide tracing has no uprobes (use --mode growth)");
-    }
+    let config = Config::resolve(cli, Stdout::detect())?;
+    let rolling = validate(&config)?;
+    let targets = find_targets(&config)?;
+    let (mut tracer, ns_per_hit) = load(&config)?;
+    let (heap, traced) = attach(&mut tracer, &config, targets)?;
+    announce(&config, &traced);
+    let mut session = Session::new(config, tracer, heap, traced, rolling, ns_per_hit)?;
+    let outcome = session.run_loop().await;
+    session.finish(outcome).await
+}
+
+/// Refuse before tracing what would fail later: no privileges, an unwritable `--json`, an
+/// unusable `--snapshot-dir`.
+fn validate(config: &Config) -> anyhow::Result<Option<(output::SnapshotSeries, Duration)>> {
     tracer::preflight()?;
-    if let Some(path) = &cli.json {
+    if let Some(path) = &config.json {
         output::check_writable(path)
             .with_context(|| format!("cannot write JSON snapshots to {}", path.display()))?;
     }
-    let series = match (&cli.snapshot_dir, cli.snapshot_every) {
-        (Some(dir), Some(every)) => Some((
-            output::SnapshotSeries::new(dir, cli.keep, cli.access())
-                .with_context(|| format!("cannot keep snapshots in {}", dir.display()))?,
-            every,
-        )),
-        _ => None,
-    };
+    config
+        .rolling
+        .as_ref()
+        .map(|rolling| {
+            output::SnapshotSeries::new(&rolling.dir, rolling.keep, config.access)
+                .with_context(|| format!("cannot keep snapshots in {}", rolling.dir.display()))
+                .map(|series| (series, rolling.every))
+        })
+        .transpose()
+}
 
-    let mut pids = cli.pids.clone();
-    pids.sort_unstable();
-    pids.dedup();
-    let mut targets = Vec::new();
-    for pid in pids {
-        targets.push(if growth {
+/// What to trace: the `--pid`s, and the command to launch (its path and its libc).
+struct Targets {
+    running: Vec<TargetProcess>,
+    launch: Option<(PathBuf, PathBuf)>,
+}
+
+fn find_targets(config: &Config) -> anyhow::Result<Targets> {
+    let mut running = Vec::new();
+    for &pid in &config.pids {
+        running.push(if config.growth() {
             target::inspect_any(pid)?
         } else {
             target::inspect(pid)?
         });
     }
-    let launch = match cli.command.first() {
+    let launch = match config.command.first() {
         Some(program) => {
             let path = target::resolve_program(program)?;
             // Growth mode needs no allocator to hook: static binaries (Go) are fine.
             let libc = match target::libc_for_executable(&path) {
                 Ok(libc) => libc,
-                Err(_) if growth && target::is_elf(&path) => PathBuf::new(),
+                Err(_) if config.growth() && target::is_elf(&path) => PathBuf::new(),
                 Err(err) => return Err(err.into()),
             };
             Some((path, libc))
         }
         None => None,
     };
+    Ok(Targets { running, launch })
+}
 
-    let mut tracer = Tracer::load(
-        Capacity {
-            max_allocations: cli.max_allocations,
-            max_stacks: cli.max_stacks,
-            sample_bytes: cli.sample_bytes.unwrap_or(0),
-        },
-        if system_wide {
-            tracer::Scope::SystemWide
-        } else {
-            tracer::Scope::Targets
-        },
-        if growth { Mode::Growth } else { Mode::Exact },
-    )?;
+/// Load the probes and measure what one hit costs.
+fn load(config: &Config) -> anyhow::Result<(Tracer, Option<f64>)> {
+    let capacity = Capacity {
+        max_allocations: config.max_allocations,
+        max_stacks: config.max_stacks,
+        sample_bytes: config.sample_bytes,
+    };
+    let mut tracer = Tracer::load(capacity, config.scope, config.mode)?;
     // Before any target is attached, so that only our own loop hits the probes (exact mode) or
     // only our calibration child makes heap-growth events (growth mode).
-    let calibration = if growth {
+    let calibration = if config.growth() {
         tracer.calibrate_growth()
     } else {
         tracer.calibrate()
@@ -201,27 +345,25 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             None
         }
     };
-    let page_size = crate::target::page_size();
-    let mut heap = HeapTracker::new(page_size);
+    Ok((tracer, ns_per_hit))
+}
+
+/// Attach to the running targets, then launch the command paused, attach to it and release it.
+fn attach(
+    tracer: &mut Tracer,
+    config: &Config,
+    targets: Targets,
+) -> anyhow::Result<(HeapTracker, Vec<Traced>)> {
+    let mut heap = HeapTracker::new(target::page_size());
     let mut traced = Vec::new();
-    for process in targets {
-        let hooked = if growth {
-            tracer.trace_heap_of(process.pid)?;
-            Vec::new()
-        } else {
-            tracer.attach(process.pid, &process.libc_host_path)?
-        };
+    for process in targets.running {
+        let hooked = attach_one(tracer, config.mode, process.pid, &process.libc_host_path)?;
         register_heap(&mut heap, process.pid);
-        traced.push(Traced::new(process, false, &hooked));
+        traced.push(Traced::new(process, Origin::Found, &hooked));
     }
-    if let Some((path, libc)) = launch {
-        let mut child = target::spawn_paused(&path, &cli.command)?;
-        let attached = if growth {
-            tracer.trace_heap_of(child.pid).map(|()| Vec::new())
-        } else {
-            tracer.attach(child.pid, &libc)
-        };
-        let hooked = match attached {
+    if let Some((path, libc)) = targets.launch {
+        let mut child = target::spawn_paused(&path, &config.command)?;
+        let hooked = match attach_one(tracer, config.mode, child.pid, &libc) {
             Ok(hooked) => hooked,
             Err(err) => {
                 child.abort();
@@ -242,21 +384,43 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             libc_host_path: libc.clone(),
             libc,
         };
-        traced.push(Traced::new(process, true, &hooked));
+        traced.push(Traced::new(process, Origin::Launched, &hooked));
     }
     // The work baseline is taken before announcing the run: what the targets process from then
     // on is what the per-MiB slopes measure.
     for t in &mut traced {
-        t.sample_processed(cli.processed);
+        t.sample_processed(config.processed);
     }
-    if system_wide {
+    Ok((heap, traced))
+}
+
+/// Hook a process's allocator (exact mode) or watch its heap syscalls (growth mode); returns
+/// the functions hooked.
+fn attach_one(
+    tracer: &mut Tracer,
+    mode: Mode,
+    pid: u32,
+    libc: &std::path::Path,
+) -> anyhow::Result<Vec<&'static str>> {
+    match mode {
+        Mode::Growth => tracer.trace_heap_of(pid).map(|()| Vec::new()),
+        Mode::Exact | Mode::SystemWide => tracer.attach(pid, libc),
+    }
+}
+
+fn announce(config: &Config, traced: &[Traced]) {
+    if config.system_wide() {
         eprintln!(
             "leaktrace: watching the heap syscalls of every process{}",
-            if growth { " (growth mode)" } else { "" }
+            if config.growth() {
+                " (growth mode)"
+            } else {
+                ""
+            }
         );
     }
-    for t in &traced {
-        if t.exact {
+    for t in traced {
+        if t.exact() {
             eprintln!(
                 "leaktrace: tracing pid {} ({}) through {} [{}]",
                 t.process.pid,
@@ -271,63 +435,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
     }
-
-    let reader = std::sync::Arc::new(tracer.reader()?);
-    let hit_rate =
-        HitRate::starting_at(Instant::now(), if growth { 0 } else { tracer.probe_hits() });
-    let mut session = Session {
-        reader,
-        tracer,
-        symbols: Symbols::new(),
-        stacks: HashMap::new(),
-        traced,
-        others: HashMap::new(),
-        heap,
-        system_wide,
-        growth,
-        unwinder: StackUnwinder::new(),
-        interned: HashMap::new(),
-        fp_stacks: HashMap::new(),
-        unwound_ids: 0,
-        start_ns: tracer::monotonic_ns(),
-        series: HashMap::new(),
-        started: Instant::now(),
-        interval,
-        min_age: cli.min_age,
-        processed: cli.processed,
-        top: cli.top,
-        json: cli.json.clone(),
-        access: cli.access(),
-        rolling: series,
-        last_series_write: None,
-        ns_per_hit,
-        hit_rate,
-    };
-    session.refresh_liveness();
-    let outcome = if dashboard {
-        // Log lines would land in the middle of the dashboard.
-        if std::env::var_os("RUST_LOG").is_none() {
-            log::set_max_level(log::LevelFilter::Off);
-        }
-        let outcome =
-            ui::run_terminal(async |dash| session.dashboard_loop(dash, cli.duration).await)
-                .await
-                .context("cannot drive the terminal")
-                .and_then(|outcome| outcome);
-        log::set_max_level(log::LevelFilter::Warn);
-        outcome
-    } else {
-        session.sample_loop(cli.duration).await
-    };
-    session.end_launched_commands().await;
-    // The final snapshot is written whatever ended the run, then the probes go with `session`.
-    let last = session.snapshot(true);
-    print!("{}", crate::table::render_table(&last, session.top));
-    session.save(&last)?;
-    outcome
 }
 
 struct Session {
+    config: Config,
     /// The aggregate maps, read off the event loop by the dashboard.
     reader: std::sync::Arc<tracer::MapsReader>,
     tracer: Tracer,
@@ -338,9 +449,7 @@ struct Session {
     /// System-wide mode: processes seen only through their heap syscalls.
     others: HashMap<u32, Traced>,
     heap: HeapTracker,
-    system_wide: bool,
     /// Growth mode: heap-growing syscalls carry stack copies, unwound here.
-    growth: bool,
     unwinder: StackUnwinder,
     /// Unwound stacks by process, as synthetic stack ids (above the kernel's) for site keys.
     interned: HashMap<(u32, Vec<u64>), u32>,
@@ -351,21 +460,29 @@ struct Session {
     /// `bpf_ktime_get_ns()` time base at the start, for growth sites' first/last seen.
     start_ns: u64,
     /// Outstanding bytes of every site at every interval, for the growth slopes.
-    series: HashMap<leaktrace_common::SiteKey, SeriesBuffer>,
+    series: SiteSeries,
     started: Instant,
-    interval: Duration,
-    min_age: Duration,
-    processed: Processed,
-    top: usize,
-    json: Option<PathBuf>,
-    /// `--private`: who may read the snapshots.
-    access: Access,
     /// `--snapshot-dir` / `--snapshot-every` / `--keep`.
     rolling: Option<(output::SnapshotSeries, Duration)>,
     last_series_write: Option<Instant>,
     /// Cost of one probe hit, from the calibration at start.
     ns_per_hit: Option<f64>,
     hit_rate: HitRate,
+}
+
+/// Which snapshot is taken: one of an interval (its live sites get a growth sample), or the
+/// final one of the run (`complete`; a dead process's flat tail is no growth data).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Taken {
+    Interval,
+    Final,
+}
+
+/// When a snapshot is taken: seconds into the run, and `bpf_ktime_get_ns()` of the map read.
+#[derive(Clone, Copy, Debug)]
+struct Moment {
+    t_s: f64,
+    now_ns: u64,
 }
 
 /// Start tracking a process's heap at its current program break, read from /proc.
@@ -379,6 +496,79 @@ fn read_or_empty(reading: anyhow::Result<MapsReading>) -> MapsReading {
         log::warn!("cannot read the eBPF maps: {err:#}");
         MapsReading::default()
     })
+}
+
+impl Session {
+    fn new(
+        config: Config,
+        tracer: Tracer,
+        heap: HeapTracker,
+        traced: Vec<Traced>,
+        rolling: Option<(output::SnapshotSeries, Duration)>,
+        ns_per_hit: Option<f64>,
+    ) -> anyhow::Result<Self> {
+        let reader = std::sync::Arc::new(tracer.reader()?);
+        let hits = if config.growth() {
+            0
+        } else {
+            tracer.probe_hits()
+        };
+        let mut session = Session {
+            config,
+            reader,
+            tracer,
+            symbols: Symbols::new(),
+            stacks: HashMap::new(),
+            traced,
+            others: HashMap::new(),
+            heap,
+            unwinder: StackUnwinder::new(),
+            interned: HashMap::new(),
+            fp_stacks: HashMap::new(),
+            unwound_ids: 0,
+            start_ns: tracer::monotonic_ns(),
+            series: SiteSeries::new(SERIES_CAPACITY),
+            started: Instant::now(),
+            rolling,
+            last_series_write: None,
+            ns_per_hit,
+            hit_rate: HitRate::starting_at(Instant::now(), hits),
+        };
+        session.refresh_liveness();
+        Ok(session)
+    }
+
+    /// The loop of the run's view, until `--duration`, a signal, `q` or (headless) every
+    /// target's exit.
+    async fn run_loop(&mut self) -> anyhow::Result<()> {
+        let duration = self.config.duration;
+        match self.config.view {
+            View::Headless => self.sample_loop(duration).await,
+            View::Dashboard => {
+                // Log lines would land in the middle of the dashboard.
+                if std::env::var_os("RUST_LOG").is_none() {
+                    log::set_max_level(log::LevelFilter::Off);
+                }
+                let outcome =
+                    ui::run_terminal(async |dash| self.dashboard_loop(dash, duration).await)
+                        .await
+                        .context("cannot drive the terminal")
+                        .and_then(|outcome| outcome);
+                log::set_max_level(log::LevelFilter::Warn);
+                outcome
+            }
+        }
+    }
+
+    /// End launched commands and write the final snapshot, whatever ended the run; the probes
+    /// go with the session.
+    async fn finish(mut self, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
+        self.end_launched_commands().await;
+        let last = self.snapshot(Taken::Final);
+        print!("{}", crate::table::render_table(&last, self.config.top));
+        self.save(&last)?;
+        outcome
+    }
 }
 
 /// What both sampling loops wait on besides their own inputs.
@@ -412,19 +602,19 @@ impl Session {
             start,
             deadline,
         } = self.clocks(duration)?;
-        let mut next_sample = start + self.interval;
+        let mut next_sample = start + self.config.interval;
         loop {
             tokio::select! {
                 _ = sleep_until(next_sample) => {
-                    let snapshot = self.snapshot(false);
-                    print!("{}", crate::table::render_table(&snapshot, self.top));
+                    let snapshot = self.snapshot(Taken::Interval);
+                    print!("{}", crate::table::render_table(&snapshot, self.config.top));
                     self.save(&snapshot)?;
-                    next_sample += self.interval;
+                    next_sample += self.config.interval;
                 }
                 _ = liveness.tick() => {
                     self.drain_heap_events();
                     self.refresh_liveness();
-                    if !self.system_wide && self.traced.iter().all(|t| !t.alive) {
+                    if !self.config.system_wide() && self.traced.iter().all(|t| !t.alive) {
                         eprintln!("leaktrace: every traced process has exited");
                         return Ok(());
                     }
@@ -464,26 +654,11 @@ impl Session {
                 event = dash.next_event() => match event {
                     Some(Ok(event)) => match app.handle(event) {
                         Some(Action::Quit) => return Ok(()),
-                        Some(Action::WriteSnapshot) => {
-                            let snapshot = self.snapshot(false);
-                            let status = match &self.json {
-                                Some(path) => match report::write_snapshot(path, &snapshot, self.access) {
-                                    Ok(()) => format!("snapshot written to {}", path.display()),
-                                    Err(err) => format!("cannot write {}: {err}", path.display()),
-                                },
-                                None => "no --json PATH given: nothing written".to_string(),
-                            };
-                            app.set_status(status);
-                        }
-                        Some(Action::TraceProcess(pid)) => {
-                            let status = match self.trace_exactly(pid) {
-                                Ok(()) => format!("tracing pid {pid} exactly"),
-                                Err(err) => format!("cannot trace pid {pid}: {err:#}"),
-                            };
-                            app.set_status(status);
+                        Some(Action::Redraw) => dash.redraw_all()?,
+                        Some(action) if self.on_action(&mut app, action) => {
                             next_sample = tokio::time::Instant::now();
                         }
-                        Some(Action::Redraw) => dash.redraw_all()?,
+                        Some(_) => {}
                         None => {}
                     },
                     Some(Err(err)) => return Err(err.into()),
@@ -507,17 +682,8 @@ impl Session {
                 } => {
                     let now_ns = pending_read.take().map_or(0, |(at, _)| at);
                     let reading = read_or_empty(joined.context("the map reader failed").and_then(|r| r));
-                    let snapshot = self.build_snapshot(false, now_ns, reading);
-                    if let Err(err) = self.save(&snapshot) {
-                        app.set_status(format!("{err:#}"));
-                    }
-                    let probe_hits_per_s = snapshot.cost.and_then(|c| c.probe_hits_per_s);
-                    let live = Live {
-                        uptime_s: Some(self.started.elapsed().as_secs_f64()),
-                        probe_hits_per_s,
-                    };
-                    app.handle(Event::Update(Box::new(Update { snapshot, live })));
-                    next_sample = tokio::time::Instant::now() + self.interval;
+                    self.show_reading(&mut app, now_ns, reading);
+                    next_sample = tokio::time::Instant::now() + self.config.interval;
                 }
                 _ = liveness.tick() => {
                     self.drain_heap_events();
@@ -532,6 +698,48 @@ impl Session {
         }
     }
 
+    /// Carry out a dashboard action that needs the session; whether a sample is due at once.
+    fn on_action(&mut self, app: &mut App, action: Action) -> bool {
+        match action {
+            Action::WriteSnapshot => {
+                let snapshot = self.snapshot(Taken::Interval);
+                let status = match &self.config.json {
+                    Some(path) => match report::write_snapshot(path, &snapshot, self.config.access)
+                    {
+                        Ok(()) => format!("snapshot written to {}", path.display()),
+                        Err(err) => format!("cannot write {}: {err}", path.display()),
+                    },
+                    None => "no --json PATH given: nothing written".to_string(),
+                };
+                app.set_status(status);
+                false
+            }
+            Action::TraceProcess(pid) => {
+                let status = match self.trace_exactly(pid) {
+                    Ok(()) => format!("tracing pid {pid} exactly"),
+                    Err(err) => format!("cannot trace pid {pid}: {err:#}"),
+                };
+                app.set_status(status);
+                true
+            }
+            Action::Quit | Action::Redraw => false,
+        }
+    }
+
+    /// Build, save and show the snapshot of a map reading the dashboard asked for.
+    fn show_reading(&mut self, app: &mut App, now_ns: u64, reading: MapsReading) {
+        let snapshot = self.build_snapshot(Taken::Interval, now_ns, reading);
+        if let Err(err) = self.save(&snapshot) {
+            app.set_status(format!("{err:#}"));
+        }
+        let probe_hits_per_s = snapshot.cost.and_then(|c| c.probe_hits_per_s);
+        let live = Live {
+            uptime_s: Some(self.started.elapsed().as_secs_f64()),
+            probe_hits_per_s,
+        };
+        app.handle(Event::Update(Box::new(Update { snapshot, live })));
+    }
+
     /// Start exact (uprobe) tracing of a process seen in system-wide mode.
     fn trace_exactly(&mut self, pid: u32) -> anyhow::Result<()> {
         if self.traced.iter().any(|t| t.process.pid == pid) {
@@ -540,8 +748,8 @@ impl Session {
         let process = target::inspect(pid)?;
         let hooked = self.tracer.attach(pid, &process.libc_host_path)?;
         register_heap(&mut self.heap, pid);
-        let mut traced = Traced::new(process, false, &hooked);
-        traced.sample_processed(self.processed);
+        let mut traced = Traced::new(process, Origin::Found, &hooked);
+        traced.sample_processed(self.config.processed);
         self.others.remove(&pid);
         self.traced.push(traced);
         self.symbols.refresh_maps(pid);
@@ -552,7 +760,7 @@ impl Session {
         let exact: std::collections::HashSet<u32> = self
             .traced
             .iter()
-            .filter(|t| t.exact)
+            .filter(|t| t.exact())
             .map(|t| t.process.pid)
             .collect();
         // Stack copies are unwound in place (they live in the ring buffer); events are applied
@@ -630,7 +838,7 @@ impl Session {
     /// mappings fresh.
     fn refresh_liveness(&mut self) {
         for t in self.traced.iter_mut().filter(|t| t.alive) {
-            if t.launched {
+            if t.launched() {
                 if let Some(status) = target::try_wait_child(t.process.pid) {
                     t.exit = Some(status);
                     t.alive = false;
@@ -652,7 +860,7 @@ impl Session {
         let launched: Vec<u32> = self
             .traced
             .iter()
-            .filter(|t| t.launched && t.alive)
+            .filter(|t| t.launched() && t.alive)
             .map(|t| t.process.pid)
             .collect();
         if launched.is_empty() {
@@ -665,7 +873,7 @@ impl Session {
         let deadline = Instant::now() + GRACE;
         loop {
             self.refresh_liveness();
-            if self.traced.iter().all(|t| !t.launched || !t.alive) {
+            if self.traced.iter().all(|t| !t.launched() || !t.alive) {
                 return;
             }
             if Instant::now() >= deadline {
@@ -673,14 +881,14 @@ impl Session {
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        for t in self.traced.iter().filter(|t| t.launched && t.alive) {
+        for t in self.traced.iter().filter(|t| t.launched() && t.alive) {
             // SAFETY: as above.
             unsafe { libc::kill(t.process.pid as i32, libc::SIGKILL) };
         }
         for _ in 0..50 {
             tokio::time::sleep(Duration::from_millis(20)).await;
             self.refresh_liveness();
-            if self.traced.iter().all(|t| !t.launched || !t.alive) {
+            if self.traced.iter().all(|t| !t.launched() || !t.alive) {
                 return;
             }
         }
@@ -689,8 +897,8 @@ impl Session {
     /// Write `--json` and, when due (and always for the final snapshot), the next snapshot of
     /// the rolling series.
     fn save(&mut self, snapshot: &Snapshot) -> anyhow::Result<()> {
-        if let Some(path) = &self.json {
-            report::write_snapshot(path, snapshot, self.access)
+        if let Some(path) = &self.config.json {
+            report::write_snapshot(path, snapshot, self.config.access)
                 .with_context(|| format!("cannot write JSON snapshot {}", path.display()))?;
         }
         if let Some((series, every)) = &self.rolling {
@@ -710,37 +918,39 @@ impl Session {
     }
 
     /// Read the maps and build a snapshot, on this thread.
-    fn snapshot(&mut self, complete: bool) -> Snapshot {
+    fn snapshot(&mut self, taken: Taken) -> Snapshot {
         let (now_ns, min_age_ns) = self.read_clock();
         let reading = read_or_empty(self.reader.read(now_ns, min_age_ns));
-        self.build_snapshot(complete, now_ns, reading)
+        self.build_snapshot(taken, now_ns, reading)
     }
 
     /// The moment of a map read and the `--min-age` threshold, both in ns.
     fn read_clock(&self) -> (u64, u64) {
-        let min_age_ns = u64::try_from(self.min_age.as_nanos()).unwrap_or(u64::MAX);
-        (tracer::monotonic_ns(), min_age_ns)
+        (tracer::monotonic_ns(), self.config.min_age_ns())
     }
 
     /// Build a snapshot from a map reading. Interval snapshots (not the final one) also add a
     /// sample to each live site's growth series: a dead process's flat tail is not growth data.
-    fn build_snapshot(&mut self, complete: bool, now_ns: u64, reading: MapsReading) -> Snapshot {
+    fn build_snapshot(&mut self, taken: Taken, now_ns: u64, reading: MapsReading) -> Snapshot {
         let building = Instant::now();
         self.drain_heap_events();
         log::debug!("heap events drained in {:?}", building.elapsed());
-        let t_s = self.started.elapsed().as_secs_f64();
+        let at = Moment {
+            t_s: self.started.elapsed().as_secs_f64(),
+            now_ns,
+        };
         let mut traced = std::mem::take(&mut self.traced);
         let mut processes = Vec::with_capacity(traced.len());
         for t in &mut traced {
-            let sampling = !complete && t.alive;
+            let sampling = taken == Taken::Interval && t.alive;
             if sampling {
-                t.sample_processed(self.processed);
+                t.sample_processed(self.config.processed);
             }
-            processes.push(self.sample_process(t, sampling, t_s, now_ns, &reading, usize::MAX));
+            processes.push(self.sample_process(t, sampling, at, &reading, usize::MAX));
         }
         self.traced = traced;
-        if self.system_wide {
-            processes.extend(self.system_wide_rows(complete, t_s, now_ns, &reading));
+        if self.config.system_wide() {
+            processes.extend(self.system_wide_rows(taken, at, &reading));
         }
         log::debug!(
             "snapshot of {} processes built in {:?}",
@@ -748,16 +958,16 @@ impl Session {
             building.elapsed()
         );
         Snapshot {
-            schema: report::SCHEMA.to_string(),
+            schema: SCHEMA.to_string(),
             generated_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
-            duration_s: t_s,
-            mode: if self.growth { "growth" } else { "exact" }.to_string(),
-            system_wide: self.system_wide,
-            unwinding: self.growth.then_some(self.unwinder.stats),
-            interval_s: self.interval.as_secs_f64(),
-            min_age_s: self.min_age.as_secs_f64(),
-            processed: self.processed,
-            complete,
+            duration_s: at.t_s,
+            mode: self.config.mode,
+            system_wide: self.config.system_wide(),
+            unwinding: self.config.growth().then_some(self.unwinder.stats),
+            interval_s: self.config.interval.as_secs_f64(),
+            min_age_s: self.config.min_age.as_secs_f64(),
+            processed: self.config.processed,
+            complete: taken == Taken::Final,
             cost: Some(self.cost()),
             processes,
         }
@@ -767,197 +977,92 @@ impl Session {
     /// second, times the cost of one, measured at start; growth mode adds the measured cost of
     /// unwinding an event in userspace.
     fn cost(&mut self) -> ProbeCost {
-        if self.growth {
+        let (events, ns_per_event) = if self.config.growth() {
             let stats = self.unwinder.stats;
-            let rate = self.hit_rate.update(Instant::now(), stats.events);
-            let per_event = match (self.ns_per_hit, stats.ns_per_event()) {
-                (Some(kernel), Some(unwind)) => Some(kernel + unwind),
-                (kernel, _) => kernel,
-            };
-            ProbeCost::new(per_event, rate)
+            (
+                stats.events,
+                model::growth_event_ns(self.ns_per_hit, &stats),
+            )
         } else {
-            let hits = self.tracer.probe_hits();
-            ProbeCost::new(self.ns_per_hit, self.hit_rate.update(Instant::now(), hits))
-        }
+            (self.tracer.probe_hits(), self.ns_per_hit)
+        };
+        ProbeCost::new(ns_per_event, self.hit_rate.update(Instant::now(), events))
     }
 
-    /// One process's totals (from the maps in exact mode, from heap growth otherwise), a
-    /// sample for its sites' growth series, and its report.
-    #[allow(clippy::too_many_arguments)]
+    /// One process's totals, a sample for its sites' growth series, and its report.
     fn sample_process(
         &mut self,
         t: &Traced,
         sampling: bool,
-        t_s: f64,
-        now_ns: u64,
+        at: Moment,
         reading: &MapsReading,
         max_sites: usize,
     ) -> ProcessReport {
         let pid = t.process.pid;
-        let mut totals = model::process_totals(
-            pid,
-            &reading.sites,
-            &reading.counters,
-            &reading.ages,
-            now_ns,
-        );
         let mut site_heap = self.heap.get(pid).map(|h| h.sites()).unwrap_or_default();
-        if !t.exact {
-            totals = self.growth_totals(pid, totals.counters, now_ns, &mut site_heap);
-        }
+        let totals = self.totals(t, at, reading, &mut site_heap);
         if sampling {
-            let processed = t.bytes_processed().unwrap_or(0);
-            for site in &totals.sites {
-                self.series
-                    .entry(site.key)
-                    .or_insert_with(|| SeriesBuffer::new(SERIES_CAPACITY))
-                    .push(growth::Sample {
-                        t_s,
-                        processed_bytes: processed,
-                        outstanding_bytes: site.outstanding_bytes,
-                        aged_outstanding_bytes: site.aged_outstanding_bytes,
-                    });
-            }
+            let processed = t.work.grown().unwrap_or(0);
+            self.series.record(&totals.sites, at.t_s, processed);
         }
         self.process_report(t, totals, site_heap, max_sites)
     }
 
-    /// Growth mode's sites of a process: heap bytes each stack grew (outstanding: still there;
-    /// allocated: all it grew; freed: what was given back since), as the totals exact mode
-    /// reads from the maps. Each site's heap attribution (`site_heap`, from
-    /// `ProcessHeap::sites`) gets its growth events and when they were first and last seen.
-    fn growth_totals(
+    /// A process's totals: from the maps in exact mode, from heap growth otherwise (then with
+    /// `site_heap` given each site's growth events).
+    fn totals(
         &self,
-        pid: u32,
-        counters: report::Counters,
-        now_ns: u64,
+        t: &Traced,
+        at: Moment,
+        reading: &MapsReading,
         site_heap: &mut HashMap<leaktrace_common::SiteKey, SiteHeap>,
     ) -> ProcessTotals {
-        let mut totals = ProcessTotals {
-            counters,
-            ..ProcessTotals::default()
-        };
-        let Some(heap) = self.heap.get(pid) else {
-            return totals;
-        };
-        let min_age_ns = u64::try_from(self.min_age.as_nanos()).unwrap_or(u64::MAX);
-        let seen_s = |ns: u64| ns.saturating_sub(self.start_ns) as f64 / 1e9;
-        for (key, tally) in heap.growth() {
-            let attribution = site_heap.entry(*key).or_default();
-            attribution.growth_events = tally.events;
-            attribution.first_seen_s = Some(seen_s(tally.first_ns));
-            attribution.last_seen_s = Some(seen_s(tally.last_ns));
-            let outstanding = attribution.net_bytes();
-            let age_ns = now_ns.saturating_sub(tally.first_ns);
-            let aged = if age_ns >= min_age_ns { outstanding } else { 0 };
-            totals.sites.push(model::SiteTotals {
-                key: *key,
-                outstanding_bytes: outstanding,
-                outstanding_count: u64::from(outstanding > 0),
-                allocated_bytes: tally.bytes,
-                allocated_count: tally.events,
-                freed_bytes: tally.bytes.saturating_sub(outstanding),
-                freed_count: 0,
-                oldest_age_s: (outstanding > 0).then(|| age_ns as f64 / 1e9),
-                aged_outstanding_bytes: aged,
-                aged_outstanding_count: u64::from(aged > 0),
-            });
-            totals.outstanding_bytes += outstanding;
-            totals.outstanding_count += u64::from(outstanding > 0);
-            totals.allocated_bytes += tally.bytes;
-            totals.allocated_count += tally.events;
+        let pid = t.process.pid;
+        let from_maps = model::process_totals(
+            pid,
+            &reading.sites,
+            &reading.counters,
+            &reading.ages,
+            at.now_ns,
+        );
+        if t.exact() {
+            return from_maps;
         }
-        totals.sites.sort_by(|a, b| {
-            b.outstanding_bytes
-                .cmp(&a.outstanding_bytes)
-                .then(b.allocated_bytes.cmp(&a.allocated_bytes))
-                .then(a.key.stack_id.cmp(&b.key.stack_id))
-        });
-        totals
+        let clock = GrowthClock {
+            start_ns: self.start_ns,
+            now_ns: at.now_ns,
+            min_age_ns: self.config.min_age_ns(),
+        };
+        model::growth_totals(self.heap.get(pid), from_maps.counters, clock, site_heap)
     }
 
     /// A process's report with at most `max_sites` sites, by leak rank (only those are
-    /// symbolized). `site_heap`: the heap attribution of its sites (`ProcessHeap::sites`);
-    /// entries of no allocation site become heap-only sites.
+    /// symbolized). `site_heap`: the heap attribution of its sites (`ProcessHeap::sites`).
     fn process_report(
         &mut self,
         t: &Traced,
         totals: ProcessTotals,
-        mut site_heap: HashMap<leaktrace_common::SiteKey, SiteHeap>,
+        site_heap: HashMap<leaktrace_common::SiteKey, SiteHeap>,
         max_sites: usize,
     ) -> ProcessReport {
         let (pid, alive) = (t.process.pid, t.alive);
-        let growths: Vec<Growth> = totals
-            .sites
-            .iter()
-            .map(|site| {
-                let samples = self
-                    .series
-                    .get(&site.key)
-                    .map_or(&[][..], SeriesBuffer::samples);
-                growth::analyze(samples, site.allocated_bytes, growth::DEFAULT_RECENT_WINDOW)
-            })
-            .collect();
-        let mut by_likelihood: Vec<usize> = (0..growths.len()).collect();
-        growth::sort_by_leak_likelihood(&mut by_likelihood, |&i| growths.get(i));
-        let mut leak_rank = vec![0u32; growths.len()];
-        for (rank, &i) in by_likelihood.iter().enumerate() {
-            leak_rank[i] = u32::try_from(rank + 1).unwrap_or(u32::MAX);
-        }
-        let mut sites: Vec<SiteReport> = totals
-            .sites
-            .iter()
-            .zip(growths)
-            .zip(leak_rank)
-            .filter(|(_, rank)| usize::try_from(*rank).is_ok_and(|r| r <= max_sites))
-            .map(|((site, growth), leak_rank)| {
-                let addrs = self.site_stack(site.key.stack_id, site.key.caller);
-                SiteReport {
-                    heap: site_heap.remove(&site.key).unwrap_or_default(),
-                    id: site.id(),
-                    outstanding_bytes: site.outstanding_bytes,
-                    outstanding_count: site.outstanding_count,
-                    allocated_bytes: site.allocated_bytes,
-                    allocated_count: site.allocated_count,
-                    freed_bytes: site.freed_bytes,
-                    freed_count: site.freed_count,
-                    oldest_age_s: site.oldest_age_s,
-                    aged_outstanding_bytes: site.aged_outstanding_bytes,
-                    aged_outstanding_count: site.aged_outstanding_count,
-                    growth,
-                    leak_rank,
-                    frames: self.symbols.stack_frames(pid, alive, &addrs),
-                }
-            })
-            .collect();
-        // Sites that only made heap syscalls (the program's own mmaps, or allocator calls whose
-        // only effect was a syscall).
-        let mut heap_only: Vec<(leaktrace_common::SiteKey, SiteHeap)> =
-            site_heap.into_iter().collect();
-        heap_only.sort_by(|a, b| {
-            b.1.anon_mmap_bytes
-                .cmp(&a.1.anon_mmap_bytes)
-                .then(a.0.caller.cmp(&b.0.caller))
-        });
-        let first_rank = u32::try_from(totals.sites.len() + 1).unwrap_or(u32::MAX);
-        let room = max_sites.saturating_sub(totals.sites.len());
-        for (rank, (key, heap)) in heap_only.into_iter().take(room).enumerate() {
+        let mut sites = Vec::new();
+        for (key, mut site) in model::site_reports(&totals, &self.series, site_heap, max_sites) {
             let addrs = self.site_stack(key.stack_id, key.caller);
-            sites.push(SiteReport::heap_only(
-                format!("{:x}-{}-heap", key.caller, key.stack_id),
-                heap,
-                first_rank.saturating_add(u32::try_from(rank).unwrap_or(u32::MAX)),
-                self.symbols.stack_frames(pid, alive, &addrs),
-            ));
+            site.frames = self.symbols.stack_frames(pid, alive, &addrs);
+            sites.push(site);
         }
-        let heap = self.heap_report(pid, t, Some(totals.outstanding_bytes));
+        let heap = self
+            .heap
+            .get(pid)
+            .map(|heap| model::heap_report(heap, &t.memory, Some(totals.outstanding_bytes)));
         ProcessReport {
             pid,
             comm: t.process.comm.clone(),
             exe: t.process.exe.display().to_string(),
             alive: t.alive,
             exit: t.exit,
-            exact: t.exact,
+            exact: t.exact(),
             libc: t.process.libc.display().to_string(),
             hooked_functions: t.hooked.clone(),
             outstanding_bytes: totals.outstanding_bytes,
@@ -965,7 +1070,7 @@ impl Session {
             allocated_bytes: totals.allocated_bytes,
             allocated_count: totals.allocated_count,
             freed_count: totals.freed_count,
-            bytes_processed: t.bytes_processed(),
+            bytes_processed: t.work.grown(),
             heap,
             counters: totals.counters,
             sites,
@@ -993,43 +1098,12 @@ impl Session {
         stack
     }
 
-    /// The heap object of a process. `outstanding`: its traced outstanding bytes (exact mode).
-    fn heap_report(
-        &self,
-        pid: u32,
-        traced: &Traced,
-        outstanding: Option<u64>,
-    ) -> Option<HeapReport> {
-        let heap = self.heap.get(pid)?;
-        let rss_growth = match (traced.memory, traced.rss_baseline) {
-            (Some((rss, _)), Some(base)) => Some(rss as i64 - base as i64),
-            _ => None,
-        };
-        let explained_share = match (outstanding, rss_growth) {
-            (Some(out), Some(growth)) if growth > 0 => Some((out as f64 / growth as f64).min(1.0)),
-            _ => None,
-        };
-        Some(HeapReport {
-            brk_bytes: heap.brk_bytes(),
-            brk_calls: heap.brk_calls,
-            brk_failures: heap.brk_failures,
-            fallback_mmaps: heap.fallbacks(),
-            anon_mmap_outstanding_bytes: heap.anon_committed_bytes(),
-            anon_reserved_bytes: heap.anon_reserved_bytes(),
-            rss_bytes: traced.memory.map(|m| m.0),
-            vm_data_bytes: traced.memory.map(|m| m.1),
-            rss_growth_bytes: rss_growth,
-            explained_share,
-            events: heap.events,
-        })
-    }
-
     /// Drop everything kept about a system-wide row's process.
     fn forget_process(&mut self, pid: u32) {
         self.others.remove(&pid);
         self.heap.processes.remove(&pid);
         self.unwinder.forget(pid);
-        self.series.retain(|key, _| key.tgid != pid);
+        self.series.forget(pid);
         self.symbols.forget(pid);
         let stacks = &mut self.stacks;
         self.interned.retain(|(owner, _), id| {
@@ -1044,9 +1118,8 @@ impl Session {
     /// growth first; in growth mode with its sites.
     fn system_wide_rows(
         &mut self,
-        complete: bool,
-        t_s: f64,
-        now_ns: u64,
+        taken: Taken,
+        at: Moment,
         reading: &MapsReading,
     ) -> Vec<ProcessReport> {
         let exact: std::collections::HashSet<u32> =
@@ -1061,46 +1134,9 @@ impl Session {
         let mut rows = Vec::with_capacity(pids.len());
         let mut last_drain = Instant::now();
         for pid in pids {
-            let alive = procfs::is_alive(pid);
-            let reused = alive && self.others.get(&pid).is_some_and(|r| !r.alive);
-            let expired = self
-                .others
-                .get(&pid)
-                .and_then(|r| r.gone_since)
-                .is_some_and(|since| since.elapsed() >= EXITED_KEPT);
-            if reused || expired {
-                // A new process with a dead one's pid starts afresh; a long-gone one goes.
-                self.forget_process(pid);
-                if !reused {
-                    continue;
-                }
+            if let Some(row) = self.system_wide_row(pid, taken, at, reading) {
+                rows.push(row);
             }
-            let comm = self
-                .heap
-                .get(pid)
-                .map(|h| h.comm.clone())
-                .unwrap_or_default();
-            let mut row = self.others.remove(&pid).unwrap_or_else(|| {
-                let process = TargetProcess {
-                    pid,
-                    comm,
-                    exe: procfs::read_exe(pid).unwrap_or_default(),
-                    libc: PathBuf::new(),
-                    libc_host_path: PathBuf::new(),
-                };
-                Traced::new(process, false, &[])
-            });
-            let sampling = !complete && alive && row.alive;
-            if sampling {
-                row.sample_processed(self.processed);
-            } else if !alive && row.alive {
-                row.alive = false;
-                row.gone_since = Some(Instant::now());
-                self.unwinder.forget(pid);
-            }
-            let max_sites = self.top.max(SYSTEM_WIDE_SITES);
-            rows.push(self.sample_process(&row, sampling, t_s, now_ns, reading, max_sites));
-            self.others.insert(pid, row);
             // Naming new stacks of many processes takes a while: keep the ring buffer drained
             // (and short-lived processes' mappings read) meanwhile.
             if last_drain.elapsed() >= LIVENESS_PERIOD {
@@ -1108,12 +1144,163 @@ impl Session {
                 last_drain = Instant::now();
             }
         }
-        let growth = |p: &ProcessReport| {
-            p.heap
-                .as_ref()
-                .map_or(0, |h| h.brk_bytes + h.anon_mmap_outstanding_bytes)
-        };
-        rows.sort_by(|a, b| growth(b).cmp(&growth(a)).then(a.pid.cmp(&b.pid)));
+        rows.sort_by(model::by_heap_growth);
         rows
+    }
+
+    /// The row of one process seen only through its heap syscalls; `None` once it has been
+    /// gone for [`EXITED_KEPT`].
+    fn system_wide_row(
+        &mut self,
+        pid: u32,
+        taken: Taken,
+        at: Moment,
+        reading: &MapsReading,
+    ) -> Option<ProcessReport> {
+        let alive = procfs::is_alive(pid);
+        let reused = alive && self.others.get(&pid).is_some_and(|r| !r.alive);
+        let expired = self
+            .others
+            .get(&pid)
+            .and_then(|r| r.gone_since)
+            .is_some_and(|since| since.elapsed() >= EXITED_KEPT);
+        if reused || expired {
+            // A new process with a dead one's pid starts afresh; a long-gone one goes.
+            self.forget_process(pid);
+            if !reused {
+                return None;
+            }
+        }
+        let mut row = self.others.remove(&pid).unwrap_or_else(|| {
+            let comm = self
+                .heap
+                .get(pid)
+                .map(|h| h.comm.clone())
+                .unwrap_or_default();
+            let process = TargetProcess {
+                pid,
+                comm,
+                exe: procfs::read_exe(pid).unwrap_or_default(),
+                libc: PathBuf::new(),
+                libc_host_path: PathBuf::new(),
+            };
+            Traced::new(process, Origin::Found, &[])
+        });
+        let sampling = taken == Taken::Interval && alive && row.alive;
+        if sampling {
+            row.sample_processed(self.config.processed);
+        } else if !alive && row.alive {
+            row.alive = false;
+            row.gone_since = Some(Instant::now());
+            self.unwinder.forget(pid);
+        }
+        let max_sites = self.config.top.max(SYSTEM_WIDE_SITES);
+        let report = self.sample_process(&row, sampling, at, reading, max_sites);
+        self.others.insert(pid, row);
+        Some(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser as _;
+
+    use super::*;
+
+    fn resolve(args: &[&str], stdout: Stdout) -> anyhow::Result<Config> {
+        let cli = Cli::try_parse_from(std::iter::once("leaktrace").chain(args.iter().copied()))
+            .expect("parses");
+        Config::resolve(cli, stdout)
+    }
+
+    fn error(args: &[&str]) -> String {
+        resolve(args, Stdout::Other)
+            .expect_err("refused")
+            .to_string()
+    }
+
+    #[test]
+    fn no_target_means_system_wide_growth_mode() {
+        let config = resolve(&[], Stdout::Other).expect("resolves");
+        assert_eq!(config.scope, Scope::SystemWide);
+        assert_eq!(config.mode, Mode::Growth);
+        assert_eq!(config.view, View::Headless);
+        assert_eq!(config.interval, Duration::from_secs(5));
+    }
+
+    #[test]
+    fn pids_are_traced_exactly_sorted_and_once() {
+        let config = resolve(&["-p", "9", "-p", "3", "-p", "9"], Stdout::Other).expect("ok");
+        assert_eq!(config.pids, [3, 9]);
+        assert_eq!(config.scope, Scope::Targets);
+        assert_eq!(config.mode, Mode::Exact);
+        let config = resolve(&["--system-wide", "-p", "3"], Stdout::Other).expect("ok");
+        assert_eq!(config.scope, Scope::SystemWide);
+        assert_eq!(config.mode, Mode::Exact);
+        let config = resolve(&["--mode", "growth", "--", "ls"], Stdout::Other).expect("ok");
+        assert_eq!((config.scope, config.mode), (Scope::Targets, Mode::Growth));
+        assert_eq!(config.command, ["ls"]);
+    }
+
+    #[test]
+    fn the_dashboard_needs_a_terminal_and_no_headless() {
+        let config = resolve(&["-p", "1"], Stdout::Terminal).expect("ok");
+        assert_eq!(config.view, View::Dashboard);
+        assert_eq!(config.interval, Duration::from_secs(1));
+        let config = resolve(&["-p", "1", "--headless"], Stdout::Terminal).expect("ok");
+        assert_eq!(config.view, View::Headless);
+        let config = resolve(&["-p", "1", "--interval", "2s"], Stdout::Terminal).expect("ok");
+        assert_eq!(config.interval, Duration::from_secs(2));
+    }
+
+    #[test]
+    fn combinations_that_cannot_work_are_refused_in_one_line() {
+        let messages = [
+            error(&["--system-wide", "--", "true"]),
+            error(&["--mode", "exact"]),
+            error(&["--mode", "growth", "--sample-bytes", "4096", "-p", "1"]),
+        ];
+        assert!(messages[0].starts_with("--system-wide and a command do not go together"));
+        assert!(messages[1].starts_with("--mode exact needs --pid"));
+        assert!(messages[2].starts_with("--sample-bytes samples exact mode's stacks"));
+        assert!(messages.iter().all(|m| m.lines().count() == 1));
+    }
+
+    #[test]
+    fn rolling_snapshots_and_options_are_carried_over() {
+        let config = resolve(
+            &[
+                "-p",
+                "1",
+                "--snapshot-dir",
+                "/tmp/s",
+                "--snapshot-every",
+                "1m",
+                "--keep",
+                "3",
+                "--private",
+                "--sample-bytes",
+                "512",
+                "--min-age",
+                "2s",
+            ],
+            Stdout::Other,
+        )
+        .expect("ok");
+        assert_eq!(
+            config.rolling,
+            Some(Rolling {
+                dir: PathBuf::from("/tmp/s"),
+                every: Duration::from_secs(60),
+                keep: 3,
+            })
+        );
+        assert_eq!(config.access, Access::Private);
+        assert_eq!(config.sample_bytes, 512);
+        assert_eq!(config.min_age_ns(), 2_000_000_000);
+        assert_eq!(
+            resolve(&["-p", "1"], Stdout::Other).expect("ok").rolling,
+            None
+        );
     }
 }

@@ -13,25 +13,8 @@ use blazesym::symbolize::{
     source::{Elf, Source},
     Input, Symbolized, Symbolizer,
 };
-use serde::{Deserialize, Serialize};
 
-use crate::procfs;
-
-/// One frame of a call stack, innermost first. An address inside inlined code yields several
-/// frames: the inlined functions (innermost first, `inlined: true`) and then the function they
-/// were inlined into.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Frame {
-    pub addr: u64,
-    pub module: Option<String>,
-    /// Offset of the address in the module file.
-    pub offset: Option<u64>,
-    pub build_id: Option<String>,
-    pub function: Option<String>,
-    pub file: Option<String>,
-    pub line: Option<u32>,
-    pub inlined: bool,
-}
+use crate::{procfs, schema::Frame};
 
 pub struct Symbols {
     symbolizer: Symbolizer,

@@ -4,12 +4,9 @@
 //! allocations are its outstanding blocks plus its frees; a process's outstanding bytes are
 //! its sites' sum; failed brk calls are some of the brk calls); callers change the rest with
 //! struct update syntax.
-use crate::{
-    cli::Processed,
-    growth::{Growth, GrowthClass},
-    heap::{ChunkSize, FallbackSummary, SiteHeap},
-    report::{Counters, HeapReport, ProcessReport, SiteReport, Snapshot, SCHEMA},
-    symbolize::Frame,
+use crate::schema::{
+    ChunkSize, Counters, FallbackSummary, Frame, Growth, GrowthClass, HeapReport, Mode,
+    ProcessReport, Processed, SiteCounters, SiteHeap, SiteReport, Snapshot, SCHEMA,
 };
 
 /// The traced program of the synthetic snapshots.
@@ -58,15 +55,17 @@ pub fn site(
 ) -> SiteReport {
     SiteReport {
         id: id.to_string(),
-        outstanding_bytes,
-        outstanding_count,
-        allocated_bytes: outstanding_bytes * 3,
-        allocated_count: outstanding_count * 3,
-        freed_bytes: outstanding_bytes * 2,
-        freed_count: outstanding_count * 2,
-        oldest_age_s,
-        aged_outstanding_bytes: outstanding_bytes / 2,
-        aged_outstanding_count: outstanding_count / 2,
+        counters: SiteCounters {
+            outstanding_bytes,
+            outstanding_count,
+            allocated_bytes: outstanding_bytes * 3,
+            allocated_count: outstanding_count * 3,
+            freed_bytes: outstanding_bytes * 2,
+            freed_count: outstanding_count * 2,
+            oldest_age_s,
+            aged_outstanding_bytes: outstanding_bytes / 2,
+            aged_outstanding_count: outstanding_count / 2,
+        },
         growth,
         leak_rank: 0,
         heap: SiteHeap::default(),
@@ -85,8 +84,8 @@ pub fn process(pid: u32, comm: &str, sites: Vec<SiteReport>) -> ProcessReport {
         exact: true,
         libc: LIBC.to_string(),
         hooked_functions: vec!["malloc".to_string(), "free".to_string()],
-        outstanding_bytes: sites.iter().map(|s| s.outstanding_bytes).sum(),
-        outstanding_count: sites.iter().map(|s| s.outstanding_count).sum(),
+        outstanding_bytes: sites.iter().map(|s| s.counters.outstanding_bytes).sum(),
+        outstanding_count: sites.iter().map(|s| s.counters.outstanding_count).sum(),
         allocated_bytes: 10_000_000,
         allocated_count: 100_000,
         freed_count: 40_000,
@@ -103,7 +102,7 @@ pub fn snapshot(duration_s: f64, processes: Vec<ProcessReport>) -> Snapshot {
         schema: SCHEMA.to_string(),
         generated_at: "2026-11-23T18:00:00Z".to_string(),
         duration_s,
-        mode: "exact".to_string(),
+        mode: Mode::Exact,
         system_wide: false,
         unwinding: None,
         interval_s: 1.0,

@@ -4,8 +4,7 @@ use std::fmt::Write as _;
 
 use crate::{
     format::{self, human_bytes},
-    report::{SiteReport, Snapshot},
-    target::ExitStatus,
+    schema::{ExitStatus, SiteReport, Snapshot},
 };
 
 /// The periodic headless table: per process a summary, then its sites ranked by how likely
@@ -93,7 +92,7 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
         let mut shown: Vec<&SiteReport> = process
             .sites
             .iter()
-            .filter(|s| s.outstanding_count > 0)
+            .filter(|s| s.counters.outstanding_count > 0)
             .collect();
         if shown.is_empty() {
             let _ = writeln!(
@@ -123,17 +122,17 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
             let _ = writeln!(
                 out,
                 "  {:>11} {:>8} {:>11} {:>11} {:>4} {:>7} {:>7}  {}",
-                human_bytes(site.outstanding_bytes),
+                human_bytes(site.counters.outstanding_bytes),
                 if process.exact {
-                    site.outstanding_count
+                    site.counters.outstanding_count
                 } else {
-                    site.allocated_count
+                    site.counters.allocated_count
                 },
                 format::slope(site.growth.bytes_per_mib_processed),
                 format::slope(site.growth.bytes_per_min),
                 format::best_r2(&site.growth),
                 format::class_label(site.growth.class),
-                format::age(site.oldest_age_s),
+                format::age(site.counters.oldest_age_s),
                 format::site_label(&site.frames)
             );
         }
@@ -145,8 +144,7 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
 mod tests {
     use super::*;
     use crate::{
-        growth::GrowthClass,
-        report::ProbeCost,
+        schema::{GrowthClass, ProbeCost},
         synthetic::{self, frame, EXE},
     };
 

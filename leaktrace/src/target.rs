@@ -16,6 +16,7 @@ use object::{Object as _, ObjectSection as _};
 
 use crate::{
     procfs,
+    schema::ExitStatus,
     target_files::{self, Unreadable},
 };
 
@@ -323,14 +324,6 @@ fn reap(pid: u32) {
     let mut status = 0;
     // SAFETY: waiting for our own child.
     unsafe { libc::waitpid(pid as i32, &mut status, 0) };
-}
-
-/// How a launched child ended.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ExitStatus {
-    Code(i32),
-    Signal(i32),
 }
 
 /// Reap our launched child if it has exited.

@@ -16,10 +16,10 @@ use framehop::{
     ExplicitModuleSectionInfo, Module, Unwinder as _,
 };
 use object::{Object as _, ObjectSection as _, ObjectSegment as _};
-use serde::{Deserialize, Serialize};
 
 use crate::{
     procfs,
+    schema::UnwindStats,
     target_files::{self, Elf, Unreadable},
     tracer::StackCopy,
 };
@@ -32,19 +32,6 @@ const MAX_FRAMES: usize = 127;
 /// A process's modules are re-read at most this often when a stack leads outside them (a
 /// library loaded since they were read).
 const MODULES_REFRESH: Duration = Duration::from_millis(250);
-
-/// What unwinding cost, for the report: growth mode must keep up with the events it is sent.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct UnwindStats {
-    /// Stack copies unwound.
-    pub events: u64,
-    /// Frames they gave, in all.
-    pub frames: u64,
-    /// Events whose stack copy was empty (the eBPF program could not read the stack).
-    pub empty_copies: u64,
-    /// CPU time spent unwinding (including reading modules' unwind sections), in ns.
-    pub nanos: u64,
-}
 
 impl UnwindStats {
     pub fn ns_per_event(&self) -> Option<f64> {

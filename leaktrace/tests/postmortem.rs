@@ -19,11 +19,12 @@ use leaktrace::{
         diff::{diff, SiteChange, SiteKey, SnapshotDiff},
         export, pprof,
         read::{
-            parse_snapshot, read_snapshot, ReadError, RecordedCounters, RecordedFrame,
-            RecordedGrowth, RecordedProcess, RecordedSite, RecordedSnapshot,
+            parse_snapshot, read_snapshot, ReadError, RecordedFrame, RecordedGrowth,
+            RecordedProcess, RecordedSite, RecordedSnapshot,
         },
         text::{render_report, ReportOptions, ReportStyle},
     },
+    schema::{Counters, SiteCounters},
 };
 use proptest::prelude::*;
 use prost::Message as _;
@@ -959,9 +960,12 @@ fn snapshot_strategy() -> impl Strategy<Value = RecordedSnapshot> {
         prop::collection::vec(frame_strategy(), 0..4),
     )
         .prop_map(|(bytes, count, frames)| RecordedSite {
-            outstanding_bytes: bytes,
-            outstanding_count: count,
-            oldest_age_s: None,
+            counters: SiteCounters {
+                outstanding_bytes: bytes,
+                outstanding_count: count,
+                oldest_age_s: None,
+                ..SiteCounters::default()
+            },
             growth: RecordedGrowth {
                 bytes_per_mib_processed: None,
                 bytes_per_min: None,
@@ -985,13 +989,13 @@ fn snapshot_strategy() -> impl Strategy<Value = RecordedSnapshot> {
             exe: exe.to_string(),
             alive: true,
             exit: None,
-            outstanding_bytes: sites.iter().map(|s| s.outstanding_bytes).sum(),
-            outstanding_count: sites.iter().map(|s| s.outstanding_count).sum(),
+            outstanding_bytes: sites.iter().map(|s| s.counters.outstanding_bytes).sum(),
+            outstanding_count: sites.iter().map(|s| s.counters.outstanding_count).sum(),
             allocated_bytes: 0,
             allocated_count: 0,
             freed_count: 0,
             bytes_processed: None,
-            counters: RecordedCounters::default(),
+            counters: Counters::default(),
             sites,
             ..Default::default()
         });

@@ -183,12 +183,12 @@ fn by_key(process: &RecordedProcess) -> BTreeMap<SiteKey, KeyedSite> {
     let mut sites: BTreeMap<SiteKey, KeyedSite> = BTreeMap::new();
     for site in &process.sites {
         let entry = sites.entry(SiteKey::of(site)).or_default();
-        entry.bytes = entry.bytes.saturating_add(site.outstanding_bytes);
-        entry.count = entry.count.saturating_add(site.outstanding_count);
+        entry.bytes = entry.bytes.saturating_add(site.counters.outstanding_bytes);
+        entry.count = entry.count.saturating_add(site.counters.outstanding_count);
         // Named after its largest member.
-        if entry.label_bytes < Some(site.outstanding_bytes) {
+        if entry.label_bytes < Some(site.counters.outstanding_bytes) {
             entry.label = format::site_label(&site.frames);
-            entry.label_bytes = Some(site.outstanding_bytes);
+            entry.label_bytes = Some(site.counters.outstanding_bytes);
         }
     }
     sites
@@ -361,7 +361,10 @@ fn site_table(out: &mut String, title: &str, sites: &[SiteChange], top: usize) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::postmortem::read::{RecordedCounters, RecordedGrowth};
+    use crate::{
+        postmortem::read::RecordedGrowth,
+        schema::{Counters, SiteCounters},
+    };
 
     fn frame(function: Option<&str>, module: &str, offset: u64, addr: u64) -> RecordedFrame {
         RecordedFrame {
@@ -375,9 +378,12 @@ mod tests {
 
     fn site(bytes: u64, frames: Vec<RecordedFrame>) -> RecordedSite {
         RecordedSite {
-            outstanding_bytes: bytes,
-            outstanding_count: bytes / 100,
-            oldest_age_s: None,
+            counters: SiteCounters {
+                outstanding_bytes: bytes,
+                outstanding_count: bytes / 100,
+                oldest_age_s: None,
+                ..SiteCounters::default()
+            },
             growth: RecordedGrowth {
                 bytes_per_mib_processed: None,
                 bytes_per_min: None,
@@ -398,13 +404,13 @@ mod tests {
             exe: exe.to_string(),
             alive: true,
             exit: None,
-            outstanding_bytes: sites.iter().map(|s| s.outstanding_bytes).sum(),
-            outstanding_count: sites.iter().map(|s| s.outstanding_count).sum(),
+            outstanding_bytes: sites.iter().map(|s| s.counters.outstanding_bytes).sum(),
+            outstanding_count: sites.iter().map(|s| s.counters.outstanding_count).sum(),
             allocated_bytes: 0,
             allocated_count: 0,
             freed_count: 0,
             bytes_processed: None,
-            counters: RecordedCounters::default(),
+            counters: Counters::default(),
             sites,
             ..Default::default()
         }

@@ -45,7 +45,7 @@ fn outstanding_sites(
         process
             .sites
             .iter()
-            .filter(|s| s.outstanding_bytes > 0)
+            .filter(|s| s.counters.outstanding_bytes > 0)
             .map(move |site| (process, site))
     })
 }
@@ -100,7 +100,7 @@ pub fn folded(snapshot: &RecordedSnapshot, file: &str) -> Result<String, ExportE
             frames.push("[no frames]".to_string());
         }
         let total = stacks.entry(frames.join(";")).or_default();
-        *total = total.saturating_add(site.outstanding_bytes);
+        *total = total.saturating_add(site.counters.outstanding_bytes);
     }
     Ok(stacks
         .into_iter()
@@ -113,12 +113,12 @@ pub fn svg(snapshot: &RecordedSnapshot, file: &str) -> Result<Vec<u8>, ExportErr
     let folded = folded(snapshot, file)?;
     // inferno adds the counts up in a u64; no real process comes near this bound.
     let total = outstanding_sites(snapshot).try_fold(0u64, |sum, (_, site)| {
-        sum.checked_add(site.outstanding_bytes)
+        sum.checked_add(site.counters.outstanding_bytes)
             .filter(|&sum| sum <= i64::MAX as u64)
     });
     if total.is_none() {
         let total: u128 = outstanding_sites(snapshot)
-            .map(|(_, site)| u128::from(site.outstanding_bytes))
+            .map(|(_, site)| u128::from(site.counters.outstanding_bytes))
             .sum();
         return Err(ExportError::TooLarge {
             file: file.to_string(),
@@ -358,8 +358,8 @@ pub fn pprof_profile(
         b.profile.sample.push(pprof::Sample {
             location_id,
             value: vec![
-                i64::try_from(site.outstanding_bytes).unwrap_or(i64::MAX),
-                i64::try_from(site.outstanding_count).unwrap_or(i64::MAX),
+                i64::try_from(site.counters.outstanding_bytes).unwrap_or(i64::MAX),
+                i64::try_from(site.counters.outstanding_count).unwrap_or(i64::MAX),
             ],
             label,
         });
@@ -379,6 +379,7 @@ pub fn pprof_gz(snapshot: &RecordedSnapshot, file: &str) -> Result<Vec<u8>, Expo
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::schema::SiteCounters;
 
     fn frame(function: &str, inlined: bool) -> RecordedFrame {
         RecordedFrame {
@@ -409,8 +410,11 @@ mod tests {
     #[test]
     fn absurd_byte_counts_are_an_error_not_an_overflow() {
         let site = |function: &str| RecordedSite {
-            outstanding_bytes: u64::MAX / 2 + 1,
-            outstanding_count: 1,
+            counters: SiteCounters {
+                outstanding_bytes: u64::MAX / 2 + 1,
+                outstanding_count: 1,
+                ..SiteCounters::default()
+            },
             frames: vec![frame(function, false)],
             ..RecordedSite::default()
         };

@@ -1,6 +1,7 @@
 //! Reading a saved snapshot back, for the post-mortem commands.
 //!
-//! The reader has its own view of the `leaktrace/1` schema: it requires exactly the fields the
+//! The reader reads the `schema` types where they fit (counters, exit status, fallbacks, a
+//! site's counters) and has its own lenient view of the rest: it requires exactly the fields the
 //! post-mortem commands use and ignores everything else, so snapshots from later versions of
 //! `leaktrace/1` (which may add fields) and from earlier ones (which lack fields added since)
 //! both read. Any byte string gives either a snapshot or one [`ReadError`], never a panic.
@@ -9,7 +10,7 @@ use std::{fs, io, path::Path};
 use serde::Deserialize;
 use serde_json::error::Category;
 
-use crate::{report::SCHEMA, target::ExitStatus};
+use crate::schema::{Counters, ExitStatus, FallbackSummary, SiteCounters, SCHEMA};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -62,7 +63,7 @@ pub struct RecordedProcess {
     pub freed_count: u64,
     #[serde(default)]
     pub bytes_processed: Option<u64>,
-    pub counters: RecordedCounters,
+    pub counters: Counters,
     pub sites: Vec<RecordedSite>,
     /// Whether the malloc family was traced (false: system-wide heap data only). Added to
     /// `leaktrace/1` later: absent means exact.
@@ -83,7 +84,7 @@ pub struct RecordedHeap {
     #[serde(default)]
     pub brk_failures: Option<u64>,
     #[serde(default)]
-    pub fallback_mmaps: Option<RecordedFallbacks>,
+    pub fallback_mmaps: Option<FallbackSummary>,
     #[serde(default)]
     pub anon_mmap_outstanding_bytes: Option<u64>,
     #[serde(default)]
@@ -97,36 +98,12 @@ pub struct RecordedHeap {
     pub explained_share: Option<f64>,
 }
 
-/// Anonymous mmaps malloc made after a failed brk.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct RecordedFallbacks {
-    pub count: u64,
-    pub bytes: u64,
-}
-
-#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize)]
-pub struct RecordedCounters {
-    pub dropped_allocations: u64,
-    pub stack_errors: u64,
-    pub lost_events: u64,
-    pub unknown_frees: u64,
-}
-
-impl RecordedCounters {
-    pub fn any(&self) -> bool {
-        self.dropped_allocations > 0
-            || self.stack_errors > 0
-            || self.lost_events > 0
-            || self.unknown_frees > 0
-    }
-}
-
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]
 pub struct RecordedSite {
-    pub outstanding_bytes: u64,
-    pub outstanding_count: u64,
-    #[serde(default)]
-    pub oldest_age_s: Option<f64>,
+    /// `outstanding_bytes` and `outstanding_count` are required, the others read as 0 when
+    /// absent.
+    #[serde(flatten)]
+    pub counters: SiteCounters,
     pub growth: RecordedGrowth,
     pub leak_rank: u32,
     /// Innermost first; the first frame is the allocator's caller.

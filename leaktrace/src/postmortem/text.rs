@@ -2,12 +2,10 @@
 //! or in Markdown for a ticket.
 use std::{fmt::Write as _, time::Duration};
 
-use super::read::{
-    RecordedCounters, RecordedFrame, RecordedHeap, RecordedProcess, RecordedSite, RecordedSnapshot,
-};
+use super::read::{RecordedFrame, RecordedHeap, RecordedProcess, RecordedSite, RecordedSnapshot};
 use crate::{
     format::{self, human_bytes},
-    target::ExitStatus,
+    schema::{Counters, ExitStatus},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,7 +111,7 @@ impl<'a> SiteSelection<'a> {
         let outstanding: Vec<&RecordedSite> = process
             .sites
             .iter()
-            .filter(|s| s.outstanding_count > 0 || s.outstanding_bytes > 0)
+            .filter(|s| s.counters.outstanding_count > 0 || s.counters.outstanding_bytes > 0)
             .collect();
         let freed = process.sites.len() - outstanding.len();
         let mut shown: Vec<&RecordedSite> = outstanding
@@ -121,11 +119,14 @@ impl<'a> SiteSelection<'a> {
             .copied()
             .filter(|s| match options.min_age {
                 None => true,
-                Some(min) => s.oldest_age_s.is_some_and(|a| a >= min.as_secs_f64()),
+                Some(min) => s
+                    .counters
+                    .oldest_age_s
+                    .is_some_and(|a| a >= min.as_secs_f64()),
             })
             .collect();
         let too_young = outstanding.len() - shown.len();
-        shown.sort_by_key(|s| (s.leak_rank, std::cmp::Reverse(s.outstanding_bytes)));
+        shown.sort_by_key(|s| (s.leak_rank, std::cmp::Reverse(s.counters.outstanding_bytes)));
         let beyond_top = shown.len().saturating_sub(options.top);
         shown.truncate(options.top);
         SiteSelection {
@@ -316,7 +317,7 @@ fn site_heap_line(site: &RecordedSite) -> Option<String> {
     (!parts.is_empty()).then(|| parts.join(", "))
 }
 
-fn counters_summary(c: &RecordedCounters) -> String {
+fn counters_summary(c: &Counters) -> String {
     if !c.any() {
         return "all zero: the numbers are exact".to_string();
     }
@@ -327,7 +328,7 @@ fn counters_summary(c: &RecordedCounters) -> String {
 }
 
 /// What each non-zero counter means for the numbers, or None when all are zero.
-fn counters_warning(c: &RecordedCounters) -> Option<String> {
+fn counters_warning(c: &Counters) -> Option<String> {
     if !c.any() {
         return None;
     }
@@ -389,7 +390,7 @@ fn growth_line(site: &RecordedSite) -> String {
         format::slope(g.bytes_per_min),
         format::r2(g.r2_time),
         g.class,
-        format::age(site.oldest_age_s)
+        format::age(site.counters.oldest_age_s)
     )
 }
 
@@ -450,8 +451,8 @@ fn text_process(
             "\n  #{} {}: {} outstanding in {}",
             site.leak_rank,
             site_heading(site),
-            exact_bytes(site.outstanding_bytes),
-            blocks(site.outstanding_count)
+            exact_bytes(site.counters.outstanding_bytes),
+            blocks(site.counters.outstanding_count)
         );
         let _ = writeln!(out, "     growth: {}", growth_line(site));
         if let Some(heap) = site_heap_line(site) {
@@ -518,14 +519,14 @@ fn markdown_process(
                 out,
                 "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
                 site.leak_rank,
-                exact_bytes(site.outstanding_bytes),
-                site.outstanding_count,
+                exact_bytes(site.counters.outstanding_bytes),
+                site.counters.outstanding_count,
                 format::slope(g.bytes_per_mib_processed),
                 format::slope(g.bytes_per_min),
                 format::r2(g.r2_processed),
                 format::r2(g.r2_time),
                 cell(&g.class),
-                format::age(site.oldest_age_s),
+                format::age(site.counters.oldest_age_s),
                 code(&format::site_label(&site.frames)),
             );
         }
@@ -536,8 +537,8 @@ fn markdown_process(
             "\n#### #{} {}: {} outstanding in {}\n",
             site.leak_rank,
             code(&site_heading(site)),
-            exact_bytes(site.outstanding_bytes),
-            blocks(site.outstanding_count)
+            exact_bytes(site.counters.outstanding_bytes),
+            blocks(site.counters.outstanding_count)
         );
         if let Some(heap) = site_heap_line(site) {
             let _ = writeln!(out, "Heap: {}.\n", cell(&heap));
@@ -570,11 +571,11 @@ mod tests {
 
     #[test]
     fn counters_warning_names_each_cause() {
-        assert_eq!(counters_warning(&RecordedCounters::default()), None);
-        let warning = counters_warning(&RecordedCounters {
+        assert_eq!(counters_warning(&Counters::default()), None);
+        let warning = counters_warning(&Counters {
             dropped_allocations: 2,
             unknown_frees: 5,
-            ..RecordedCounters::default()
+            ..Counters::default()
         })
         .expect("a warning");
         assert!(warning.starts_with("WARNING"), "{warning}");

@@ -9,7 +9,7 @@ use aya::{
 use leaktrace_common::names::{globals, maps, programs};
 
 use super::{missing_map, monotonic_ns, preflight::ensure_tracefs, Tracer};
-use crate::cli::Mode;
+use crate::schema::Mode;
 
 static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/leaktrace"));
 
@@ -61,7 +61,8 @@ impl Tracer {
         let trace_all = u32::from(scope == Scope::SystemWide);
         let growth_mode = u32::from(mode == Mode::Growth);
         let ring_bytes = match mode {
-            Mode::Growth => GROWTH_EVENTS_BYTES,
+            // SystemWide names only old snapshots' mode; a run is never loaded with it.
+            Mode::Growth | Mode::SystemWide => GROWTH_EVENTS_BYTES,
             Mode::Exact => HEAP_EVENTS_BYTES,
         };
         let mut ebpf = EbpfLoader::new()

@@ -11,7 +11,7 @@ use super::{
 };
 use crate::{
     format::contains_lowercase,
-    report::{ProcessReport, SiteReport, Snapshot},
+    schema::{ProcessReport, SiteReport, Snapshot},
 };
 
 /// Rows the mouse wheel moves per notch.
@@ -141,7 +141,10 @@ impl SiteSort {
     fn compare(self, a: &SiteReport, b: &SiteReport) -> Ordering {
         let primary = match self {
             SiteSort::Outstanding => Ordering::Equal,
-            SiteSort::Count => b.outstanding_count.cmp(&a.outstanding_count),
+            SiteSort::Count => b
+                .counters
+                .outstanding_count
+                .cmp(&a.counters.outstanding_count),
             SiteSort::PerMib => descending(
                 a.growth.bytes_per_mib_processed,
                 b.growth.bytes_per_mib_processed,
@@ -152,14 +155,18 @@ impl SiteSort {
                 .rank_key()
                 .total_cmp(&a.growth.rank_key())
                 .then_with(|| a.leak_rank.cmp(&b.leak_rank)),
-            SiteSort::OldestAge => descending(a.oldest_age_s, b.oldest_age_s),
+            SiteSort::OldestAge => descending(a.counters.oldest_age_s, b.counters.oldest_age_s),
             SiteSort::AnonMmap => b
                 .heap
                 .anon_mmap_bytes
                 .cmp(&a.heap.anon_mmap_bytes)
                 .then_with(|| b.heap.fallback_mmap_bytes.cmp(&a.heap.fallback_mmap_bytes)),
         };
-        primary.then_with(|| b.outstanding_bytes.cmp(&a.outstanding_bytes))
+        primary.then_with(|| {
+            b.counters
+                .outstanding_bytes
+                .cmp(&a.counters.outstanding_bytes)
+        })
     }
 }
 
@@ -819,8 +826,8 @@ fn site_rows(
             continue;
         }
         for (si, site) in process.sites.iter().enumerate() {
-            let holds_memory = site.outstanding_count > 0
-                || site.outstanding_bytes > 0
+            let holds_memory = site.counters.outstanding_count > 0
+                || site.counters.outstanding_bytes > 0
                 || site.heap.anon_mmap_bytes > 0
                 || site.heap.fallback_mmap_count > 0;
             if holds_memory && site_matches(site, filter) {

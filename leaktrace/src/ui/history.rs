@@ -2,7 +2,7 @@
 //! successive snapshots (the snapshot itself only has the latest value).
 use std::collections::{HashMap, VecDeque};
 
-use crate::report::Snapshot;
+use crate::schema::Snapshot;
 
 /// Samples kept per site: four minutes at the TUI's default 1 s interval, wider than any
 /// sparkline a terminal can show.
@@ -30,7 +30,7 @@ impl SiteHistory {
                 if series.len() >= HISTORY_CAPACITY {
                     series.pop_front();
                 }
-                series.push_back((generation, site.outstanding_bytes));
+                series.push_back((generation, site.counters.outstanding_bytes));
             }
             sites.retain(|_, series| series.back().is_some_and(|(g, _)| *g == generation));
         }

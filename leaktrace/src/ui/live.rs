@@ -6,7 +6,7 @@
 //! there. [`Live`] holds only what no snapshot has.
 use std::collections::HashMap;
 
-use crate::report::{HeapReport, ProcessReport, Snapshot};
+use crate::schema::{Mode, ProcessReport, Snapshot};
 
 /// Live data delivered with each snapshot ([`super::Update`]). `Live::default()` is valid:
 /// it only says that nothing beyond the snapshot is known.
@@ -20,16 +20,12 @@ pub struct Live {
     pub probe_hits_per_s: Option<f64>,
 }
 
-/// How much a process's heap grew since tracing started: program break plus writable
-/// anonymous mappings (the same measure the session sorts the system-wide rows by).
-pub fn heap_growth_bytes(heap: &HeapReport) -> u64 {
-    heap.brk_bytes
-        .saturating_add(heap.anon_mmap_outstanding_bytes)
-}
+/// The heap-growth sort key, owned by the model (the session sorts system-wide rows by it).
+pub use crate::model::heap_growth_bytes;
 
 /// Whether the snapshot comes from system-wide mode (a process table exists).
 pub fn is_system_wide(snapshot: &Snapshot) -> bool {
-    snapshot.system_wide || snapshot.mode == "system_wide"
+    snapshot.system_wide || snapshot.mode == Mode::SystemWide
 }
 
 /// Allocation and free calls per second, all exactly traced processes together, between the

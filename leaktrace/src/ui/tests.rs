@@ -5,10 +5,10 @@ use ratatui::{backend::TestBackend, buffer::Buffer, style::Color, Terminal};
 use super::*;
 use crate::{
     frames,
-    growth::GrowthClass,
-    report::{HeapReport, ProcessReport, SiteReport, Snapshot},
+    schema::{
+        ExitStatus, GrowthClass, HeapReport, Mode, ProbeCost, ProcessReport, SiteReport, Snapshot,
+    },
     synthetic::{self, frame, growth, heap_with_fallbacks, process, site, EXE, LIBC},
-    target::ExitStatus,
 };
 
 const LONG_RUST_NAME: &str = "<alloc::vec::Vec<T,A> as alloc::vec::spec_extend::SpecExtend<T,I>>::spec_extend::hd81fa1e2b3c4d5e6";
@@ -305,7 +305,7 @@ fn selection_on_the_top_row_stays_on_the_top_row() {
     let mut app = app_with(snapshot(vec![process(42, "leaky", sites())]), 120, 40);
     assert_eq!(app.selected_site().map(|(_, s)| s.id.as_str()), Some("b-2"));
     let mut grown = sites();
-    grown[0].outstanding_bytes = 2_000_000;
+    grown[0].counters.outstanding_bytes = 2_000_000;
     app.handle(update(snapshot(vec![process(42, "leaky", grown)])));
     assert_eq!(app.selected_row(), 0);
     assert_eq!(app.selected_site().map(|(_, s)| s.id.as_str()), Some("a-1"));
@@ -319,7 +319,7 @@ fn selection_below_the_top_follows_its_site_when_the_order_changes() {
     assert_eq!(app.selected_site().map(|(_, s)| s.id.as_str()), Some("c-3"));
     // The churn site grows past the leak: the selection moves up with it.
     let mut grown = sites();
-    grown[2].outstanding_bytes = 500_000;
+    grown[2].counters.outstanding_bytes = 500_000;
     app.handle(update(snapshot(vec![process(42, "leaky", grown)])));
     assert_eq!(app.selected_row(), 1);
     assert_eq!(app.selected_site().map(|(_, s)| s.id.as_str()), Some("c-3"));
@@ -327,7 +327,7 @@ fn selection_below_the_top_follows_its_site_when_the_order_changes() {
     app.handle(key('j'));
     assert_eq!(app.selected_site().map(|(_, s)| s.id.as_str()), Some("a-1"));
     let mut grown = sites();
-    grown[0].outstanding_bytes = 2_000_000;
+    grown[0].counters.outstanding_bytes = 2_000_000;
     app.handle(update(snapshot(vec![process(42, "leaky", grown)])));
     assert_eq!(app.selected_row(), 0);
     assert_eq!(app.selected_site().map(|(_, s)| s.id.as_str()), Some("a-1"));
@@ -342,7 +342,7 @@ fn enter_drills_into_a_site_and_escape_comes_back() {
     assert_eq!(app.detail_site().map(|(_, s)| s.id.as_str()), Some("a-1"));
     // Detail stays on its site when data changes order underneath.
     let mut grown = sites();
-    grown[1].outstanding_bytes = 1;
+    grown[1].counters.outstanding_bytes = 1;
     app.handle(update(snapshot(vec![process(42, "leaky", grown)])));
     assert_eq!(app.detail_site().map(|(_, s)| s.id.as_str()), Some("a-1"));
     app.handle(Event::Key(Key::Esc));
@@ -372,7 +372,7 @@ fn system_wide_snapshot() -> Snapshot {
         ..HeapReport::default()
     });
     let mut s = snapshot(vec![quiet, nginx, gone]);
-    s.mode = "system_wide".to_string();
+    s.mode = Mode::SystemWide;
     s
 }
 
@@ -419,7 +419,7 @@ fn pause_freezes_the_view_and_resume_shows_the_newest_data() {
     app.handle(key('p'));
     assert!(app.is_paused());
     let mut grown = sites();
-    grown[0].outstanding_bytes = 7_777_777;
+    grown[0].counters.outstanding_bytes = 7_777_777;
     app.handle(update(snapshot_at(2.0, vec![process(42, "leaky", grown)])));
     assert_eq!(app.snapshot().map(|s| s.duration_s), Some(1.0), "frozen");
     let paused_sparkline = app.history.series(
@@ -590,12 +590,12 @@ fn small_terminal_keeps_header_and_table() {
 #[test]
 fn growth_mode_names_its_columns_growth_and_events() {
     let mut grown = sites();
-    grown[0].allocated_count = 77;
-    grown[0].outstanding_count = 1;
+    grown[0].counters.allocated_count = 77;
+    grown[0].counters.outstanding_count = 1;
     let mut p = process(42, "leaky", grown);
     p.exact = false;
     let mut s = snapshot(vec![p]);
-    s.mode = "growth".to_string();
+    s.mode = Mode::Growth;
     let app = app_with(s, 120, 30);
     let screen = text(&draw(&app, 120, 30));
     assert!(screen.contains("GROWTH▼"), "{screen}");
@@ -730,7 +730,7 @@ fn ten_thousand_sites_draw_only_the_visible_rows() {
 #[test]
 fn the_header_shows_the_estimated_cost_of_tracing() {
     let mut with_cost = snapshot(vec![]);
-    with_cost.cost = Some(crate::report::ProbeCost::new(Some(1_250.0), Some(6_400.0)));
+    with_cost.cost = Some(ProbeCost::new(Some(1_250.0), Some(6_400.0)));
     let screen = text(&draw(&app_with(with_cost, 80, 24), 80, 24));
     assert!(screen.contains("cost ≈0.8% CPU"), "{screen}");
     let screen = text(&draw(&app_with(snapshot(vec![]), 80, 24), 80, 24));

@@ -37,11 +37,9 @@ mod prelude {
             optional_bytes, per_second, slope_cell, truncate_middle,
         },
         frames::{self, basename, StackFrame},
-        growth::GrowthClass,
-        heap::ChunkSize,
-        report::{HeapReport, ProcessReport, SiteReport},
-        symbolize::Frame,
-        target::ExitStatus,
+        schema::{
+            ChunkSize, ExitStatus, Frame, GrowthClass, HeapReport, Mode, ProcessReport, SiteReport,
+        },
     };
 }
 

@@ -81,7 +81,7 @@ impl App {
             });
         // Growth mode's sites are stacks that grew the heap: their bytes are heap growth still
         // there and their count is growth events (the headless table says the same).
-        let growth = self.snapshot().is_some_and(|s| s.mode == "growth");
+        let growth = self.snapshot().is_some_and(|s| s.mode == Mode::Growth);
         let header = Row::new(
             columns
                 .shown
@@ -243,12 +243,12 @@ fn growth_title(title: &'static str, growth: bool) -> &'static str {
 
 fn site_cell(column: SiteColumn, process: &ProcessReport, site: &SiteReport) -> Cell<'static> {
     let text = match column.value {
-        SiteValue::Outstanding => human_bytes(site.outstanding_bytes),
-        SiteValue::Count if !process.exact => count(site.allocated_count),
-        SiteValue::Count => count(site.outstanding_count),
+        SiteValue::Outstanding => human_bytes(site.counters.outstanding_bytes),
+        SiteValue::Count if !process.exact => count(site.counters.allocated_count),
+        SiteValue::Count => count(site.counters.outstanding_count),
         SiteValue::PerMib => slope_cell(site.growth.bytes_per_mib_processed),
         SiteValue::PerMin => slope_cell(site.growth.bytes_per_min),
-        SiteValue::Oldest => format::age(site.oldest_age_s),
+        SiteValue::Oldest => format::age(site.counters.oldest_age_s),
         SiteValue::Pid => process.pid.to_string(),
         SiteValue::AnonMmap => {
             let text = human_bytes(site.heap.anon_mmap_bytes);

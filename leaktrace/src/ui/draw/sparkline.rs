@@ -18,7 +18,10 @@ impl App {
             .series(process.pid, &site.id, shown.generation, width);
         let peak = series.iter().copied().max().unwrap_or(0);
         let title = Line::from(vec![
-            Span::styled(format!(" {} ", human_bytes(site.outstanding_bytes)), TITLE),
+            Span::styled(
+                format!(" {} ", human_bytes(site.counters.outstanding_bytes)),
+                TITLE,
+            ),
             Span::raw(format!("now · peak {} ", human_bytes(peak))),
         ]);
         let block = Block::bordered().title(title);

@@ -30,14 +30,14 @@ pub(super) fn draw_summary(
     let lines = vec![
         Line::from(vec![
             Span::raw("outstanding "),
-            Span::styled(human_bytes(site.outstanding_bytes), HEADING),
+            Span::styled(human_bytes(site.counters.outstanding_bytes), HEADING),
             Span::raw(format!(
                 " in {} blocks · allocated {} in {} · freed {} in {}",
-                count(site.outstanding_count),
-                human_bytes(site.allocated_bytes),
-                count(site.allocated_count),
-                human_bytes(site.freed_bytes),
-                count(site.freed_count)
+                count(site.counters.outstanding_count),
+                human_bytes(site.counters.allocated_bytes),
+                count(site.counters.allocated_count),
+                human_bytes(site.counters.freed_bytes),
+                count(site.counters.freed_count)
             )),
         ]),
         Line::from(vec![
@@ -53,9 +53,9 @@ pub(super) fn draw_summary(
             Span::raw(format!(
                 " · leak rank {} · oldest {} · aged {} in {} blocks",
                 site.leak_rank,
-                format::age(site.oldest_age_s),
-                human_bytes(site.aged_outstanding_bytes),
-                count(site.aged_outstanding_count)
+                format::age(site.counters.oldest_age_s),
+                human_bytes(site.counters.aged_outstanding_bytes),
+                count(site.counters.aged_outstanding_count)
             )),
         ]),
         Line::raw(format!(

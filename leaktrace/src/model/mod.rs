@@ -1,0 +1,22 @@
+//! The one aggregator: every reported number, exact and growth mode alike, is computed here
+//! from what the tracer and the heap tracker saw. Pure: no I/O, no clocks read, no symbols
+//! named. The session feeds it and every view reads what it produces (the `schema` types).
+//!
+//! - `totals`: per-site and per-process totals (exact mode from the maps, growth mode from
+//!   heap growth by stack);
+//! - `sites`: growth series and verdicts, leak ranks, heap-only sites;
+//! - `process`: work processed, RSS growth and its explained share, the heap object, the
+//!   order of system-wide rows, the probe cost.
+mod process;
+mod sites;
+mod totals;
+
+pub use process::{
+    by_heap_growth, growth_event_ns, heap_growth_bytes, heap_report, work_done, ProcessMemory,
+    SinceStart,
+};
+pub use sites::{leak_ranks, site_reports, SiteSeries};
+pub use totals::{
+    growth_totals, process_totals, GrowthClock, GrowthSiteTotals, ProcessTotals, SiteAges,
+    SiteTotals,
+};

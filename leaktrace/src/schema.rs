@@ -1,0 +1,374 @@
+//! Every serialized type: the JSON snapshot (schema `leaktrace/1`, documented in
+//! docs/json-schema.md and docs/leaktrace-1.schema.json) and the enums it shares with the
+//! command line. Types only: numbers are computed in `model`, text is made in the views. This
+//! module imports no other leaktrace module, so any module may import it without a cycle.
+use serde::{Deserialize, Serialize};
+
+pub const SCHEMA: &str = "leaktrace/1";
+
+/// What is traced: every allocation, or only the syscalls that grow the heap.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Every malloc/free of the targets (uprobes).
+    Exact,
+    /// Only the syscalls that grow the heap, with stacks unwound from copies of the user stack.
+    Growth,
+    /// Written by versions before growth mode for system-wide runs without stacks; read back
+    /// only, never chosen on the command line nor written.
+    #[value(skip)]
+    SystemWide,
+}
+
+impl Mode {
+    /// The name written in snapshots.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Exact => "exact",
+            Mode::Growth => "growth",
+            Mode::SystemWide => "system_wide",
+        }
+    }
+}
+
+/// Which /proc/PID/io counters measure the work a process did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Processed {
+    /// rchar: bytes read (files, sockets, pipes).
+    Read,
+    /// wchar: bytes written.
+    Write,
+    /// rchar + wchar.
+    Both,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub schema: String,
+    /// RFC 3339, UTC.
+    pub generated_at: String,
+    /// Seconds since tracing started.
+    pub duration_s: f64,
+    pub mode: Mode,
+    /// Every process's heap syscalls are watched (plus any --pid, in `mode`).
+    #[serde(default)]
+    pub system_wide: bool,
+    /// Growth mode: the cost of unwinding the stack copies, so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwinding: Option<UnwindStats>,
+    pub interval_s: f64,
+    /// `--min-age`: sites' aged outstanding bytes count only blocks at least this old.
+    pub min_age_s: f64,
+    /// `--processed`: what `bytes_processed` and the per-MiB slopes measure.
+    pub processed: Processed,
+    /// Whether this is the last snapshot of the run.
+    pub complete: bool,
+    /// What the probes cost the traced programs; absent from snapshots of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cost: Option<ProbeCost>,
+    pub processes: Vec<ProcessReport>,
+}
+
+/// What unwinding cost, for the report: growth mode must keep up with the events it is sent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnwindStats {
+    /// Stack copies unwound.
+    pub events: u64,
+    /// Frames they gave, in all.
+    pub frames: u64,
+    /// Events whose stack copy was empty (the eBPF program could not read the stack).
+    pub empty_copies: u64,
+    /// CPU time spent unwinding (including reading modules' unwind sections), in ns.
+    pub nanos: u64,
+}
+
+/// The CPU cost of tracing, all exactly traced processes together.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProbeCost {
+    /// CPU time one probe hit costs, measured at start on leaktrace's own process; `None` when
+    /// that measurement failed.
+    pub ns_per_hit: Option<f64>,
+    /// Probe hits per second over the latest interval; `None` before the first interval.
+    pub probe_hits_per_s: Option<f64>,
+    /// `probe_hits_per_s × ns_per_hit`, in percent of one CPU.
+    pub estimated_overhead_pct: Option<f64>,
+}
+
+/// How a launched child ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    Code(i32),
+    Signal(i32),
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessReport {
+    pub pid: u32,
+    pub comm: String,
+    pub exe: String,
+    pub alive: bool,
+    /// How a launched command ended, when leaktrace saw it end.
+    pub exit: Option<ExitStatus>,
+    /// Whether its malloc family is traced (uprobes); system-wide rows have heap data only.
+    pub exact: bool,
+    /// The allocator library hooked, as the process names it.
+    pub libc: String,
+    pub hooked_functions: Vec<String>,
+    pub outstanding_bytes: u64,
+    pub outstanding_count: u64,
+    pub allocated_bytes: u64,
+    pub allocated_count: u64,
+    pub freed_count: u64,
+    /// Bytes read and/or written (per `processed`) since tracing started; None when
+    /// /proc/PID/io could not be read.
+    pub bytes_processed: Option<u64>,
+    /// The heap as the kernel sees it: program break, anonymous mappings, fallbacks, RSS.
+    pub heap: Option<HeapReport>,
+    pub counters: Counters,
+    /// Sorted by outstanding bytes, largest first.
+    pub sites: Vec<SiteReport>,
+}
+
+/// Per-process heap state (`leaktrace/1`, `heap` object).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeapReport {
+    /// Current program break minus the start of the heap.
+    pub brk_bytes: u64,
+    pub brk_calls: u64,
+    /// brk calls that could not move the break (each failed heap extension costs one).
+    pub brk_failures: u64,
+    /// Anonymous mmaps malloc made after a failed brk in the same call.
+    pub fallback_mmaps: FallbackSummary,
+    /// Writable anonymous mappings made since tracing started and still mapped.
+    pub anon_mmap_outstanding_bytes: u64,
+    /// Anonymous address space reserved without write permission (PROT_NONE arenas, Go heap).
+    pub anon_reserved_bytes: u64,
+    pub rss_bytes: Option<u64>,
+    pub vm_data_bytes: Option<u64>,
+    /// RSS now minus RSS when tracing started.
+    pub rss_growth_bytes: Option<i64>,
+    /// Share of the RSS growth that outstanding traced allocations account for (exact mode).
+    pub explained_share: Option<f64>,
+    /// Heap syscalls seen.
+    pub events: u64,
+}
+
+/// Chunk size and how many fallback mmaps had it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkSize {
+    pub bytes: u64,
+    pub count: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FallbackSummary {
+    pub count: u64,
+    pub bytes: u64,
+    /// Distinct chunk sizes in the order first seen (glibc 2.36: 1 MiB, then 132 KiB).
+    /// Absent from what the post-mortem reader needs: read as none.
+    #[serde(default)]
+    pub chunk_sizes: Vec<ChunkSize>,
+}
+
+/// Anything that could make the numbers wrong, per process. All zero: the numbers are exact.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    pub dropped_allocations: u64,
+    pub stack_errors: u64,
+    pub lost_events: u64,
+    pub unknown_frees: u64,
+}
+
+impl Counters {
+    pub fn any(&self) -> bool {
+        self.dropped_allocations > 0
+            || self.stack_errors > 0
+            || self.lost_events > 0
+            || self.unknown_frees > 0
+    }
+}
+
+/// One site's allocation counters, as every view reads them. Exact mode: blocks of the malloc
+/// family. Growth mode writes `model::GrowthSiteTotals` under these names (its `From` says how).
+/// Only `outstanding_bytes` and `outstanding_count` are required of snapshots read back: the
+/// others were not always written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiteCounters {
+    pub outstanding_bytes: u64,
+    pub outstanding_count: u64,
+    #[serde(default)]
+    pub allocated_bytes: u64,
+    #[serde(default)]
+    pub allocated_count: u64,
+    #[serde(default)]
+    pub freed_bytes: u64,
+    #[serde(default)]
+    pub freed_count: u64,
+    /// Age of the oldest allocation of this site still outstanding (None when none is).
+    #[serde(default)]
+    pub oldest_age_s: Option<f64>,
+    /// Outstanding bytes and blocks allocated at least `min_age_s` ago.
+    #[serde(default)]
+    pub aged_outstanding_bytes: u64,
+    #[serde(default)]
+    pub aged_outstanding_count: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SiteReport {
+    pub id: String,
+    #[serde(flatten)]
+    pub counters: SiteCounters,
+    /// Growth of outstanding bytes against time and work, and the verdict.
+    pub growth: Growth,
+    /// 1 = the site of this process most likely to leak (by class, slope and fit).
+    pub leak_rank: u32,
+    /// fallback_mmap_count, fallback_mmap_bytes, direct_mmap_bytes, anon_mmap_bytes.
+    #[serde(flatten)]
+    pub heap: SiteHeap,
+    /// Innermost first; the first frame is the allocator's caller.
+    pub frames: Vec<Frame>,
+}
+
+/// Per-site heap attribution.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiteHeap {
+    pub fallback_mmap_count: u64,
+    pub fallback_mmap_bytes: u64,
+    /// Writable bytes of mappings this site's allocator calls made without a fallback
+    /// (large blocks), still mapped.
+    pub direct_mmap_bytes: u64,
+    /// Writable anonymous bytes still mapped that this site made, by any route.
+    pub anon_mmap_bytes: u64,
+    /// Program-break bytes this site's brk calls added and that are still below the break
+    /// (growth mode, or the program's own brk calls).
+    #[serde(default)]
+    pub brk_bytes: u64,
+    /// Growth mode: heap-growing syscalls made from this site's stack, and when the first and
+    /// latest were seen (seconds since tracing started).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub growth_events: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub first_seen_s: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen_s: Option<f64>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
+}
+
+/// Whether a site leaks, as far as its series can tell.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[serde(rename_all = "snake_case")]
+pub enum GrowthClass {
+    /// Outstanding bytes grow steadily with time or with work, still grow recently, and
+    /// old allocations keep surviving.
+    LeakSuspect,
+    /// Outstanding bytes grew materially, then stopped growing (a cache or pool that
+    /// filled up).
+    Plateau,
+    /// The site allocated and freed much more than it holds, and what it holds stays
+    /// bounded.
+    Churn,
+    /// Too few samples, too little data, or a shape that fits none of the above
+    /// (irregular growth, growth of young allocations only, growth slowing down).
+    Unknown,
+}
+
+/// Growth verdict of one site: what goes into leaktrace's JSON per site as `"growth"`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Growth {
+    /// Outstanding bytes gained per MiB the process processed, over the whole run;
+    /// `None` without enough samples or without any work processed.
+    pub bytes_per_mib_processed: Option<f64>,
+    /// Outstanding bytes gained per minute, over the whole run.
+    pub bytes_per_min: Option<f64>,
+    /// Fit quality (R²) of `bytes_per_mib_processed`; `None` when outstanding is flat.
+    pub r2_processed: Option<f64>,
+    /// Fit quality (R²) of `bytes_per_min`; `None` when outstanding is flat.
+    pub r2_time: Option<f64>,
+    /// Outstanding bytes gained per minute over the recent window.
+    pub recent_bytes_per_min: Option<f64>,
+    /// Outstanding bytes gained per MiB processed over the recent window; `None` when
+    /// no work was processed in it.
+    pub recent_bytes_per_mib_processed: Option<f64>,
+    /// The verdict.
+    pub class: GrowthClass,
+    /// Samples the verdict is based on.
+    pub samples: usize,
+}
+
+/// One frame of a call stack, innermost first. An address inside inlined code yields several
+/// frames: the inlined functions (innermost first, `inlined: true`) and then the function they
+/// were inlined into.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Frame {
+    pub addr: u64,
+    pub module: Option<String>,
+    /// Offset of the address in the module file.
+    pub offset: Option<u64>,
+    pub build_id: Option<String>,
+    pub function: Option<String>,
+    pub file: Option<String>,
+    pub line: Option<u32>,
+    pub inlined: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_written_as_before() {
+        for mode in [Mode::Exact, Mode::Growth, Mode::SystemWide] {
+            let json = serde_json::to_string(&mode).expect("serializes");
+            assert_eq!(json, format!("\"{}\"", mode.as_str()));
+            let back: Mode = serde_json::from_str(&json).expect("parses");
+            assert_eq!(back, mode);
+        }
+    }
+
+    #[test]
+    fn system_wide_is_no_mode_of_the_command_line() {
+        use clap::ValueEnum as _;
+        let names: Vec<String> = Mode::value_variants()
+            .iter()
+            .filter_map(|m| m.to_possible_value())
+            .map(|v| v.get_name().to_string())
+            .collect();
+        assert_eq!(names, ["exact", "growth"]);
+    }
+
+    #[test]
+    fn flattened_counters_are_top_level_fields() {
+        let site = SiteReport {
+            id: "1-2".to_string(),
+            counters: SiteCounters {
+                outstanding_bytes: 7,
+                ..SiteCounters::default()
+            },
+            growth: Growth {
+                bytes_per_mib_processed: None,
+                bytes_per_min: None,
+                r2_processed: None,
+                r2_time: None,
+                recent_bytes_per_min: None,
+                recent_bytes_per_mib_processed: None,
+                class: GrowthClass::Unknown,
+                samples: 0,
+            },
+            leak_rank: 1,
+            heap: SiteHeap::default(),
+            frames: Vec::new(),
+        };
+        let value = serde_json::to_value(&site).expect("serializes");
+        assert_eq!(value["outstanding_bytes"], 7);
+        assert_eq!(value["aged_outstanding_count"], 0);
+        assert!(value.get("counters").is_none());
+        let back: SiteReport = serde_json::from_value(value).expect("parses");
+        assert_eq!(back, site);
+    }
+}
