@@ -80,10 +80,13 @@ impl Tracer {
                         libc,
                         scope,
                     )
-                    .with_context(|| {
-                        format!(
-                            "failed to attach {program} to {symbol} in {}",
-                            libc.display()
+                    .map_err(|err| {
+                        attach_error(
+                            err,
+                            format!(
+                                "failed to attach {program} to {symbol} in {}",
+                                libc.display()
+                            ),
                         )
                     })?;
                 attached.links.push((program, link));
@@ -102,7 +105,12 @@ impl Tracer {
                 libc,
                 scope,
             )
-            .with_context(|| format!("failed to attach to free in {}", libc.display()))?;
+            .map_err(|err| {
+                attach_error(
+                    err,
+                    format!("failed to attach to free in {}", libc.display()),
+                )
+            })?;
         attached.links.push((programs::FREE_ENTER, link));
         attached.hooked.push("free");
         attached.placements.push(("free", free_offset));
@@ -217,6 +225,30 @@ fn exported_functions(path: &Path) -> anyhow::Result<Vec<String>> {
         // Versioned names ("malloc@@GLIBC_2.2.5") keep only the base name.
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .collect())
+}
+
+/// A uprobe the kernel refused for want of CAP_SYS_ADMIN (kernel 6.18 asks for it on
+/// `perf_event_open` of a uprobe, CAP_PERFMON notwithstanding) is said as such: the user can act
+/// on it. Anything else keeps its own message.
+fn attach_error<E>(err: E, what: String) -> anyhow::Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+{
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    let mut refused = false;
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            refused |= matches!(io.raw_os_error(), Some(libc::EACCES | libc::EPERM));
+        }
+        source = e.source();
+    }
+    if refused && !super::preflight::has_capability(super::preflight::CAP_SYS_ADMIN) {
+        anyhow!(
+            "the kernel refused a uprobe: exact mode needs CAP_SYS_ADMIN besides CAP_BPF+CAP_PERFMON+CAP_SYS_PTRACE (growth mode does not: --mode growth)"
+        )
+    } else {
+        anyhow::Error::new(err).context(what)
+    }
 }
 
 #[cfg(test)]

@@ -6,6 +6,15 @@ use anyhow::bail;
 /// Where tracefs is (mounting it if it is not, as root may).
 pub(super) fn ensure_tracefs() -> anyhow::Result<()> {
     let tracing = Path::new("/sys/kernel/tracing");
+    // tracefs is root's 0700: without CAP_DAC_READ_SEARCH a non-root leaktrace sees nothing in
+    // it, which must not read as "not mounted".
+    if std::fs::read_dir(tracing).is_err_and(|e| e.kind() == std::io::ErrorKind::PermissionDenied)
+        && !has_capability(CAP_DAC_READ_SEARCH)
+    {
+        bail!(
+            "cannot read tracefs (/sys/kernel/tracing is root's): without root leaktrace needs CAP_DAC_READ_SEARCH too"
+        );
+    }
     if tracing.join("events/syscalls").exists()
         || Path::new("/sys/kernel/debug/tracing/events/syscalls").exists()
     {
@@ -38,16 +47,19 @@ pub fn preflight() -> anyhow::Result<()> {
     Ok(())
 }
 
+const CAP_DAC_READ_SEARCH: u32 = 2;
+const CAP_SYS_PTRACE: u32 = 19;
+pub(super) const CAP_SYS_ADMIN: u32 = 21;
+const CAP_PERFMON: u32 = 38;
+const CAP_BPF: u32 = 39;
+
 fn has_bpf_privileges() -> bool {
-    // SAFETY: no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
-    }
-    const CAP_SYS_PTRACE: u32 = 19;
-    const CAP_PERFMON: u32 = 38;
-    const CAP_BPF: u32 = 39;
-    let effective = crate::procfs::own_effective_capabilities().unwrap_or(0);
     [CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE]
-        .iter()
-        .all(|cap| effective & (1 << cap) != 0)
+        .into_iter()
+        .all(has_capability)
+}
+
+/// Whether `cap` is in leaktrace's effective set (root's holds them all, unless dropped).
+pub(super) fn has_capability(cap: u32) -> bool {
+    crate::procfs::own_effective_capabilities().is_some_and(|effective| effective & (1 << cap) != 0)
 }
