@@ -13,7 +13,7 @@ use leaktrace_supervisor::{Input, Supervised};
 
 use super::{
     bin_of, growth_variant, memleak_variant, names,
-    peers::{prepare_peers, spawn_memleak, PEER_PACKAGES},
+    peers::{packages_for, prepare_peers, spawn_memleak, BCC_PACKAGE, BPFTRACE_PACKAGE},
     proc::{find_program, go, libc_path_of, tail_of},
     report::{finish, Report},
     run_rounds, select_variants,
@@ -33,7 +33,8 @@ pub(super) fn run(
     }
     let loop_bin = compile_loop(root, out_dir)?;
 
-    let peers = prepare_peers(out_dir, &PEER_PACKAGES)?;
+    let packages = packages_for(&args.only, &[BPFTRACE_PACKAGE, BCC_PACKAGE]);
+    let peers = prepare_peers(out_dir, &packages)?;
     let mut variants = vec![
         Variant::new(UNTRACED, Kind::Untraced),
         Variant::new(LEAKTRACE, Kind::Leaktrace),

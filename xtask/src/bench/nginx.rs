@@ -27,7 +27,7 @@ use leaktrace_supervisor::{Input, Supervised};
 
 use super::{
     bin_of, growth_variant, help_mentions_mode, memleak_variant, names,
-    peers::{prepare_peers, spawn_memleak, Apt},
+    peers::{packages_for, prepare_peers, spawn_memleak, Apt, BCC_PACKAGE},
     proc::{find_program, is_root, tail_of},
     report::{finish, first_line, Report},
     run_rounds, select_variants,
@@ -53,7 +53,7 @@ pub(super) fn run(leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) -> Res
     }
     let (nginx_bin, wrk_bin) = ensure_nginx_and_wrk()?;
     let site = Site::create(&out_dir.join("nginx"))?;
-    let peers = prepare_peers(out_dir, &["bpfcc-tools"])?;
+    let peers = prepare_peers(out_dir, &packages_for(&args.only, &[BCC_PACKAGE]))?;
     let exact_args: &[&str] = if supports_mode(leaktrace_bin) {
         &["--mode", "exact"]
     } else {

@@ -12,7 +12,7 @@ use leaktrace_supervisor::{Input, Supervised};
 
 use super::{
     proc::{find_program, is_root, tail_of},
-    write_file, ATTACH_TIMEOUT, MEMLEAK, SETTLE,
+    write_file, ATTACH_TIMEOUT, BPFTRACE, MEMLEAK, SETTLE,
 };
 
 /// Shared cache for the kernel-headers tree (survives `cargo clean`); `out_dir` is the fallback.
@@ -28,7 +28,19 @@ pub(super) struct Peers {
     pub(super) headers: std::result::Result<PathBuf, String>,
 }
 
-pub(super) const PEER_PACKAGES: [&str; 2] = ["bpftrace", "bpfcc-tools"];
+/// The Debian package of each peer variant.
+pub(super) const BPFTRACE_PACKAGE: (&str, &str) = (BPFTRACE, "bpftrace");
+pub(super) const BCC_PACKAGE: (&str, &str) = (MEMLEAK, "bpfcc-tools");
+
+/// The packages of the peers among the variants run (`only`; empty: every variant), so that a
+/// run without peers installs nothing.
+pub(super) fn packages_for<'a>(only: &[String], peers: &[(&str, &'a str)]) -> Vec<&'a str> {
+    peers
+        .iter()
+        .filter(|(variant, _)| only.is_empty() || only.iter().any(|o| o == variant))
+        .map(|(_, package)| *package)
+        .collect()
+}
 
 /// Installs the missing `packages` (Debian names) and prepares what `memleak-bpfcc` needs.
 pub(super) fn prepare_peers(out_dir: &Path, packages: &[&str]) -> Result<Peers> {
@@ -37,6 +49,10 @@ pub(super) fn prepare_peers(out_dir: &Path, packages: &[&str]) -> Result<Peers> 
         bcc_note: None,
         headers: Err(String::new()),
     };
+    if packages.is_empty() {
+        peers.headers = Err("no peer among the variants run".to_string());
+        return Ok(peers);
+    }
     if find_program("dpkg").is_none() || find_program("apt-get").is_none() {
         let why =
             "not a Debian system (no dpkg/apt-get): peers are used only if already installed, \
@@ -64,6 +80,10 @@ pub(super) fn prepare_peers(out_dir: &Path, packages: &[&str]) -> Result<Peers> 
                 peers.bcc_note = Some(why);
             }
         }
+    }
+    if !packages.contains(&BCC_PACKAGE.1) {
+        peers.headers = Err("memleak-bpfcc is not among the variants run".to_string());
+        return Ok(peers);
     }
     if find_program(MEMLEAK).is_none() {
         peers.headers = Err(peers
@@ -339,4 +359,21 @@ pub(super) fn spawn_memleak(memleak_bin: &Path, headers: &Path, pid: u32) -> Res
     )?;
     thread::sleep(SETTLE);
     Ok(ml)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_peers_run_are_installed() {
+        let table = [BPFTRACE_PACKAGE, BCC_PACKAGE];
+        assert_eq!(packages_for(&[], &table), ["bpftrace", "bpfcc-tools"]);
+        let only = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(packages_for(&only(&["untraced", "leaktrace-growth"]), &table).is_empty());
+        assert_eq!(
+            packages_for(&only(&["untraced", "memleak-bpfcc"]), &table),
+            ["bpfcc-tools"]
+        );
+    }
 }
