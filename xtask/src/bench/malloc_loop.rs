@@ -11,10 +11,12 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use leaktrace_supervisor::{Input, Supervised};
 
+use crate::system::{find_program, tail_of};
+
 use super::{
     bin_of, growth_variant, memleak_variant, names,
     peers::{packages_for, prepare_peers, spawn_memleak, BCC_PACKAGE, BPFTRACE_PACKAGE},
-    proc::{find_program, go, libc_path_of, tail_of},
+    proc::{go, libc_path_of},
     report::{finish, Report},
     run_rounds, select_variants,
     stats::summarize,

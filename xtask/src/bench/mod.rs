@@ -29,6 +29,7 @@
 //! `proc` (programs on PATH, /proc, output tails). Child processes are `leaktrace_supervisor`'s.
 
 use std::{
+    os::unix::fs::PermissionsExt as _,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
@@ -36,7 +37,8 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 
-use self::{peers::Peers, proc::find_program};
+use self::peers::Peers;
+use crate::system::find_program;
 
 mod malloc_loop;
 mod nginx;
@@ -298,6 +300,10 @@ fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
         .with_context(|| format!("bench: cannot create a temporary file in {}", dir.display()))?;
     std::io::Write::write_all(&mut file, contents)
         .with_context(|| format!("bench: cannot write {}", file.path().display()))?;
+    // Readable by all like any file the bench writes (the temporary file starts as 0600).
+    file.as_file()
+        .set_permissions(std::fs::Permissions::from_mode(0o644))
+        .with_context(|| format!("bench: cannot set the mode of {}", file.path().display()))?;
     file.persist(path)
         .with_context(|| format!("bench: cannot write {}", path.display()))?;
     Ok(())

@@ -25,10 +25,11 @@ use anyhow::{anyhow, bail, Context, Result};
 
 use leaktrace_supervisor::{Input, Supervised};
 
+use crate::system::{find_program, is_root, tail_of, Apt};
+
 use super::{
     bin_of, growth_variant, help_mentions_mode, memleak_variant, names,
-    peers::{packages_for, prepare_peers, spawn_memleak, Apt, BCC_PACKAGE},
-    proc::{find_program, is_root, tail_of},
+    peers::{packages_for, prepare_peers, spawn_memleak, BCC_PACKAGE},
     report::{finish, first_line, Report},
     run_rounds, select_variants,
     stats::summarize,
@@ -150,7 +151,7 @@ fn ensure_nginx_and_wrk() -> Result<(PathBuf, PathBuf)> {
             );
         }
         println!("bench: installing {} with apt-get", missing.join(" "));
-        Apt { updated: false }
+        Apt::default()
             .install(&missing)
             .with_context(|| format!("bench: cannot install {}", missing.join(" ")))?;
     }

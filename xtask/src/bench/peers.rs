@@ -3,17 +3,16 @@
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Output, Stdio},
+    process::{Command, Stdio},
     thread,
 };
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use leaktrace_supervisor::{Input, Supervised};
 
-use super::{
-    proc::{find_program, is_root, tail_of},
-    write_file, ATTACH_TIMEOUT, BPFTRACE, MEMLEAK, SETTLE,
-};
+use crate::system::{dpkg_installed, find_program, tail_of, Apt};
+
+use super::{write_file, ATTACH_TIMEOUT, BPFTRACE, MEMLEAK, SETTLE};
 
 /// Shared cache for the kernel-headers tree (survives `cargo clean`); `out_dir` is the fallback.
 const HEADERS_CACHE: &str = "/var/cache/leaktrace-bench";
@@ -62,7 +61,7 @@ pub(super) fn prepare_peers(out_dir: &Path, packages: &[&str]) -> Result<Peers> 
         peers.headers = Err(why);
         return Ok(peers);
     }
-    let mut apt = Apt { updated: false };
+    let mut apt = Apt::default();
     let missing: Vec<&str> = packages
         .iter()
         .copied()
@@ -101,103 +100,6 @@ pub(super) fn prepare_peers(out_dir: &Path, packages: &[&str]) -> Result<Peers> 
         }
     };
     Ok(peers)
-}
-
-fn dpkg_installed(pkg: &str) -> bool {
-    Command::new("dpkg")
-        .args(["-s", pkg])
-        .stdin(Stdio::null())
-        .stderr(Stdio::null())
-        .output()
-        .is_ok_and(|o| {
-            o.status.success()
-                && String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .any(|l| l.starts_with("Status:") && l.contains("install ok installed"))
-        })
-}
-
-pub(super) struct Apt {
-    pub(super) updated: bool,
-}
-
-impl Apt {
-    fn run(&self, args: &[&str], dir: Option<&Path>) -> Result<Output> {
-        let mut cmd = Command::new("apt-get");
-        cmd.args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null());
-        if let Some(d) = dir {
-            cmd.current_dir(d);
-        }
-        let out = cmd.output().context("cannot run apt-get")?;
-        if !out.status.success() {
-            bail!(
-                "apt-get {} exited with {}: {}",
-                args.join(" "),
-                out.status,
-                tail_of(&out.stderr)
-            );
-        }
-        Ok(out)
-    }
-
-    fn update(&mut self) -> Result<()> {
-        if !self.updated {
-            if !is_root() {
-                bail!("apt-get needs root");
-            }
-            println!("bench: apt-get update");
-            self.run(&["update", "-q"], None)?;
-            self.updated = true;
-        }
-        Ok(())
-    }
-
-    pub(super) fn install(&mut self, pkgs: &[&str]) -> Result<()> {
-        self.update()?;
-        let mut args = vec!["install", "-y", "-q"];
-        args.extend_from_slice(pkgs);
-        self.run(&args, None)?;
-        Ok(())
-    }
-
-    /// `apt-cache depends PKG`: the direct `Depends:` package names.
-    fn depends(&mut self, pkg: &str) -> Result<Vec<String>> {
-        let query = || -> Option<Vec<String>> {
-            let out = Command::new("apt-cache")
-                .args(["depends", pkg])
-                .stdin(Stdio::null())
-                .stderr(Stdio::null())
-                .output()
-                .ok()?;
-            if !out.status.success() {
-                return None;
-            }
-            let deps: Vec<String> = String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .filter_map(|l| l.trim().strip_prefix("Depends:"))
-                .map(|d| {
-                    d.trim()
-                        .trim_start_matches('<')
-                        .trim_end_matches('>')
-                        .to_string()
-                })
-                .collect();
-            (!deps.is_empty()).then_some(deps)
-        };
-        if let Some(d) = query() {
-            return Ok(d);
-        }
-        // Maybe the package lists were never fetched on this machine.
-        if !self.updated {
-            self.update()?;
-            if let Some(d) = query() {
-                return Ok(d);
-            }
-        }
-        bail!("apt-cache knows no dependencies of {pkg}")
-    }
 }
 
 /// Debian's linux-headers (flavour + common), extracted with `dpkg -x` and merged into one tree,
