@@ -309,15 +309,17 @@ fn write_file(path: &Path, contents: &[u8]) -> Result<()> {
     Ok(())
 }
 
+/// A variant with these samples, for the unit tests.
+#[cfg(test)]
+fn variant(name: &'static str, kind: Kind, samples: &[f64]) -> Variant {
+    let mut v = Variant::new(name, kind);
+    v.samples = samples.to_vec();
+    v
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn variant(name: &'static str, kind: Kind, samples: &[f64]) -> Variant {
-        let mut v = Variant::new(name, kind);
-        v.samples = samples.to_vec();
-        v
-    }
 
     #[test]
     fn rounds_rotate_the_starting_variant() {

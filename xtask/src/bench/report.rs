@@ -230,13 +230,7 @@ pub(super) fn first_line(s: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{stats::summarize, Kind, Variant, LEAKTRACE_GROWTH, MEMLEAK, UNTRACED};
-
-    fn variant(name: &'static str, kind: Kind, samples: &[f64]) -> Variant {
-        let mut v = Variant::new(name, kind);
-        v.samples = samples.to_vec();
-        v
-    }
+    use crate::bench::{stats::summarize, variant, Kind, LEAKTRACE_GROWTH, MEMLEAK, UNTRACED};
 
     fn report() -> Report<'static> {
         Report {

@@ -72,13 +72,7 @@ pub(super) fn summarize(variants: &[Variant], baselines: &[&str]) -> Vec<Row> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{Kind, BPFTRACE, LEAKTRACE, MEMLEAK, UNTRACED};
-
-    fn variant(name: &'static str, kind: Kind, samples: &[f64]) -> Variant {
-        let mut v = Variant::new(name, kind);
-        v.samples = samples.to_vec();
-        v
-    }
+    use crate::bench::{variant, Kind, BPFTRACE, LEAKTRACE, MEMLEAK, UNTRACED};
 
     #[test]
     fn median_of_odd_and_even_sample_counts() {
