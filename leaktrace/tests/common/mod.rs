@@ -12,6 +12,8 @@ use std::{
 use leaktrace_supervisor::{Input, Lines, Supervised};
 use serde_json::Value;
 
+pub mod files;
+
 pub fn leaktrace_bin() -> &'static str {
     env!("CARGO_BIN_EXE_leaktrace")
 }

@@ -8,9 +8,11 @@ mod common;
 
 mod cli;
 mod cost;
+mod files;
 mod growth;
 mod growth_mode;
 mod heap;
 mod postmortem;
+mod privileges;
 mod trace;
 mod ui_tmux;
