@@ -150,8 +150,15 @@ fn a_large_malloc_is_a_direct_mmap_of_its_caller_until_freed() {
         "bigalloc",
     ]);
     run.wait_for("allocated big", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(700));
-    let live: Value = serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
+    // The first snapshot that holds the block (one interval or more later on a busy machine).
+    let live = wait_for_snapshot(&json, Duration::from_secs(30), |s| {
+        s["processes"][0]["sites"].as_array().is_some_and(|sites| {
+            sites.iter().any(|site| {
+                function_names(site).contains(&"big_alloc")
+                    && site["direct_mmap_bytes"].as_u64().is_some_and(|b| b > 0)
+            })
+        })
+    });
     let process = only_process(&live);
     let site = site_with(process, "big_alloc").expect("big_alloc site");
     assert_eq!(
@@ -224,14 +231,25 @@ fn system_wide_mode_lists_a_process_started_later_and_marks_it_exited() {
     )
     .expect("start fixture");
     let pid = child.pid();
-    // Kept alive a moment after its work, as a service would be: heap events are unwound and
-    // symbolized within 100 ms, while the process and its mappings are there.
+    // Kept alive after its work, as a service would be: heap events are unwound and symbolized
+    // while the process and its mappings are there (within 100 ms on an idle machine; the test
+    // waits for a snapshot that attributes them, however busy the machine is).
     child
         .wait_stdout(Duration::from_secs(30), "`finished fallback` line", |l| {
             l.contains("finished fallback").then_some(())
         })
         .unwrap_or_else(|e| panic!("the fixture ended before finishing its work: {e}"));
-    std::thread::sleep(Duration::from_millis(400));
+    wait_for_snapshot(&json, Duration::from_secs(30), |s| {
+        s["processes"].as_array().is_some_and(|rows| {
+            rows.iter()
+                .filter(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+                .flat_map(|p| p["sites"].as_array().into_iter().flatten())
+                .any(|site| {
+                    site["fallback_mmap_count"].as_u64() == Some(fallbacks.len() as u64)
+                        && function_names(site).contains(&"fill_heap")
+                })
+        })
+    });
     child.close_stdin();
     let status = child
         .wait_exit(Duration::from_secs(30))
