@@ -341,5 +341,5 @@ fn ensure_commands(commands: &[(&str, &str)]) -> anyhow::Result<()> {
         return Ok(());
     }
     println!("xtask: installing {}", missing.join(" "));
-    system::Apt::default().install(&missing)
+    system::Apt::default().install_without_recommends(&missing)
 }

@@ -81,8 +81,18 @@ impl Apt {
     }
 
     pub fn install(&mut self, pkgs: &[&str]) -> Result<()> {
+        self.install_with(&[], pkgs)
+    }
+
+    /// Installs `pkgs` without the packages they only recommend (what `setup` needs is small).
+    pub fn install_without_recommends(&mut self, pkgs: &[&str]) -> Result<()> {
+        self.install_with(&["--no-install-recommends"], pkgs)
+    }
+
+    fn install_with(&mut self, flags: &[&str], pkgs: &[&str]) -> Result<()> {
         self.update()?;
         let mut args = vec!["install", "-y", "-q"];
+        args.extend_from_slice(flags);
         args.extend_from_slice(pkgs);
         self.run(&args, None)?;
         Ok(())
