@@ -1,6 +1,7 @@
 //! Post-mortem tooling: `report`, `diff` and `export` on snapshots recorded with the real tool
-//! (tests/data, see docs/postmortem.md for how they were made), bad input, property tests of
-//! the reader and the diff matcher, and one privileged test that SIGKILLs a traced fixture.
+//! (tests/data, see docs/postmortem.md for how they were made), bad input, and property tests of
+//! the reader and the diff matcher. The privileged test that SIGKILLs a traced fixture is in
+//! `privileged/postmortem.rs`.
 mod common;
 
 use std::{
@@ -35,14 +36,6 @@ use serde_json::{json, Value};
 
 fn data(name: &str) -> String {
     data_file(name).to_str().expect("utf-8 path").to_string()
-}
-
-/// Run a post-mortem command that must succeed; its stdout.
-fn succeed(args: &[&str]) -> String {
-    let (code, stdout, stderr) = leaktrace(args);
-    assert_eq!(code, 0, "{args:?} failed: {stderr}");
-    assert!(stderr.is_empty(), "{args:?} wrote to stderr: {stderr}");
-    stdout
 }
 
 /// Run a command that must fail with one line on stderr containing `expected`.
@@ -636,12 +629,7 @@ fn pprof_profile_decodes_with_outstanding_bytes_and_counts() {
         "/tmp/pm-fx/a/alloc_patterns"
     );
 
-    let go = Command::new("go").arg("version").output();
-    if !go.is_ok_and(|o| o.status.success()) {
-        eprintln!("go is not installed: `go tool pprof` not tried (apt-get install golang-go)");
-        return;
-    }
-    let output = Command::new("go")
+    let output = Command::new(require_tool("go", "golang-go"))
         .args(["tool", "pprof", "-top", out_arg])
         .output()
         .expect("go tool pprof");
@@ -1167,87 +1155,4 @@ proptest! {
         prop_assert_eq!(forward.processes.len() + forward.only_new.len(), b.processes.len());
         let _ = leaktrace::postmortem::diff::render_diff(&forward, "a", "b", 3);
     }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Privileged: a traced process killed with SIGKILL leaves a complete final snapshot
-
-#[test]
-fn sigkill_of_the_traced_command_leaves_a_final_snapshot() {
-    if !privileged() {
-        return;
-    }
-    let fixture = fixture("alloc_patterns", &[]);
-    let dir = tempfile::tempdir().expect("tempdir");
-    let json = dir.path().join("killed.json");
-    let json_arg = json.to_str().expect("utf-8 path");
-    let run = Run::start(&[
-        "--interval",
-        "300ms",
-        "--json",
-        json_arg,
-        "--",
-        fixture.to_str().expect("utf-8 path"),
-        "steady",
-        "30",
-    ]);
-    let leaking = |snapshot: &Value| {
-        snapshot["processes"][0]["sites"]
-            .as_array()
-            .is_some_and(|sites| {
-                sites.iter().any(|s| {
-                    top_function(s) == Some("steady_leak")
-                        && s["outstanding_bytes"].as_u64().is_some_and(|b| b > 0)
-                })
-            })
-    };
-    let before = wait_for_snapshot(&json, Duration::from_secs(30), leaking);
-    let pid = before["processes"][0]["pid"].as_i64().expect("pid") as libc::pid_t;
-    let (leaked_before, ..) = totals_for(only_process(&before), "steady_leak");
-    // SAFETY: sending a signal to the fixture leaktrace launched; no memory is involved.
-    let killed = unsafe { libc::kill(pid, libc::SIGKILL) };
-    assert_eq!(killed, 0, "kill({pid}, SIGKILL) failed");
-
-    let (code, lines) = run.finish(Duration::from_secs(30));
-    assert_eq!(code, 0, "leaktrace failed:\n{}", lines.join("\n"));
-    let bytes = std::fs::read(&json).expect("the final snapshot exists");
-    let after: Value = serde_json::from_slice(&bytes).expect("the final snapshot parses");
-    validate_schema(&after);
-    assert_eq!(after["complete"], json!(true), "{after:#}");
-    let process = only_process(&after);
-    assert_eq!(process["pid"].as_i64(), Some(i64::from(pid)));
-    assert_eq!(process["alive"], json!(false), "{process:#}");
-    assert_eq!(process["exit"], json!({"signal": 9}), "{process:#}");
-    // The leak as it was when the process died: 100-byte blocks, at least as many as before.
-    let (bytes_leaked, blocks, ..) = totals_for(process, "steady_leak");
-    assert!(
-        bytes_leaked >= leaked_before,
-        "{bytes_leaked} < {leaked_before}"
-    );
-    assert_eq!(bytes_leaked, blocks * 100);
-    let site = process["sites"]
-        .as_array()
-        .expect("sites")
-        .iter()
-        .find(|s| top_function(s) == Some("steady_leak"))
-        .expect("steady_leak site");
-    let frame = &site["frames"][0];
-    assert_eq!(frame["function"], json!("steady_leak"), "{site:#}");
-    assert!(
-        frame["file"]
-            .as_str()
-            .is_some_and(|f| f.ends_with("alloc_patterns.c")),
-        "{site:#}"
-    );
-    assert!(frame["line"].as_u64().is_some_and(|l| l > 0), "{site:#}");
-    assert!(
-        frame["build_id"].is_string() && frame["offset"].is_u64(),
-        "{site:#}"
-    );
-    assert!(function_names(site).contains(&"main"), "{site:#}");
-
-    // And the post-mortem report reads it.
-    let report = succeed(&["report", json_arg]);
-    assert!(report.contains("killed by signal 9 (SIGKILL"), "{report}");
-    assert!(report.contains("#1 steady_leak"), "{report}");
 }

@@ -1,4 +1,5 @@
-//! Orchestration for leaktrace: `setup` (what a fresh machine lacks), `test`, `demo`, `bench`.
+//! Orchestration for leaktrace: `setup` (what a fresh machine lacks), `test`, `demo`, `bench`,
+//! `deps` (import cycles between leaktrace's modules).
 //! Cargo still builds everything; this only installs prerequisites and runs things in order.
 use std::{
     env,
@@ -12,6 +13,8 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod deps;
+mod system;
 
 /// Toolchain pinned in rust-toolchain.toml, and the LLVM its rustc ships.
 const TOOLCHAIN: &str = "1.95.0";
@@ -64,6 +67,12 @@ enum Task {
         #[arg(long, value_name = "NAMES", value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Print the import cycles between leaktrace's modules (from their `use` paths); fail if any.
+    Deps {
+        /// The source directory of the crate to check (its `lib.rs` is the root).
+        #[arg(long, value_name = "DIR", default_value = "leaktrace/src")]
+        src: PathBuf,
+    },
 }
 
 fn main() {
@@ -79,6 +88,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
     prepend_cargo_bin_to_path();
     match xtask.command {
         Task::Setup => setup(),
+        Task::Deps { src } => deps::run(&src),
         Task::Test { cargo_test_args } => {
             setup()?;
             cargo(&["fmt", "--all", "--check"])?;
@@ -319,27 +329,17 @@ fn ensure_tracefs() {
     }
 }
 
-/// Install Debian packages for commands that are missing.
-pub fn ensure_commands(commands: &[(&str, &str)]) -> anyhow::Result<()> {
+/// Installs the Debian packages of the missing `commands` (command, package); `apt-get update`
+/// runs first, and only when something is missing.
+fn ensure_commands(commands: &[(&str, &str)]) -> anyhow::Result<()> {
     let missing: Vec<&str> = commands
         .iter()
-        .filter(|(command, _)| !command_exists(command))
+        .filter(|(command, _)| system::find_program(command).is_none())
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {
         return Ok(());
     }
     println!("xtask: installing {}", missing.join(" "));
-    run_checked(Command::new("apt-get").args(["update", "-qq"]))?;
-    run_checked(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-}
-
-pub fn command_exists(command: &str) -> bool {
-    env::var_os("PATH")
-        .is_some_and(|paths| env::split_paths(&paths).any(|dir| dir.join(command).is_file()))
+    system::Apt::default().install_without_recommends(&missing)
 }

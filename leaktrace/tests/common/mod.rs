@@ -1,18 +1,18 @@
-//! Helpers for the privileged tests: build the C fixtures, run leaktrace on them, read its JSON.
+//! Helpers for the integration tests: build the C fixtures, run leaktrace on them (through
+//! leaktrace-supervisor, so nothing outlives a failed test), read its JSON.
 #![allow(dead_code, reason = "each test binary uses a different subset")]
 
 use std::{
-    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
-    process::{Child, ChildStdin, Command, Stdio},
-    sync::{
-        mpsc::{self, Receiver},
-        OnceLock,
-    },
+    process::{ChildStdin, Command},
+    sync::OnceLock,
     time::{Duration, Instant},
 };
 
+use leaktrace_supervisor::{Input, Lines, Supervised};
 use serde_json::Value;
+
+pub mod files;
 
 pub fn leaktrace_bin() -> &'static str {
     env!("CARGO_BIN_EXE_leaktrace")
@@ -29,6 +29,38 @@ pub fn leaktrace(args: &[&str]) -> (i32, String, String) {
         String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+/// Run a post-mortem command that must succeed; its stdout.
+pub fn succeed(args: &[&str]) -> String {
+    let (code, stdout, stderr) = leaktrace(args);
+    assert_eq!(code, 0, "{args:?} failed: {stderr}");
+    assert!(stderr.is_empty(), "{args:?} wrote to stderr: {stderr}");
+    stdout
+}
+
+/// Run leaktrace with arguments that must fail with one line on stderr containing `expected`.
+pub fn assert_one_line_error(args: &[&str], expected: &str) {
+    let (code, _stdout, stderr) = leaktrace(args);
+    assert_ne!(code, 0, "{args:?} should fail");
+    assert_eq!(
+        stderr.lines().count(),
+        1,
+        "one line expected for {args:?}, got:\n{stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: expected {expected:?} in {stderr:?}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+/// The path of `tool`, which `cargo xtask setup` installs (Debian's `package`). Its absence is a
+/// failure that says how to fix it, never a skipped check.
+pub fn require_tool(tool: &str, package: &str) -> PathBuf {
+    which::which(tool).unwrap_or_else(|_| {
+        panic!("{tool} is missing: run `cargo xtask setup` (it installs Debian's {package})")
+    })
 }
 
 fn workspace_root() -> PathBuf {
@@ -96,103 +128,83 @@ pub fn fixture(name: &str, extra_flags: &[&str]) -> PathBuf {
     output
 }
 
-/// A running leaktrace whose stdout/stderr lines are collected as they come.
+/// A running leaktrace whose stdout/stderr lines are collected as they come; killed if the test
+/// ends before it does.
 pub struct Run {
-    pub child: Child,
-    pub stdin: Option<ChildStdin>,
-    lines: Receiver<String>,
-    pub seen: Vec<String>,
+    leaktrace: Supervised,
 }
 
 impl Run {
     pub fn start(args: &[&str]) -> Run {
-        let mut child = Command::new(leaktrace_bin())
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start leaktrace");
-        let (tx, rx) = mpsc::channel();
-        let out = child.stdout.take().expect("stdout");
-        let err = child.stderr.take().expect("stderr");
-        for stream in [
-            Box::new(out) as Box<dyn std::io::Read + Send>,
-            Box::new(err),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stream).lines().map_while(Result::ok) {
-                    if tx.send(line).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-        let stdin = child.stdin.take();
-        Run {
-            child,
-            stdin,
-            lines: rx,
-            seen: Vec::new(),
-        }
+        let mut command = Command::new(leaktrace_bin());
+        command.args(args);
+        let leaktrace =
+            Supervised::spawn("leaktrace", &mut command, Input::Piped).expect("start leaktrace");
+        Run { leaktrace }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.leaktrace.pid()
+    }
+
+    /// Sends `signal` to leaktrace.
+    pub fn signal(&mut self, signal: libc::c_int) {
+        self.leaktrace.signal(signal).expect("signal leaktrace");
+    }
+
+    /// The pipe on leaktrace's stdin (which a launched command inherits).
+    pub fn take_stdin(&mut self) -> ChildStdin {
+        self.leaktrace.take_stdin().expect("stdin")
+    }
+
+    /// Every output line so far, stdout and stderr in arrival order.
+    fn seen(&self) -> Vec<String> {
+        self.leaktrace
+            .log()
+            .iter()
+            .map(|l| l.text.clone())
+            .collect()
     }
 
     /// Wait for a line containing `needle` (from leaktrace or the traced command).
     pub fn wait_for(&mut self, needle: &str, timeout: Duration) -> String {
-        let deadline = Instant::now() + timeout;
-        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
-            return line.clone();
+        if let Some(line) = self
+            .leaktrace
+            .log()
+            .iter()
+            .find(|l| l.text.contains(needle))
+        {
+            return line.text.clone();
         }
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) => {
-                    self.seen.push(line.clone());
-                    if line.contains(needle) {
-                        return line;
-                    }
-                }
-                Err(_) => {
-                    let _ = self.child.kill();
-                    panic!(
-                        "no line containing {needle:?} within {timeout:?}; saw:\n{}",
-                        self.seen.join("\n")
-                    );
-                }
-            }
-        }
+        let found = self
+            .leaktrace
+            .wait_line(timeout, needle, Lines::Either, |l| {
+                l.contains(needle).then(|| l.to_string())
+            });
+        found.unwrap_or_else(|_| {
+            self.leaktrace.kill_and_reap();
+            panic!(
+                "no line containing {needle:?} within {timeout:?}; saw:\n{}",
+                self.seen().join("\n")
+            )
+        })
     }
 
     pub fn send_line(&mut self) {
-        if let Some(stdin) = self.stdin.as_mut() {
-            let _ = stdin.write_all(b"\n");
-            let _ = stdin.flush();
-        }
+        let _ = self.leaktrace.send_line();
     }
 
     /// Wait for exit; returns the status code and every output line.
     pub fn finish(mut self, timeout: Duration) -> (i32, Vec<String>) {
-        self.stdin.take();
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("wait") {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!(
-                    "leaktrace did not exit within {timeout:?}; saw:\n{}",
-                    self.seen.join("\n")
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
+        self.leaktrace.close_stdin();
+        let Ok(status) = self.leaktrace.wait_exit(timeout) else {
+            self.leaktrace.kill_and_reap();
+            panic!(
+                "leaktrace did not exit within {timeout:?}; saw:\n{}",
+                self.seen().join("\n")
+            );
         };
-        // Drain what the reader threads still hold.
-        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
-            self.seen.push(line);
-        }
-        (status.code().unwrap_or(-1), self.seen)
+        (status.code().unwrap_or(-1), self.seen())
     }
 }
 

@@ -23,11 +23,18 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 
+use leaktrace_supervisor::{Input, Supervised};
+
+use crate::system::{find_program, is_root, tail_of, Apt};
+
 use super::{
-    bin_of, find_program, first_line, growth_variant, help_mentions_mode, is_root, memleak_variant,
-    names, prepare_peers, run_rounds, select_variants, summarize, Apt, BenchArgs, Kind, Proc,
-    Report, Unit, Variant, ATTACH_TIMEOUT, EXIT_TIMEOUT, GROWTH_ARGS, LEAKTRACE, MEMLEAK, SETTLE,
-    SIGKILL, SIGQUIT, SIGTERM, UNTRACED,
+    bin_of, growth_variant, help_mentions_mode, memleak_variant, names,
+    peers::{packages_for, prepare_peers, spawn_memleak, BCC_PACKAGE},
+    report::{finish, first_line, Report},
+    run_rounds, select_variants,
+    stats::summarize,
+    write_file, BenchArgs, Kind, Unit, Variant, ATTACH_TIMEOUT, EXIT_TIMEOUT, GROWTH_ARGS,
+    LEAKTRACE, MEMLEAK, SETTLE, UNTRACED,
 };
 
 /// Size of the served file: nginx's own default index page was this size for years.
@@ -47,7 +54,7 @@ pub(super) fn run(leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) -> Res
     }
     let (nginx_bin, wrk_bin) = ensure_nginx_and_wrk()?;
     let site = Site::create(&out_dir.join("nginx"))?;
-    let peers = prepare_peers(out_dir, &["bpfcc-tools"])?;
+    let peers = prepare_peers(out_dir, &packages_for(&args.only, &[BCC_PACKAGE]))?;
     let exact_args: &[&str] = if supports_mode(leaktrace_bin) {
         &["--mode", "exact"]
     } else {
@@ -104,16 +111,16 @@ pub(super) fn run(leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) -> Res
         unit: "requests_per_sec",
         decimals: 0,
         params: vec![
-            ("duration_s", args.duration_secs.to_string()),
-            ("warmup_s", args.warmup_secs.to_string()),
-            ("file_bytes", FILE_BYTES.to_string()),
-            ("wrk_threads", WRK_THREADS.to_string()),
-            ("wrk_connections", WRK_CONNECTIONS.to_string()),
+            ("duration_s", args.duration_secs),
+            ("warmup_s", args.warmup_secs),
+            ("file_bytes", FILE_BYTES as u64),
+            ("wrk_threads", u64::from(WRK_THREADS)),
+            ("wrk_connections", u64::from(WRK_CONNECTIONS)),
         ],
         repeats: args.repeats,
         baselines: &[UNTRACED, MEMLEAK],
     };
-    super::finish(
+    finish(
         &report,
         &summarize(&variants, report.baselines),
         out_dir,
@@ -144,7 +151,7 @@ fn ensure_nginx_and_wrk() -> Result<(PathBuf, PathBuf)> {
             );
         }
         println!("bench: installing {} with apt-get", missing.join(" "));
-        Apt { updated: false }
+        Apt::default()
             .install(&missing)
             .with_context(|| format!("bench: cannot install {}", missing.join(" ")))?;
     }
@@ -186,7 +193,7 @@ fn measure(
             true,
         )),
         Tracer::Memleak { bin, headers } => {
-            Some((super::spawn_memleak(bin, headers, server.worker)?, false))
+            Some((spawn_memleak(bin, headers, server.worker)?, false))
         }
     };
     let url = server.url();
@@ -222,7 +229,7 @@ fn measure(
         if let Some(status) = tracer.try_status()? {
             bail!(
                 "{} exited ({status}) while nginx was measured; last output: {}",
-                tracer.name,
+                tracer.name(),
                 tracer.tail()
             );
         }
@@ -241,13 +248,13 @@ fn measure(
 
 /// `leaktrace [mode] --headless --interval 1h --pid P...`, returned once it says it traces every
 /// pid (`leaktrace: tracing pid P ...` on stderr).
-fn attach_leaktrace(bin: &Path, mode_args: &[&str], pids: &[u32]) -> Result<Proc> {
+fn attach_leaktrace(bin: &Path, mode_args: &[&str], pids: &[u32]) -> Result<Supervised> {
     let mut cmd = Command::new(bin);
     cmd.args(mode_args).args(["--headless", "--interval", "1h"]);
     for pid in pids {
         cmd.arg("--pid").arg(pid.to_string());
     }
-    let mut lt = Proc::spawn("leaktrace", &mut cmd, false)?;
+    let mut lt = Supervised::spawn("leaktrace", &mut cmd, Input::Null)?;
     let mut pending: BTreeSet<u32> = pids.iter().copied().collect();
     lt.wait_stderr(
         ATTACH_TIMEOUT,
@@ -290,7 +297,7 @@ fn run_wrk(wrk_bin: &Path, url: &str, secs: u64) -> Result<WrkResult> {
         .arg(format!("-c{WRK_CONNECTIONS}"))
         .arg(format!("-d{secs}s"))
         .arg(url);
-    let mut wrk = Proc::spawn("wrk", &mut cmd, false)?;
+    let mut wrk = Supervised::spawn("wrk", &mut cmd, Input::Null)?;
     wrk.wait_exit_ok(Duration::from_secs(secs) + EXIT_TIMEOUT)?;
     let result = parse_wrk(&wrk.stdout_text())
         .map_err(|why| anyhow!("wrk: {why}; its output: {}", wrk.tail()))?;
@@ -366,8 +373,7 @@ impl Site {
                 .with_context(|| format!("bench: cannot create {}", dir.join(sub).display()))?;
         }
         let file = dir.join("html").join(FILE_NAME);
-        std::fs::write(&file, static_file(FILE_BYTES))
-            .with_context(|| format!("bench: cannot write {}", file.display()))?;
+        write_file(&file, &static_file(FILE_BYTES))?;
         let dir = dir
             .canonicalize()
             .with_context(|| format!("bench: cannot resolve {}", dir.display()))?;
@@ -436,7 +442,7 @@ fn free_port() -> Result<u16> {
 }
 
 struct Nginx {
-    proc: Proc,
+    proc: Supervised,
     master: u32,
     worker: u32,
     port: u16,
@@ -448,8 +454,7 @@ impl Nginx {
     fn start(nginx_bin: &Path, site: &Site) -> Result<Nginx> {
         let port = free_port()?;
         let conf = site.conf_path();
-        std::fs::write(&conf, render_config(&site.dir, port, is_root()))
-            .with_context(|| format!("bench: cannot write {}", conf.display()))?;
+        write_file(&conf, render_config(&site.dir, port, is_root()).as_bytes())?;
         let mut cmd = Command::new(nginx_bin);
         // -e: the error log used before the config is read (the default is under /var/log).
         cmd.arg("-p")
@@ -458,7 +463,7 @@ impl Nginx {
             .arg(site.error_log())
             .arg("-c")
             .arg(&conf);
-        let proc = Proc::spawn("nginx", &mut cmd, false)?;
+        let proc = Supervised::spawn("nginx", &mut cmd, Input::Null)?;
         let master = proc.pid();
         let mut server = Nginx {
             proc,
@@ -516,8 +521,8 @@ impl Nginx {
         self.stopped = true;
         let mut escalated = None;
         for (sig, name, timeout) in [
-            (SIGQUIT, "SIGQUIT", QUIT_TIMEOUT),
-            (SIGTERM, "SIGTERM", TERM_TIMEOUT),
+            (libc::SIGQUIT, "SIGQUIT", QUIT_TIMEOUT),
+            (libc::SIGTERM, "SIGTERM", TERM_TIMEOUT),
         ] {
             self.proc.signal(sig)?;
             if self.proc.wait_exit(timeout).is_ok() {
@@ -534,7 +539,7 @@ impl Nginx {
             // SAFETY: plain syscall wrapper; `pid` was checked just above to still be an nginx
             // worker process (the one this bench started), not a reused id.
             unsafe {
-                super::kill(pid, SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
             }
         }
         match escalated {
@@ -573,17 +578,9 @@ fn is_nginx_worker(pid: u32) -> bool {
 fn cpu_seconds(pid: u32) -> Option<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let ticks = cpu_ticks(&stat)?;
-    // SAFETY: sysconf has no preconditions; it returns -1 for an unknown name.
-    let per_second = unsafe { sysconf(SC_CLK_TCK) };
+    let per_second = procfs::ticks_per_second();
     (per_second > 0).then(|| ticks as f64 / per_second as f64)
 }
-
-extern "C" {
-    fn sysconf(name: i32) -> i64;
-}
-
-/// `_SC_CLK_TCK` in glibc and musl.
-const SC_CLK_TCK: i32 = 2;
 
 /// utime + stime (fields 14 and 15) of a `/proc/PID/stat` line, in clock ticks.
 fn cpu_ticks(stat: &str) -> Option<u64> {
@@ -636,7 +633,7 @@ fn log_tail(path: &Path) -> String {
     std::fs::read(path).map_or_else(
         |e| format!("(cannot read {}: {e})", path.display()),
         |b| {
-            let t = super::tail_of(&b);
+            let t = tail_of(&b);
             if t.is_empty() {
                 "(empty)".to_string()
             } else {

@@ -2,17 +2,18 @@
 //! stacks unwound from `.eh_frame`. The fixture leaks through a shared library, both built with
 //! `-O2 -fomit-frame-pointer` like Debian's packages, so a frame-pointer walk cannot reach the
 //! leaking functions: only unwinding with the modules' CFI can.
-mod common;
 
 use std::{
     path::{Path, PathBuf},
-    process::{Command, Stdio},
+    process::Command,
     sync::OnceLock,
     time::Duration,
 };
 
-use common::*;
+use leaktrace_supervisor::{Input, Supervised};
 use serde_json::Value;
+
+use crate::common::*;
 
 /// Requests per round and bytes each keeps (tests/fixtures/growth/service.c).
 const RECORDS_PER_ROUND: u64 = 500;
@@ -172,13 +173,13 @@ fn system_wide_runs_in_growth_mode_and_names_a_process_s_leaking_stack() {
         return;
     }
     // The service runs on its own; leaktrace watches the whole machine.
-    let mut service = Command::new(service())
-        .args(["leak", "60"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("start the service");
-    let pid = service.id();
+    let mut service = Supervised::spawn(
+        "service",
+        Command::new(service()).args(["leak", "60"]),
+        Input::Piped,
+    )
+    .expect("start the service");
+    let pid = service.pid();
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("system.json");
     let (code, _, stderr) = leaktrace(&[
@@ -189,8 +190,8 @@ fn system_wide_runs_in_growth_mode_and_names_a_process_s_leaking_stack() {
         "--json",
         json.to_str().expect("utf-8"),
     ]);
-    drop(service.stdin.take());
-    let _ = service.wait();
+    service.close_stdin();
+    let _ = service.wait_exit(Duration::from_secs(30));
     assert_eq!(code, 0, "{stderr}");
     assert!(stderr.contains("growth mode"), "{stderr}");
     let snapshot: Value =
@@ -218,7 +219,7 @@ fn a_go_program_s_leak_is_named_through_the_frame_pointer_walk() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/growth/goleak.go");
     let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("go");
     let exe = dir.join(format!("goleak-{}", std::process::id()));
-    let status = Command::new("go")
+    let status = Command::new(require_tool("go", "golang-go"))
         .arg("build")
         .arg("-o")
         .arg(&exe)
@@ -227,7 +228,7 @@ fn a_go_program_s_leak_is_named_through_the_frame_pointer_walk() {
         .env("GOPATH", dir.join("path"))
         .env("GO111MODULE", "off")
         .status()
-        .expect("go is installed by `cargo xtask setup` (golang-go)");
+        .expect("run go build");
     assert!(status.success(), "go build failed");
     let snapshot = trace_growth(&[exe.to_str().expect("utf-8")], "finished go");
     let top = ranked_first(only_process(&snapshot));

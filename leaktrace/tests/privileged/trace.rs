@@ -1,12 +1,10 @@
 //! Privileged tests: the real eBPF programs tracing real processes with known answers.
-mod common;
 
-use std::{
-    process::{Command, Stdio},
-    time::Duration,
-};
+use std::{process::Command, time::Duration};
 
-use common::*;
+use leaktrace_supervisor::{Input, Supervised};
+
+use crate::common::*;
 
 #[test]
 fn exact_leak_is_attributed_to_its_function_and_caller() {
@@ -215,17 +213,19 @@ fn attaching_to_a_running_process_counts_earlier_blocks_as_unknown_frees() {
         return;
     }
     let fixture = fixture("alloc_patterns", &[]);
-    let mut target = Command::new(&fixture)
-        .arg("attach")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start fixture");
-    let mut stdout = std::io::BufReader::new(target.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut stdout, &mut line).expect("ready line");
+    let mut target = Supervised::spawn(
+        "fixture",
+        Command::new(&fixture).arg("attach"),
+        Input::Piped,
+    )
+    .expect("start fixture");
+    let first_line = |l: &str| Some(l.to_string());
+    let line = target
+        .wait_stdout(Duration::from_secs(30), "ready line", first_line)
+        .expect("ready line");
     assert!(line.starts_with("ready"), "{line}");
-    let pid = target.id().to_string();
+    let target_pid = target.pid();
+    let pid = target_pid.to_string();
 
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("attach.json");
@@ -239,14 +239,17 @@ fn attaching_to_a_running_process_counts_earlier_blocks_as_unknown_frees() {
     ]);
     run.wait_for(&format!("tracing pid {pid}"), Duration::from_secs(30));
     // Let the process do its traced work: free the 50 early blocks, leak 10 x 123.
-    let mut target_stdin = target.stdin.take().expect("stdin");
+    let mut target_stdin = target.take_stdin().expect("stdin");
     std::io::Write::write_all(&mut target_stdin, b"go\n").expect("release fixture");
-    line.clear();
-    std::io::BufRead::read_line(&mut stdout, &mut line).expect("done line");
+    let line = target
+        .wait_stdout(Duration::from_secs(30), "done line", first_line)
+        .expect("done line");
     assert_eq!(line.trim(), "done");
     std::thread::sleep(Duration::from_millis(300));
     drop(target_stdin);
-    let status = target.wait().expect("fixture exits");
+    let status = target
+        .wait_exit(Duration::from_secs(30))
+        .expect("fixture exits");
     assert!(status.success());
     let (code, lines) = run.finish(Duration::from_secs(30));
     assert_eq!(code, 0, "{}", lines.join("\n"));
@@ -255,7 +258,7 @@ fn attaching_to_a_running_process_counts_earlier_blocks_as_unknown_frees() {
         serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
     validate_schema(&snapshot);
     let process = only_process(&snapshot);
-    assert_eq!(process["pid"].as_u64(), Some(u64::from(target.id())));
+    assert_eq!(process["pid"].as_u64(), Some(u64::from(target_pid)));
     assert_eq!(process["alive"], false);
     assert_eq!(process["counters"]["unknown_frees"], 50);
     assert_eq!(totals_for(process, "late_leak"), (1230, 10, 10, 0));

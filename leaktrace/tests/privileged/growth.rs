@@ -1,9 +1,8 @@
 //! Privileged tests of the growth slopes: fixtures whose leak per byte of input is known.
-mod common;
 
 use std::{io::Write as _, time::Duration};
 
-use common::*;
+use crate::common::*;
 
 fn site_of<'a>(process: &'a serde_json::Value, function: &str) -> &'a serde_json::Value {
     process["sites"]
@@ -36,7 +35,7 @@ fn leak_per_mib_processed_is_measured_and_classed_a_leak() {
     run.wait_for("tracing pid", Duration::from_secs(30));
     // Feed 4 KiB every 10 ms for 4 s through the pipe (1.6 MiB in all); the fixture leaks a
     // quarter of every byte it reads: 262144 bytes per MiB processed.
-    let mut stdin = run.stdin.take().expect("stdin");
+    let mut stdin = run.take_stdin();
     let chunk = vec![b'x'; 4096];
     let mut fed = 0usize;
     let start = std::time::Instant::now();

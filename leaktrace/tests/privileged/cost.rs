@@ -1,10 +1,9 @@
 //! The overhead meter: probe hits per second and the calibrated cost of one hit, checked on a
 //! fixture whose allocation rate is known.
-mod common;
 
 use std::time::Duration;
 
-use common::{fixture, privileged, validate_schema, wait_for_snapshot, Run};
+use crate::common::{fixture, privileged, validate_schema, wait_for_snapshot, Run};
 
 #[test]
 fn the_cost_meter_sees_the_fixture_s_probe_rate() {

@@ -1,33 +1,24 @@
 //! Privileged tests of the heap-syscall view: the program break, anonymous mappings and
 //! malloc's mmap fallback, checked against strace's record of the same fixture.
-mod common;
 
 use std::{
     process::{Command, Stdio},
     time::Duration,
 };
 
-use common::*;
+use leaktrace_supervisor::{Input, Supervised};
 use serde_json::Value;
+
+use crate::common::*;
 
 /// What strace says the fixture's heap syscalls were: (failed brk calls, fallback mmap sizes:
 /// anonymous mmaps made right after a failed brk, large anonymous mmaps).
 fn strace_ground_truth(mode: &str) -> (u64, Vec<u64>, Vec<u64>) {
-    if !command_exists("strace") {
-        let status = Command::new("apt-get")
-            .args(["install", "-y", "-qq", "strace"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .expect("apt-get");
-        assert!(
-            status.success(),
-            "strace is needed for the ground truth (cargo xtask setup installs it)"
-        );
-    }
+    let strace = require_tool("strace", "strace");
     let fixture = fixture("alloc_patterns", &[]);
     let dir = tempfile::tempdir().expect("tempdir");
     let log = dir.path().join("strace.log");
-    let status = Command::new("strace")
+    let status = Command::new(strace)
         .args(["-f", "-e", "trace=brk,mmap", "-o"])
         .arg(&log)
         .arg(&fixture)
@@ -65,10 +56,6 @@ fn strace_ground_truth(mode: &str) -> (u64, Vec<u64>, Vec<u64>) {
         }
     }
     (failures, fallbacks, large)
-}
-
-fn command_exists(name: &str) -> bool {
-    which::which(name).is_ok()
 }
 
 fn site_with<'a>(process: &'a Value, function: &str) -> Option<&'a Value> {
@@ -163,8 +150,15 @@ fn a_large_malloc_is_a_direct_mmap_of_its_caller_until_freed() {
         "bigalloc",
     ]);
     run.wait_for("allocated big", Duration::from_secs(30));
-    std::thread::sleep(Duration::from_millis(700));
-    let live: Value = serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
+    // The first snapshot that holds the block (one interval or more later on a busy machine).
+    let live = wait_for_snapshot(&json, Duration::from_secs(30), |s| {
+        s["processes"][0]["sites"].as_array().is_some_and(|sites| {
+            sites.iter().any(|site| {
+                function_names(site).contains(&"big_alloc")
+                    && site["direct_mmap_bytes"].as_u64().is_some_and(|b| b > 0)
+            })
+        })
+    });
     let process = only_process(&live);
     let site = site_with(process, "big_alloc").expect("big_alloc site");
     assert_eq!(
@@ -230,29 +224,39 @@ fn system_wide_mode_lists_a_process_started_later_and_marks_it_exited() {
         Duration::from_secs(30),
     );
     std::thread::sleep(Duration::from_millis(300));
-    let mut child = Command::new(&fixture)
-        .arg("fallback")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("start fixture");
-    let pid = child.id();
-    // Kept alive a moment after its work, as a service would be: heap events are unwound and
-    // symbolized within 100 ms, while the process and its mappings are there.
-    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    while !line.contains("finished fallback") {
-        line.clear();
-        let read = std::io::BufRead::read_line(&mut stdout, &mut line).expect("fixture output");
-        assert!(read > 0, "the fixture ended before finishing its work");
-    }
-    std::thread::sleep(Duration::from_millis(400));
-    drop(child.stdin.take());
-    let output = child.wait_with_output().expect("fixture exits");
-    assert!(output.status.success());
+    let mut child = Supervised::spawn(
+        "fixture",
+        Command::new(&fixture).arg("fallback"),
+        Input::Piped,
+    )
+    .expect("start fixture");
+    let pid = child.pid();
+    // Kept alive after its work, as a service would be: heap events are unwound and symbolized
+    // while the process and its mappings are there (within 100 ms on an idle machine; the test
+    // waits for a snapshot that attributes them, however busy the machine is).
+    child
+        .wait_stdout(Duration::from_secs(30), "`finished fallback` line", |l| {
+            l.contains("finished fallback").then_some(())
+        })
+        .unwrap_or_else(|e| panic!("the fixture ended before finishing its work: {e}"));
+    wait_for_snapshot(&json, Duration::from_secs(30), |s| {
+        s["processes"].as_array().is_some_and(|rows| {
+            rows.iter()
+                .filter(|p| p["pid"].as_u64() == Some(u64::from(pid)))
+                .flat_map(|p| p["sites"].as_array().into_iter().flatten())
+                .any(|site| {
+                    site["fallback_mmap_count"].as_u64() == Some(fallbacks.len() as u64)
+                        && function_names(site).contains(&"fill_heap")
+                })
+        })
+    });
+    child.close_stdin();
+    let status = child
+        .wait_exit(Duration::from_secs(30))
+        .expect("fixture exits");
+    assert!(status.success());
     std::thread::sleep(Duration::from_millis(800));
-    // SAFETY: signalling the leaktrace process this test started.
-    unsafe { libc::kill(run.child.id() as i32, libc::SIGINT) };
+    run.signal(libc::SIGINT);
     let (code, lines) = run.finish(Duration::from_secs(30));
     assert_eq!(code, 0, "{}", lines.join("\n"));
     let snapshot: Value =

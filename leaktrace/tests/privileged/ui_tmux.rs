@@ -1,6 +1,5 @@
 //! End-to-end test of the live dashboard (issue 4): the real binary on a real terminal (a
 //! tmux pane), tracing a leaking fixture. Privileged, like the other tracing tests.
-mod common;
 
 use std::{
     path::{Path, PathBuf},
@@ -8,18 +7,19 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::*;
+use crate::common::*;
 
 /// A private tmux server (its socket in the test's temporary directory), killed when the
 /// test ends however it ends.
 struct Tmux {
+    bin: PathBuf,
     socket: PathBuf,
 }
 
 impl Tmux {
     fn start(dir: &Path, width: u16, height: u16, command: &str) -> Tmux {
-        ensure_tmux();
         let tmux = Tmux {
+            bin: require_tool("tmux", "tmux"),
             socket: dir.join("tmux.sock"),
         };
         let out = tmux.run(&[
@@ -38,7 +38,7 @@ impl Tmux {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        Command::new("tmux")
+        Command::new(&self.bin)
             .arg("-S")
             .arg(&self.socket)
             .args(args)
@@ -76,28 +76,6 @@ impl Tmux {
 impl Drop for Tmux {
     fn drop(&mut self) {
         let _ = self.run(&["kill-server"]);
-    }
-}
-
-/// tmux comes from Debian's packages when it is missing (CI runs as root).
-fn ensure_tmux() {
-    let found = Command::new("tmux")
-        .arg("-V")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if found {
-        return;
-    }
-    let install = || {
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "tmux"])
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if !install() {
-        let _ = Command::new("apt-get").args(["update", "-qq"]).status();
-        assert!(install(), "cannot install tmux with apt-get");
     }
 }
 

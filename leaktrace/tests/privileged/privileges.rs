@@ -1,7 +1,6 @@
 //! leaktrace with only the capabilities SECURITY.md documents, as an ordinary user: through
 //! ambient capabilities (systemd's `AmbientCapabilities=`) and through file capabilities
 //! (`setcap`), tracing a fixture whose leak is known exactly.
-mod common;
 
 use std::{
     fs,
@@ -10,8 +9,9 @@ use std::{
     process::Command,
 };
 
-use common::{fixture, leaktrace_bin, privileged};
 use serde_json::Value;
+
+use crate::common::{fixture, leaktrace_bin, privileged};
 
 /// Growth mode: eBPF programs and perf events (BPF, PERFMON), other users' /proc files and
 /// memory (SYS_PTRACE), tracefs, which is root's 0700 (DAC_READ_SEARCH), and the exact mapped

@@ -1,0 +1,260 @@
+//! `--scenario malloc-loop`: ns per `malloc(64)` + `free` pair of the loop fixture, untraced and
+//! under each tracer (see the module docs of `bench`).
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use leaktrace_supervisor::{Input, Supervised};
+
+use crate::system::{find_program, tail_of};
+
+use super::{
+    bin_of, growth_variant, memleak_variant, names,
+    peers::{packages_for, prepare_peers, spawn_memleak, BCC_PACKAGE, BPFTRACE_PACKAGE},
+    proc::{go, libc_path_of},
+    report::{finish, Report},
+    run_rounds, select_variants,
+    stats::summarize,
+    BenchArgs, Kind, Unit, Variant, ATTACH_TIMEOUT, BPFTRACE, EXIT_TIMEOUT, GROWTH_ARGS, LEAKTRACE,
+    LEAKTRACE_SAMPLED, MEMLEAK, SAMPLED_ARGS, SETTLE, UNTRACED,
+};
+
+pub(super) fn run(
+    root: &Path,
+    leaktrace_bin: &Path,
+    out_dir: &Path,
+    args: &BenchArgs,
+) -> Result<()> {
+    if args.iterations == 0 {
+        bail!("bench: iterations must be at least 1");
+    }
+    let loop_bin = compile_loop(root, out_dir)?;
+
+    let packages = packages_for(&args.only, &[BPFTRACE_PACKAGE, BCC_PACKAGE]);
+    let peers = prepare_peers(out_dir, &packages)?;
+    let mut variants = vec![
+        Variant::new(UNTRACED, Kind::Untraced),
+        Variant::new(LEAKTRACE, Kind::Leaktrace),
+        Variant::new(LEAKTRACE_SAMPLED, Kind::LeaktraceSampled),
+        growth_variant(leaktrace_bin),
+    ];
+    let mut bpftrace = Variant::new(BPFTRACE, Kind::Bpftrace);
+    match find_program(BPFTRACE) {
+        Some(bin) => bpftrace.bin = Some(bin),
+        None => bpftrace.skip(
+            peers
+                .bpftrace_note
+                .clone()
+                .unwrap_or_else(|| "bpftrace is not on PATH".into()),
+        ),
+    }
+    variants.push(bpftrace);
+    variants.push(memleak_variant(&peers));
+    let mut variants = select_variants(variants, &args.only)?;
+
+    let n = args.iterations;
+    println!(
+        "bench: {} x malloc(64)+free, {} round(s); variants: {}",
+        n,
+        args.repeats,
+        names(&variants)
+    );
+    let unit = Unit {
+        label: "ns/pair",
+        decimals: 1,
+    };
+    run_rounds(&mut variants, args.repeats, unit, |v| match v.kind {
+        Kind::Untraced => run_untraced(&loop_bin, n),
+        Kind::Leaktrace => run_leaktrace(leaktrace_bin, &[], &loop_bin, n),
+        Kind::LeaktraceGrowth => run_leaktrace(leaktrace_bin, &GROWTH_ARGS, &loop_bin, n),
+        Kind::LeaktraceSampled => run_leaktrace(leaktrace_bin, &SAMPLED_ARGS, &loop_bin, n),
+        Kind::Bpftrace => run_bpftrace(bin_of(v)?, &loop_bin, n),
+        Kind::Memleak => {
+            let headers = peers.headers.as_ref().map_err(|e| anyhow!("{e}"))?;
+            run_memleak(bin_of(v)?, headers, &loop_bin, n)
+        }
+    })?;
+
+    let report = Report {
+        scenario: "malloc-loop",
+        title: format!(
+            "ns per malloc(64)+free pair, {n} pairs, {} round(s):",
+            args.repeats
+        ),
+        unit: "ns_per_pair",
+        decimals: 1,
+        params: vec![("iterations", n)],
+        repeats: args.repeats,
+        baselines: &[UNTRACED, BPFTRACE, MEMLEAK],
+    };
+    finish(
+        &report,
+        &summarize(&variants, report.baselines),
+        out_dir,
+        "bench.json",
+    )
+}
+
+fn compile_loop(root: &Path, out_dir: &Path) -> Result<PathBuf> {
+    let src = root.join("tests/fixtures/bench/malloc_loop.c");
+    if !src.is_file() {
+        bail!("bench: fixture {} not found", src.display());
+    }
+    let bin = out_dir.join("malloc_loop");
+    let out = Command::new("gcc")
+        .args(["-O2", "-g", "-fno-omit-frame-pointer", "-o"])
+        .arg(&bin)
+        .arg(&src)
+        .stdin(Stdio::null())
+        .output();
+    let out = match out {
+        Ok(o) => o,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            bail!("bench: gcc not found on PATH (install it: apt-get install -y gcc)")
+        }
+        Err(e) => bail!("bench: cannot run gcc: {e}"),
+    };
+    if !out.status.success() {
+        bail!(
+            "bench: gcc failed to compile {} ({}): {}",
+            src.display(),
+            out.status,
+            tail_of(&out.stderr)
+        );
+    }
+    Ok(bin)
+}
+
+/// Time budget for one loop run: generous enough for about 50 us per traced pair.
+fn loop_timeout(n: u64) -> Duration {
+    Duration::from_secs(60) + Duration::from_nanos(n.saturating_mul(50_000))
+}
+
+fn parse_ns_per_pair(line: &str) -> Option<f64> {
+    let v: f64 = line.strip_prefix("ns_per_pair ")?.trim().parse().ok()?;
+    (v.is_finite() && v >= 0.0).then_some(v)
+}
+
+fn is_ready(line: &str) -> bool {
+    line.trim_end() == "ready"
+}
+
+/// After `ready`: sends the go line, then reads the loop's result and checks it exits cleanly.
+fn go_and_measure(lp: &mut Supervised, n: u64) -> Result<f64> {
+    go(lp)?;
+    let ns = lp.wait_stdout(loop_timeout(n), "`ns_per_pair` line", parse_ns_per_pair)?;
+    lp.wait_exit_ok(EXIT_TIMEOUT)?;
+    Ok(ns)
+}
+
+fn spawn_loop(loop_bin: &Path, n: u64) -> Result<Supervised> {
+    let mut cmd = Command::new(loop_bin);
+    cmd.arg(n.to_string());
+    let mut lp = Supervised::spawn("malloc_loop", &mut cmd, Input::Piped)?;
+    lp.wait_stdout(ATTACH_TIMEOUT, "`ready` line", |l| {
+        is_ready(l).then_some(())
+    })?;
+    Ok(lp)
+}
+
+fn run_untraced(loop_bin: &Path, n: u64) -> Result<f64> {
+    let mut lp = spawn_loop(loop_bin, n)?;
+    go_and_measure(&mut lp, n)
+}
+
+/// `mode_args`: extra leaktrace arguments (e.g. `--mode growth`), before the command.
+fn run_leaktrace(leaktrace_bin: &Path, mode_args: &[&str], loop_bin: &Path, n: u64) -> Result<f64> {
+    let mut cmd = Command::new(leaktrace_bin);
+    cmd.args(mode_args)
+        .args(["--interval", "1h", "--"])
+        .arg(loop_bin)
+        .arg(n.to_string());
+    // leaktrace attaches, then launches the loop, which inherits leaktrace's stdin and stdout:
+    // the loop's `ready` therefore also means "leaktrace is attached".
+    let mut lt = Supervised::spawn("leaktrace", &mut cmd, Input::Piped)?;
+    lt.wait_stdout(
+        ATTACH_TIMEOUT,
+        "`ready` line from the loop (leaktrace attaches, then launches it)",
+        |l| is_ready(l).then_some(()),
+    )?;
+    go(&mut lt)?;
+    let ns = lt.wait_stdout(
+        loop_timeout(n),
+        "`ns_per_pair` line from the loop",
+        parse_ns_per_pair,
+    )?;
+    let status = lt
+        .wait_exit(EXIT_TIMEOUT)
+        .context("leaktrace did not exit by itself after the traced loop exited")?;
+    if !status.success() {
+        bail!("leaktrace exited with {status}; last output: {}", lt.tail());
+    }
+    Ok(ns)
+}
+
+fn run_bpftrace(bpftrace_bin: &Path, loop_bin: &Path, n: u64) -> Result<f64> {
+    let mut lp = spawn_loop(loop_bin, n)?;
+    let pid = lp.pid();
+    let libc = libc_path_of(pid)?;
+    const MARK: &str = "leaktrace-bench: attached";
+    let script = format!(
+        "BEGIN {{ printf(\"{MARK}\\n\"); }}\n\
+         uprobe:{libc}:malloc /pid == {pid}/ {{ @malloc = count(); }}\n\
+         uretprobe:{libc}:malloc /pid == {pid}/ {{ @malloc_ret = count(); }}\n\
+         uprobe:{libc}:free /pid == {pid}/ {{ @free = count(); }}\n"
+    );
+    let mut cmd = Command::new(bpftrace_bin);
+    cmd.arg("-p").arg(pid.to_string()).arg("-e").arg(&script);
+    let mut bt = Supervised::spawn("bpftrace", &mut cmd, Input::Null)?;
+    let deadline = Instant::now() + ATTACH_TIMEOUT;
+    bt.wait_stdout(ATTACH_TIMEOUT, "`Attaching N probes...` line", |l| {
+        (l.starts_with("Attaching ") && l.contains("probes")).then_some(())
+    })?;
+    // BEGIN fires once every probe is attached (checked: counts match N exactly).
+    bt.wait_stdout(
+        deadline.saturating_duration_since(Instant::now()),
+        "BEGIN marker (printed once all probes are attached)",
+        |l| (l.trim_end() == MARK).then_some(()),
+    )?;
+    thread::sleep(SETTLE);
+    let ns = go_and_measure(&mut lp, n)?;
+    // bpftrace -p usually exits by itself when the process exits; SIGINT it if not.
+    bt.interrupt(EXIT_TIMEOUT)?;
+    let count_of = |map: &str| {
+        let prefix = format!("@{map}: ");
+        bt.stdout_lines()
+            .find_map(|l| {
+                l.strip_prefix(prefix.as_str())
+                    .and_then(|v| v.trim().parse::<u64>().ok())
+            })
+            .unwrap_or(0)
+    };
+    let (m, mr, f) = (count_of("malloc"), count_of("malloc_ret"), count_of("free"));
+    if m < n || mr < n || f < n {
+        bail!(
+            "bpftrace counted malloc={m} malloc_ret={mr} free={f}, expected at least {n} each: \
+             its probes were not attached for the whole loop; last output: {}",
+            bt.tail()
+        );
+    }
+    Ok(ns)
+}
+
+fn run_memleak(memleak_bin: &Path, headers: &Path, loop_bin: &Path, n: u64) -> Result<f64> {
+    let mut lp = spawn_loop(loop_bin, n)?;
+    let mut ml = spawn_memleak(memleak_bin, headers, lp.pid())?;
+    let ns = go_and_measure(&mut lp, n)?;
+    if let Some(status) = ml.try_status()? {
+        bail!(
+            "memleak-bpfcc exited ({status}) while the loop ran; last output: {}",
+            ml.tail()
+        );
+    }
+    ml.interrupt(EXIT_TIMEOUT)?;
+    Ok(ns)
+}
