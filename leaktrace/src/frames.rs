@@ -2,7 +2,7 @@
 //! allocator or a language runtime. One table of patterns decides it for every caller: which
 //! libc to hook, which leading frames of a growth stack to skip, which frame names a site,
 //! which frames the dashboard dims.
-use crate::{postmortem::read::RecordedFrame, schema::Frame};
+use crate::schema::Frame;
 
 /// What a frame is, from the user's point of view.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -151,7 +151,7 @@ pub trait StackFrame {
 /// recorded one.
 macro_rules! impl_stack_frame {
     ($frame:ty, |$f:ident| $addr:expr) => {
-        impl StackFrame for $frame {
+        impl $crate::frames::StackFrame for $frame {
             fn function(&self) -> Option<&str> {
                 self.function.as_deref()
             }
@@ -178,8 +178,11 @@ macro_rules! impl_stack_frame {
     };
 }
 
+// The post-mortem reader implements it for its recorded frames (it depends on this module,
+// not the other way round).
+pub(crate) use impl_stack_frame;
+
 impl_stack_frame!(Frame, |f| Some(f.addr));
-impl_stack_frame!(RecordedFrame, |f| f.addr);
 
 /// The index of the frame that names a stack for a user: the innermost frame of user code
 /// with a function name, else the innermost frame of user code, else the innermost frame.

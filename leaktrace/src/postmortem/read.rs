@@ -153,6 +153,8 @@ pub struct RecordedFrame {
     pub inlined: bool,
 }
 
+crate::frames::impl_stack_frame!(RecordedFrame, |f| f.addr);
+
 impl RecordedSnapshot {
     pub fn site_count(&self) -> usize {
         self.processes.iter().map(|p| p.sites.len()).sum()
