@@ -6,9 +6,9 @@
 use std::time::{Duration, Instant};
 
 use leaktrace::{
+    dashboard::{App, Event, Key, Live, Update},
     schema::{Frame, GrowthClass, Snapshot},
     synthetic,
-    ui::{App, Event, Key, Live, Update},
 };
 use ratatui::{backend::TestBackend, Terminal};
 

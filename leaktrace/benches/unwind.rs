@@ -5,7 +5,7 @@
 //! `cargo bench -p leaktrace --bench unwind` prints medians; it asserts nothing.
 use std::time::Instant;
 
-use leaktrace::{tracer::StackCopy, unwind::StackUnwinder};
+use leaktrace::bench::{StackCopy, StackUnwinder};
 
 const DEPTH: u32 = 24;
 const UNWINDS: usize = 20_000;
@@ -19,7 +19,7 @@ fn deep(depth: u32) -> (u64, u64, u64, Vec<u8>) {
         std::hint::black_box(depth);
         return copy;
     }
-    leaktrace::unwind::own_stack_copy()
+    leaktrace::bench::own_stack_copy()
 }
 
 fn main() {

@@ -11,12 +11,12 @@ use std::{process::ExitCode, time::Duration};
 
 use clap::Parser;
 use leaktrace::{
+    dashboard::{self, Action, App, Event, Live, Update},
     schema::{
         Counters, ExitStatus, FallbackSummary, Frame, Growth, GrowthClass, HeapReport, ProbeCost,
         SiteHeap, Snapshot,
     },
     synthetic,
-    ui::{self, Action, App, Event, Live, Update},
 };
 use tokio::{
     signal::unix::{signal, SignalKind},
@@ -181,7 +181,7 @@ async fn run(options: Options) -> anyhow::Result<()> {
     let mut app = App::new();
     let mut sigterm = signal(SignalKind::terminate())?;
     let started = Instant::now();
-    ui::run_terminal(async |dash| -> anyhow::Result<()> {
+    dashboard::run_terminal(async |dash| -> anyhow::Result<()> {
         app.handle(dash.size_event()?);
         let mut next_sample = started;
         loop {

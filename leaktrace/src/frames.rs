@@ -140,7 +140,6 @@ pub trait StackFrame {
     fn addr(&self) -> Option<u64>;
     fn file(&self) -> Option<&str>;
     fn line(&self) -> Option<u32>;
-    fn inlined(&self) -> bool;
 
     fn class(&self) -> FrameClass {
         classify(self.function(), self.module())
@@ -170,9 +169,6 @@ macro_rules! impl_stack_frame {
             }
             fn line(&self) -> Option<u32> {
                 self.line
-            }
-            fn inlined(&self) -> bool {
-                self.inlined
             }
         }
     };

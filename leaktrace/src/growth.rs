@@ -188,7 +188,11 @@ impl SeriesBuffer {
     pub fn samples(&self) -> &[Sample] {
         &self.samples
     }
+}
 
+/// Introspection for the tests of the downsampling.
+#[cfg(test)]
+impl SeriesBuffer {
     /// How many samples are kept (at most [`SeriesBuffer::capacity`]).
     pub fn len(&self) -> usize {
         self.samples.len()

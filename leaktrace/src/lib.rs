@@ -1,26 +1,46 @@
 //! leaktrace: exact eBPF memory-leak tracing of running processes or a launched command.
+//!
+//! The binary calls [`run`] and [`postmortem::run`]. Everything else is crate-private, so that
+//! the compiler reports dead code; the few items the integration tests, benches and examples
+//! need are re-exported below, each for a named reader.
 pub mod cli;
-pub mod cost;
-pub mod format;
-pub mod frames;
-pub mod growth;
-pub mod heap;
-pub mod model;
-pub mod output;
-pub mod placement;
+mod cost;
+mod format;
+mod frames;
+mod growth;
+mod heap;
+mod model;
+mod output;
+mod placement;
 pub mod postmortem;
-pub mod procfs;
-pub mod report;
+mod procfs;
+mod report;
+/// Every serialized type: the `leaktrace/1` snapshot (docs/json-schema.md).
 pub mod schema;
-pub mod session;
-pub mod symbolize;
+mod session;
+mod symbolize;
 #[doc(hidden)]
 pub mod synthetic;
-pub mod table;
-pub mod target;
-pub mod target_files;
-pub mod tracer;
-pub mod ui;
-pub mod unwind;
+mod table;
+mod target;
+mod target_files;
+mod tracer;
+mod ui;
+mod unwind;
 
 pub use session::run;
+
+/// For the `dashboard` example and the `ui_draw` bench: the dashboard on synthetic snapshots.
+#[doc(hidden)]
+pub mod dashboard {
+    pub use crate::ui::{run_terminal, Action, App, Event, Key, Live, Update};
+}
+
+/// For the `unwind` bench: the userspace unwinder on a copy of the bench's own stack.
+#[doc(hidden)]
+pub mod bench {
+    pub use crate::{
+        tracer::StackCopy,
+        unwind::{own_stack_copy, StackUnwinder},
+    };
+}

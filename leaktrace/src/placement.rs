@@ -9,9 +9,6 @@ use iced_x86::{
     Decoder, DecoderOptions, FlowControl, Instruction, InstructionInfoFactory, OpAccess, Register,
 };
 
-/// Bytes of a function's start that placement looks at.
-pub const PROLOGUE_BYTES: usize = 64;
-
 /// Instructions placement is willing to step over before it gives up.
 const MAX_SKIPPED: usize = 4;
 
@@ -316,6 +313,8 @@ mod tests {
     /// and Debian 12's glibc 2.36 `free` goes to +3.
     #[test]
     fn this_machine_s_libc() {
+        // Bytes of a function's start to decode.
+        const PROLOGUE_BYTES: usize = 64;
         let me = crate::target::inspect(std::process::id()).expect("inspect self");
         let libc = &me.libc_host_path;
         for function in leaktrace_common::AllocFn::ALL

@@ -15,8 +15,5 @@ pub use process::{
     by_heap_growth, growth_event_ns, heap_growth_bytes, heap_report, work_done, ProcessMemory,
     SinceStart,
 };
-pub use sites::{leak_ranks, site_reports, SiteSeries};
-pub use totals::{
-    growth_totals, process_totals, GrowthClock, GrowthSiteTotals, ProcessTotals, SiteAges,
-    SiteTotals,
-};
+pub use sites::{site_reports, SiteSeries};
+pub use totals::{growth_totals, process_totals, GrowthClock, ProcessTotals, SiteAges};

@@ -11,8 +11,6 @@ use crate::cost;
 pub struct Calibration {
     /// Extra CPU time per probe hit (median over the rounds).
     pub ns_per_hit: f64,
-    /// Probe hits the calibration loops caused, all rounds.
-    pub hits: u64,
     /// How long the whole calibration took, attaching and detaching included.
     pub took: std::time::Duration,
 }
@@ -191,7 +189,6 @@ impl Tracer {
             .ok_or_else(|| anyhow!("the calibration loop caused no probe hits"))?;
         let calibration = Calibration {
             ns_per_hit,
-            hits: rounds.iter().map(|r| r.hits).sum(),
             took: started.elapsed(),
         };
         log::debug!("calibration: {calibration:?} from {rounds:?}");
@@ -226,7 +223,6 @@ impl Tracer {
             .ok_or_else(|| anyhow!("the calibration child's heap events never arrived"))?;
         Ok(Calibration {
             ns_per_hit,
-            hits: rounds.iter().map(|r| r.hits).sum(),
             took: started.elapsed(),
         })
     }

@@ -12,9 +12,7 @@ mod preflight;
 mod read;
 mod records;
 
-pub use attach::format_placements;
-pub use calibrate::Calibration;
-pub use load::{sample_gaps, Capacity, Scope};
+pub use load::{Capacity, Scope};
 pub use preflight::preflight;
 pub use read::{MapsReader, MapsReading};
 pub use records::{HeapRecord, StackCopy};

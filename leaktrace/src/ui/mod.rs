@@ -15,8 +15,6 @@ mod terminal;
 #[cfg(test)]
 mod tests;
 
-pub use crate::format::truncate_middle;
-pub use app::{Action, App, Event, Key, ProcessSort, Screen, SiteSort, Update};
-pub use history::HISTORY_CAPACITY;
-pub use live::{heap_growth_bytes, is_system_wide, Live, Rates};
-pub use terminal::{event_from_terminal, run_terminal, Dashboard};
+pub use app::{Action, App, Event, Key, Update};
+pub use live::Live;
+pub use terminal::{run_terminal, Dashboard};

@@ -2,7 +2,11 @@
 //! Snapshots are built in code with exactly known numbers.
 use ratatui::{backend::TestBackend, buffer::Buffer, style::Color, Terminal};
 
-use super::*;
+use super::{
+    app::{ProcessSort, Screen, SiteSort},
+    live::Rates,
+    *,
+};
 use crate::{
     frames,
     schema::{
