@@ -494,22 +494,23 @@ fn normal_data_at_80x24_shows_every_panel() {
     let app = app_with(snapshot(vec![process(42, "leaky", sites())]), 80, 24);
     let buf = draw(&app, 80, 24);
     let screen = text(&buf);
-    for expected in [
-        "pid 42 leaky · exact · up 12s · RSS n/a · processed 3.0 MiB",
-        "outstanding 1.1 MiB in 53,010 blocks",
-        "sort: outstanding ▼",
-        "OUTSTANDING▼",
-        "remember_session",
-        // The plateau is named by its user frame, not by libc's strdup.
-        "load_config (config.c:12)",
-        "LEAK?",
-        "stack",
-        "heap · pid 42",
-        "brk/mmap: not available",
-        "q quit",
-    ] {
-        assert!(screen.contains(expected), "missing {expected:?}:\n{screen}");
-    }
+    assert_shows(
+        &screen,
+        &[
+            "pid 42 leaky · exact · up 12s · RSS n/a · processed 3.0 MiB",
+            "outstanding 1.1 MiB in 53,010 blocks",
+            "sort: outstanding ▼",
+            "OUTSTANDING▼",
+            "remember_session",
+            // The plateau is named by its user frame, not by libc's strdup.
+            "load_config (config.c:12)",
+            "LEAK?",
+            "stack",
+            "heap · pid 42",
+            "brk/mmap: not available",
+            "q quit",
+        ],
+    );
     // The selected site (the plateau) has its stack in the stack pane, libc frame included.
     assert!(screen.contains("strdup"), "{screen}");
     assert!(screen.contains("libc.so.6"), "{screen}");
@@ -535,15 +536,16 @@ fn fallback_mmaps_are_highlighted_with_sizes_and_site() {
     let app = app_with(fallback_snapshot(), 100, 30);
     let buf = draw(&app, 100, 30);
     let screen = text(&buf);
-    for expected in [
-        "brk 132.0 KiB · 2 failed of 9 calls",
-        "fallback mmaps 2 = 1.1 MiB",
-        "chunks 1.0 MiB, 132.0 KiB",
-        "2 = 1.1 MiB ← remember_session",
-        "RSS 4.0 MiB (+2.0 MiB, 50% explained)",
-    ] {
-        assert!(screen.contains(expected), "missing {expected:?}:\n{screen}");
-    }
+    assert_shows(
+        &screen,
+        &[
+            "brk 132.0 KiB · 2 failed of 9 calls",
+            "fallback mmaps 2 = 1.1 MiB",
+            "chunks 1.0 MiB, 132.0 KiB",
+            "2 = 1.1 MiB ← remember_session",
+            "RSS 4.0 MiB (+2.0 MiB, 50% explained)",
+        ],
+    );
     assert_eq!(fg_at(&buf, "fallback mmaps 2"), Some(Color::Red));
     assert_eq!(
         fg_at(&buf, "2 = 1.1 MiB ← remember_session"),
@@ -670,19 +672,20 @@ fn detail_screen_shows_numbers_and_every_frame() {
     app.handle(key('j'));
     app.handle(Event::Key(Key::Enter));
     let screen = text(&draw(&app, 100, 30));
-    for expected in [
-        "remember_session",
-        "site a-1",
-        "class LEAK?",
-        "leak rank 1",
-        "growth per MiB processed +256.0 KiB (R² 0.99)",
-        "heap: fallback mmaps 2 = 1.1 MiB",
-        "stack · 4 frames",
-        "__libc_start_call_main",
-        "leaky_service.c:70",
-    ] {
-        assert!(screen.contains(expected), "missing {expected:?}:\n{screen}");
-    }
+    assert_shows(
+        &screen,
+        &[
+            "remember_session",
+            "site a-1",
+            "class LEAK?",
+            "leak rank 1",
+            "growth per MiB processed +256.0 KiB (R² 0.99)",
+            "heap: fallback mmaps 2 = 1.1 MiB",
+            "stack · 4 frames",
+            "__libc_start_call_main",
+            "leaky_service.c:70",
+        ],
+    );
 }
 
 #[test]
@@ -690,16 +693,17 @@ fn process_table_marks_exited_and_fallbacks() {
     let app = app_with(system_wide_snapshot(), 120, 30);
     let buf = draw(&app, 120, 30);
     let screen = text(&buf);
-    for expected in [
-        "all processes · system-wide",
-        "HEAP GROWTH▼",
-        "nginx",
-        "cron",
-        "exited",
-        "2 / 1.1 MiB",
-    ] {
-        assert!(screen.contains(expected), "missing {expected:?}:\n{screen}");
-    }
+    assert_shows(
+        &screen,
+        &[
+            "all processes · system-wide",
+            "HEAP GROWTH▼",
+            "nginx",
+            "cron",
+            "exited",
+            "2 / 1.1 MiB",
+        ],
+    );
     assert_eq!(fg_at(&buf, "2 / 1.1 MiB"), Some(Color::Yellow));
 }
 
@@ -739,4 +743,11 @@ fn the_header_shows_the_estimated_cost_of_tracing() {
     assert!(screen.contains("cost ≈0.8% CPU"), "{screen}");
     let screen = text(&draw(&app_with(snapshot(vec![]), 80, 24), 80, 24));
     assert!(screen.contains("cost n/a"), "{screen}");
+}
+
+/// Every one of `expected` is somewhere on the screen.
+fn assert_shows(screen: &str, expected: &[&str]) {
+    for expected in expected {
+        assert!(screen.contains(expected), "missing {expected:?}:\n{screen}");
+    }
 }
