@@ -133,8 +133,8 @@ impl SiteSort {
         }
     }
 
-    fn cycle(self, forward: bool) -> Self {
-        cycle(&Self::ALL, self, forward)
+    fn cycle(self, direction: Direction) -> Self {
+        cycle(&Self::ALL, self, direction)
     }
 
     /// How two sites compare in this order; ties go to the larger outstanding bytes.
@@ -199,8 +199,8 @@ impl ProcessSort {
         }
     }
 
-    fn cycle(self, forward: bool) -> Self {
-        cycle(&Self::ALL, self, forward)
+    fn cycle(self, direction: Direction) -> Self {
+        cycle(&Self::ALL, self, direction)
     }
 
     /// How two processes compare in this order; a process without heap data sorts last,
@@ -225,13 +225,19 @@ impl ProcessSort {
     }
 }
 
-fn cycle<T: Copy + PartialEq>(all: &[T], current: T, forward: bool) -> T {
+/// Which way `s`/Tab and `S`/Shift-Tab step through the sort orders.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Forward,
+    Backward,
+}
+
+fn cycle<T: Copy + PartialEq>(all: &[T], current: T, direction: Direction) -> T {
     let i = all.iter().position(|x| *x == current).unwrap_or(0);
     let n = all.len();
-    let next = if forward {
-        (i + 1) % n
-    } else {
-        (i + n - 1) % n
+    let next = match direction {
+        Direction::Forward => (i + 1) % n,
+        Direction::Backward => (i + n - 1) % n,
     };
     all.get(next).copied().unwrap_or(current)
 }
@@ -706,8 +712,8 @@ impl App {
             Key::Char('e') => return Some(Action::WriteSnapshot),
             Key::Char('?') => self.help = true,
             Key::Char('p') => self.toggle_pause(),
-            Key::Char('s') | Key::Tab => self.cycle_sort(true),
-            Key::Char('S') | Key::BackTab => self.cycle_sort(false),
+            Key::Char('s') | Key::Tab => self.cycle_sort(Direction::Forward),
+            Key::Char('S') | Key::BackTab => self.cycle_sort(Direction::Backward),
             Key::Char('/') if self.screen == Screen::Sites => {
                 self.filter_input = Some(self.filter.clone());
             }
@@ -743,14 +749,14 @@ impl App {
         self.rebuild_sites();
     }
 
-    fn cycle_sort(&mut self, forward: bool) {
+    fn cycle_sort(&mut self, direction: Direction) {
         match self.screen {
             Screen::Processes => {
-                self.process_sort = self.process_sort.cycle(forward);
+                self.process_sort = self.process_sort.cycle(direction);
                 self.rebuild_processes();
             }
             Screen::Sites => {
-                self.sort = self.sort.cycle(forward);
+                self.sort = self.sort.cycle(direction);
                 self.rebuild_sites();
             }
             // The table's order is not on screen there.

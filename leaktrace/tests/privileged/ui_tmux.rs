@@ -1,4 +1,4 @@
-//! End-to-end test of the live dashboard (issue 4): the real binary on a real terminal (a
+//! End-to-end test of the live dashboard: the real binary on a real terminal (a
 //! tmux pane), tracing a leaking fixture. Privileged, like the other tracing tests.
 
 use std::{

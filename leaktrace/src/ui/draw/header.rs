@@ -38,10 +38,10 @@ impl App {
                 .join(", "),
             n => format!("{n} processes"),
         };
-        let mode = match (shown.snapshot.mode.as_str(), shown.snapshot.system_wide) {
-            ("system_wide", _) | ("exact", true) => "system-wide",
-            ("growth", true) => "system-wide growth",
-            (other, _) => other,
+        let mode = match (shown.snapshot.mode, shown.snapshot.system_wide) {
+            (Mode::SystemWide, _) | (Mode::Exact, true) => "system-wide",
+            (Mode::Growth, true) => "system-wide growth",
+            (mode, false) => mode.as_str(),
         };
         let uptime = shown.live.uptime_s.unwrap_or(shown.snapshot.duration_s);
         let sum = |f: fn(&ProcessReport) -> u64| {

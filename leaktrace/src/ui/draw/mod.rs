@@ -144,7 +144,14 @@ impl App {
     }
 }
 
-pub(super) fn column_title(title: &'static str, sorted: bool, right: bool) -> Cell<'static> {
+/// How a column's title and cells are aligned: numbers to the right.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Align {
+    Left,
+    Right,
+}
+
+pub(super) fn column_title(title: &'static str, sorted: bool, align: Align) -> Cell<'static> {
     let line = if sorted {
         Line::from(vec![
             Span::raw(title),
@@ -153,7 +160,7 @@ pub(super) fn column_title(title: &'static str, sorted: bool, right: bool) -> Ce
     } else {
         Line::from(title)
     };
-    Cell::from(if right {
+    Cell::from(if align == Align::Right {
         line.alignment(Alignment::Right)
     } else {
         line

@@ -34,14 +34,14 @@ impl App {
             });
         let sorted = |s: ProcessSort| self.process_sort == s;
         let header = Row::new([
-            column_title("PID", false, true),
-            column_title("COMM", false, false),
-            column_title("HEAP GROWTH", sorted(ProcessSort::HeapGrowth), true),
-            column_title("BRK FAIL", sorted(ProcessSort::BrkFailures), true),
-            column_title("FALLBACKS", sorted(ProcessSort::Fallbacks), true),
-            column_title("RSS", sorted(ProcessSort::Rss), true),
-            column_title("PROCESSED", sorted(ProcessSort::Processed), true),
-            column_title("STATE", false, false),
+            column_title("PID", false, Align::Right),
+            column_title("COMM", false, Align::Left),
+            column_title("HEAP GROWTH", sorted(ProcessSort::HeapGrowth), Align::Right),
+            column_title("BRK FAIL", sorted(ProcessSort::BrkFailures), Align::Right),
+            column_title("FALLBACKS", sorted(ProcessSort::Fallbacks), Align::Right),
+            column_title("RSS", sorted(ProcessSort::Rss), Align::Right),
+            column_title("PROCESSED", sorted(ProcessSort::Processed), Align::Right),
+            column_title("STATE", false, Align::Left),
         ])
         .style(HEADING);
         let widths = [7, 12, 12, 9, 14, 10, 10, 6].map(Constraint::Length);

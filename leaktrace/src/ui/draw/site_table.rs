@@ -90,7 +90,7 @@ impl App {
                     column_title(
                         growth_title(c.title, growth),
                         c.sort == Some(self.sort),
-                        true,
+                        Align::Right,
                     )
                 })
                 .chain(std::iter::once(Cell::from("TOP FRAME (USER CODE)"))),
