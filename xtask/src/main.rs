@@ -237,6 +237,9 @@ fn setup() -> anyhow::Result<()> {
         ("strace", "strace"),
         ("tmux", "tmux"),
         ("go", "golang-go"),
+        // The privilege tests run leaktrace as nobody with file capabilities.
+        ("setcap", "libcap2-bin"),
+        ("setpriv", "util-linux"),
     ])?;
     Ok(())
 }

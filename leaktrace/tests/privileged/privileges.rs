@@ -172,11 +172,11 @@ fn the_setcap_recipe_lets_an_ordinary_user_trace_exactly() {
             .collect::<Vec<_>>()
             .join(",")
     );
-    let status = Command::new("setcap")
+    let status = Command::new(crate::common::require_tool("setcap", "libcap2-bin"))
         .arg(&file_caps)
         .arg(&leaktrace)
         .status()
-        .expect("setcap (libcap2-bin; cargo xtask setup installs it)");
+        .expect("run setcap");
     assert!(status.success(), "setcap {file_caps} failed");
     let snapshot = trace_steady(&leaktrace, dir.path(), "exact", &[]);
     assert_eq!(steady_leak(&snapshot), (20_000, 200));
