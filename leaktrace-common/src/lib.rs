@@ -183,7 +183,8 @@ pub struct PidCounters {
     /// `bpf_get_stackid` failures (-EEXIST hash collision, -ENOMEM map full, -EFAULT).
     pub stack_errors: u64,
     /// Entry/return probes that did not pair up (in-flight map full, a return without its
-    /// entry, an entry whose return never came).
+    /// entry, an entry whose return never came), frees missed (an address handed out again, a
+    /// free not accounted), and heap-syscall records lost to a full ring buffer.
     pub lost_events: u64,
     /// Frees of addresses leaktrace never saw allocated (allocated before attach, or dropped).
     pub unknown_frees: u64,

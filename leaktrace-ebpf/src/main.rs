@@ -1,5 +1,5 @@
 //! leaktrace's kernel side: uprobes on the malloc family that keep, per process, every
-//! outstanding allocation and per-site totals.
+//! outstanding allocation and per-site totals, and tracepoints on the heap syscalls.
 //!
 //! Cost model: one trap per probe hit dominates (about 1-4 us here), so each program does at most
 //! a few hash-map operations and one `bpf_get_stackid`, and only on successful allocations.

@@ -1,5 +1,6 @@
 //! What tracing costs the traced programs: probe hits per second times the measured cost of one
-//! hit ([`crate::tracer::Tracer::calibrate`] measures it on leaktrace's own process at start).
+//! hit (measured at start by [`crate::tracer::Tracer::calibrate`] on leaktrace's own process, or
+//! in growth mode by [`crate::tracer::Tracer::calibrate_growth`] on a child of it).
 use std::time::{Duration, Instant};
 
 /// One calibration round: the same allocation loop timed without and with the probes, and the

@@ -1,9 +1,9 @@
 //! Does an allocation site leak? Growth analysis of its outstanding bytes over time.
 //!
 //! Every sampling interval leaktrace records, per allocation site, how long the process
-//! has been traced, how many bytes it has processed so far (read + written, from
-//! `/proc/PID/io`), the site's outstanding bytes, and the part of those older than
-//! `--min-age`. From that series this module computes least-squares slopes (bytes per
+//! has been traced, how many bytes it has processed so far (read, written or both, per
+//! `--processed`, from `/proc/PID/io`), the site's outstanding bytes, and the part of those
+//! older than `--min-age`. From that series this module computes least-squares slopes (bytes per
 //! MiB processed and bytes per minute, over the whole run and over a recent window), a
 //! [`GrowthClass`] verdict, and a score to rank sites by how likely they leak.
 //!
@@ -96,7 +96,7 @@ const RANK_MAX_BAND_FRACTION: f64 = 0.999_999;
 pub struct Sample {
     /// Seconds since tracing started.
     pub t_s: f64,
-    /// Bytes the process has read and written so far (cumulative, never decreasing).
+    /// Bytes the process has processed so far, per `--processed` (cumulative, never decreasing).
     pub processed_bytes: u64,
     /// Bytes allocated at this site and not yet freed.
     pub outstanding_bytes: u64,

@@ -1,7 +1,8 @@
 //! Every serialized type: the JSON snapshot (schema `leaktrace/1`, documented in
 //! docs/json-schema.md and docs/leaktrace-1.schema.json) and the enums it shares with the
-//! command line. Types only: numbers are computed in `model`, text is made in the views. This
-//! module imports no other leaktrace module, so any module may import it without a cycle.
+//! command line. Types only: numbers are computed elsewhere (docs/architecture.md says where),
+//! text is made in the views. This module imports no other leaktrace module, so any module may
+//! import it without a cycle.
 use serde::{Deserialize, Serialize};
 
 pub const SCHEMA: &str = "leaktrace/1";
@@ -83,7 +84,8 @@ pub struct UnwindStats {
     pub nanos: u64,
 }
 
-/// The CPU cost of tracing, all exactly traced processes together.
+/// The CPU cost of tracing, all traced processes together (growth mode: a hit is a heap-growth
+/// event).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProbeCost {
     /// CPU time one probe hit costs, measured at start on leaktrace's own process; `None` when
@@ -111,7 +113,8 @@ pub struct ProcessReport {
     pub alive: bool,
     /// How a launched command ended, when leaktrace saw it end.
     pub exit: Option<ExitStatus>,
-    /// Whether its malloc family is traced (uprobes); system-wide rows have heap data only.
+    /// Whether its malloc family is traced (uprobes); false: growth mode (sites are stacks that
+    /// grew the heap) or, in older snapshots, system-wide rows with heap data only.
     pub exact: bool,
     /// The allocator library hooked, as the process names it.
     pub libc: String,
@@ -139,7 +142,8 @@ pub struct HeapReport {
     pub brk_calls: u64,
     /// brk calls that could not move the break (each failed heap extension costs one).
     pub brk_failures: u64,
-    /// Anonymous mmaps malloc made after a failed brk in the same call.
+    /// Anonymous mmaps malloc made after a failed brk in the same call (without uprobes: the
+    /// thread's next heap syscall after a failed brk, when it is an anonymous mmap).
     pub fallback_mmaps: FallbackSummary,
     /// Writable anonymous mappings made since tracing started and still mapped.
     pub anon_mmap_outstanding_bytes: u64,
@@ -149,9 +153,11 @@ pub struct HeapReport {
     pub vm_data_bytes: Option<u64>,
     /// RSS now minus RSS when tracing started.
     pub rss_growth_bytes: Option<i64>,
-    /// Share of the RSS growth that outstanding traced allocations account for (exact mode).
+    /// Share of the RSS growth that the process's outstanding bytes account for (growth mode:
+    /// its heap growth still mapped).
     pub explained_share: Option<f64>,
-    /// Heap syscalls seen.
+    /// Heap-syscall records received: one per heap syscall, plus (exact mode) one per allocator
+    /// call that made heap syscalls, naming its site.
     pub events: u64,
 }
 

@@ -1,6 +1,6 @@
 //! One tracing run, in stages: resolve the configuration, validate it, find the targets, load
-//! the probes, attach, sample every interval, finish. The session only orchestrates: every
-//! reported number comes from `model`.
+//! the probes, attach, sample every interval, finish. The session orchestrates: the reported
+//! numbers come from `model` and the modules it reads (docs/architecture.md).
 use std::{
     collections::HashMap,
     ffi::OsString,

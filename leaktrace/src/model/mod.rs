@@ -1,6 +1,9 @@
-//! The one aggregator: every reported number, exact and growth mode alike, is computed here
-//! from what the tracer and the heap tracker saw. Pure: no I/O, no clocks read, no symbols
-//! named. The session feeds it and every view reads what it produces (the `schema` types).
+//! The one aggregator: the reported totals, ranks and derived numbers, exact and growth mode
+//! alike, are computed here from what the tracer and the heap tracker saw; the heap's own
+//! numbers come from `heap`, the slopes from `growth`, unwinding's counters from `unwind`, and
+//! the dashboard derives a few of its own (docs/architecture.md lists them). Pure: no I/O, no
+//! clocks read, no symbols named. The session feeds it and every view reads what it produces
+//! (the `schema` types).
 //!
 //! - `totals`: per-site and per-process totals (exact mode from the maps, growth mode from
 //!   heap growth by stack);

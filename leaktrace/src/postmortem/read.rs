@@ -65,8 +65,8 @@ pub struct RecordedProcess {
     pub bytes_processed: Option<u64>,
     pub counters: Counters,
     pub sites: Vec<RecordedSite>,
-    /// Whether the malloc family was traced (false: system-wide heap data only). Added to
-    /// `leaktrace/1` later: absent means exact.
+    /// Whether the malloc family was traced (false: growth mode, or older versions' system-wide
+    /// rows with heap data only). Added to `leaktrace/1` later: absent means exact.
     #[serde(default)]
     pub exact: Option<bool>,
     /// The heap as the kernel sees it; absent from older snapshots.

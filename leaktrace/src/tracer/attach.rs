@@ -33,7 +33,8 @@ impl Tracer {
         Ok(attached.hooked)
     }
 
-    /// Report this process's heap syscalls (exact mode; system-wide mode reports all).
+    /// Report this process's heap syscalls (exact mode, and growth mode's targets; system-wide
+    /// mode reports every process's).
     pub fn trace_heap_of(&mut self, pid: u32) -> anyhow::Result<()> {
         let mut traced: BpfHashMap<&mut MapData, u32, u32> =
             BpfHashMap::try_from(self.map_mut(maps::TRACED_PIDS)?)?;
