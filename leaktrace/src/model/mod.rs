@@ -8,8 +8,10 @@
 //! - `totals`: per-site and per-process totals (exact mode from the maps, growth mode from
 //!   heap growth by stack);
 //! - `sites`: growth series and verdicts, leak ranks, heap-only sites;
+//! - `dashboard`: what the dashboard derives from snapshots (rates, sums, fallback sites);
 //! - `process`: work processed, RSS growth and its explained share, the heap object, the
 //!   order of system-wide rows, the probe cost.
+pub mod dashboard;
 mod process;
 mod sites;
 mod totals;

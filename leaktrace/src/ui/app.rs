@@ -4,13 +4,13 @@ use std::{cmp::Ordering, collections::HashMap};
 
 use ratatui::layout::Rect;
 
-use super::{
-    history::SiteHistory,
-    layout,
-    live::{self, CallTotals, Live, Rates, SiteHeapTotals},
-};
+use super::{history::SiteHistory, layout, live::Live};
 use crate::{
     format::contains_lowercase,
+    model::{
+        dashboard::{self, CallTotals, Rates, SiteHeapTotals},
+        heap_growth_bytes,
+    },
     schema::{ProcessReport, SiteReport, Snapshot},
 };
 
@@ -206,7 +206,7 @@ impl ProcessSort {
     /// How two processes compare in this order; a process without heap data sorts last,
     /// ties go to the larger heap growth, then the lower pid.
     fn compare(self, a: &ProcessReport, b: &ProcessReport) -> Ordering {
-        let growth = |p: &ProcessReport| p.heap.as_ref().map(live::heap_growth_bytes);
+        let growth = |p: &ProcessReport| p.heap.as_ref().map(heap_growth_bytes);
         let key = |p: &ProcessReport| -> Option<u64> {
             let heap = p.heap.as_ref();
             match self {
@@ -550,7 +550,7 @@ impl App {
             }
         }
         let shown = Shown {
-            heap_totals: live::site_heap_totals(&update.snapshot),
+            heap_totals: dashboard::site_heap_totals(&update.snapshot),
             snapshot: update.snapshot,
             live: update.live,
             rates,
@@ -564,7 +564,7 @@ impl App {
     }
 
     fn show(&mut self, shown: Shown) {
-        if live::is_system_wide(&shown.snapshot) && !self.system_mode {
+        if dashboard::is_system_wide(&shown.snapshot) && !self.system_mode {
             self.system_mode = true;
             if self.screen == Screen::Sites && self.focus_pid.is_none() {
                 self.screen = Screen::Processes;

@@ -4,9 +4,9 @@ use ratatui::{backend::TestBackend, buffer::Buffer, style::Color, Terminal};
 
 use super::{
     app::{ProcessSort, Screen, SiteSort},
-    live::Rates,
     *,
 };
+use crate::model::dashboard::Rates;
 use crate::{
     frames,
     schema::{

@@ -44,32 +44,19 @@ impl App {
             (mode, false) => mode.as_str(),
         };
         let uptime = shown.live.uptime_s.unwrap_or(shown.snapshot.duration_s);
-        let sum = |f: fn(&ProcessReport) -> u64| {
-            processes
-                .iter()
-                .map(|p| f(p))
-                .fold(0u64, u64::saturating_add)
-        };
-        let processed = processes
-            .iter()
-            .filter_map(|p| p.bytes_processed)
-            .reduce(u64::saturating_add);
-        let rss = processes
-            .iter()
-            .filter_map(|p| p.heap.as_ref()?.rss_bytes)
-            .reduce(u64::saturating_add);
+        let totals = HeaderTotals::of(processes.iter().copied());
         first.push(Span::raw(format!(
             " · {targets} · {mode} · up {} · RSS {} · processed {}",
             format::uptime(uptime),
-            optional_bytes(rss),
-            optional_bytes(processed),
+            optional_bytes(totals.rss_bytes),
+            optional_bytes(totals.bytes_processed),
         )));
         let second = Line::from(vec![
             Span::raw("outstanding "),
-            Span::styled(human_bytes(sum(|p| p.outstanding_bytes)), HEADING),
+            Span::styled(human_bytes(totals.outstanding_bytes), HEADING),
             Span::raw(format!(
                 " in {} blocks · alloc {} · free {} · probes {}",
-                count(sum(|p| p.outstanding_count)),
+                count(totals.outstanding_count),
                 per_second(shown.rates.alloc_per_s),
                 per_second(shown.rates.free_per_s),
                 per_second(shown.live.probe_hits_per_s),
@@ -82,13 +69,13 @@ impl App {
         };
         let sep = || Span::styled(" · ", DIM);
         let third = Line::from(vec![
-            counter("dropped", sum(|p| p.counters.dropped_allocations)),
+            counter("dropped", totals.counters.dropped_allocations),
             sep(),
-            counter("lost", sum(|p| p.counters.lost_events)),
+            counter("lost", totals.counters.lost_events),
             sep(),
-            counter("stack errors", sum(|p| p.counters.stack_errors)),
+            counter("stack errors", totals.counters.stack_errors),
             sep(),
-            counter("unknown frees", sum(|p| p.counters.unknown_frees)),
+            counter("unknown frees", totals.counters.unknown_frees),
             sep(),
             // Last on the line: the short counter line has room for it on any width.
             Span::styled(

@@ -27,9 +27,12 @@ mod prelude {
         super::{
             app::{App, ProcessSort, Screen, SiteSort},
             layout,
-            live::{heap_growth_bytes, SiteHeapTotals},
         },
         *,
+    };
+    pub(super) use crate::model::{
+        dashboard::{HeaderTotals, SiteHeapTotals},
+        heap_growth_bytes,
     };
     pub(super) use crate::{
         format::{
