@@ -5,7 +5,7 @@
 //! and symbolized from the module file by file offset, so the same path works for a process that
 //! has already exited. Each (pid, address) is resolved once.
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     path::{Path, PathBuf},
 };
 
@@ -21,7 +21,12 @@ pub struct Symbols {
     maps: HashMap<u32, procfs::Maps>,
     frames: HashMap<(u32, u64), Vec<Frame>>,
     build_ids: HashMap<PathBuf, Option<String>>,
+    /// Module files already said to be unreadable: said once, retried quietly.
+    said_unreadable: HashSet<FileId>,
 }
+
+/// A module file, whatever path or namespace it is reached by: (device, inode).
+type FileId = (procfs::Device, u64);
 
 impl Default for Symbols {
     fn default() -> Self {
@@ -36,6 +41,7 @@ impl Symbols {
             maps: HashMap::new(),
             frames: HashMap::new(),
             build_ids: HashMap::new(),
+            said_unreadable: HashSet::new(),
         }
     }
 
@@ -95,26 +101,31 @@ impl Symbols {
         let mapping = self.mapping(pid, addr);
         vec![Frame {
             addr,
-            module: mapping.map(|(path, _)| path.display().to_string()),
-            offset: mapping.map(|(_, offset)| offset),
+            module: mapping.map(|(path, _, _)| path.display().to_string()),
+            offset: mapping.map(|(_, offset, _)| offset),
             ..Frame::default()
         }]
     }
 
-    /// The module file mapped at `addr`, and the address's offset in that file.
-    fn mapping(&self, pid: u32, addr: u64) -> Option<(&Path, u64)> {
+    /// The module file mapped at `addr`, the address's offset in that file, and the file.
+    fn mapping(&self, pid: u32, addr: u64) -> Option<(&Path, u64, FileId)> {
         let mapping = self.maps.get(&pid)?.containing(addr)?;
-        Some((mapping.path()?, addr - mapping.range.start + mapping.offset))
+        Some((
+            mapping.path()?,
+            addr - mapping.range.start + mapping.offset,
+            mapping.file_id(),
+        ))
     }
 
     fn resolve(&mut self, pid: u32, alive: bool, addrs: &[u64]) {
         // Group by module so each module is symbolized in one call.
-        let mut by_module: HashMap<PathBuf, Vec<(u64, u64)>> = HashMap::new();
+        let mut by_module: HashMap<PathBuf, (FileId, Vec<(u64, u64)>)> = HashMap::new();
         for &addr in addrs {
             match self.mapping(pid, addr) {
-                Some((path, offset)) => by_module
+                Some((path, offset, file_id)) => by_module
                     .entry(path.to_path_buf())
-                    .or_default()
+                    .or_insert_with(|| (file_id, Vec::new()))
+                    .1
                     .push((addr, offset)),
                 None => {
                     self.frames.insert(
@@ -127,7 +138,7 @@ impl Symbols {
                 }
             }
         }
-        for (module, entries) in by_module {
+        for (module, (file_id, entries)) in by_module {
             // Through the process's root first (containers, a file replaced on disk since), then by
             // the plain path: a process that is exiting no longer has a root to go through.
             let through_root = procfs::path_in_root(pid, &module);
@@ -143,6 +154,7 @@ impl Symbols {
                 .collect();
             let module_name = module.display().to_string();
             let mut resolved = None;
+            let mut unreadable = None;
             for readable in &candidates {
                 // blazesym opens the path itself: check first that it is what the process sees
                 // (inside its root) and a file that can be read (target_files' rules).
@@ -151,6 +163,7 @@ impl Symbols {
                         "pid {pid}: not symbolizing through {}: {why}",
                         readable.display()
                     );
+                    unreadable = Some(why.to_string());
                     continue;
                 }
                 let build_id = self.build_id(readable);
@@ -180,11 +193,17 @@ impl Symbols {
                         resolved = Some(frames);
                         break;
                     }
-                    Err(err) => log::debug!("cannot symbolize in {}: {err}", readable.display()),
+                    Err(err) => {
+                        log::debug!("cannot symbolize in {}: {err}", readable.display());
+                        unreadable = Some(err.to_string());
+                    }
                 }
             }
             // Not cached when the module could not be read at all: a later snapshot retries.
             let Some(frames) = resolved else {
+                if let Some(why) = unreadable.filter(|_| self.said_unreadable.insert(file_id)) {
+                    log::warn!("pid {pid}: cannot name functions in {module_name}: {why}");
+                }
                 continue;
             };
             for ((addr, _), frames) in entries.iter().zip(frames) {
@@ -311,5 +330,35 @@ mod tests {
         assert!(frame.offset.is_some());
         // A second lookup, even as if the process were gone, comes from the cache.
         assert_eq!(symbols.stack_frames(pid, false, &[addr]), frames);
+    }
+
+    /// A FIFO planted at a module's path: refused without blocking, said once however often
+    /// it is retried, its frames kept as module and offset.
+    #[test]
+    fn an_unreadable_module_is_said_once_and_keeps_module_and_offset() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fifo = dir.path().join("libgone.so");
+        let c_path = std::ffi::CString::new(fifo.as_os_str().as_encoded_bytes()).expect("path");
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(c_path.as_ptr(), 0o644) }, 0, "mkfifo");
+        // No such process: only the plain path is tried.
+        let pid = u32::MAX;
+        let maps = format!(
+            "7f0000000000-7f0000010000 r-xp 00001000 fe:01 4242 {}\n",
+            fifo.display()
+        );
+        let mut symbols = Symbols::new();
+        symbols.maps.insert(pid, procfs::Maps::parse(&maps));
+        for addr in [0x7f00_0000_0100, 0x7f00_0000_0200, 0x7f00_0000_0100] {
+            let frames = symbols.stack_frames(pid, false, &[addr]);
+            let expected = Frame {
+                addr,
+                module: Some(fifo.display().to_string()),
+                offset: Some(addr - 0x7f00_0000_0000 + 0x1000),
+                ..Frame::default()
+            };
+            assert_eq!(frames, vec![expected]);
+        }
+        assert_eq!(symbols.said_unreadable.len(), 1);
     }
 }

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use leaktrace_supervisor::{Input, Lines, Supervised};
+use leaktrace_supervisor::{Input, Line, Lines, Supervised};
 use serde_json::Value;
 
 pub mod files;
@@ -128,6 +128,63 @@ pub fn fixture(name: &str, extra_flags: &[&str]) -> PathBuf {
     output
 }
 
+/// Build `tests/fixtures/DIR/LIBRARY.c` as the shared library `libLIBRARY.so` and
+/// `tests/fixtures/DIR/PROGRAM.c` linked to it, with `flags`, once per test binary. The program
+/// finds the library beside it (rpath `$ORIGIN`), so a test may copy the two elsewhere.
+/// Returns (program, library).
+pub fn program_with_library(
+    dir: &str,
+    library: &str,
+    program: &str,
+    flags: &[&str],
+) -> (PathBuf, PathBuf) {
+    static BUILT: OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, (PathBuf, PathBuf)>>,
+    > = OnceLock::new();
+    let mut built = BUILT
+        .get_or_init(Default::default)
+        .lock()
+        .expect("fixture lock");
+    let key = format!("{dir} {library} {program} {}", flags.join(" "));
+    if let Some(paths) = built.get(&key) {
+        return paths.clone();
+    }
+    let src = workspace_root().join("tests/fixtures").join(dir);
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!(
+        "{dir}-fixture-{}-{}",
+        std::process::id(),
+        built.len()
+    ));
+    std::fs::create_dir_all(&out).expect("fixture dir");
+    let compile = |gcc: &mut Command, source: &str| {
+        let status = gcc.status().expect("run gcc");
+        assert!(status.success(), "gcc failed on {dir}/{source}.c");
+    };
+    let lib = out.join(format!("lib{library}.so"));
+    compile(
+        Command::new("gcc")
+            .args(flags)
+            .args(["-shared", "-fPIC", "-o"])
+            .arg(&lib)
+            .arg(src.join(format!("{library}.c"))),
+        library,
+    );
+    let exe = out.join(program);
+    compile(
+        Command::new("gcc")
+            .args(flags)
+            .args(["-pthread", "-o"])
+            .arg(&exe)
+            .arg(src.join(format!("{program}.c")))
+            .arg(format!("-L{}", out.display()))
+            .arg(format!("-l{library}"))
+            .arg("-Wl,-rpath,$ORIGIN"),
+        program,
+    );
+    built.insert(key, (exe.clone(), lib.clone()));
+    (exe, lib)
+}
+
 /// A running leaktrace whose stdout/stderr lines are collected as they come; killed if the test
 /// ends before it does.
 pub struct Run {
@@ -195,7 +252,14 @@ impl Run {
     }
 
     /// Wait for exit; returns the status code and every output line.
-    pub fn finish(mut self, timeout: Duration) -> (i32, Vec<String>) {
+    pub fn finish(self, timeout: Duration) -> (i32, Vec<String>) {
+        let (code, lines) = self.finish_lines(timeout);
+        (code, lines.into_iter().map(|l| l.text).collect())
+    }
+
+    /// [`Run::finish`], with each line's stream (leaktrace's warnings go to stderr, its
+    /// periodic table to stdout).
+    pub fn finish_lines(mut self, timeout: Duration) -> (i32, Vec<Line>) {
         self.leaktrace.close_stdin();
         let Ok(status) = self.leaktrace.wait_exit(timeout) else {
             self.leaktrace.kill_and_reap();
@@ -204,7 +268,7 @@ impl Run {
                 self.seen().join("\n")
             );
         };
-        (status.code().unwrap_or(-1), self.seen())
+        (status.code().unwrap_or(-1), self.leaktrace.log().to_vec())
     }
 }
 

@@ -6,7 +6,6 @@
 use std::{
     path::{Path, PathBuf},
     process::Command,
-    sync::OnceLock,
     time::Duration,
 };
 
@@ -19,38 +18,15 @@ use crate::common::*;
 const RECORDS_PER_ROUND: u64 = 500;
 const RECORD_BYTES: u64 = 1000;
 
-/// Build libstore.so and the service linked to it, without frame pointers, once.
-fn service() -> &'static Path {
-    static BUILT: OnceLock<PathBuf> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/growth");
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("growth-fixture-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("fixture dir");
-        let flags = ["-O2", "-g", "-fomit-frame-pointer"];
-        let lib = dir.join("libstore.so");
-        let status = Command::new("gcc")
-            .args(flags)
-            .args(["-shared", "-fPIC", "-o"])
-            .arg(&lib)
-            .arg(src.join("store.c"))
-            .status()
-            .expect("gcc");
-        assert!(status.success(), "gcc failed on store.c");
-        let exe = dir.join("service");
-        let status = Command::new("gcc")
-            .args(flags)
-            .args(["-pthread", "-o"])
-            .arg(&exe)
-            .arg(src.join("service.c"))
-            .arg(format!("-L{}", dir.display()))
-            .arg("-lstore")
-            .arg(format!("-Wl,-rpath,{}", dir.display()))
-            .status()
-            .expect("gcc");
-        assert!(status.success(), "gcc failed on service.c");
-        exe
-    })
+/// The service linked to libstore.so, both without frame pointers.
+fn service() -> PathBuf {
+    program_with_library(
+        "growth",
+        "store",
+        "service",
+        &["-O2", "-g", "-fomit-frame-pointer"],
+    )
+    .0
 }
 
 /// Launch `service MODE ROUNDS` under `leaktrace --mode growth`, release it once it is done,

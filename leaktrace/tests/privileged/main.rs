@@ -12,6 +12,7 @@ mod files;
 mod growth;
 mod growth_mode;
 mod heap;
+mod hostile;
 mod postmortem;
 mod privileges;
 mod trace;
