@@ -38,26 +38,22 @@ fn a_directory_anyone_may_write_without_the_sticky_bit_is_refused_in_one_line() 
     fs::create_dir(&open).expect("mkdir");
     fs::set_permissions(&open, fs::Permissions::from_mode(0o777)).expect("chmod");
     let out = open.join("out.svg");
-    let (code, _, stderr) = leaktrace(&[
-        "export",
-        &recorded(),
-        "--format",
-        "svg",
-        "-o",
-        out.to_str().expect("utf-8"),
-    ]);
+    let export = || {
+        leaktrace(&[
+            "export",
+            &recorded(),
+            "--format",
+            "svg",
+            "-o",
+            out.to_str().expect("utf-8"),
+        ])
+    };
+    let (code, _, stderr) = export();
     one_line_error(code, &stderr, "writable by everyone without the sticky bit");
     assert!(!out.exists());
     // With the sticky bit (as /tmp has) nobody can replace another user's file: allowed.
     fs::set_permissions(&open, fs::Permissions::from_mode(0o1777)).expect("chmod +t");
-    let (code, _, stderr) = leaktrace(&[
-        "export",
-        &recorded(),
-        "--format",
-        "svg",
-        "-o",
-        out.to_str().expect("utf-8"),
-    ]);
+    let (code, _, stderr) = export();
     assert_eq!(code, 0, "{stderr}");
     assert!(out.is_file());
 }

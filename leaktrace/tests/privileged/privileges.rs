@@ -46,6 +46,19 @@ fn copy_executable(from: &Path, dir: &Path, name: &str) -> PathBuf {
     to
 }
 
+/// A work directory with a copy of leaktrace that nobody may run.
+fn workdir_with_leaktrace() -> (tempfile::TempDir, PathBuf) {
+    let dir = workdir();
+    let leaktrace = copy_executable(Path::new(leaktrace_bin()), dir.path(), "leaktrace");
+    (dir, leaktrace)
+}
+
+fn exact_caps() -> Vec<&'static str> {
+    let mut caps = GROWTH_CAPS.to_vec();
+    caps.push(EXACT_EXTRA_CAP);
+    caps
+}
+
 fn caps_arg(caps: &[&str]) -> String {
     caps.iter()
         .map(|c| format!("+{c}"))
@@ -121,10 +134,8 @@ fn exact_mode_with_the_documented_ambient_capabilities_counts_the_leak_exactly()
     if !privileged() {
         return;
     }
-    let dir = workdir();
-    let leaktrace = copy_executable(Path::new(leaktrace_bin()), dir.path(), "leaktrace");
-    let mut caps = GROWTH_CAPS.to_vec();
-    caps.push(EXACT_EXTRA_CAP);
+    let (dir, leaktrace) = workdir_with_leaktrace();
+    let caps = exact_caps();
     let snapshot = trace_steady(&leaktrace, dir.path(), "exact", &caps);
     // steady 2: 200 rounds of one 100-byte leak.
     assert_eq!(steady_leak(&snapshot), (20_000, 200));
@@ -135,8 +146,7 @@ fn growth_mode_needs_no_sys_admin() {
     if !privileged() {
         return;
     }
-    let dir = workdir();
-    let leaktrace = copy_executable(Path::new(leaktrace_bin()), dir.path(), "leaktrace");
+    let (dir, leaktrace) = workdir_with_leaktrace();
     let snapshot = trace_steady(&leaktrace, dir.path(), "growth", GROWTH_CAPS);
     let process = &snapshot["processes"][0];
     assert_eq!(process["comm"], "alloc_patterns");
@@ -160,10 +170,8 @@ fn the_setcap_recipe_lets_an_ordinary_user_trace_exactly() {
     if !privileged() {
         return;
     }
-    let dir = workdir();
-    let leaktrace = copy_executable(Path::new(leaktrace_bin()), dir.path(), "leaktrace");
-    let mut caps = GROWTH_CAPS.to_vec();
-    caps.push(EXACT_EXTRA_CAP);
+    let (dir, leaktrace) = workdir_with_leaktrace();
+    let caps = exact_caps();
     // The recipe of SECURITY.md, word for word.
     let file_caps = format!(
         "{}+ep",
@@ -187,8 +195,7 @@ fn without_sys_admin_exact_mode_fails_in_one_line_naming_it() {
     if !privileged() {
         return;
     }
-    let dir = workdir();
-    let leaktrace = copy_executable(Path::new(leaktrace_bin()), dir.path(), "leaktrace");
+    let (dir, leaktrace) = workdir_with_leaktrace();
     let leak = copy_executable(
         &fixture("alloc_patterns", &[]),
         dir.path(),
