@@ -210,6 +210,46 @@ fn report_names_the_leak_with_its_frames() {
     );
 }
 
+/// A growth-mode snapshot's sites are stacks that grew the heap: its report speaks of heap
+/// growth and growth events, never of blocks, and does not call a `--pid` target system-wide.
+#[test]
+fn report_of_a_growth_mode_snapshot_speaks_of_heap_growth() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut snapshot = load_json("leak-run1.json");
+    snapshot["mode"] = json!("growth");
+    let process = &mut snapshot["processes"][0];
+    process["exact"] = json!(false);
+    process["outstanding_bytes"] = json!(4_194_304);
+    process["allocated_bytes"] = json!(8_388_608);
+    process["allocated_count"] = json!(3);
+    let site = &mut process["sites"][0];
+    site["outstanding_bytes"] = json!(4_194_304);
+    site["outstanding_count"] = json!(1);
+    site["allocated_count"] = json!(3);
+    let file = write_json(dir.path(), "growth.json", &snapshot);
+    let out = succeed(&["report", &file]);
+    assert!(
+        out.contains("#1 leak_exactly: 4.0 MiB (4194304 bytes) of heap growth still mapped (3 growth events)"),
+        "{out}"
+    );
+    assert!(
+        out.contains("heap growth      4.0 MiB (4194304 bytes) still mapped of 8.0 MiB grown, in 3 growth events"),
+        "{out}"
+    );
+    assert!(out.contains("tracing          growth mode:"), "{out}");
+    assert!(!out.contains("system-wide"), "{out}");
+    assert!(!out.contains(" block"), "{out}");
+    let markdown = succeed(&["report", &file, "--format", "markdown"]);
+    assert!(
+        markdown.contains("| rank | still mapped | growth events |"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains("| 1 | 4.0 MiB (4194304 bytes) | 3 |"),
+        "{markdown}"
+    );
+}
+
 #[test]
 fn report_in_markdown_is_a_table_with_code_blocks() {
     let out = succeed(&["report", &data("leak-run1.json"), "--format", "markdown"]);
@@ -992,6 +1032,7 @@ fn snapshot_strategy() -> impl Strategy<Value = RecordedSnapshot> {
         generated_at: String::new(),
         duration_s: 1.0,
         complete: true,
+        mode: None,
         processes,
     })
 }

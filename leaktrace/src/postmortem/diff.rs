@@ -422,6 +422,7 @@ mod tests {
             generated_at: String::new(),
             duration_s: 1.0,
             complete: true,
+            mode: Some("exact".to_string()),
             processes,
         }
     }

@@ -45,7 +45,20 @@ pub struct RecordedSnapshot {
     pub duration_s: f64,
     /// The final snapshot of its run.
     pub complete: bool,
+    /// `exact`, `growth` or (older versions) `system_wide`; kept as written, so that a mode
+    /// this version does not know still reads.
+    #[serde(default)]
+    pub mode: Option<String>,
     pub processes: Vec<RecordedProcess>,
+}
+
+impl RecordedSnapshot {
+    /// Whether `process`'s sites are growth mode's (stacks that grew the heap), whose counts
+    /// are growth events, not blocks.
+    pub fn growth_sites(&self, process: &RecordedProcess) -> bool {
+        self.mode.as_deref() == Some(crate::schema::Mode::Growth.as_str())
+            && process.exact == Some(false)
+    }
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Deserialize)]

@@ -5,7 +5,7 @@ use std::{fmt::Write as _, time::Duration};
 use super::read::{RecordedFrame, RecordedHeap, RecordedProcess, RecordedSite, RecordedSnapshot};
 use crate::{
     format::{self, human_bytes},
-    schema::{Counters, ExitStatus},
+    schema::{Counters, ExitStatus, SiteCounters},
 };
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,9 +87,10 @@ pub fn render_report(
     }
     for process in processes {
         let sites = SiteSelection::of(process, options);
+        let words = Words::for_process(snapshot.growth_sites(process));
         match options.style {
-            ReportStyle::Text => text_process(&mut out, process, &sites, options),
-            ReportStyle::Markdown => markdown_process(&mut out, process, &sites, options),
+            ReportStyle::Text => text_process(&mut out, process, &sites, options, words),
+            ReportStyle::Markdown => markdown_process(&mut out, process, &sites, options, words),
         }
     }
     Ok(out)
@@ -190,28 +191,93 @@ fn signal_name(signal: i32) -> Option<&'static str> {
     })
 }
 
+/// How a process's numbers read: exact mode's blocks and allocations, or growth mode's heap
+/// growth and growth events (written under the same field names, docs/json-schema.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Words {
+    growth: bool,
+}
+
+impl Words {
+    fn for_process(growth: bool) -> Self {
+        Self { growth }
+    }
+
+    /// "50000 B outstanding in 500 blocks", or "4194304 B of heap growth still mapped (1 growth
+    /// event)".
+    fn held(self, counters: &SiteCounters) -> String {
+        if self.growth {
+            format!(
+                "{} of heap growth still mapped ({})",
+                exact_bytes(counters.outstanding_bytes),
+                events(counters.allocated_count)
+            )
+        } else {
+            format!(
+                "{} outstanding in {}",
+                exact_bytes(counters.outstanding_bytes),
+                blocks(counters.outstanding_count)
+            )
+        }
+    }
+
+    /// The Markdown site table's size and count columns, and a site's values there.
+    fn columns(self) -> (&'static str, &'static str) {
+        if self.growth {
+            ("still mapped", "growth events")
+        } else {
+            ("outstanding", "blocks")
+        }
+    }
+
+    fn count(self, counters: &SiteCounters) -> u64 {
+        if self.growth {
+            counters.allocated_count
+        } else {
+            counters.outstanding_count
+        }
+    }
+}
+
 /// The process summary as (label, value) rows.
-fn summary(process: &RecordedProcess) -> Vec<(&'static str, String)> {
+fn summary(process: &RecordedProcess, words: Words) -> Vec<(&'static str, String)> {
+    let totals = if words.growth {
+        vec![(
+            "heap growth",
+            format!(
+                "{} still mapped of {} grown, in {}",
+                exact_bytes(process.outstanding_bytes),
+                human_bytes(process.allocated_bytes),
+                events(process.allocated_count)
+            ),
+        )]
+    } else {
+        vec![
+            (
+                "outstanding",
+                format!(
+                    "{} in {}",
+                    exact_bytes(process.outstanding_bytes),
+                    blocks(process.outstanding_count)
+                ),
+            ),
+            (
+                "allocations",
+                format!(
+                    "{} allocations ({}), {} frees",
+                    process.allocated_count,
+                    human_bytes(process.allocated_bytes),
+                    process.freed_count
+                ),
+            ),
+        ]
+    };
     let mut rows = vec![
         ("executable", process.exe.clone()),
         ("status", status(process)),
-        (
-            "outstanding",
-            format!(
-                "{} in {}",
-                exact_bytes(process.outstanding_bytes),
-                blocks(process.outstanding_count)
-            ),
-        ),
-        (
-            "allocations",
-            format!(
-                "{} allocations ({}), {} frees",
-                process.allocated_count,
-                human_bytes(process.allocated_bytes),
-                process.freed_count
-            ),
-        ),
+    ];
+    rows.extend(totals);
+    rows.extend([
         (
             "bytes processed",
             process
@@ -220,8 +286,13 @@ fn summary(process: &RecordedProcess) -> Vec<(&'static str, String)> {
                 .unwrap_or_else(|| "unknown (/proc/PID/io was not readable)".to_string()),
         ),
         ("counters", counters_summary(&process.counters)),
-    ];
-    if process.exact == Some(false) {
+    ]);
+    if words.growth {
+        rows.push((
+            "tracing",
+            "growth mode: the syscalls that grew its heap, with their stacks; its malloc family was not traced".to_string(),
+        ));
+    } else if process.exact == Some(false) {
         rows.push((
             "tracing",
             "heap syscalls only (system-wide): its malloc family was not traced".to_string(),
@@ -369,6 +440,14 @@ fn exact_bytes(bytes: u64) -> String {
     }
 }
 
+fn events(count: u64) -> String {
+    if count == 1 {
+        "1 growth event".to_string()
+    } else {
+        format!("{count} growth events")
+    }
+}
+
 fn blocks(count: u64) -> String {
     if count == 1 {
         "1 block".to_string()
@@ -381,10 +460,15 @@ fn site_heading(site: &RecordedSite) -> String {
     format::site_name(&site.frames)
 }
 
-fn growth_line(site: &RecordedSite) -> String {
+fn growth_line(site: &RecordedSite, words: Words) -> String {
     let g = &site.growth;
+    let oldest = if words.growth {
+        "first growth"
+    } else {
+        "oldest block"
+    };
     format!(
-        "{} per MiB processed (R² {}), {} per minute (R² {}), class {}, oldest block {}",
+        "{} per MiB processed (R² {}), {} per minute (R² {}), class {}, {oldest} {}",
         format::slope(g.bytes_per_mib_processed),
         format::r2(g.r2_processed),
         format::slope(g.bytes_per_min),
@@ -432,9 +516,10 @@ fn text_process(
     process: &RecordedProcess,
     sites: &SiteSelection,
     options: &ReportOptions,
+    words: Words,
 ) {
     let _ = writeln!(out, "\npid {} ({})", process.pid, process.comm);
-    for (label, value) in summary(process) {
+    for (label, value) in summary(process, words) {
         let _ = writeln!(out, "  {label:<16} {value}");
     }
     if let Some(warning) = counters_warning(&process.counters) {
@@ -448,13 +533,12 @@ fn text_process(
     for site in &sites.shown {
         let _ = writeln!(
             out,
-            "\n  #{} {}: {} outstanding in {}",
+            "\n  #{} {}: {}",
             site.leak_rank,
             site_heading(site),
-            exact_bytes(site.counters.outstanding_bytes),
-            blocks(site.counters.outstanding_count)
+            words.held(&site.counters)
         );
-        let _ = writeln!(out, "     growth: {}", growth_line(site));
+        let _ = writeln!(out, "     growth: {}", growth_line(site, words));
         if let Some(heap) = site_heap_line(site) {
             let _ = writeln!(out, "     heap: {heap}");
         }
@@ -485,6 +569,7 @@ fn markdown_process(
     process: &RecordedProcess,
     sites: &SiteSelection,
     options: &ReportOptions,
+    words: Words,
 ) {
     let _ = writeln!(
         out,
@@ -494,7 +579,7 @@ fn markdown_process(
         status(process)
     );
     let _ = writeln!(out, "| | |\n|---|---|");
-    for (label, value) in summary(process) {
+    for (label, value) in summary(process, words) {
         let value = if label == "executable" {
             code(&value)
         } else {
@@ -508,9 +593,10 @@ fn markdown_process(
     if sites.shown.is_empty() {
         let _ = writeln!(out, "\nNo sites to show.");
     } else {
+        let (size, count) = words.columns();
         let _ = writeln!(
             out,
-            "\n| rank | outstanding | blocks | per MiB processed | per minute | R² (MiB / min) | class | oldest | site |"
+            "\n| rank | {size} | {count} | per MiB processed | per minute | R² (MiB / min) | class | oldest | site |"
         );
         let _ = writeln!(out, "|---:|---:|---:|---:|---:|---:|---|---:|---|");
         for site in &sites.shown {
@@ -520,7 +606,7 @@ fn markdown_process(
                 "| {} | {} | {} | {} | {} | {} / {} | {} | {} | {} |",
                 site.leak_rank,
                 exact_bytes(site.counters.outstanding_bytes),
-                site.counters.outstanding_count,
+                words.count(&site.counters),
                 format::slope(g.bytes_per_mib_processed),
                 format::slope(g.bytes_per_min),
                 format::r2(g.r2_processed),
@@ -534,11 +620,10 @@ fn markdown_process(
     for site in &sites.shown {
         let _ = writeln!(
             out,
-            "\n#### #{} {}: {} outstanding in {}\n",
+            "\n#### #{} {}: {}\n",
             site.leak_rank,
             code(&site_heading(site)),
-            exact_bytes(site.counters.outstanding_bytes),
-            blocks(site.counters.outstanding_count)
+            words.held(&site.counters)
         );
         if let Some(heap) = site_heap_line(site) {
             let _ = writeln!(out, "Heap: {}.\n", cell(&heap));
