@@ -7,6 +7,7 @@
 use std::{
     fmt,
     io::{BufRead as _, BufReader, Read, Write as _},
+    os::unix::process::CommandExt as _,
     process::{Child, ChildStdin, Command, ExitStatus, Stdio},
     sync::mpsc::{self, Receiver, RecvTimeoutError, Sender},
     thread,
@@ -113,6 +114,17 @@ impl Supervised {
             })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        // A command started in the background by a non-interactive shell (as CI may start the
+        // tests) inherits SIGINT and SIGQUIT ignored, and would then ignore `interrupt`: the
+        // children get the default dispositions back.
+        // SAFETY: between fork and exec only signal(2), which is async-signal-safe.
+        unsafe {
+            command.pre_exec(|| {
+                libc::signal(libc::SIGINT, libc::SIG_DFL);
+                libc::signal(libc::SIGQUIT, libc::SIG_DFL);
+                Ok(())
+            });
+        }
         let mut child = command.spawn().map_err(|e| {
             Error::new(format!(
                 "cannot start {name} ({:?}): {e}",
