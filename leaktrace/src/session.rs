@@ -230,7 +230,10 @@ impl Traced {
             gone_since: None,
             hooked: hooked.iter().map(|s| s.to_string()).collect(),
             work: SinceStart::default(),
-            memory: ProcessMemory::default(),
+            memory: match origin {
+                Origin::Launched => ProcessMemory::launched(),
+                Origin::Found => ProcessMemory::default(),
+            },
         }
     }
 
