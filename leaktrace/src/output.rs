@@ -99,8 +99,6 @@ struct TrustedDir {
     fd: OwnedFd,
     /// For messages only.
     shown: PathBuf,
-    /// While walking: create missing directories with this mode.
-    create: Option<Mode>,
 }
 
 /// A file to write: its directory's descriptor and its name there.
@@ -146,21 +144,6 @@ impl Destination {
         }
         Err(OutputError::TooManyLinks(path))
     }
-
-    fn write(&self, bytes: &[u8], access: Access) -> Result<(), OutputError> {
-        let (temp, file) = self.dir.create_temp(&self.name, access)?;
-        let written = (|| -> io::Result<()> {
-            let mut file = File::from(file);
-            file.write_all(bytes)?;
-            file.sync_all()?;
-            rfs::renameat(&self.dir.fd, &temp, &self.dir.fd, self.name.as_os_str())?;
-            Ok(())
-        })();
-        if written.is_err() {
-            let _ = rfs::unlinkat(&self.dir.fd, &temp, AtFlags::empty());
-        }
-        Ok(written?)
-    }
 }
 
 impl TrustedDir {
@@ -169,7 +152,7 @@ impl TrustedDir {
         Self::open_or_create(path, None)
     }
 
-    /// The same walk, creating missing directories with `mode` (like `mkdir -p`, but never
+    /// The same walk, creating missing directories with `create` (like `mkdir -p`, but never
     /// through anyone else's link).
     fn open_or_create(path: &Path, create: Option<Mode>) -> Result<Self, OutputError> {
         let mut links = 0;
@@ -178,13 +161,17 @@ impl TrustedDir {
         let mut dir = TrustedDir {
             fd,
             shown: PathBuf::from(start),
-            create,
         };
-        dir.walk(path, &mut links)?;
+        dir.walk(path, create, &mut links)?;
         Ok(dir)
     }
 
-    fn walk(&mut self, path: &Path, links: &mut usize) -> Result<(), OutputError> {
+    fn walk(
+        &mut self,
+        path: &Path,
+        create: Option<Mode>,
+        links: &mut usize,
+    ) -> Result<(), OutputError> {
         for component in path.components() {
             match component {
                 Component::RootDir => {
@@ -196,13 +183,18 @@ impl TrustedDir {
                     self.fd = rfs::openat(&self.fd, "..", dir_flags(), Mode::empty())?;
                     self.shown.push("..");
                 }
-                Component::Normal(name) => self.step(name, links)?,
+                Component::Normal(name) => self.step(name, create, links)?,
             }
         }
         Ok(())
     }
 
-    fn step(&mut self, name: &OsStr, links: &mut usize) -> Result<(), OutputError> {
+    fn step(
+        &mut self,
+        name: &OsStr,
+        create: Option<Mode>,
+        links: &mut usize,
+    ) -> Result<(), OutputError> {
         let shown = self.shown.join(name);
         let open = |dir: &OwnedFd| {
             rfs::openat(
@@ -212,7 +204,7 @@ impl TrustedDir {
                 Mode::empty(),
             )
         };
-        let fd = match (open(&self.fd), self.create) {
+        let fd = match (open(&self.fd), create) {
             (Err(Errno::NOENT), Some(mode)) => {
                 match rfs::mkdirat(&self.fd, name, mode) {
                     Ok(()) | Err(Errno::EXIST) => {}
@@ -235,10 +227,9 @@ impl TrustedDir {
                 if *links > MAX_LINKS {
                     return Err(OutputError::TooManyLinks(shown));
                 }
-                let target = PathBuf::from(OsStr::from_bytes(
-                    rfs::readlinkat(&fd, "", Vec::new())?.as_bytes(),
-                ));
-                self.walk(&target, links)
+                // An O_PATH descriptor of the link itself: "" names it.
+                let target = read_link_at(&fd, OsStr::new(""))?;
+                self.walk(&target, create, links)
             }
             _ => Err(OutputError::NotADirectory(shown)),
         }
@@ -251,6 +242,30 @@ impl TrustedDir {
                 dir: self.shown.clone(),
             });
         }
+        Ok(())
+    }
+
+    /// Write `name` here atomically: an exclusive temporary file, flushed, renamed over it.
+    fn write_file(&self, name: &OsStr, bytes: &[u8], access: Access) -> Result<(), OutputError> {
+        let (temp, file) = self.create_temp(name, access)?;
+        let written = (|| -> io::Result<()> {
+            let mut file = File::from(file);
+            file.write_all(bytes)?;
+            file.sync_all()?;
+            rfs::renameat(&self.fd, &temp, &self.fd, name)?;
+            Ok(())
+        })();
+        if written.is_err() {
+            let _ = rfs::unlinkat(&self.fd, &temp, AtFlags::empty());
+        }
+        Ok(written?)
+    }
+
+    /// Whether a file for `name` can be created here: a temporary one, removed at once.
+    fn check_writable(&self, name: &OsStr) -> Result<(), OutputError> {
+        let (temp, fd) = self.create_temp(name, Access::Private)?;
+        drop(fd);
+        rfs::unlinkat(&self.fd, &temp, AtFlags::empty())?;
         Ok(())
     }
 
@@ -314,18 +329,14 @@ fn random_u64() -> u64 {
 /// Write `bytes` to `path` so that a reader sees either the old file or the new one, whole:
 /// an exclusive temporary file in the same directory, flushed, then renamed over the target.
 pub fn write_atomically(path: &Path, bytes: &[u8], access: Access) -> Result<(), OutputError> {
-    Destination::resolve(path)?.write(bytes, access)
+    let destination = Destination::resolve(path)?;
+    destination.dir.write_file(&destination.name, bytes, access)
 }
 
 /// Check before tracing starts that files can be written to `path`, under the same rules.
 pub fn check_writable(path: &Path) -> Result<(), OutputError> {
     let destination = Destination::resolve(path)?;
-    let (temp, fd) = destination
-        .dir
-        .create_temp(&destination.name, Access::Private)?;
-    drop(fd);
-    rfs::unlinkat(&destination.dir.fd, &temp, AtFlags::empty())?;
-    Ok(())
+    destination.dir.check_writable(&destination.name)
 }
 
 /// Rolling timestamped snapshots in a directory, the newest `keep` kept.
@@ -345,12 +356,9 @@ impl SnapshotSeries {
             Access::Shared => 0o755,
             Access::Private => 0o700,
         };
-        let mut dir = TrustedDir::open_or_create(dir, Some(Mode::from_raw_mode(created_mode)))?;
-        dir.create = None;
+        let dir = TrustedDir::open_or_create(dir, Some(Mode::from_raw_mode(created_mode)))?;
         dir.check_not_shared_unsafely()?;
-        let (temp, fd) = dir.create_temp(OsStr::new("leaktrace-check"), Access::Private)?;
-        drop(fd);
-        rfs::unlinkat(&dir.fd, &temp, AtFlags::empty())?;
+        dir.check_writable(OsStr::new("leaktrace-check"))?;
         Ok(Self {
             dir,
             keep: usize::try_from(keep).unwrap_or(usize::MAX).max(1),
@@ -367,15 +375,7 @@ impl SnapshotSeries {
             .filter(|c| !matches!(c, '-' | ':' | '/'))
             .collect();
         let name = OsString::from(format!("{SERIES_PREFIX}{stamp}.json"));
-        let destination = Destination {
-            dir: TrustedDir {
-                fd: self.dir.fd.try_clone()?,
-                shown: self.dir.shown.clone(),
-                create: None,
-            },
-            name: name.clone(),
-        };
-        destination.write(bytes, self.access)?;
+        self.dir.write_file(&name, bytes, self.access)?;
         let listing = rfs::openat(
             &self.dir.fd,
             ".",
