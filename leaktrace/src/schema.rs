@@ -188,6 +188,18 @@ pub struct Counters {
 }
 
 impl Counters {
+    /// Both processes' counters together (saturating: a sum never wraps).
+    pub fn saturating_add(self, other: &Counters) -> Counters {
+        Counters {
+            dropped_allocations: self
+                .dropped_allocations
+                .saturating_add(other.dropped_allocations),
+            stack_errors: self.stack_errors.saturating_add(other.stack_errors),
+            lost_events: self.lost_events.saturating_add(other.lost_events),
+            unknown_frees: self.unknown_frees.saturating_add(other.unknown_frees),
+        }
+    }
+
     pub fn any(&self) -> bool {
         self.dropped_allocations > 0
             || self.stack_errors > 0

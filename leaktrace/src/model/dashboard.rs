@@ -128,24 +128,7 @@ impl HeaderTotals {
                 outstanding_count: t.outstanding_count.saturating_add(p.outstanding_count),
                 bytes_processed: add(t.bytes_processed, p.bytes_processed),
                 rss_bytes: add(t.rss_bytes, p.heap.as_ref().and_then(|h| h.rss_bytes)),
-                counters: Counters {
-                    dropped_allocations: t
-                        .counters
-                        .dropped_allocations
-                        .saturating_add(p.counters.dropped_allocations),
-                    stack_errors: t
-                        .counters
-                        .stack_errors
-                        .saturating_add(p.counters.stack_errors),
-                    lost_events: t
-                        .counters
-                        .lost_events
-                        .saturating_add(p.counters.lost_events),
-                    unknown_frees: t
-                        .counters
-                        .unknown_frees
-                        .saturating_add(p.counters.unknown_frees),
-                },
+                counters: t.counters.saturating_add(&p.counters),
             })
     }
 }
