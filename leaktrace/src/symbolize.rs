@@ -158,15 +158,18 @@ impl Symbols {
             for readable in &candidates {
                 // blazesym opens the path itself: check first that it is what the process sees
                 // (inside its root) and a file that can be read (target_files' rules).
-                if let Err(why) = vet_module(pid, alive, &module, readable) {
-                    log::debug!(
-                        "pid {pid}: not symbolizing through {}: {why}",
-                        readable.display()
-                    );
-                    unreadable = Some(why.to_string());
-                    continue;
-                }
-                let build_id = self.build_id(readable);
+                let vetted = match vet_module(pid, alive, &module, readable) {
+                    Ok(vetted) => vetted,
+                    Err(why) => {
+                        log::debug!(
+                            "pid {pid}: not symbolizing through {}: {why}",
+                            readable.display()
+                        );
+                        unreadable = Some(why.to_string());
+                        continue;
+                    }
+                };
+                let build_id = self.build_id(readable, vetted);
                 let source = Source::Elf(Elf::new(readable));
                 match self
                     .symbolizer
@@ -212,10 +215,12 @@ impl Symbols {
         }
     }
 
-    fn build_id(&mut self, path: &Path) -> Option<String> {
+    /// The build id of the module at `path`, read from `vetted` (that very file, already
+    /// opened) the first time.
+    fn build_id(&mut self, path: &Path, vetted: std::fs::File) -> Option<String> {
         self.build_ids
             .entry(path.to_path_buf())
-            .or_insert_with(|| read_build_id(path))
+            .or_insert_with(|| read_build_id(path, vetted))
             .clone()
     }
 }
@@ -271,16 +276,15 @@ fn vet_module(
     alive: bool,
     module: &Path,
     readable: &Path,
-) -> Result<(), crate::target_files::Unreadable> {
+) -> Result<std::fs::File, crate::target_files::Unreadable> {
     use std::os::unix::fs::MetadataExt as _;
     let vetted = if alive {
         crate::target_files::open_in_root(pid, module)?
     } else {
         crate::target_files::open(readable)?
     };
-    let (vetted, there) = (vetted.metadata(), std::fs::metadata(readable));
-    match (vetted, there) {
-        (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => Ok(()),
+    match (vetted.metadata(), std::fs::metadata(readable)) {
+        (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => Ok(vetted),
         _ => Err(crate::target_files::Unreadable::Malformed {
             path: readable.to_path_buf(),
             reason: "it is not the file the process's root holds at that path".to_string(),
@@ -288,9 +292,9 @@ fn vet_module(
     }
 }
 
-fn read_build_id(path: &Path) -> Option<String> {
+fn read_build_id(path: &Path, file: std::fs::File) -> Option<String> {
     use object::Object as _;
-    let elf = crate::target_files::Elf::open(path).ok()?;
+    let elf = crate::target_files::Elf::new(path, file);
     let file = elf.parse().ok()?;
     let id = file.build_id().ok()??;
     Some(id.iter().map(|b| format!("{b:02x}")).collect())

@@ -163,10 +163,6 @@ impl Elf {
         }
     }
 
-    pub fn open(path: &Path) -> Result<Self, Unreadable> {
-        Ok(Self::new(path, open(path)?))
-    }
-
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -227,6 +223,10 @@ mod tests {
     use proptest::prelude::*;
 
     use super::*;
+
+    fn elf_at(path: &Path) -> Result<Elf, Unreadable> {
+        Ok(Elf::new(path, open(path)?))
+    }
 
     /// Run `f` on a thread and fail if it blocks: a test of "never blocks" must not hang.
     fn within_5s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
@@ -353,7 +353,7 @@ mod tests {
     #[test]
     fn sections_are_read_on_demand_from_a_real_module() {
         let module = real_module();
-        let elf = Elf::open(&module).expect("open");
+        let elf = elf_at(&module).expect("open");
         let view = elf.parse().expect("parse");
         let eh_frame = elf
             .section_data(&view, ".eh_frame")
@@ -370,7 +370,7 @@ mod tests {
         for len in [0, 3, 16, 64, 100, 4096, module.len() / 2] {
             let path = dir.path().join(format!("cut-{len}"));
             fs::write(&path, &module[..len]).expect("write");
-            if let Ok(elf) = Elf::open(&path) {
+            if let Ok(elf) = elf_at(&path) {
                 if let Ok(view) = elf.parse() {
                     let _ = elf.section_data(&view, ".eh_frame");
                 }
@@ -406,7 +406,7 @@ mod tests {
             }
             let mut file = tempfile::NamedTempFile::new().expect("temp");
             file.write_all(&data).expect("write");
-            let elf = Elf::open(file.path()).expect("open");
+            let elf = elf_at(file.path()).expect("open");
             if let Ok(view) = elf.parse() {
                 for name in [".eh_frame", ".eh_frame_hdr", ".debug_frame", ".symtab", ".text"] {
                     if let Ok(Some(section)) = elf.section_data(&view, name) {
