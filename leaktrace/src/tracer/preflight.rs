@@ -54,12 +54,16 @@ const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
 
 fn has_bpf_privileges() -> bool {
-    [CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE]
-        .into_iter()
-        .all(has_capability)
+    has_capabilities(&[CAP_BPF, CAP_PERFMON, CAP_SYS_PTRACE])
 }
 
 /// Whether `cap` is in leaktrace's effective set (root's holds them all, unless dropped).
 pub(super) fn has_capability(cap: u32) -> bool {
-    crate::procfs::own_effective_capabilities().is_some_and(|effective| effective & (1 << cap) != 0)
+    has_capabilities(&[cap])
+}
+
+/// Whether all of `caps` are in the effective set (/proc/self/status read once).
+fn has_capabilities(caps: &[u32]) -> bool {
+    crate::procfs::own_effective_capabilities()
+        .is_some_and(|effective| caps.iter().all(|cap| effective & (1 << cap) != 0))
 }
