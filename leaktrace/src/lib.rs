@@ -13,6 +13,7 @@ mod model;
 mod output;
 mod placement;
 pub mod postmortem;
+mod privileges;
 mod procfs;
 mod report;
 /// Every serialized type: the `leaktrace/1` snapshot (docs/json-schema.md).

@@ -291,6 +291,23 @@ pub fn own_effective_capabilities() -> Option<u64> {
     u64::from_str_radix(field(&status, "CapEff")?, 16).ok()
 }
 
+/// The effective capabilities of each of our own threads (capabilities are per thread):
+/// (thread id, CapEff). Threads that end while being read are left out.
+pub fn threads_effective_capabilities() -> Vec<(u32, u64)> {
+    let Ok(tasks) = fs::read_dir("/proc/self/task") else {
+        return Vec::new();
+    };
+    tasks
+        .filter_map(|task| {
+            let task = task.ok()?;
+            let tid = task.file_name().to_str()?.parse::<u32>().ok()?;
+            let status = fs::read_to_string(task.path().join("status")).ok()?;
+            let effective = u64::from_str_radix(field(&status, "CapEff")?, 16).ok()?;
+            Some((tid, effective))
+        })
+        .collect()
+}
+
 /// Cumulative bytes a process read and wrote (`rchar`, `wchar` of /proc/PID/io).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct IoCounters {

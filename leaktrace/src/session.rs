@@ -21,7 +21,7 @@ use crate::{
     heap::{AllocatorCalls, HeapTracker},
     model::{self, GrowthClock, ProcessMemory, ProcessTotals, SinceStart, SiteSeries},
     output::{self, Access},
-    procfs, report,
+    privileges, procfs, report,
     schema::{ExitStatus, Mode, ProbeCost, ProcessReport, Processed, SiteHeap, Snapshot, SCHEMA},
     symbolize::Symbols,
     target::{self, TargetProcess},
@@ -263,10 +263,27 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let targets = find_targets(&config)?;
     let (mut tracer, ns_per_hit) = load(&config)?;
     let (heap, traced) = attach(&mut tracer, &config, targets)?;
+    drop_privileges(&config);
     announce(&config, &traced);
     let mut session = Session::new(config, tracer, heap, traced, rolling, ns_per_hit)?;
     let outcome = session.run_loop().await;
     session.finish(outcome).await
+}
+
+/// Once attached, keep only the capabilities the rest of the run needs (privileges.rs). A
+/// failure to drop them is said, not fatal: tracing goes on with what leaktrace had.
+fn drop_privileges(config: &Config) {
+    let needs = privileges::Needs {
+        writes_outputs: config.json.is_some() || config.rolling.is_some(),
+        launched_command: !config.command.is_empty(),
+    };
+    match privileges::drop_unneeded(needs) {
+        Ok(dropped) if !dropped.is_empty() => {
+            log::info!("dropped {} capabilities no longer needed", dropped.len())
+        }
+        Ok(_) => {}
+        Err(err) => log::warn!("cannot drop the capabilities leaktrace no longer needs: {err:#}"),
+    }
 }
 
 /// Refuse before tracing what would fail later: no privileges, an unwritable `--json`, an

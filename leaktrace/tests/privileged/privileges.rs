@@ -221,3 +221,92 @@ fn without_sys_admin_exact_mode_fails_in_one_line_naming_it() {
     assert!(errors[0].contains("CAP_SYS_ADMIN"), "{output}");
     assert!(!output.contains("panicked"), "{output}");
 }
+
+/// The capabilities a root leaktrace keeps once attached, with `--json` and a launched command
+/// (privileges.rs): BPF, PERFMON, SYS_ADMIN (later attaches), SYS_PTRACE, DAC_READ_SEARCH,
+/// CHECKPOINT_RESTORE (the target's /proc files and modules), DAC_OVERRIDE and FOWNER (the JSON),
+/// KILL (the launched command).
+const KEPT_BY_ROOT: &[u32] = &[39, 38, 21, 19, 2, 40, 1, 3, 5];
+
+/// Each thread's capability sets of process `pid`: (tid, field, mask).
+fn thread_capabilities(pid: u32) -> Vec<(String, String, u64)> {
+    let mut sets = Vec::new();
+    for task in fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+    {
+        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        for line in status.lines() {
+            let Some((field, value)) = line.split_once(':') else {
+                continue;
+            };
+            if field.starts_with("Cap") {
+                let mask = u64::from_str_radix(value.trim(), 16).expect("hex capability set");
+                sets.push((
+                    task.file_name().to_string_lossy().into_owned(),
+                    field.to_string(),
+                    mask,
+                ));
+            }
+        }
+    }
+    sets
+}
+
+#[test]
+fn root_leaktrace_drops_the_capabilities_it_no_longer_needs_once_attached() {
+    if !privileged() {
+        return;
+    }
+    let kept = KEPT_BY_ROOT.iter().fold(0u64, |mask, cap| mask | 1 << cap);
+    let expected = |field: &str| match field {
+        "CapEff" | "CapPrm" | "CapBnd" => kept,
+        _ => 0,
+    };
+    let fixture = fixture("alloc_patterns", &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("snapshot.json");
+    let mut run = crate::common::Run::start(&[
+        "--headless",
+        "--interval",
+        "300ms",
+        "--json",
+        json.to_str().expect("utf-8 path"),
+        "--",
+        fixture.to_str().expect("utf-8 path"),
+        "leak",
+    ]);
+    run.wait_for("finished leak", std::time::Duration::from_secs(30));
+    // The drop follows the attach, which releases the command: poll until it shows.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let wrong = loop {
+        let wrong: Vec<_> = thread_capabilities(run.pid())
+            .into_iter()
+            .filter(|(_, field, mask)| *mask != expected(field))
+            .collect();
+        if wrong.is_empty() || std::time::Instant::now() > deadline {
+            break wrong;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        wrong.is_empty(),
+        "threads of leaktrace with other capability sets than {kept:#x}: {wrong:x?}"
+    );
+    // Tracing goes on without them: the leak made before and after the drop is counted exactly,
+    // and the JSON is written.
+    run.send_line();
+    let (code, lines) = run.finish(std::time::Duration::from_secs(60));
+    assert_eq!(code, 0, "leaktrace failed:\n{}", lines.join("\n"));
+    let snapshot: Value =
+        serde_json::from_slice(&fs::read(&json).expect("final JSON")).expect("JSON parses");
+    let process = crate::common::only_process(&snapshot);
+    assert_eq!(
+        crate::common::totals_for(process, "leak_exactly").0,
+        500 * 100,
+        "{process:#?}"
+    );
+}
