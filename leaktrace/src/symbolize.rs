@@ -5,7 +5,13 @@
 //! and symbolized from the module file by file offset, so the same path works for a process that
 //! has already exited. Each (pid, address) is resolved once.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{HashMap, HashSet, VecDeque},
+    fs::File,
+    io::{self, Read as _},
+    os::{
+        fd::AsRawFd as _,
+        unix::fs::{MetadataExt as _, PermissionsExt as _},
+    },
     path::{Path, PathBuf},
 };
 
@@ -14,7 +20,7 @@ use blazesym::symbolize::{
     Input, Symbolized, Symbolizer,
 };
 
-use crate::{procfs, schema::Frame};
+use crate::{procfs, schema::Frame, target_files::Unreadable};
 
 pub struct Symbols {
     symbolizer: Symbolizer,
@@ -23,6 +29,7 @@ pub struct Symbols {
     build_ids: HashMap<PathBuf, Option<String>>,
     /// Module files already said to be unreadable: said once, retried quietly.
     said_unreadable: HashSet<FileId>,
+    pinned: PinnedFiles,
 }
 
 /// A module file, whatever path or namespace it is reached by: (device, inode).
@@ -42,6 +49,7 @@ impl Symbols {
             frames: HashMap::new(),
             build_ids: HashMap::new(),
             said_unreadable: HashSet::new(),
+            pinned: PinnedFiles::default(),
         }
     }
 
@@ -169,8 +177,16 @@ impl Symbols {
                         continue;
                     }
                 };
-                let build_id = self.build_id(readable, vetted);
-                let source = Source::Elf(Elf::new(readable));
+                let pinned = match self.pinned.pin(readable, vetted) {
+                    Ok(pinned) => pinned,
+                    Err(why) => {
+                        log::debug!("pid {pid}: not symbolizing {}: {why}", readable.display());
+                        unreadable = Some(why.to_string());
+                        continue;
+                    }
+                };
+                let build_id = pinned.file.and_then(|file| self.build_id(readable, file));
+                let source = Source::Elf(Elf::new(pinned.path));
                 match self
                     .symbolizer
                     .symbolize(&source, Input::FileOffset(&lookups))
@@ -217,7 +233,7 @@ impl Symbols {
 
     /// The build id of the module at `path`, read from `vetted` (that very file, already
     /// opened) the first time.
-    fn build_id(&mut self, path: &Path, vetted: std::fs::File) -> Option<String> {
+    fn build_id(&mut self, path: &Path, vetted: File) -> Option<String> {
         self.build_ids
             .entry(path.to_path_buf())
             .or_insert_with(|| read_build_id(path, vetted))
@@ -267,17 +283,103 @@ fn code_file(code: &blazesym::symbolize::CodeInfo<'_>) -> String {
     }
 }
 
+/// Modules pinned open for blazesym beyond this many are closed, oldest first (a system-wide run
+/// meets a few hundred distinct modules).
+const MAX_PINNED_FILES: usize = 256;
+/// The largest module copied before symbolizing (see [`PinnedFiles`]).
+const MAX_COPIED_BYTES: u64 = 512 << 20;
+
+/// The module files blazesym reads, by a `/proc/self/fd/N` path to a descriptor leaktrace holds:
+/// - the very file [`vet_module`] opened and checked, so a file swapped in at the path
+///   afterwards is never the one read (blazesym opens the path it is given itself);
+/// - or, when someone other than root could write the file (its owner, or anyone by its mode),
+///   a sealed in-memory copy of it: blazesym maps the files it reads, and a file truncated
+///   while mapped kills the reader with SIGBUS. A copy that can neither shrink nor change
+///   cannot. Only root can truncate the other files, and a root target is trusted that far.
+///
+/// Keyed by (device, inode) of the vetted file: one pin per file, whichever process maps it.
+#[derive(Default)]
+struct PinnedFiles {
+    files: HashMap<(u64, u64), File>,
+    order: VecDeque<(u64, u64)>,
+}
+
+/// A module as blazesym is to read it: the path, and a descriptor of that file for leaktrace's
+/// own reads (the build id).
+struct Pinned {
+    path: PathBuf,
+    file: Option<File>,
+}
+
+impl PinnedFiles {
+    fn pin(&mut self, readable: &Path, vetted: File) -> Result<Pinned, Unreadable> {
+        let meta = vetted.metadata().map_err(|e| Unreadable::Io {
+            path: readable.to_path_buf(),
+            source: e,
+        })?;
+        let key = (meta.dev(), meta.ino());
+        if !self.files.contains_key(&key) {
+            let others_can_write = meta.uid() != 0 || meta.permissions().mode() & 0o022 != 0;
+            let file = if others_can_write {
+                sealed_copy(readable, vetted, meta.len(), meta.uid())?
+            } else {
+                vetted
+            };
+            if self.order.len() >= MAX_PINNED_FILES {
+                if let Some(oldest) = self.order.pop_front() {
+                    self.files.remove(&oldest);
+                }
+            }
+            self.files.insert(key, file);
+            self.order.push_back(key);
+        }
+        let file = &self.files[&key];
+        Ok(Pinned {
+            path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
+            file: file.try_clone().ok(),
+        })
+    }
+}
+
+/// A copy of `file` in sealed memory: it can no longer shrink, grow or change.
+fn sealed_copy(readable: &Path, file: File, size: u64, owner: u32) -> Result<File, Unreadable> {
+    use rustix::fs::{fcntl_add_seals, memfd_create, MemfdFlags, SealFlags};
+    if size > MAX_COPIED_BYTES {
+        return Err(Unreadable::Malformed {
+            path: readable.to_path_buf(),
+            reason: format!(
+                "uid {owner} may write it, so it is copied before it is read (it could be \
+                 truncated under leaktrace), and it is {size} bytes, more than the \
+                 {MAX_COPIED_BYTES} copied at most"
+            ),
+        });
+    }
+    let io_error = |source: io::Error| Unreadable::Io {
+        path: readable.to_path_buf(),
+        source,
+    };
+    let memfd = memfd_create(
+        "leaktrace-module",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )
+    .map_err(|e| io_error(e.into()))?;
+    let mut copy = File::from(memfd);
+    // Read through the descriptor: a file truncated meanwhile gives a short copy (an ELF error
+    // later), never a fault.
+    io::copy(&mut file.take(MAX_COPIED_BYTES), &mut copy).map_err(io_error)?;
+    fcntl_add_seals(
+        &copy,
+        SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE | SealFlags::SEAL,
+    )
+    .map_err(|e| io_error(e.into()))?;
+    Ok(copy)
+}
+
 /// Whether `readable` (the module by its path inside the process's root, or by its plain path)
 /// is a regular file within bounds and, while the process lives, the same file as the process's
 /// root holds there: a link it planted cannot send blazesym to a FIFO or to the host's files.
-/// blazesym opens the path again afterwards: a file swapped in between is not caught.
-fn vet_module(
-    pid: u32,
-    alive: bool,
-    module: &Path,
-    readable: &Path,
-) -> Result<std::fs::File, crate::target_files::Unreadable> {
-    use std::os::unix::fs::MetadataExt as _;
+/// blazesym then reads the file this opened, not the path ([`PinnedFiles`]).
+fn vet_module(pid: u32, alive: bool, module: &Path, readable: &Path) -> Result<File, Unreadable> {
     let vetted = if alive {
         crate::target_files::open_in_root(pid, module)?
     } else {
@@ -285,14 +387,14 @@ fn vet_module(
     };
     match (vetted.metadata(), std::fs::metadata(readable)) {
         (Ok(a), Ok(b)) if a.dev() == b.dev() && a.ino() == b.ino() => Ok(vetted),
-        _ => Err(crate::target_files::Unreadable::Malformed {
+        _ => Err(Unreadable::Malformed {
             path: readable.to_path_buf(),
             reason: "it is not the file the process's root holds at that path".to_string(),
         }),
     }
 }
 
-fn read_build_id(path: &Path, file: std::fs::File) -> Option<String> {
+fn read_build_id(path: &Path, file: File) -> Option<String> {
     use object::Object as _;
     let elf = crate::target_files::Elf::new(path, file);
     let file = elf.parse().ok()?;
@@ -334,6 +436,101 @@ mod tests {
         assert!(frame.offset.is_some());
         // A second lookup, even as if the process were gone, comes from the cache.
         assert_eq!(symbols.stack_frames(pid, false, &[addr]), frames);
+    }
+
+    /// A module someone other than root may write is read from a sealed copy: truncating the
+    /// file afterwards (which would fault a reader that maps it) changes nothing for leaktrace.
+    /// A root-owned module is read through the vetted descriptor itself, not copied.
+    #[test]
+    fn a_module_its_owner_could_truncate_is_read_from_a_sealed_copy() {
+        use object::{Object as _, ObjectSegment as _, ObjectSymbol as _};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let source = dir.path().join("owned.c");
+        std::fs::write(
+            &source,
+            "int owned_function_to_find(int x) { return x * 3 + 1; }\n\
+             int second_function_to_find(int x) { return x * 5 + 2; }\n",
+        )
+        .expect("write source");
+        let library = dir.path().join("libowned.so");
+        let built = std::process::Command::new("gcc")
+            .args(["-shared", "-fPIC", "-O0", "-o"])
+            .arg(&library)
+            .arg(&source)
+            .status()
+            .expect("run gcc");
+        assert!(built.success(), "gcc failed");
+        // Each function's file offset, from its address and the segment holding it.
+        let bytes = std::fs::read(&library).expect("read library");
+        let elf = object::File::parse(&*bytes).expect("parse library");
+        let offset_of = |name: &str| {
+            let symbol = elf
+                .symbols()
+                .find(|s| s.name() == Ok(name))
+                .expect("symbol");
+            let segment = elf
+                .segments()
+                .find(|s| (s.address()..s.address() + s.size()).contains(&symbol.address()))
+                .expect("segment");
+            symbol.address() - segment.address() + segment.file_range().0
+        };
+        let (first, second) = (
+            offset_of("owned_function_to_find"),
+            offset_of("second_function_to_find"),
+        );
+        drop(elf);
+
+        let base = 0x7f00_0000_0000;
+        let maps = format!(
+            "7f0000000000-7f0000100000 r-xp 00000000 fe:01 4343 {}\n",
+            library.display()
+        );
+        let pid = u32::MAX;
+        let name_at = |symbols: &mut Symbols, offset: u64| {
+            // As a return address: one past an instruction inside the function.
+            let frames = symbols.stack_frames(pid, false, &[base + offset + 2]);
+            frames.last().and_then(|f| f.function.clone())
+        };
+        let pinned_is_a_copy = |symbols: &Symbols| {
+            let file = symbols
+                .pinned
+                .files
+                .values()
+                .next()
+                .expect("one pinned file");
+            std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                .expect("read fd link")
+                .to_string_lossy()
+                .starts_with("/memfd:")
+        };
+
+        // Owned by root, not writable by others: the vetted descriptor itself.
+        let mut symbols = Symbols::new();
+        symbols.maps.insert(pid, procfs::Maps::parse(&maps));
+        assert_eq!(
+            name_at(&mut symbols, first).as_deref(),
+            Some("owned_function_to_find")
+        );
+        assert!(!pinned_is_a_copy(&symbols));
+
+        // Owned by nobody: a sealed copy, which its owner's truncation cannot reach.
+        std::os::unix::fs::chown(&library, Some(65534), Some(65534)).expect("chown");
+        let mut symbols = Symbols::new();
+        symbols.maps.insert(pid, procfs::Maps::parse(&maps));
+        assert_eq!(
+            name_at(&mut symbols, first).as_deref(),
+            Some("owned_function_to_find")
+        );
+        assert!(pinned_is_a_copy(&symbols));
+        std::fs::File::options()
+            .write(true)
+            .open(&library)
+            .and_then(|f| f.set_len(0))
+            .expect("truncate the library");
+        assert_eq!(
+            name_at(&mut symbols, second).as_deref(),
+            Some("second_function_to_find")
+        );
     }
 
     /// A FIFO planted at a module's path: refused without blocking, said once however often
