@@ -37,6 +37,55 @@ pub mod dashboard {
     pub use crate::ui::{run_terminal, Action, App, Event, Key, Live, Update};
 }
 
+/// For the fuzz targets in `fuzz/` (cargo-fuzz, run by `cargo xtask fuzz`): the readers of
+/// untrusted input, fed bytes instead of a target's files and a user's snapshots.
+#[doc(hidden)]
+pub mod fuzzing {
+    use std::{fs::File, io::Write as _, path::Path};
+
+    use crate::postmortem::{export, read, text};
+
+    /// A snapshot file as `report`, `export` and `diff` read and render it.
+    pub fn snapshot(bytes: &[u8]) {
+        let Ok(snapshot) = read::parse_snapshot(bytes, "fuzz.json") else {
+            return;
+        };
+        let options = text::ReportOptions {
+            top: 10,
+            pid: None,
+            min_age: None,
+            style: text::ReportStyle::Text,
+        };
+        let _ = text::render_report(&snapshot, "fuzz.json", &options);
+        let _ = export::folded(&snapshot, "fuzz.json");
+        let _ = export::pprof_gz(&snapshot, "fuzz.json");
+        let _ = crate::postmortem::diff::diff(&snapshot, &snapshot);
+    }
+
+    /// A target's module file, as the unwinder and the symbolizer read it: headers, sections,
+    /// `.eh_frame`/`.debug_frame` (unwinding a stack made of `stack` from each of `pcs`), and
+    /// symbols and DWARF line info (blazesym, through the same pinned-descriptor path).
+    pub fn module(elf: &[u8], pcs: &[u64], stack: &[u8]) {
+        let Some(file) = memfd_with(elf) else {
+            return;
+        };
+        let path = Path::new("fuzz-module.so");
+        let Ok(for_unwind) = file.try_clone() else {
+            return;
+        };
+        crate::unwind::fuzz_module(&crate::target_files::Elf::new(path, for_unwind), pcs, stack);
+        crate::symbolize::fuzz_module(file, pcs);
+    }
+
+    fn memfd_with(bytes: &[u8]) -> Option<File> {
+        let fd =
+            rustix::fs::memfd_create("leaktrace-fuzz", rustix::fs::MemfdFlags::CLOEXEC).ok()?;
+        let mut file = File::from(fd);
+        file.write_all(bytes).ok()?;
+        Some(file)
+    }
+}
+
 /// For the `unwind` bench: the userspace unwinder on a copy of the bench's own stack.
 #[doc(hidden)]
 pub mod bench {

@@ -375,6 +375,15 @@ fn sealed_copy(readable: &Path, file: File, size: u64, owner: u32) -> Result<Fil
     Ok(copy)
 }
 
+/// For the fuzz targets (`fuzz/`): name `offsets` in `file` as [`Symbols::resolve`] does,
+/// through a `/proc/self/fd` path.
+#[doc(hidden)]
+pub fn fuzz_module(file: File, offsets: &[u64]) {
+    let source = Source::Elf(Elf::new(format!("/proc/self/fd/{}", file.as_raw_fd())));
+    let symbolizer = Symbolizer::new();
+    let _ = symbolizer.symbolize(&source, Input::FileOffset(offsets));
+}
+
 /// Whether `readable` (the module by its path inside the process's root, or by its plain path)
 /// is a regular file within bounds and, while the process lives, the same file as the process's
 /// root holds there: a link it planted cannot send blazesym to a FIFO or to the host's files.

@@ -79,6 +79,16 @@ impl ModuleFile {
         let got_svma = range(".got");
         let (eh_frame_svma, eh_frame) = section(".eh_frame")?;
         let (eh_frame_hdr_svma, eh_frame_hdr) = section(".eh_frame_hdr")?;
+        if let (Some(hdr_svma), Some(hdr), Some(eh_frame_svma)) =
+            (&eh_frame_hdr_svma, &eh_frame_hdr, &eh_frame_svma)
+        {
+            check_eh_frame_hdr(hdr, hdr_svma.start, eh_frame_svma).map_err(|reason| {
+                Unreadable::Malformed {
+                    path: elf.path().to_path_buf(),
+                    reason,
+                }
+            })?;
+        }
         // Go binaries and some others have only .debug_frame (maybe compressed).
         let debug_frame = match eh_frame {
             Some(_) => None,
@@ -136,6 +146,40 @@ impl ModuleFile {
             eh_frame_hdr: self.eh_frame_hdr.clone(),
             debug_frame: self.debug_frame.clone(),
             ..Default::default()
+        }
+    }
+}
+
+/// Whether `.eh_frame_hdr`'s lookup table points into `.eh_frame`, as a linker writes it. The
+/// unwinder trusts it: gimli subtracts a table entry from the section's address unchecked (a
+/// panic in a debug build, a wild offset otherwise: found by the `module` fuzz target).
+fn check_eh_frame_hdr(hdr: &[u8], hdr_svma: u64, eh_frame: &Range<u64>) -> Result<(), String> {
+    use gimli::{BaseAddresses, EhFrameHdr, LittleEndian, Pointer};
+    let bases = BaseAddresses::default()
+        .set_eh_frame_hdr(hdr_svma)
+        .set_eh_frame(eh_frame.start);
+    let parsed = EhFrameHdr::new(hdr, LittleEndian)
+        .parse(&bases, 8)
+        .map_err(|e| format!(".eh_frame_hdr: {e}"))?;
+    let inside = |pointer: Pointer| match pointer {
+        Pointer::Direct(address) => eh_frame.contains(&address),
+        Pointer::Indirect(_) => false,
+    };
+    if !inside(parsed.eh_frame_ptr()) {
+        return Err(".eh_frame_hdr does not point at .eh_frame".to_string());
+    }
+    let Some(table) = parsed.table() else {
+        return Ok(());
+    };
+    let mut entries = table.iter(&bases);
+    loop {
+        match entries.next() {
+            Ok(Some((_, fde))) if inside(fde) => {}
+            Ok(Some(_)) => {
+                return Err(".eh_frame_hdr lists an entry outside .eh_frame".to_string());
+            }
+            Ok(None) => return Ok(()),
+            Err(e) => return Err(format!(".eh_frame_hdr table: {e}")),
         }
     }
 }
@@ -376,6 +420,32 @@ fn readable_above(sp: u64) -> usize {
 mod tests {
     use super::*;
 
+    /// The C library this test runs with: a real .eh_frame_hdr passes; the same with one table
+    /// entry pointing before .eh_frame is refused (gimli would subtract past zero).
+    #[test]
+    fn an_eh_frame_hdr_pointing_outside_eh_frame_is_refused() {
+        let maps = procfs::read_maps(std::process::id()).expect("own maps");
+        let libc = code_mappings(&maps)
+            .map(|(_, path)| path)
+            .find(|path| is_libc(path))
+            .expect("libc mapped");
+        let bytes = std::fs::read(libc).expect("read libc");
+        let elf = object::File::parse(&*bytes).expect("parse libc");
+        let section = |name| {
+            let s = elf.section_by_name(name).expect("section");
+            (s.address(), s.data().expect("data").to_vec(), s.size())
+        };
+        let (hdr_svma, mut hdr, _) = section(".eh_frame_hdr");
+        let (eh_svma, _, eh_size) = section(".eh_frame");
+        let eh_frame = eh_svma..eh_svma + eh_size;
+        assert_eq!(check_eh_frame_hdr(&hdr, hdr_svma, &eh_frame), Ok(()));
+        // Header (4 bytes, eh_frame_ptr, fde_count as sdata4), then (location, fde) pairs of
+        // datarel sdata4: point the first FDE at the header itself, before .eh_frame.
+        assert_eq!(&hdr[..4], &[1, 0x1b, 0x03, 0x3b], "glibc's usual encodings");
+        hdr[16..20].copy_from_slice(&0i32.to_le_bytes());
+        assert!(check_eh_frame_hdr(&hdr, hdr_svma, &eh_frame).is_err());
+    }
+
     #[test]
     fn code_mappings_keep_executable_files_only() {
         let maps = "\
@@ -472,4 +542,50 @@ mod tests {
         assert!(frames.len() <= 2, "{frames:x?}");
         assert_eq!(unwinder.stats.empty_copies, 1);
     }
+}
+
+/// For the fuzz targets (`fuzz/`): read `elf` as a module's unwind sections, map it at a fixed
+/// address and unwind a stack made of `stack` from each of `pcs` (offsets into the mapping), as
+/// growth mode does with a target's file and stack copy. Returns the frames found, to be used.
+#[doc(hidden)]
+pub fn fuzz_module(elf: &Elf, pcs: &[u64], stack: &[u8]) -> usize {
+    const BASE: u64 = 0x5555_0000_0000;
+    let Ok(file) = ModuleFile::read(elf) else {
+        return 0;
+    };
+    let Some(bias) = file.bias(BASE, 0) else {
+        return 0;
+    };
+    let range = BASE..BASE + (64 << 20);
+    let mut unwinder = UnwinderX86_64::new();
+    unwinder.add_module(Module::new(
+        "fuzz".to_string(),
+        range.clone(),
+        bias,
+        file.section_info(),
+    ));
+    let mut cache = CacheX86_64::new();
+    let sp = 0x7fff_0000_0000;
+    let mut found = 0;
+    for pc in pcs {
+        let ip = BASE + pc % (range.end - range.start);
+        let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            let offset = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
+            let bytes = stack
+                .get(offset..offset.checked_add(8).ok_or(())?)
+                .ok_or(())?;
+            let mut word = [0u8; 8];
+            word.copy_from_slice(bytes);
+            Ok(u64::from_le_bytes(word))
+        };
+        let regs = UnwindRegsX86_64::new(ip, sp, sp + 64);
+        let mut frames = unwinder.iter_frames(ip, regs, &mut cache, &mut read_stack);
+        while let Ok(Some(_)) = frames.next() {
+            found += 1;
+            if found >= MAX_FRAMES * pcs.len() {
+                break;
+            }
+        }
+    }
+    found
 }

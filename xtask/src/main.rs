@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod deps;
+mod fuzz;
 mod system;
 
 /// Toolchain pinned in rust-toolchain.toml, and the LLVM its rustc ships.
@@ -68,6 +69,16 @@ enum Task {
         #[arg(long, value_name = "NAMES", value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Fuzz the readers of untrusted input (snapshots, target module files) with cargo-fuzz on
+    /// the nightly toolchain, each target for a bounded time.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Targets to run (default: all).
+        #[arg(value_name = "TARGET")]
+        targets: Vec<String>,
+    },
     /// Print the import cycles between leaktrace's modules (from their `use` paths); fail if any.
     Deps {
         /// The source directory of the crate to check (its `lib.rs` is the root).
@@ -75,6 +86,9 @@ enum Task {
         src: PathBuf,
     },
 }
+
+/// Seconds each fuzz target runs in `cargo xtask test` (`cargo xtask fuzz` runs longer).
+const FUZZ_SECONDS_IN_TEST: u64 = 30;
 
 fn main() {
     if let Err(err) = run(Xtask::parse()) {
@@ -90,6 +104,14 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
     match xtask.command {
         Task::Setup => setup(),
         Task::Deps { src } => deps::run(&src),
+        Task::Fuzz { seconds, targets } => {
+            let targets = if targets.is_empty() {
+                fuzz::TARGETS.iter().map(|t| t.to_string()).collect()
+            } else {
+                targets
+            };
+            fuzz::run(&root, &targets, seconds)
+        }
         Task::Test { cargo_test_args } => {
             setup()?;
             cargo(&["fmt", "--all", "--check"])?;
@@ -106,11 +128,21 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
             // The module graph stays acyclic: every view reads the schema, the model feeds it.
             deps::run(Path::new("leaktrace/src"))?;
             let mut args: Vec<OsString> = vec!["test".into(), "--workspace".into()];
-            if !cargo_test_args.is_empty() {
+            let full_run = cargo_test_args.is_empty();
+            if !full_run {
                 args.push("--".into());
                 args.extend(cargo_test_args);
             }
-            run_checked(Command::new(cargo_bin()).args(&args))
+            run_checked(Command::new(cargo_bin()).args(&args))?;
+            // Only the full run fuzzes: a filtered run is someone iterating on a few tests.
+            if full_run {
+                fuzz::run(
+                    &root,
+                    &fuzz::TARGETS.map(String::from),
+                    FUZZ_SECONDS_IN_TEST,
+                )?;
+            }
+            Ok(())
         }
         Task::Demo { leaktrace_args } => {
             setup()?;
