@@ -161,13 +161,15 @@ fn check_eh_frame_hdr(hdr: &[u8], hdr_svma: u64, eh_frame: &Range<u64>) -> Resul
     let parsed = EhFrameHdr::new(hdr, LittleEndian)
         .parse(&bases, 8)
         .map_err(|e| format!(".eh_frame_hdr: {e}"))?;
+    let start = match parsed.eh_frame_ptr() {
+        Pointer::Direct(address) if eh_frame.contains(&address) => address,
+        _ => return Err(".eh_frame_hdr does not point into .eh_frame".to_string()),
+    };
+    // An entry is an offset from the header's .eh_frame pointer: never before it.
     let inside = |pointer: Pointer| match pointer {
-        Pointer::Direct(address) => eh_frame.contains(&address),
+        Pointer::Direct(address) => (start..eh_frame.end).contains(&address),
         Pointer::Indirect(_) => false,
     };
-    if !inside(parsed.eh_frame_ptr()) {
-        return Err(".eh_frame_hdr does not point at .eh_frame".to_string());
-    }
     let Some(table) = parsed.table() else {
         return Ok(());
     };
@@ -442,7 +444,14 @@ mod tests {
         // Header (4 bytes, eh_frame_ptr, fde_count as sdata4), then (location, fde) pairs of
         // datarel sdata4: point the first FDE at the header itself, before .eh_frame.
         assert_eq!(&hdr[..4], &[1, 0x1b, 0x03, 0x3b], "glibc's usual encodings");
+        let original = hdr.clone();
         hdr[16..20].copy_from_slice(&0i32.to_le_bytes());
+        assert!(check_eh_frame_hdr(&hdr, hdr_svma, &eh_frame).is_err());
+        // Or the header's own .eh_frame pointer moved past the first FDE, still inside
+        // .eh_frame (what the fuzzer found next).
+        let mut hdr = original;
+        let eh_frame_ptr = i32::from_le_bytes(hdr[4..8].try_into().expect("4 bytes"));
+        hdr[4..8].copy_from_slice(&(eh_frame_ptr + 0x1000).to_le_bytes());
         assert!(check_eh_frame_hdr(&hdr, hdr_svma, &eh_frame).is_err());
     }
 

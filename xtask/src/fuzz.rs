@@ -1,7 +1,8 @@
 //! `cargo xtask fuzz`: coverage-guided fuzzing (cargo-fuzz, libFuzzer, nightly) of the readers
 //! of untrusted input, time-boxed per target. Seeds: the snapshots in tests/data, and a small
 //! shared object built here (-O2, no frame pointers: real `.eh_frame` rows) behind the target's
-//! input header. A crash fails the run; libFuzzer leaves the input under `target/fuzz/artifacts`.
+//! input header, plus every input that once crashed a target (`fuzz/regressions/`). A crash fails
+//! the run; libFuzzer leaves the input under `target/fuzz/artifacts`.
 use std::{
     fs,
     path::{Path, PathBuf},
@@ -92,8 +93,17 @@ pub fn run(root: &Path, targets: &[String], seconds: u64) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// Seed inputs for `target` (kept in the corpus with what libFuzzer found in earlier runs).
+/// Seed inputs for `target` (kept in the corpus with what libFuzzer found in earlier runs),
+/// and the inputs that once crashed it (`fuzz/regressions/TARGET/`), run again every time.
 fn seed(root: &Path, target: &str, corpus: &Path) -> anyhow::Result<()> {
+    let regressions = root.join("fuzz/regressions").join(target);
+    if regressions.is_dir() {
+        for entry in fs::read_dir(&regressions)? {
+            let path = entry?.path();
+            let name = path.file_name().context("file name")?;
+            fs::copy(&path, corpus.join(name))?;
+        }
+    }
     match target {
         "snapshot" => {
             for entry in fs::read_dir(root.join("tests/data"))? {
