@@ -274,9 +274,9 @@ async fn accept_loop(listener: tokio::net::TcpListener, router: Router) {
             TowerToHyperService::new(router.clone()),
         );
         tokio::spawn(async move {
-            match tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
-                Ok(Err(err)) => log::debug!("connection from {peer}: {err}"),
-                Ok(Ok(())) | Err(_) => {}
+            // A connection past its lifetime is dropped, which closes it.
+            if let Ok(Err(err)) = tokio::time::timeout(CONNECTION_LIFETIME, connection).await {
+                log::debug!("connection from {peer}: {err}");
             }
             drop(slot);
         });
@@ -284,13 +284,38 @@ async fn accept_loop(listener: tokio::net::TcpListener, router: Router) {
 }
 
 /// A refusal: the status and one line saying what to do.
+struct Refusal {
+    status: StatusCode,
+    message: String,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, format!("{}\n", self.message)).into_response();
+        let headers = response.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
+        if self.status == StatusCode::UNAUTHORIZED {
+            headers.insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"leaktrace\""),
+            );
+        }
+        response
+    }
+}
+
+fn refusal(status: StatusCode, message: &str) -> Refusal {
+    Refusal {
+        status,
+        message: message.to_string(),
+    }
+}
+
 fn refuse(status: StatusCode, message: &str) -> Response {
-    let mut response = (status, format!("{message}\n")).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
+    refusal(status, message).into_response()
 }
 
 /// What every request passes first: method, size and, but for /healthz, the token.
@@ -316,8 +341,8 @@ async fn gate(State(served): State<Served>, request: Request, next: Next) -> Res
     }
     if request.uri().path() != "/healthz" {
         if let Some(token) = &served.token {
-            if let Err(refusal) = check_token(request.headers(), token) {
-                return refusal;
+            if let Err(refused) = check_token(request.headers(), token) {
+                return refused.into_response();
             }
         }
     }
@@ -332,18 +357,11 @@ fn has_body(headers: &HeaderMap) -> bool {
 }
 
 /// `Authorization: Bearer TOKEN`, compared in constant time (for a given token length).
-fn check_token(headers: &HeaderMap, token: &[u8]) -> Result<(), Response> {
+fn check_token(headers: &HeaderMap, token: &[u8]) -> Result<(), Refusal> {
     use subtle::ConstantTimeEq as _;
-    let unauthorized = |message: &str| {
-        let mut response = refuse(StatusCode::UNAUTHORIZED, message);
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Bearer realm=\"leaktrace\""),
-        );
-        response
-    };
     let Some(value) = headers.get(header::AUTHORIZATION) else {
-        return Err(unauthorized(
+        return Err(refusal(
+            StatusCode::UNAUTHORIZED,
             "this leaktrace needs `Authorization: Bearer TOKEN` (--listen-token)",
         ));
     };
@@ -354,16 +372,16 @@ fn check_token(headers: &HeaderMap, token: &[u8]) -> Result<(), Response> {
     if bool::from(given.ct_eq(token)) {
         Ok(())
     } else {
-        Err(unauthorized("wrong bearer token"))
+        Err(refusal(StatusCode::UNAUTHORIZED, "wrong bearer token"))
     }
 }
 
 /// The latest snapshot, or a 503 before the first one.
-fn current(served: &Served) -> Result<(Arc<Snapshot>, Arc<Published>), Response> {
+fn current(served: &Served) -> Result<(Arc<Snapshot>, Arc<Published>), Refusal> {
     let published = served.latest();
     match &published.snapshot {
         Some(snapshot) => Ok((Arc::clone(snapshot), published)),
-        None => Err(refuse(
+        None => Err(refusal(
             StatusCode::SERVICE_UNAVAILABLE,
             "no snapshot yet: the first comes after one interval",
         )),
@@ -382,7 +400,7 @@ async fn healthz(State(served): State<Served>) -> Response {
 async fn snapshot_json(State(served): State<Served>) -> Response {
     let (snapshot, _) = match current(&served) {
         Ok(latest) => latest,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.into_response(),
     };
     match report::snapshot_json(&snapshot) {
         Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
@@ -396,7 +414,7 @@ async fn snapshot_json(State(served): State<Served>) -> Response {
 async fn metrics_page(State(served): State<Served>, headers: HeaderMap) -> Response {
     let (snapshot, published) = match current(&served) {
         Ok(latest) => latest,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.into_response(),
     };
     let format = metrics::Format::accepted(
         headers
@@ -431,7 +449,7 @@ async fn pprof_heap(
     };
     let (snapshot, _) = match current(&served) {
         Ok(latest) => latest,
-        Err(refusal) => return refusal,
+        Err(refused) => return refused.into_response(),
     };
     let Some(recorded) = postmortem::read::RecordedSnapshot::of_process(&snapshot, pid) else {
         return refuse(
