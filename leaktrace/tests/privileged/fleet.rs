@@ -247,58 +247,6 @@ fn prometheus_scrapes_the_exact_leak_and_bad_requests_are_refused() {
     assert_eq!(up, "1", "the scrape failed");
     prometheus.kill_and_reap();
 
-    // go tool pprof reads the heap profile and names the leaking function.
-    let go = require_tool("go", "golang-go");
-    let (status, _) = get(addr, &format!("/debug/pprof/heap?pid={pid}"), token);
-    assert_eq!(status, 200);
-    let profile = dir.path().join("heap.pb.gz");
-    {
-        let mut stream = TcpStream::connect(addr).expect("connect");
-        write!(
-            stream,
-            "GET /debug/pprof/heap?pid={pid} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut response = Vec::new();
-        stream.read_to_end(&mut response).expect("read");
-        let start = response
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .expect("head")
-            + 4;
-        std::fs::write(&profile, &response[start..]).expect("save profile");
-    }
-    let top = Command::new(&go)
-        .args(["tool", "pprof", "-top", "-sample_index=inuse_space"])
-        .arg(&profile)
-        .env("HOME", dir.path())
-        .env("PPROF_TMPDIR", dir.path())
-        .output()
-        .expect("go tool pprof");
-    let top_text = String::from_utf8_lossy(&top.stdout);
-    assert!(
-        top.status.success(),
-        "{}",
-        String::from_utf8_lossy(&top.stderr)
-    );
-    let leak_line = top_text
-        .lines()
-        .find(|l| l.ends_with(" leak_for_prometheus"))
-        .unwrap_or_else(|| panic!("no leak_for_prometheus in:\n{top_text}"));
-    // 50000 bytes as pprof writes them.
-    assert!(leak_line.trim_start().starts_with("48.83kB"), "{top_text}");
-    for index in ["alloc_space", "inuse_objects", "alloc_objects"] {
-        let other = Command::new(&go)
-            .args(["tool", "pprof", "-top", &format!("-sample_index={index}")])
-            .arg(&profile)
-            .env("HOME", dir.path())
-            .output()
-            .expect("go tool pprof");
-        assert!(other.status.success(), "{index}");
-        let text = String::from_utf8_lossy(&other.stdout);
-        assert!(text.contains("leak_for_prometheus"), "{index}:\n{text}");
-    }
-
     // Refusals: 4xx and one line.
     let refused = [
         ("/metrics", None, 401),
@@ -352,6 +300,78 @@ fn prometheus_scrapes_the_exact_leak_and_bad_requests_are_refused() {
         "the half-sent request was never cut off"
     );
 
+    run.send_line();
+    let (code, lines) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+}
+
+/// `go tool pprof -top URL`, in `dir`: its output.
+fn pprof_top(dir: &Path, sample_index: &str, source: &str) -> String {
+    let go = require_tool("go", "golang-go");
+    let top = Command::new(go)
+        .args([
+            "tool",
+            "pprof",
+            "-top",
+            &format!("-sample_index={sample_index}"),
+            source,
+        ])
+        .env("HOME", dir)
+        .env("PPROF_TMPDIR", dir)
+        .output()
+        .expect("go tool pprof");
+    assert!(
+        top.status.success(),
+        "go tool pprof {source}: {}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    String::from_utf8_lossy(&top.stdout).into_owned()
+}
+
+#[test]
+fn go_tool_pprof_reads_the_heap_endpoint() {
+    if !privileged() {
+        return;
+    }
+    let fixture = fixture("fleet_leak", &[]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let addr = "127.0.0.1:21630";
+    let mut run = Run::start(&[
+        "--headless",
+        "--interval",
+        "300ms",
+        "--listen",
+        addr,
+        "--",
+        fixture.to_str().expect("utf-8 path"),
+        "leak",
+    ]);
+    run.wait_for("leaked 50000", Duration::from_secs(60));
+    let snapshot = served_snapshot(addr, None, |s| {
+        leaking_process(s).is_some_and(|p| p["outstanding_bytes"] == 50_000)
+    });
+    let pid = leaking_process(&snapshot).expect("the fixture")["pid"]
+        .as_u64()
+        .expect("pid");
+    let url = format!("http://{addr}/debug/pprof/heap?pid={pid}");
+    // inuse_space is the default, as in Go's heap profiles; 50000 bytes as pprof writes them.
+    let top = pprof_top(dir.path(), "inuse_space", &url);
+    assert!(top.contains("Type: inuse_space"), "{top}");
+    let leak_line = top
+        .lines()
+        .find(|l| l.ends_with(" leak_for_prometheus"))
+        .unwrap_or_else(|| panic!("no leak_for_prometheus in:\n{top}"));
+    assert!(leak_line.trim_start().starts_with("48.83kB "), "{top}");
+    let objects = pprof_top(dir.path(), "inuse_objects", &url);
+    let leak_line = objects
+        .lines()
+        .find(|l| l.ends_with(" leak_for_prometheus"))
+        .unwrap_or_else(|| panic!("no leak_for_prometheus in:\n{objects}"));
+    assert!(leak_line.trim_start().starts_with("500 "), "{objects}");
+    for index in ["alloc_space", "alloc_objects"] {
+        let text = pprof_top(dir.path(), index, &url);
+        assert!(text.contains("leak_for_prometheus"), "{index}:\n{text}");
+    }
     run.send_line();
     let (code, lines) = run.finish(Duration::from_secs(60));
     assert_eq!(code, 0, "{}", lines.join("\n"));
