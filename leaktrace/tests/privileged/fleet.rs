@@ -429,7 +429,7 @@ fn exited_processes_leave_metrics_after_the_grace_period() {
             .filter(|pid| text.contains(&format!("pid=\"{pid}\"")))
             .collect()
     };
-    // Every scrape has a bounded number of series per process: 18 of its own, 9 per top site.
+    // Every scrape has a bounded number of series per process: 17 of its own, 9 per top site.
     let text = poll(
         "the exited processes' series to go",
         Duration::from_secs(120),
@@ -442,7 +442,7 @@ fn exited_processes_leave_metrics_after_the_grace_period() {
                     .filter(|l| l.contains(&format!("pid=\"{pid}\"")))
                     .count();
                 assert!(
-                    series <= 18 + 9 * 2,
+                    series <= 17 + 9 * 2,
                     "{series} series for pid {pid}:\n{text}"
                 );
             }
