@@ -67,8 +67,10 @@ struct ProcessLabels {
     pid: u32,
     comm: String,
     exe: String,
-    // HOOK(cgroup): the `alloc` branch adds the process's cgroup and container id to the
-    // schema; add `cgroup: String` and `container_id: String` here from them once merged.
+    // HOOK(cgroup): the `alloc` branch adds `processes[].cgroup` (`CgroupReport { path,
+    // container_id, .. }`) to the schema. Once merged, add here `cgroup: String` (its path) and
+    // `container_id: String` (empty when unknown), filled in `process_labels`, and the same two
+    // to `SiteLabels` and `ClassLabels`; docs/fleet.md then lists them.
 }
 
 /// The labels of a site's series: its process's, the site's id (`caller-stackid`, stable for
@@ -201,8 +203,11 @@ impl ProcessFamilies {
         if let Some(per_mib) = slopes.bytes_per_mib_processed {
             self.per_mib.get_or_create(&labels).set(per_mib);
         }
-        // HOOK(golang): the `golang` branch adds `processes[].go` (goroutines, ...) to the
-        // schema; export `process_goroutines` from it here once merged.
+        // HOOK(golang): the `golang` branch adds `processes[].go` (`GoReport { goroutines:
+        // Option<u64>, .. }`) to the schema. Once merged, register a `process_goroutines`
+        // IntGauge in `ProcessFamilies` and set it here from `process.go.goroutines` when
+        // `Some` (a process without a census gets no series, never a 0); docs/fleet.md then
+        // lists it.
     }
 }
 

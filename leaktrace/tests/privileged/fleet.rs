@@ -473,3 +473,46 @@ fn exited_processes_leave_metrics_after_the_grace_period() {
     let (code, lines) = run.finish(Duration::from_secs(120));
     assert_eq!(code, 0, "{}", lines.join("\n"));
 }
+
+#[test]
+fn listen_errors_are_one_line() {
+    if !privileged() {
+        return;
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let token = dir.path().join("token");
+    std::fs::write(&token, "secret\n").expect("write token");
+    std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let token = token.to_str().expect("utf-8");
+    let pid = std::process::id().to_string();
+    assert_one_line_error(
+        &[
+            "--listen",
+            "127.0.0.1:21641",
+            "--listen-token",
+            token,
+            "--pid",
+            &pid,
+        ],
+        "is readable by other users: chmod 600",
+    );
+    let missing = dir.path().join("missing");
+    assert_one_line_error(
+        &[
+            "--listen",
+            "127.0.0.1:21641",
+            "--listen-token",
+            missing.to_str().expect("utf-8"),
+            "--pid",
+            &pid,
+        ],
+        "cannot read the token file",
+    );
+    // The port is taken: said before anything is traced.
+    let taken = std::net::TcpListener::bind("127.0.0.1:21642").expect("bind 21642");
+    assert_one_line_error(
+        &["--listen", "127.0.0.1:21642", "--pid", &pid],
+        "cannot listen on 127.0.0.1:21642",
+    );
+    drop(taken);
+}
