@@ -502,6 +502,73 @@ mod tests {
     }
 
     #[test]
+    fn the_heap_profile_has_go_heap_sample_types_and_values() {
+        use std::io::Read as _;
+        let site = RecordedSite {
+            counters: SiteCounters {
+                outstanding_bytes: 50_000,
+                outstanding_count: 500,
+                allocated_bytes: 150_000,
+                allocated_count: 1500,
+                ..SiteCounters::default()
+            },
+            frames: vec![frame("leak", false), frame("main", false)],
+            ..RecordedSite::default()
+        };
+        // A site that allocated and freed everything is in alloc_* only.
+        let freed = RecordedSite {
+            counters: SiteCounters {
+                allocated_bytes: 64,
+                allocated_count: 1,
+                ..SiteCounters::default()
+            },
+            frames: vec![frame("churn", false)],
+            ..RecordedSite::default()
+        };
+        let snapshot = RecordedSnapshot {
+            processes: vec![RecordedProcess {
+                pid: 7,
+                sites: vec![site, freed],
+                ..RecordedProcess::default()
+            }],
+            ..RecordedSnapshot::default()
+        };
+        let gz = pprof_heap_gz(&snapshot).expect("encodes");
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut bytes)
+            .expect("gunzips");
+        let profile = pprof::Profile::decode(&bytes[..]).expect("decodes");
+        let text = |i: i64| profile.string_table[i as usize].as_str();
+        let types: Vec<(&str, &str)> = profile
+            .sample_type
+            .iter()
+            .map(|t| (text(t.r#type), text(t.unit)))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                ("alloc_objects", "count"),
+                ("alloc_space", "bytes"),
+                ("inuse_objects", "count"),
+                ("inuse_space", "bytes")
+            ]
+        );
+        assert_eq!(text(profile.default_sample_type), "inuse_space");
+        let values: Vec<&[i64]> = profile.sample.iter().map(|s| &s.value[..]).collect();
+        assert_eq!(
+            values,
+            [&[1500, 150_000, 500, 50_000][..], &[1, 64, 0, 0][..]]
+        );
+        // An empty process is an empty profile, as Go's, not an error.
+        let empty = RecordedSnapshot {
+            processes: vec![RecordedProcess::default()],
+            ..RecordedSnapshot::default()
+        };
+        assert!(pprof_heap_gz(&empty).is_ok());
+    }
+
+    #[test]
     fn folded_names_cannot_break_the_format() {
         let mut f = frame("weird;name\nhere", true);
         assert_eq!(folded_name(&f), "weird:name here_[i]");
