@@ -269,10 +269,7 @@ impl Traced {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::resolve(cli, Stdout::detect())?;
     let rolling = validate(&config)?;
-    let publisher = match &config.listen {
-        Some(listen) => Some(serve::start(listen).await?),
-        None => None,
-    };
+    let publisher = config.listen.as_ref().map(serve::start).transpose()?;
     let targets = find_targets(&config)?;
     let (mut tracer, ns_per_hit) = load(&config)?;
     let (heap, traced) = attach(&mut tracer, &config, targets)?;

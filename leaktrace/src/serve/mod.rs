@@ -4,9 +4,10 @@
 //!
 //! The session publishes each snapshot it builds ([`Publisher::publish`]); handlers read the
 //! latest one from a watch channel and never touch the tracer, the maps or any file. The server
-//! runs on the session's tokio runtime: axum routes, hyper serves each connection with bounded
-//! header size and read time, and every connection has a lifetime, so a slow or stuck client
-//! holds only its own connection, for a bounded time, among a bounded number (SECURITY.md).
+//! runs on a thread of its own ([`start`] says why): axum routes, hyper serves each connection
+//! with bounded header size and read time, and every connection has a lifetime, so a slow or
+//! stuck client holds only its own connection, for a bounded time, among a bounded number
+//! (SECURITY.md).
 mod metrics;
 
 use std::{
@@ -59,6 +60,8 @@ pub enum ServeError {
     TokenExposed { path: String, what: &'static str },
     #[error("the token file {path} {problem}")]
     TokenInvalid { path: String, problem: &'static str },
+    #[error("cannot start the HTTP server's thread: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Requests: the whole head (request line and headers) fits in this many bytes (hyper's
@@ -141,29 +144,50 @@ impl Served {
     }
 }
 
-/// Read the token, bind the address and serve in the background; the returned publisher feeds it.
-pub async fn start(options: &Options) -> Result<Publisher, ServeError> {
+/// Read the token, bind the address and serve on a thread of its own; the returned publisher
+/// feeds it.
+///
+/// The server has its own thread (and a current-thread tokio runtime on it) rather than tasks on
+/// the session's runtime: the session builds snapshots synchronously on its one thread (seconds,
+/// system-wide on a busy host, and back to back when that is longer than `--interval`), during
+/// which spawned tasks would not run and every request would wait; and an encoding of /metrics
+/// must not delay a sample either.
+pub fn start(options: &Options) -> Result<Publisher, ServeError> {
     let token = options.token_file.as_deref().map(read_token).transpose()?;
-    let listener = tokio::net::TcpListener::bind(options.addr)
-        .await
-        .map_err(|source| ServeError::Bind {
-            addr: options.addr,
-            source,
-        })?;
+    let bind_error = |source| ServeError::Bind {
+        addr: options.addr,
+        source,
+    };
+    let listener = std::net::TcpListener::bind(options.addr).map_err(bind_error)?;
+    listener.set_nonblocking(true).map_err(bind_error)?;
     let bound = listener.local_addr().unwrap_or(options.addr);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(ServeError::Runtime)?;
     if !bound.ip().is_loopback() && token.is_none() {
         eprintln!(
             "leaktrace: warning: serving {bound} beyond this host without --listen-token: anyone who reaches it sees command lines and function names"
         );
     }
-    eprintln!("leaktrace: serving /metrics, /debug/pprof/heap, /snapshot.json and /healthz on http://{bound}");
     let (sender, latest) = watch::channel(Arc::new(Published::default()));
     let served = Served {
         latest,
         token: token.map(Arc::from),
         top_sites: options.top_sites,
     };
-    tokio::spawn(accept_loop(listener, router(served)));
+    std::thread::Builder::new()
+        .name("leaktrace-http".to_string())
+        .spawn(move || {
+            runtime.block_on(async move {
+                match tokio::net::TcpListener::from_std(listener) {
+                    Ok(listener) => accept_loop(listener, router(served)).await,
+                    Err(err) => eprintln!("leaktrace: error: cannot serve on {bound}: {err}"),
+                }
+            });
+        })
+        .map_err(ServeError::Runtime)?;
+    eprintln!("leaktrace: serving /metrics, /debug/pprof/heap, /snapshot.json and /healthz on http://{bound}");
     Ok(Publisher {
         sender,
         grace: options.grace,
