@@ -198,6 +198,7 @@ fn prometheus_scrapes_the_exact_leak_and_bad_requests_are_refused() {
     let snapshot = served_snapshot(addr, token, |s| {
         leaking_process(s).is_some_and(|p| p["outstanding_bytes"] == 50_000)
     });
+    validate_schema(&snapshot);
     let process = leaking_process(&snapshot).expect("the fixture");
     let pid = process["pid"].as_u64().expect("pid");
     // The fixture allocates nothing else (its output goes through write(2)).
