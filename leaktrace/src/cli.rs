@@ -100,6 +100,25 @@ pub struct Cli {
     #[arg(long, value_enum, value_name = "MODE")]
     pub mode: Option<Mode>,
 
+    /// Serve /metrics (OpenMetrics for Prometheus), /debug/pprof/heap?pid=P (pprof),
+    /// /snapshot.json and /healthz over HTTP at this address, e.g. 127.0.0.1:9464 (a bare port
+    /// binds to 127.0.0.1; any other address must be written out, see SECURITY.md).
+    #[arg(long, value_name = "ADDR", value_parser = crate::serve::parse_listen)]
+    pub listen: Option<std::net::SocketAddr>,
+
+    /// Require `Authorization: Bearer TOKEN` on every endpoint but /healthz, with TOKEN read
+    /// from this file (which must not be readable or writable by others).
+    #[arg(long, value_name = "FILE", requires = "listen")]
+    pub listen_token: Option<PathBuf>,
+
+    /// How many sites per process /metrics lists, by leak rank.
+    #[arg(long, value_name = "N", default_value_t = 5, requires = "listen")]
+    pub metrics_top_sites: usize,
+
+    /// How long /metrics keeps the series of a process after it exited.
+    #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = parse_duration, requires = "listen")]
+    pub metrics_grace: Duration,
+
     /// Command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,

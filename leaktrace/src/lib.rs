@@ -18,6 +18,7 @@ mod procfs;
 mod report;
 /// Every serialized type: the `leaktrace/1` snapshot (docs/json-schema.md).
 pub mod schema;
+mod serve;
 mod session;
 mod symbolize;
 #[doc(hidden)]

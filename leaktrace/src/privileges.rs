@@ -16,7 +16,8 @@
 //! Everything else leaves the effective, permitted, inheritable and bounding sets, and the
 //! ambient set is cleared, so no thread and no later exec can get it back. Capabilities are per
 //! thread: the drop happens on the thread that runs the session, and every other thread is
-//! checked (`/proc/self/task`); one that kept more is reported, not ignored.
+//! checked (`/proc/self/task`); one that kept more is reported, not ignored. The HTTP thread
+//! (`--listen`), started before the attach, drops every capability itself.
 use std::collections::HashSet;
 
 use caps::{CapSet, Capability};
@@ -90,6 +91,21 @@ pub fn drop_unneeded(needs: Needs) -> anyhow::Result<Vec<Capability>> {
         }
     }
     Ok(dropped)
+}
+
+/// Give up every capability on the calling thread, for good (the HTTP thread: it reads only
+/// its own process's files and serves what the session publishes). Other threads keep theirs.
+pub fn drop_all_on_this_thread() -> Result<(), caps::errors::CapsError> {
+    // The bounding set while CAP_SETPCAP is still there to allow it (root's thread).
+    if caps::has_cap(None, CapSet::Effective, Capability::CAP_SETPCAP)? {
+        for cap in caps::read(None, CapSet::Bounding)? {
+            caps::drop(None, CapSet::Bounding, cap)?;
+        }
+    }
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Effective)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    caps::clear(None, CapSet::Permitted)
 }
 
 #[cfg(test)]

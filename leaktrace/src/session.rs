@@ -23,6 +23,7 @@ use crate::{
     output::{self, Access},
     privileges, procfs, report,
     schema::{ExitStatus, Mode, ProbeCost, ProcessReport, Processed, SiteHeap, Snapshot, SCHEMA},
+    serve,
     symbolize::Symbols,
     target::{self, TargetProcess},
     tracer::{self, Capacity, MapsReading, Scope, Tracer},
@@ -103,6 +104,8 @@ pub struct Config {
     pub max_stacks: u32,
     /// `--sample-bytes` (0: every stack).
     pub sample_bytes: u64,
+    /// `--listen` and its options.
+    pub listen: Option<serve::Options>,
 }
 
 impl Config {
@@ -145,6 +148,12 @@ impl Config {
             max_allocations: cli.max_allocations,
             max_stacks: cli.max_stacks,
             sample_bytes: cli.sample_bytes.unwrap_or(0),
+            listen: cli.listen.map(|addr| serve::Options {
+                addr,
+                token_file: cli.listen_token,
+                top_sites: cli.metrics_top_sites,
+                grace: cli.metrics_grace,
+            }),
         })
     }
 
@@ -260,12 +269,14 @@ impl Traced {
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let config = Config::resolve(cli, Stdout::detect())?;
     let rolling = validate(&config)?;
+    let publisher = config.listen.as_ref().map(serve::start).transpose()?;
     let targets = find_targets(&config)?;
     let (mut tracer, ns_per_hit) = load(&config)?;
     let (heap, traced) = attach(&mut tracer, &config, targets)?;
     drop_privileges(&config);
     announce(&config, &traced);
     let mut session = Session::new(config, tracer, heap, traced, rolling, ns_per_hit)?;
+    session.publisher = publisher;
     let outcome = session.run_loop().await;
     session.finish(outcome).await
 }
@@ -488,6 +499,8 @@ struct Session {
     /// Cost of one probe hit, from the calibration at start.
     ns_per_hit: Option<f64>,
     hit_rate: HitRate,
+    /// `--listen`: every snapshot built is served.
+    publisher: Option<serve::Publisher>,
 }
 
 /// Which snapshot is taken: one of an interval (its live sites get a growth sample), or the
@@ -553,6 +566,7 @@ impl Session {
             last_series_write: None,
             ns_per_hit,
             hit_rate: HitRate::starting_at(Instant::now(), hits),
+            publisher: None,
         };
         session.refresh_liveness();
         Ok(session)
@@ -977,7 +991,7 @@ impl Session {
             processes.len(),
             building.elapsed()
         );
-        Snapshot {
+        let snapshot = Snapshot {
             schema: SCHEMA.to_string(),
             generated_at: humantime::format_rfc3339_millis(SystemTime::now()).to_string(),
             duration_s: at.t_s,
@@ -990,7 +1004,11 @@ impl Session {
             complete: taken == Taken::Final,
             cost: Some(self.cost()),
             processes,
+        };
+        if let Some(publisher) = &mut self.publisher {
+            publisher.publish(snapshot.clone());
         }
+        snapshot
     }
 
     /// What tracing costs: probe hits (exact mode) or heap-growth events (growth mode) per

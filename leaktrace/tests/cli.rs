@@ -38,3 +38,14 @@ fn bad_durations_are_rejected_by_the_parser() {
     assert_eq!(code, 2);
     assert!(stderr.contains("not a valid duration"), "{stderr}");
 }
+
+#[test]
+fn listen_addresses_are_ip_and_port() {
+    let (code, _, stderr) = leaktrace(&["--listen", "localhost:9464", "--pid", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("is not IP:PORT"), "{stderr}");
+    // The options of --listen need it.
+    let (code, _, stderr) = leaktrace(&["--listen-token", "/nonexistent", "--pid", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("--listen <ADDR>"), "{stderr}");
+}

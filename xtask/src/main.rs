@@ -272,6 +272,8 @@ fn setup() -> anyhow::Result<()> {
         // The privilege tests run leaktrace as nobody with file capabilities.
         ("setcap", "libcap2-bin"),
         ("setpriv", "util-linux"),
+        // tests/deploy.rs verifies deploy/systemd/leaktrace.service.
+        ("systemd-analyze", "systemd"),
     ])?;
     // Real software the privileged tests trace, and the libraries their fixtures link or
     // preload: Debian's OpenSSL (unwinding through code without frame pointers), nginx with the

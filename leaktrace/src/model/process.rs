@@ -108,6 +108,30 @@ pub fn heap_growth_bytes(heap: &HeapReport) -> u64 {
         .saturating_add(heap.anon_mmap_outstanding_bytes)
 }
 
+/// A process's growth slopes: the sums of its listed sites' slopes over the whole run (a least-
+/// squares slope is linear in the series, so the sum is the slope of the sites' total where
+/// they were sampled together). `None` when no site has one.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct ProcessSlopes {
+    pub bytes_per_min: Option<f64>,
+    pub bytes_per_mib_processed: Option<f64>,
+}
+
+pub fn process_slopes(process: &ProcessReport) -> ProcessSlopes {
+    let sum = |slope: fn(&crate::schema::Growth) -> Option<f64>| {
+        process
+            .sites
+            .iter()
+            .filter_map(|s| slope(&s.growth))
+            .filter(|v| v.is_finite())
+            .fold(None, |sum: Option<f64>, v| Some(sum.unwrap_or(0.0) + v))
+    };
+    ProcessSlopes {
+        bytes_per_min: sum(|g| g.bytes_per_min),
+        bytes_per_mib_processed: sum(|g| g.bytes_per_mib_processed),
+    }
+}
+
 /// System-wide rows: largest heap growth first, then by pid.
 pub fn by_heap_growth(a: &ProcessReport, b: &ProcessReport) -> Ordering {
     let growth = |p: &ProcessReport| p.heap.as_ref().map_or(0, heap_growth_bytes);

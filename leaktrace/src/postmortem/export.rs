@@ -295,31 +295,96 @@ fn frames_by_address(frames: &[RecordedFrame]) -> Vec<Vec<&RecordedFrame>> {
     groups
 }
 
+/// Which values a profile's samples carry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum SampleValues {
+    /// `outstanding_space/bytes`, `outstanding_objects/count`: sites with outstanding memory.
+    Outstanding,
+    /// Go's heap profile: `alloc_objects/count`, `alloc_space/bytes`, `inuse_objects/count`,
+    /// `inuse_space/bytes` (the default), for every site that allocated. Growth mode's sites
+    /// count growth events and the heap they grew, under the same names.
+    GoHeap,
+}
+
+impl SampleValues {
+    fn types(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            SampleValues::Outstanding => &[
+                ("outstanding_space", "bytes"),
+                ("outstanding_objects", "count"),
+            ],
+            SampleValues::GoHeap => &[
+                ("alloc_objects", "count"),
+                ("alloc_space", "bytes"),
+                ("inuse_objects", "count"),
+                ("inuse_space", "bytes"),
+            ],
+        }
+    }
+
+    fn of(self, site: &RecordedSite) -> Option<Vec<i64>> {
+        let c = &site.counters;
+        let n = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        match self {
+            SampleValues::Outstanding => (c.outstanding_bytes > 0)
+                .then(|| vec![n(c.outstanding_bytes), n(c.outstanding_count)]),
+            SampleValues::GoHeap => (c.outstanding_bytes > 0 || c.allocated_bytes > 0).then(|| {
+                vec![
+                    n(c.allocated_count.max(c.outstanding_count)),
+                    n(c.allocated_bytes.max(c.outstanding_bytes)),
+                    n(c.outstanding_count),
+                    n(c.outstanding_bytes),
+                ]
+            }),
+        }
+    }
+}
+
 /// The pprof profile, not yet encoded.
 pub fn pprof_profile(
     snapshot: &RecordedSnapshot,
     file: &str,
 ) -> Result<pprof::Profile, ExportError> {
     check_not_empty(snapshot, file)?;
+    let comment = format!(
+        "leaktrace snapshot {file}: outstanding memory at {}",
+        snapshot.generated_at
+    );
+    Ok(build_profile(snapshot, &comment, SampleValues::Outstanding))
+}
+
+/// Go's heap profile of a snapshot (`/debug/pprof/heap` under `--listen`): what Go's own
+/// endpoint serves, so that `go tool pprof`, Parca and Pyroscope read it as they read Go's.
+/// A process with nothing allocated gives a profile without samples, as Go's does.
+pub fn pprof_heap_gz(snapshot: &RecordedSnapshot) -> Result<Vec<u8>, ExportError> {
+    let comment = format!("leaktrace: heap at {}", snapshot.generated_at);
+    gzip(&build_profile(snapshot, &comment, SampleValues::GoHeap))
+}
+
+fn build_profile(
+    snapshot: &RecordedSnapshot,
+    comment: &str,
+    values: SampleValues,
+) -> pprof::Profile {
     let mut b = ProfileBuilder::new();
-    let space = b.string("outstanding_space");
-    let bytes = b.string("bytes");
-    let objects = b.string("outstanding_objects");
-    let count = b.string("count");
-    b.profile.sample_type = vec![
-        pprof::ValueType {
-            r#type: space,
-            unit: bytes,
-        },
-        pprof::ValueType {
-            r#type: objects,
-            unit: count,
-        },
-    ];
-    b.profile.default_sample_type = space;
+    let sample_type = values
+        .types()
+        .iter()
+        .map(|(kind, unit)| pprof::ValueType {
+            r#type: b.string(kind),
+            unit: b.string(unit),
+        })
+        .collect();
+    b.profile.sample_type = sample_type;
+    let (default, period_type) = match values {
+        SampleValues::Outstanding => ("outstanding_space", "outstanding_space"),
+        // As Go's runtime/pprof writes it.
+        SampleValues::GoHeap => ("inuse_space", "space"),
+    };
+    b.profile.default_sample_type = b.string(default);
     b.profile.period_type = Some(pprof::ValueType {
-        r#type: space,
-        unit: bytes,
+        r#type: b.string(period_type),
+        unit: b.string("bytes"),
     });
     b.profile.period = 1;
     b.profile.time_nanos = humantime::parse_rfc3339_weak(&snapshot.generated_at)
@@ -332,10 +397,7 @@ pub fn pprof_profile(
     } else {
         0
     };
-    let comment = b.string(&format!(
-        "leaktrace snapshot {file}: outstanding memory at {}",
-        snapshot.generated_at
-    ));
+    let comment = b.string(comment);
     b.profile.comment = vec![comment];
 
     // pprof takes the first mapping for the main binary.
@@ -345,35 +407,40 @@ pub fn pprof_profile(
             ..RecordedFrame::default()
         });
     }
-    for (process, site) in outstanding_sites(snapshot) {
-        let location_id: Vec<u64> = frames_by_address(&site.frames)
-            .iter()
-            .map(|group| b.location(group))
-            .filter(|&id| id != 0)
-            .collect();
-        let label = vec![
-            b.label("pid", None, i64::from(process.pid)),
-            b.label("comm", Some(&process.comm), 0),
-        ];
-        b.profile.sample.push(pprof::Sample {
-            location_id,
-            value: vec![
-                i64::try_from(site.counters.outstanding_bytes).unwrap_or(i64::MAX),
-                i64::try_from(site.counters.outstanding_count).unwrap_or(i64::MAX),
-            ],
-            label,
-        });
+    for process in &snapshot.processes {
+        for site in &process.sites {
+            let Some(value) = values.of(site) else {
+                continue;
+            };
+            let location_id: Vec<u64> = frames_by_address(&site.frames)
+                .iter()
+                .map(|group| b.location(group))
+                .filter(|&id| id != 0)
+                .collect();
+            let label = vec![
+                b.label("pid", None, i64::from(process.pid)),
+                b.label("comm", Some(&process.comm), 0),
+            ];
+            b.profile.sample.push(pprof::Sample {
+                location_id,
+                value,
+                label,
+            });
+        }
     }
-    Ok(b.profile)
+    b.profile
 }
 
-/// The pprof profile, encoded and gzip'd as `go tool pprof` reads it.
-pub fn pprof_gz(snapshot: &RecordedSnapshot, file: &str) -> Result<Vec<u8>, ExportError> {
-    let profile = pprof_profile(snapshot, file)?;
+fn gzip(profile: &pprof::Profile) -> Result<Vec<u8>, ExportError> {
     let mut gz = GzEncoder::new(Vec::new(), Compression::default());
     gz.write_all(&profile.encode_to_vec())
         .map_err(ExportError::Compress)?;
     gz.finish().map_err(ExportError::Compress)
+}
+
+/// The pprof profile, encoded and gzip'd as `go tool pprof` reads it.
+pub fn pprof_gz(snapshot: &RecordedSnapshot, file: &str) -> Result<Vec<u8>, ExportError> {
+    gzip(&pprof_profile(snapshot, file)?)
 }
 
 #[cfg(test)]
@@ -432,6 +499,73 @@ mod tests {
         // The other formats saturate instead.
         assert!(folded(&snapshot, "x.json").is_ok());
         assert!(pprof_gz(&snapshot, "x.json").is_ok());
+    }
+
+    #[test]
+    fn the_heap_profile_has_go_heap_sample_types_and_values() {
+        use std::io::Read as _;
+        let site = RecordedSite {
+            counters: SiteCounters {
+                outstanding_bytes: 50_000,
+                outstanding_count: 500,
+                allocated_bytes: 150_000,
+                allocated_count: 1500,
+                ..SiteCounters::default()
+            },
+            frames: vec![frame("leak", false), frame("main", false)],
+            ..RecordedSite::default()
+        };
+        // A site that allocated and freed everything is in alloc_* only.
+        let freed = RecordedSite {
+            counters: SiteCounters {
+                allocated_bytes: 64,
+                allocated_count: 1,
+                ..SiteCounters::default()
+            },
+            frames: vec![frame("churn", false)],
+            ..RecordedSite::default()
+        };
+        let snapshot = RecordedSnapshot {
+            processes: vec![RecordedProcess {
+                pid: 7,
+                sites: vec![site, freed],
+                ..RecordedProcess::default()
+            }],
+            ..RecordedSnapshot::default()
+        };
+        let gz = pprof_heap_gz(&snapshot).expect("encodes");
+        let mut bytes = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut bytes)
+            .expect("gunzips");
+        let profile = pprof::Profile::decode(&bytes[..]).expect("decodes");
+        let text = |i: i64| profile.string_table[i as usize].as_str();
+        let types: Vec<(&str, &str)> = profile
+            .sample_type
+            .iter()
+            .map(|t| (text(t.r#type), text(t.unit)))
+            .collect();
+        assert_eq!(
+            types,
+            [
+                ("alloc_objects", "count"),
+                ("alloc_space", "bytes"),
+                ("inuse_objects", "count"),
+                ("inuse_space", "bytes")
+            ]
+        );
+        assert_eq!(text(profile.default_sample_type), "inuse_space");
+        let values: Vec<&[i64]> = profile.sample.iter().map(|s| &s.value[..]).collect();
+        assert_eq!(
+            values,
+            [&[1500, 150_000, 500, 50_000][..], &[1, 64, 0, 0][..]]
+        );
+        // An empty process is an empty profile, as Go's, not an error.
+        let empty = RecordedSnapshot {
+            processes: vec![RecordedProcess::default()],
+            ..RecordedSnapshot::default()
+        };
+        assert!(pprof_heap_gz(&empty).is_ok());
     }
 
     #[test]

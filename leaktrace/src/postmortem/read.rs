@@ -53,6 +53,25 @@ pub struct RecordedSnapshot {
 }
 
 impl RecordedSnapshot {
+    /// One process of a live snapshot, as the post-mortem commands would read it back from
+    /// disk (through the same serialization, so both see the same fields); `None` when `pid` is
+    /// not in it.
+    pub fn of_process(snapshot: &crate::schema::Snapshot, pid: u32) -> Option<RecordedSnapshot> {
+        let process = snapshot.processes.iter().find(|p| p.pid == pid)?;
+        let process = serde_json::to_value(process)
+            .and_then(serde_json::from_value::<RecordedProcess>)
+            .inspect_err(|err| log::warn!("cannot read back process {pid}: {err}"))
+            .ok()?;
+        Some(RecordedSnapshot {
+            schema: snapshot.schema.clone(),
+            generated_at: snapshot.generated_at.clone(),
+            duration_s: snapshot.duration_s,
+            complete: snapshot.complete,
+            mode: Some(snapshot.mode.as_str().to_string()),
+            processes: vec![process],
+        })
+    }
+
     /// Whether `process`'s sites are growth mode's (stacks that grew the heap), whose counts
     /// are growth events, not blocks.
     pub fn growth_sites(&self, process: &RecordedProcess) -> bool {

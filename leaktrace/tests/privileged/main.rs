@@ -9,6 +9,7 @@ mod common;
 mod cli;
 mod cost;
 mod files;
+mod fleet;
 mod growth;
 mod growth_mode;
 mod heap;

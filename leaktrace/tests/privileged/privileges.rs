@@ -228,7 +228,7 @@ fn without_sys_admin_exact_mode_fails_in_one_line_naming_it() {
 /// KILL (the launched command).
 const KEPT_BY_ROOT: &[u32] = &[39, 38, 21, 19, 2, 40, 1, 3, 5];
 
-/// Each thread's capability sets of process `pid`: (tid, field, mask).
+/// Each thread's capability sets of process `pid`: (thread name, field, mask).
 fn thread_capabilities(pid: u32) -> Vec<(String, String, u64)> {
     let mut sets = Vec::new();
     for task in fs::read_dir(format!("/proc/{pid}/task"))
@@ -236,7 +236,10 @@ fn thread_capabilities(pid: u32) -> Vec<(String, String, u64)> {
         .flatten()
         .flatten()
     {
-        let Ok(status) = fs::read_to_string(task.path().join("status")) else {
+        let (Ok(status), Ok(name)) = (
+            fs::read_to_string(task.path().join("status")),
+            fs::read_to_string(task.path().join("comm")),
+        ) else {
             continue;
         };
         for line in status.lines() {
@@ -245,11 +248,7 @@ fn thread_capabilities(pid: u32) -> Vec<(String, String, u64)> {
             };
             if field.starts_with("Cap") {
                 let mask = u64::from_str_radix(value.trim(), 16).expect("hex capability set");
-                sets.push((
-                    task.file_name().to_string_lossy().into_owned(),
-                    field.to_string(),
-                    mask,
-                ));
+                sets.push((name.trim().to_string(), field.to_string(), mask));
             }
         }
     }
@@ -262,8 +261,10 @@ fn root_leaktrace_drops_the_capabilities_it_no_longer_needs_once_attached() {
         return;
     }
     let kept = KEPT_BY_ROOT.iter().fold(0u64, |mask, cap| mask | 1 << cap);
-    let expected = |field: &str| match field {
-        "CapEff" | "CapPrm" | "CapBnd" => kept,
+    // The HTTP thread, which parses network input, keeps nothing at all.
+    let expected = |thread: &str, field: &str| match (thread, field) {
+        ("leaktrace-http", _) => 0,
+        (_, "CapEff" | "CapPrm" | "CapBnd") => kept,
         _ => 0,
     };
     let fixture = fixture("alloc_patterns", &[]);
@@ -275,17 +276,25 @@ fn root_leaktrace_drops_the_capabilities_it_no_longer_needs_once_attached() {
         "300ms",
         "--json",
         json.to_str().expect("utf-8 path"),
+        "--listen",
+        "127.0.0.1:21781",
         "--",
         fixture.to_str().expect("utf-8 path"),
         "leak",
     ]);
     run.wait_for("finished leak", std::time::Duration::from_secs(30));
+    assert!(
+        thread_capabilities(run.pid())
+            .iter()
+            .any(|(thread, _, _)| thread == "leaktrace-http"),
+        "the HTTP thread runs"
+    );
     // The drop follows the attach, which releases the command: poll until it shows.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let wrong = loop {
         let wrong: Vec<_> = thread_capabilities(run.pid())
             .into_iter()
-            .filter(|(_, field, mask)| *mask != expected(field))
+            .filter(|(thread, field, mask)| *mask != expected(thread, field))
             .collect();
         if wrong.is_empty() || std::time::Instant::now() > deadline {
             break wrong;
