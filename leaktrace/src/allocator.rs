@@ -226,9 +226,12 @@ fn search_order(exe: &Path, mapped: &[Module], preloads: &[String]) -> Vec<Modul
         push(&mut order, i);
     }
     let find = |name: &str, soname_of: &mut dyn FnMut(usize) -> Option<String>| {
-        if name.contains('/') {
-            return mapped.iter().position(|m| m.path == Path::new(name));
+        if let Some(i) = mapped.iter().position(|m| m.path == Path::new(name)) {
+            return Some(i);
         }
+        // A path through a link (libfoo.so.2 -> libfoo.so.2.0.1) finds the file mapped by the
+        // name it was linked as: its file name, or the soname of a mapped file.
+        let name = name.rsplit('/').next().unwrap_or(name);
         mapped
             .iter()
             .position(|m| basename(&m.path).as_deref() == Some(OsStr::new(name)))
