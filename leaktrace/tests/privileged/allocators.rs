@@ -261,3 +261,138 @@ fn a_static_musl_binary_is_traced_exactly() {
     let process = assert_exact_under(Command::new(&exe).arg("attach"), "musl", &[]);
     assert_eq!(process["allocator"]["linked_into_executable"], true);
 }
+
+/// A port of this test's range that nothing listens on.
+fn free_port() -> u16 {
+    (21500..21600)
+        .find(|&port| std::net::TcpListener::bind(("127.0.0.1", port)).is_ok())
+        .expect("a free port in 21500-21599")
+}
+
+fn used_memory(redis_cli: &Path, port: &str) -> u64 {
+    let output = Command::new(redis_cli)
+        .args(["-p", port, "info", "memory"])
+        .output()
+        .expect("redis-cli info");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .find_map(|l| l.strip_prefix("used_memory:"))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("used_memory in INFO memory")
+}
+
+/// Debian's redis-server links libjemalloc.so.2: attached by pid while 20000 values are SET,
+/// leaktrace's outstanding bytes track Redis's own `used_memory` growth within 10%, and the
+/// sites name Redis's functions. Debian builds Redis without frame pointers: until stacks are
+/// unwound in the kernel, a site is Redis's allocation wrapper (`zmalloc_usable`, ...), the
+/// caller the uretprobe sees, and little more; that is what is asserted.
+#[test]
+fn a_real_redis_is_traced_through_jemalloc() {
+    if !privileged() {
+        return;
+    }
+    let redis_server = require_tool("redis-server", "redis-server");
+    let redis_cli = require_tool("redis-cli", "redis-tools");
+    let port = free_port().to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut redis = Supervised::spawn(
+        "redis-server",
+        Command::new(&redis_server)
+            .args([
+                "--port",
+                &port,
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(dir.path()),
+        Input::Null,
+    )
+    .expect("start redis-server");
+    redis
+        .wait_stdout(Duration::from_secs(30), "redis ready", |l| {
+            l.contains("Ready to accept connections").then_some(())
+        })
+        .expect("redis ready");
+    let pid = redis.pid().to_string();
+    let json = dir.path().join("redis.json");
+    let mut run = Run::start(&[
+        "--pid",
+        &pid,
+        "--interval",
+        "500ms",
+        "--json",
+        json.to_str().expect("utf-8"),
+    ]);
+    let started = run.wait_for(&format!("tracing pid {pid}"), Duration::from_secs(30));
+    assert!(started.contains("jemalloc"), "{started}");
+    let before = used_memory(&redis_cli, &port);
+
+    // 20000 SETs of 1018-byte values (their sds, 1024 bytes, fills a jemalloc size class:
+    // used_memory counts usable sizes, leaktrace the sizes asked for).
+    let value = "x".repeat(1018);
+    let mut protocol = Vec::new();
+    for i in 0..20_000 {
+        let key = format!("key:{i:05}");
+        protocol.extend_from_slice(
+            format!(
+                "*3\r\n$3\r\nSET\r\n${}\r\n{key}\r\n${}\r\n{value}\r\n",
+                key.len(),
+                value.len()
+            )
+            .as_bytes(),
+        );
+    }
+    let input = dir.path().join("protocol");
+    std::fs::write(&input, protocol).expect("write protocol");
+    let status = Command::new(&redis_cli)
+        .args(["-p", &port, "--pipe"])
+        .stdin(std::fs::File::open(&input).expect("open protocol"))
+        .stdout(std::process::Stdio::null())
+        .status()
+        .expect("redis-cli --pipe");
+    assert!(status.success());
+    let after = used_memory(&redis_cli, &port);
+    let grown = after.saturating_sub(before);
+    assert!(grown > 20_000 * 1024, "used_memory grew by {grown} only");
+    // Two intervals with the writes done.
+    std::thread::sleep(Duration::from_millis(1500));
+    run.signal(libc::SIGINT);
+    // Without frame pointers the kernel's stack walks are garbage past Redis's wrapper: tens of
+    // thousands of distinct stacks, symbolized at the end (slow in a debug build under load).
+    let (code, lines) = run.finish(Duration::from_secs(240));
+    assert_eq!(code, 0, "{}", lines.join("\n"));
+    let _ = redis.interrupt(Duration::from_secs(10));
+
+    let snapshot: Value =
+        serde_json::from_slice(&std::fs::read(&json).expect("json")).expect("parses");
+    validate_schema(&snapshot);
+    let process = only_process(&snapshot);
+    assert_eq!(process["allocator"]["name"], "jemalloc");
+    let outstanding = process["outstanding_bytes"].as_u64().expect("u64");
+    let ratio = outstanding as f64 / grown as f64;
+    eprintln!(
+        "redis: leaktrace {outstanding} B outstanding, used_memory grew {grown} B ({ratio:.3})"
+    );
+    assert!(
+        (0.9..=1.1).contains(&ratio),
+        "leaktrace {outstanding} B vs used_memory growth {grown} B"
+    );
+    // The site holding most bytes is Redis's own allocation wrapper, in its executable.
+    let sites = process["sites"].as_array().expect("sites");
+    let biggest = sites
+        .iter()
+        .max_by_key(|s| s["outstanding_bytes"].as_u64())
+        .expect("a site");
+    let frame = &biggest["frames"][0];
+    assert_eq!(frame["module"], process["exe"], "{biggest:#}");
+    let function = frame["function"].as_str().unwrap_or_default();
+    assert!(
+        function.starts_with("zmalloc") || function.starts_with("zcalloc"),
+        "{biggest:#}"
+    );
+}
