@@ -658,7 +658,6 @@ mod tests {
             mapped_file(42, &(0x7f00..0x7f10)),
             Path::new("/proc/42/map_files/7f00-7f10")
         );
-        assert_eq!(exe_file(42), Path::new("/proc/42/exe"));
         assert_eq!(root_dir(42), Path::new("/proc/42/root"));
     }
 }
