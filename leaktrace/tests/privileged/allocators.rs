@@ -396,3 +396,89 @@ fn a_real_redis_is_traced_through_jemalloc() {
         "{biggest:#}"
     );
 }
+
+/// A program with its own malloc, which leaktrace does not know: one line names what was
+/// found, nothing is hooked (no zeros that look traced), and its heap growth is traced exactly
+/// (the fixture says how much it mapped, in how many mmap calls).
+#[test]
+fn an_unknown_allocator_is_said_so_and_its_heap_growth_traced() {
+    if !privileged() {
+        return;
+    }
+    let exe = fixture("custom_malloc", &[]);
+    let traced = trace_by_pid(&mut Command::new(&exe), &[]);
+    let said: Vec<&String> = traced
+        .leaktrace_lines
+        .iter()
+        .filter(|l| {
+            l.starts_with("leaktrace:") && l.contains("by an allocator leaktrace does not know")
+        })
+        .collect();
+    assert_eq!(said.len(), 1, "{}", traced.leaktrace_lines.join("\n"));
+    assert!(
+        said[0].contains(exe.to_str().expect("utf-8")),
+        "{}",
+        said[0]
+    );
+    assert!(
+        said[0].contains("tracing its heap growth only"),
+        "{}",
+        said[0]
+    );
+    let (bytes, chunks): (u64, u64) = traced
+        .fixture_lines
+        .iter()
+        .find_map(|l| {
+            let mut words = l.strip_prefix("mapped ")?.split_whitespace();
+            Some((words.next()?.parse().ok()?, words.next()?.parse().ok()?))
+        })
+        .expect("mapped line");
+    assert!(bytes >= 4_000_000, "the fixture mapped {bytes} B");
+    let process = only_process(&traced.snapshot);
+    assert_eq!(process["exact"], false);
+    assert_eq!(process["allocator"]["name"], "unknown");
+    assert_eq!(
+        process["hooked_functions"].as_array().map(Vec::len),
+        Some(0)
+    );
+    assert!(process["allocator_not_hooked"]
+        .as_str()
+        .is_some_and(|why| why.contains("does not know")));
+    let heap = &process["heap"];
+    assert_eq!(
+        heap["anon_mmap_outstanding_bytes"].as_u64(),
+        Some(bytes),
+        "{heap:#}"
+    );
+    // The growth is attributed to the stacks that mapped it, through the fixture's allocator.
+    let sites = process["sites"].as_array().expect("sites");
+    let grown: u64 = sites
+        .iter()
+        .filter(|s| function_names(s).contains(&"leak_custom"))
+        .map(|s| s["growth_events"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(grown, chunks, "{sites:#?}");
+}
+
+/// A stripped static binary names no malloc: said in one line, its heap syscalls still traced.
+#[test]
+fn a_stripped_static_binary_is_said_so_and_its_heap_traced() {
+    if !privileged() {
+        return;
+    }
+    let exe = fixture("allocators", &["-static", "-s", "-DNO_DLSYM"]);
+    let traced = trace_by_pid(Command::new(&exe).arg("attach"), &[]);
+    assert!(
+        traced
+            .leaktrace_lines
+            .iter()
+            .any(|l| l.contains("stripped static binary") && l.contains("heap growth only")),
+        "{}",
+        traced.leaktrace_lines.join("\n")
+    );
+    let process = only_process(&traced.snapshot);
+    assert_eq!(process["exact"], false);
+    assert!(process["allocator"].is_null(), "{:#}", process["allocator"]);
+    // Registered for heap tracing (its work fits in the heap it had: no syscall is expected).
+    assert!(process["heap"].is_object(), "{process:#}");
+}
