@@ -415,11 +415,12 @@ fn attach_one(
         Mode::Growth => tracer.trace_heap_of(pid).map(|()| Vec::new()),
         Mode::Exact | Mode::SystemWide => match &process.allocators.unhookable {
             Some(why) => {
+                tracer.trace_heap_of(pid)?;
                 eprintln!(
                     "leaktrace: pid {pid} ({}): {why}; not hooked, tracing its heap growth only",
                     process.comm
                 );
-                tracer.trace_heap_of(pid).map(|()| Vec::new())
+                Ok(Vec::new())
             }
             None => tracer.attach(pid, &process.allocators),
         },

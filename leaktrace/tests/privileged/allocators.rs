@@ -53,15 +53,24 @@ fn trace_by_pid(command: &mut Command, options: &[&str]) -> Traced {
     args.extend_from_slice(options);
     args.extend_from_slice(&["--json", json.to_str().expect("utf-8")]);
     let mut run = Run::start(&args);
-    run.wait_for(&format!("pid {pid}"), Duration::from_secs(30));
+    // Said once everything is attached.
+    run.wait_for(&format!("tracing pid {pid}"), Duration::from_secs(30));
     target.send_line().expect("release fixture");
     target
         .wait_stdout(Duration::from_secs(60), "finished line", |l| {
             (l == "finished").then_some(())
         })
         .expect("finished line");
-    // Two intervals with the process alive: its sites are symbolized while it lives.
-    std::thread::sleep(Duration::from_millis(700));
+    // Two more snapshots with the process alive: its sites are symbolized while it lives (in
+    // a mount namespace of its own, its files are gone with it).
+    let duration = |s: &Value| s["duration_s"].as_f64().unwrap_or(0.0);
+    let at_finish = std::fs::read(&json)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .map_or(0.0, |s| duration(&s));
+    wait_for_snapshot(&json, Duration::from_secs(60), |s| {
+        duration(s) >= at_finish + 0.45
+    });
     target.send_line().expect("let the fixture exit");
     assert!(target
         .wait_exit(Duration::from_secs(30))
@@ -123,7 +132,8 @@ fn assert_exact_under(command: &mut Command, allocator: &str, own: &[&str]) -> V
         assert_eq!(
             (outstanding, count),
             (*bytes, *blocks),
-            "{function} under {allocator}: leaktrace says {outstanding} B in {count} blocks"
+            "{function} under {allocator}: leaktrace says {outstanding} B in {count} blocks; sites:\n{}",
+            site_summary(&process)
         );
     }
     let (churned, churn_blocks, churn_allocs, _) = totals_for(&process, "churn");
@@ -140,6 +150,26 @@ fn assert_exact_under(command: &mut Command, allocator: &str, own: &[&str]) -> V
         process["counters"]
     );
     process
+}
+
+/// Each site's outstanding bytes and first frames, for failure messages.
+fn site_summary(process: &Value) -> String {
+    process["sites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|s| {
+            let frames: Vec<String> = s["frames"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .take(3)
+                .map(|f| format!("{} {}", f["function"], f["module"]))
+                .collect();
+            format!("{} B: {}", s["outstanding_bytes"], frames.join(" <- "))
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 fn allocators_fixture() -> PathBuf {
@@ -481,4 +511,52 @@ fn a_stripped_static_binary_is_said_so_and_its_heap_traced() {
     assert!(process["allocator"].is_null(), "{:#}", process["allocator"]);
     // Registered for heap tracing (its work fits in the heap it had: no syscall is expected).
     assert!(process["heap"].is_object(), "{process:#}");
+}
+
+/// A target in its own mount namespace, whose executable and libc live on a tmpfs mounted in
+/// that namespace only (paths that do not exist on the host): discovery, attaching, symbols and
+/// build ids all go through the target's own files (/proc/PID/map_files, /proc/PID/root).
+#[test]
+fn a_target_in_its_own_mount_namespace_is_traced_through_its_own_files() {
+    if !privileged() {
+        return;
+    }
+    let unshare = require_tool("unshare", "util-linux");
+    let libc = Path::new("/lib/x86_64-linux-gnu/libc.so.6");
+    let dir = format!("/mnt/leaktrace-ns-{}", std::process::id());
+    assert!(!Path::new(&dir).exists(), "{dir} exists on the host");
+    let script = format!(
+        "mount -t tmpfs leaktrace-ns /mnt && mkdir {dir} && cp {fixture} {dir}/allocators && \
+         cp {libc} {dir}/ && LD_LIBRARY_PATH={dir} exec {dir}/allocators attach",
+        fixture = allocators_fixture().display(),
+        libc = libc.display(),
+    );
+    let process = assert_exact_under(
+        Command::new(unshare).args(["--mount", "--propagation", "private", "sh", "-c", &script]),
+        "glibc",
+        &[],
+    );
+    let module = format!("{dir}/libc.so.6");
+    assert_eq!(process["allocator"]["module"], module.as_str());
+    assert!(
+        !Path::new(&module).exists(),
+        "{module} is visible on the host"
+    );
+    // The fixture's own frames were symbolized from its file inside the namespace.
+    let site = process["sites"]
+        .as_array()
+        .expect("sites")
+        .iter()
+        .find(|s| top_function(s) == Some("leak_malloc"))
+        .expect("leak_malloc site");
+    let frame = &site["frames"][0];
+    assert_eq!(
+        frame["module"],
+        format!("{dir}/allocators").as_str(),
+        "{frame:#}"
+    );
+    assert!(
+        frame["build_id"].as_str().is_some_and(|id| id.len() == 40),
+        "{frame:#}"
+    );
 }
