@@ -782,7 +782,7 @@ fn hooks_for(
             log::debug!("{name}: its code is outside the file's sections; not hooked");
             continue;
         };
-        if let Some(target) = forwards_to(&code, *address) {
+        if let Some(target) = forwards_to(code, *address) {
             // Through the PLT, the callee is named; it may be hooked under an alias.
             let callee = plt
                 .get(&target)
@@ -802,7 +802,7 @@ fn hooks_for(
             symbol: name.clone(),
             kind: *kind,
             file_offset,
-            placed_at: placement::probe_offset_for(&code),
+            placed_at: placement::probe_offset_for(code),
         });
     }
     // malloc and free first: the start-up line and the JSON list read in that order.
@@ -1029,7 +1029,7 @@ mod tests {
             Some("2.36".to_string())
         );
         assert_eq!(
-            jemalloc_version(b"abc\05.3.0-0-g54eaed1d8b56b1aa528be3bdd1877e59c56fa90c\0x"),
+            jemalloc_version(b"abc\x005.3.0-0-g54eaed1d8b56b1aa528be3bdd1877e59c56fa90c\x00x"),
             Some("5.3.0".to_string())
         );
         assert_eq!(jemalloc_version(b"1.2-3\0"), None);

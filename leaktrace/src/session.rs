@@ -1238,6 +1238,20 @@ impl Session {
     }
 }
 
+/// An allocator as the JSON names it.
+fn allocator_report(allocator: &crate::allocator::Allocator) -> schema::AllocatorReport {
+    schema::AllocatorReport {
+        name: allocator
+            .family
+            .map_or("unknown", crate::allocator::Family::name)
+            .to_string(),
+        version: allocator.version.clone(),
+        module: allocator.module.display().to_string(),
+        linked_into_executable: allocator.in_executable,
+        prefix: (!allocator.prefix.is_empty()).then(|| allocator.prefix.clone()),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::Parser as _;
@@ -1339,19 +1353,5 @@ mod tests {
             resolve(&["-p", "1"], Stdout::Other).expect("ok").rolling,
             None
         );
-    }
-}
-
-/// An allocator as the JSON names it.
-fn allocator_report(allocator: &crate::allocator::Allocator) -> schema::AllocatorReport {
-    schema::AllocatorReport {
-        name: allocator
-            .family
-            .map_or("unknown", crate::allocator::Family::name)
-            .to_string(),
-        version: allocator.version.clone(),
-        module: allocator.module.display().to_string(),
-        linked_into_executable: allocator.in_executable,
-        prefix: (!allocator.prefix.is_empty()).then(|| allocator.prefix.clone()),
     }
 }
