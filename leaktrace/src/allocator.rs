@@ -36,6 +36,9 @@ pub enum HookKind {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Hook {
     pub symbol: String,
+    /// Other names of the family at the same address (glibc's memalign is aligned_alloc,
+    /// tcmalloc's tc_malloc is malloc): covered by the same probe.
+    pub aliases: Vec<String>,
     pub kind: HookKind,
     /// File offset of the function's first byte.
     pub file_offset: u64,
@@ -100,7 +103,11 @@ impl Allocator {
 
     #[cfg(test)]
     pub fn hooked_names(&self) -> Vec<String> {
-        self.hooks.iter().map(|h| h.symbol.clone()).collect()
+        self.hooks
+            .iter()
+            .flat_map(|h| std::iter::once(&h.symbol).chain(&h.aliases))
+            .cloned()
+            .collect()
     }
 }
 
@@ -147,16 +154,31 @@ pub fn discover_process(pid: u32) -> Result<Discovery, DiscoveryError> {
         source: e,
     })?;
     let exe = procfs::read_exe(pid).unwrap_or_default();
-    // Every mapped file once, by its first mapping (map_files opens exactly that file).
+    // Every mapped file once, by its first mapping: map_files opens exactly that file; without
+    // CAP_SYS_ADMIN or CAP_CHECKPOINT_RESTORE it cannot be opened, and the file is reached by
+    // its path inside the process's root instead.
     let mut mapped: Vec<Module> = Vec::new();
+    let mut through_map_files = None;
     for mapping in maps.files() {
         let Some(path) = mapping.path() else { continue };
         if mapped.iter().any(|m| m.path == path) {
             continue;
         }
+        let map_file = procfs::mapped_file(pid, &mapping.range);
+        let usable = *through_map_files.get_or_insert_with(|| {
+            !matches!(
+                target_files::open(&map_file),
+                Err(target_files::Unreadable::Io { ref source, .. })
+                    if source.kind() == std::io::ErrorKind::PermissionDenied
+            )
+        });
         mapped.push(Module {
             path: path.to_path_buf(),
-            file: procfs::mapped_file(pid, &mapping.range),
+            file: if usable {
+                map_file
+            } else {
+                procfs::path_in_root(pid, path)
+            },
         });
     }
     let preloads = preloads_of(pid);
@@ -763,13 +785,18 @@ fn hooks_for(
     }
     wanted.extend(frees.into_iter().map(|n| (n, HookKind::Free)));
 
-    // Defined ones, first name per address.
+    // Defined ones, one hook per address under its first name, the others its aliases.
     let mut by_address: Vec<(String, HookKind, u64)> = Vec::new();
+    let mut aliases: HashMap<u64, Vec<String>> = HashMap::new();
     for (name, kind) in wanted {
         let Some(&address) = symbols.by_name.get(&name) else {
             continue;
         };
         if by_address.iter().any(|(_, _, a)| *a == address) {
+            let names = aliases.entry(address).or_default();
+            if !names.contains(&name) {
+                names.push(name);
+            }
             continue;
         }
         by_address.push((name, kind, address));
@@ -800,6 +827,7 @@ fn hooks_for(
         };
         hooks.push(Hook {
             symbol: name.clone(),
+            aliases: aliases.remove(address).unwrap_or_default(),
             kind: *kind,
             file_offset,
             placed_at: placement::probe_offset_for(code),
@@ -988,9 +1016,16 @@ mod tests {
                 "{tc:?}"
             );
             let names = tc.hooked_names();
-            // Aliases share one hook: malloc, tc_malloc and __libc_malloc are one address.
-            assert!(names.iter().any(|n| n == "malloc"), "{names:?}");
-            assert!(!names.iter().any(|n| n == "tc_malloc"), "{names:?}");
+            // Aliases share one hook: malloc and tc_malloc are one address.
+            let malloc = tc
+                .hooks
+                .iter()
+                .find(|h| h.symbol == "malloc")
+                .expect("malloc");
+            assert!(
+                malloc.aliases.iter().any(|n| n == "tc_malloc"),
+                "{malloc:?}"
+            );
             assert!(names.iter().any(|n| n == "tc_free_sized"), "{names:?}");
         }
         if installed(MIMALLOC) {
@@ -1034,6 +1069,29 @@ mod tests {
         );
         assert_eq!(jemalloc_version(b"1.2-3\0"), None);
         assert_eq!(version_after(b"gperftools x", b"gperftools "), None);
+    }
+
+    #[test]
+    fn a_jemalloc_prefix_is_found_by_its_own_names() {
+        let symbols = |names: &[&str]| Symbols {
+            by_name: names.iter().map(|n| (n.to_string(), 0x1000)).collect(),
+        };
+        let prefix = |names: &[&str]| jemalloc_prefix(&symbols(names));
+        assert_eq!(
+            prefix(&["je_malloc", "je_mallocx", "je_dallocx", "malloc"]),
+            Some("je_".to_string())
+        );
+        assert_eq!(
+            prefix(&["_rjem_malloc", "_rjem_mallocx", "_rjem_dallocx"]),
+            Some("_rjem_".to_string())
+        );
+        assert_eq!(
+            prefix(&["malloc", "mallocx", "dallocx"]),
+            Some(String::new())
+        );
+        // tcmalloc exports nallocx (jemalloc's API) but no mallocx.
+        assert_eq!(prefix(&["malloc", "nallocx", "tc_malloc"]), None);
+        assert_eq!(prefix(&["je_mallocx", "je_dallocx"]), None);
     }
 
     #[test]

@@ -131,6 +131,7 @@ impl Tracer {
                 attached.links.push((program, link));
             }
             attached.hooked.push(hook.symbol.clone());
+            attached.hooked.extend(hook.aliases.iter().cloned());
             attached
                 .placements
                 .push((hook.symbol.clone(), hook.placed_at));
