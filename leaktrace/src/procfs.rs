@@ -70,15 +70,33 @@ pub fn read_cgroup(pid: u32) -> Option<Cgroup> {
     parse_cgroup(&text)
 }
 
-/// The cgroup in /proc/PID/cgroup text: the unified (v2, `0::`) line, else the first line.
+/// The cgroup in /proc/PID/cgroup text: the unified (v2, `0::`) path, unless it is the root
+/// and a v1 hierarchy places the process deeper (hybrid hosts), then that one. The container is
+/// the first path, v2 first, that names one.
 pub fn parse_cgroup(text: &str) -> Option<Cgroup> {
     let path_of = |line: &str| line.splitn(3, ':').nth(2).map(str::to_string);
-    let path = text
+    let unified = text
         .lines()
         .find(|l| l.starts_with("0::"))
-        .and_then(path_of)
-        .or_else(|| text.lines().find_map(path_of))?;
-    let (container_id, runtime) = container_of(&path).unzip();
+        .and_then(path_of);
+    let v1: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with("0::"))
+        .filter_map(path_of)
+        .collect();
+    let path = match unified {
+        Some(path) if path != "/" => path,
+        unified => v1
+            .iter()
+            .find(|p| p.as_str() != "/")
+            .cloned()
+            .or(unified)
+            .or_else(|| v1.first().cloned())?,
+    };
+    let (container_id, runtime) = std::iter::once(&path)
+        .chain(&v1)
+        .find_map(|p| container_of(p))
+        .unzip();
     Some(Cgroup {
         path,
         container_id,
@@ -424,6 +442,11 @@ mod tests {
             parse_cgroup(&format!("12:memory:/docker/{id}\n11:cpu:/docker/{id}\n")).expect("v1");
         assert_eq!(v1.container_id.as_deref(), Some(id.as_str()));
         assert_eq!(parse_cgroup(""), None);
+        // A hybrid host: the unified hierarchy at its root, a v1 one deeper.
+        let hybrid = parse_cgroup("4:memory:/process_api/a80\n1:cpu:/\n0::/\n").expect("hybrid");
+        assert_eq!(hybrid.path, "/process_api/a80");
+        assert_eq!(hybrid.container_id, None);
+        assert_eq!(parse_cgroup("0::/\n").expect("root").path, "/");
     }
 
     fn file(path: &str) -> MappingName {

@@ -39,6 +39,15 @@ struct Traced {
 /// waits for a line, works, prints "finished" and exits at the next line), attach leaktrace by
 /// pid with `options`, let it work, and return the final snapshot.
 fn trace_by_pid(command: &mut Command, options: &[&str]) -> Traced {
+    trace_by_pid_after(command, options, |_| {})
+}
+
+/// [`trace_by_pid`], calling `prepare` with the fixture's pid before leaktrace starts.
+fn trace_by_pid_after(
+    command: &mut Command,
+    options: &[&str],
+    prepare: impl FnOnce(u32),
+) -> Traced {
     let mut target = Supervised::spawn("fixture", command, Input::Piped).expect("start fixture");
     let ready = target
         .wait_stdout(Duration::from_secs(30), "ready line", |l| {
@@ -46,6 +55,7 @@ fn trace_by_pid(command: &mut Command, options: &[&str]) -> Traced {
         })
         .expect("ready line");
     assert!(ready.starts_with("ready"), "{ready}");
+    prepare(target.pid());
     let pid = target.pid().to_string();
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("snapshot.json");
@@ -558,5 +568,58 @@ fn a_target_in_its_own_mount_namespace_is_traced_through_its_own_files() {
     assert!(
         frame["build_id"].as_str().is_some_and(|id| id.len() == 40),
         "{frame:#}"
+    );
+}
+
+/// The cgroup v2 mount point, from /proc/self/mountinfo.
+fn cgroup2_mount() -> Option<PathBuf> {
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    mountinfo.lines().find_map(|line| {
+        let (left, right) = line.split_once(" - ")?;
+        let mount_point = left.split_whitespace().nth(4)?;
+        (right.split_whitespace().next() == Some("cgroup2")).then(|| PathBuf::from(mount_point))
+    })
+}
+
+/// A process in a cgroup named the way docker names a container's (`docker-ID.scope`) is
+/// labelled with that cgroup and container id, in the JSON and the headless table.
+#[test]
+fn a_process_in_a_container_cgroup_is_labelled_with_it() {
+    if !privileged() {
+        return;
+    }
+    let Some(root) = cgroup2_mount() else {
+        eprintln!("SKIPPED: no cgroup v2 hierarchy is mounted on this machine");
+        return;
+    };
+    let id = format!("{:016x}", std::process::id()).repeat(4);
+    let parent = root.join(format!("leaktrace-test-{}", std::process::id()));
+    let scope = parent.join(format!("docker-{id}.scope"));
+    std::fs::create_dir_all(&scope).expect("create the cgroup");
+    let traced = trace_by_pid_after(
+        Command::new(allocators_fixture()).arg("attach"),
+        &[],
+        |pid| {
+            std::fs::write(scope.join("cgroup.procs"), pid.to_string())
+                .expect("move the fixture into the cgroup");
+        },
+    );
+    // The fixture has exited: the cgroups are empty.
+    let _ = std::fs::remove_dir(&scope);
+    let _ = std::fs::remove_dir(&parent);
+    let process = only_process(&traced.snapshot);
+    let cgroup = &process["cgroup"];
+    let expected_path = format!("/leaktrace-test-{}/docker-{id}.scope", std::process::id());
+    assert_eq!(cgroup["path"], expected_path.as_str(), "{cgroup:#}");
+    assert_eq!(cgroup["container_id"], id.as_str(), "{cgroup:#}");
+    assert_eq!(cgroup["runtime"], "docker", "{cgroup:#}");
+    let short = &id[..12];
+    assert!(
+        traced
+            .leaktrace_lines
+            .iter()
+            .any(|l| l.contains(&format!("container docker {short}"))),
+        "{}",
+        traced.leaktrace_lines.join("\n")
     );
 }
