@@ -378,6 +378,7 @@ fn is_static(file: &object::File<'_>) -> bool {
 /// jemalloc linked into the executable.
 fn discover(modules: &[Module]) -> Result<Discovery, DiscoveryError> {
     let mut allocators = Vec::new();
+    let mut beside = Vec::new();
     let mut found_malloc = false;
     for (index, module) in modules.iter().enumerate() {
         let data = match target_files::read(&module.file) {
@@ -411,21 +412,20 @@ fn discover(modules: &[Module]) -> Result<Discovery, DiscoveryError> {
             allocators.push(recognize(module, &file, &data, &symbols, "", is_executable));
         }
         if is_executable {
+            // Allocators linked into the executable beside the one serving malloc: a prefixed
+            // jemalloc (C programs, Rust's tikv-jemallocator), mimalloc's own API (Rust's
+            // mimalloc crate). They serve their callers directly.
             if let Some(prefix) = jemalloc_prefix(&symbols).filter(|p| !p.is_empty()) {
-                allocators.push(recognize(
-                    module,
-                    &file,
-                    &data,
-                    &symbols,
-                    &prefix,
-                    is_executable,
-                ));
+                beside.push(recognize(module, &file, &data, &symbols, &prefix, true));
+            } else if !defines_malloc && symbols.has("mi_malloc") && symbols.has("mi_free") {
+                beside.push(recognize(module, &file, &data, &symbols, "", true));
             }
         }
         if found_malloc && index > 0 {
             break;
         }
     }
+    allocators.append(&mut beside);
     let unhookable = if allocators.iter().any(|a| !a.hooks.is_empty()) {
         None
     } else {

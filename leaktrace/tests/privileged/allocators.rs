@@ -623,3 +623,34 @@ fn a_process_in_a_container_cgroup_is_labelled_with_it() {
         traced.leaktrace_lines.join("\n")
     );
 }
+
+/// A jemalloc linked into the executable under the `je_` prefix serves its callers beside
+/// libc's malloc: both are hooked, each call counted once, exactly.
+#[test]
+fn a_prefixed_jemalloc_in_the_executable_is_hooked_beside_glibc() {
+    if !privileged() {
+        return;
+    }
+    let exe = fixture("prefixed_jemalloc", &[]);
+    let traced = trace_by_pid(&mut Command::new(&exe), &[]);
+    let process = only_process(&traced.snapshot);
+    assert_eq!(process["allocator"]["name"], "glibc", "{process:#}");
+    let beside = &process["more_allocators"][0];
+    assert_eq!(beside["name"], "jemalloc", "{beside:#}");
+    assert_eq!(beside["prefix"], "je_", "{beside:#}");
+    assert_eq!(beside["linked_into_executable"], true, "{beside:#}");
+    let expected = expectations(&traced.fixture_lines);
+    assert_eq!(expected.len(), 3, "{:?}", traced.fixture_lines);
+    for (function, (bytes, blocks)) in &expected {
+        let (outstanding, count, _, _) = totals_for(process, function);
+        assert_eq!(
+            (outstanding, count),
+            (*bytes, *blocks),
+            "{function}: sites:\n{}",
+            site_summary(process)
+        );
+    }
+    assert_eq!(totals_for(process, "churn").0, 0);
+    assert_eq!(process["counters"]["unknown_frees"], 0);
+    assert_eq!(process["counters"]["lost_events"], 0);
+}
