@@ -374,8 +374,8 @@ fn is_static(file: &object::File<'_>) -> bool {
     file.section_by_name(".interp").is_none() && file.section_by_name(".dynamic").is_none()
 }
 
-/// Follow the search order to the module defining `malloc`; recognize it; add a prefixed
-/// jemalloc linked into the executable.
+/// Follow the search order to the module defining `malloc` and recognize it; add the
+/// allocators linked into the executable beside it (a prefixed jemalloc, mimalloc's API).
 fn discover(modules: &[Module]) -> Result<Discovery, DiscoveryError> {
     let mut allocators = Vec::new();
     let mut beside = Vec::new();
@@ -487,7 +487,7 @@ fn recognize(
     in_executable: bool,
 ) -> Allocator {
     let family = family_of(module, symbols, prefix);
-    let version = family.and_then(|f| version_of(f, module, file, data, symbols));
+    let version = family.and_then(|f| version_of(f, file, data, symbols));
     let hooks = family
         .map(|f| hooks_for(f, prefix, file, data, symbols))
         .unwrap_or_default();
@@ -545,7 +545,6 @@ fn family_of(module: &Module, symbols: &Symbols, prefix: &str) -> Option<Family>
 
 fn version_of(
     family: Family,
-    module: &Module,
     file: &object::File<'_>,
     data: &[u8],
     symbols: &Symbols,
@@ -567,10 +566,8 @@ fn version_of(
                 _ => None,
             }
         }
-        Family::Musl => {
-            let _ = module;
-            None
-        }
+        // musl keeps no version string in a static binary.
+        Family::Musl => None,
     }
 }
 
