@@ -52,6 +52,20 @@ kind_enum! {
         Memalign,
         Valloc,
         Pvalloc,
+        /// jemalloc `mallocx(size, flags)`: malloc's size, flags (alignment, zeroing, arena)
+        /// change no byte count.
+        Mallocx,
+        /// jemalloc `rallocx(ptr, size, flags)`: realloc, except that NULL always means failure
+        /// (the block is kept), whatever the size.
+        Rallocx,
+        /// jemalloc `xallocx(ptr, size, extra, flags)`: resizes in place and returns the block's
+        /// usable size; a result below `size` means the block was left as it was.
+        Xallocx,
+        /// mimalloc `mi_expand(p, newsize)`: grows in place, returns `p`, or NULL leaving the
+        /// block as it was.
+        Expand,
+        /// `reallocf(p, size)` (mimalloc, BSD): realloc that frees `p` when it fails.
+        Reallocf,
     }
 }
 
@@ -68,6 +82,11 @@ impl AllocFn {
             AllocFn::Memalign => "memalign",
             AllocFn::Valloc => "valloc",
             AllocFn::Pvalloc => "pvalloc",
+            AllocFn::Mallocx => "mallocx",
+            AllocFn::Rallocx => "rallocx",
+            AllocFn::Xallocx => "xallocx",
+            AllocFn::Expand => "mi_expand",
+            AllocFn::Reallocf => "reallocf",
         }
     }
 
@@ -79,6 +98,21 @@ impl AllocFn {
 
     /// Whether the function frees its first argument when it succeeds (realloc family).
     pub const fn moves_block(self) -> bool {
+        matches!(
+            self,
+            AllocFn::Realloc
+                | AllocFn::Reallocarray
+                | AllocFn::Rallocx
+                | AllocFn::Xallocx
+                | AllocFn::Expand
+                | AllocFn::Reallocf
+        )
+    }
+
+    /// Whether a NULL result with a size of 0 means the block was freed (glibc's and musl's
+    /// `realloc(p, 0)`); for the others NULL is a failure that keeps the block (or, for
+    /// `reallocf`, frees it whatever the size).
+    pub const fn zero_size_frees(self) -> bool {
         matches!(self, AllocFn::Realloc | AllocFn::Reallocarray)
     }
 }

@@ -104,7 +104,7 @@ fn try_alloc_enter(ctx: &ProbeContext) {
         ..InflightCall::default()
     };
     match function {
-        AllocFn::Malloc | AllocFn::Valloc => call.size = arg(0),
+        AllocFn::Malloc | AllocFn::Valloc | AllocFn::Mallocx => call.size = arg(0),
         AllocFn::Pvalloc => {
             let page = page_size();
             let size = arg(0);
@@ -114,7 +114,11 @@ fn try_alloc_enter(ctx: &ProbeContext) {
             Some(size) => call.size = size,
             None => call.overflow = 1,
         },
-        AllocFn::Realloc => {
+        AllocFn::Realloc
+        | AllocFn::Rallocx
+        | AllocFn::Xallocx
+        | AllocFn::Expand
+        | AllocFn::Reallocf => {
             call.old_addr = arg(0);
             call.size = arg(1);
         }
@@ -195,6 +199,7 @@ fn try_alloc_return(ctx: &RetProbeContext) {
 
     let ret: u64 = ctx.ret();
     let function = AllocFn::try_from(call.function).ok();
+    let mut size = call.size;
     let addr = match function {
         Some(AllocFn::PosixMemalign) => {
             if ret as u32 != 0 {
@@ -204,12 +209,26 @@ fn try_alloc_return(ctx: &RetProbeContext) {
                 unsafe { bpf_probe_read_user(call.out_ptr as *const u64) }.unwrap_or(0)
             }
         }
+        // xallocx returns the block's usable size: at least `size` when it was resized (the
+        // block now holds that many bytes), less when it was left as it was.
+        Some(AllocFn::Xallocx) => {
+            if call.old_addr != 0 && ret >= call.size {
+                size = ret;
+                call.old_addr
+            } else {
+                0
+            }
+        }
         _ => ret,
     };
 
     if call.old_addr != 0 {
-        // realloc(p, 0) frees p and returns NULL; any other NULL is a failure that keeps p.
-        let old_freed = addr != 0 || (call.size == 0 && call.overflow == 0);
+        // realloc(p, 0) frees p and returns NULL; any other NULL is a failure that keeps p,
+        // except for reallocf, which frees p when it fails.
+        let zero_size_frees = function.is_some_and(AllocFn::zero_size_frees);
+        let old_freed = addr != 0
+            || function == Some(AllocFn::Reallocf)
+            || (zero_size_frees && call.size == 0 && call.overflow == 0);
         if !old_freed {
             if call.flags & INFLIGHT_HAS_OLD != 0 {
                 restore(&call);
@@ -249,7 +268,7 @@ fn try_alloc_return(ctx: &RetProbeContext) {
         send_call_site(tgid, pid_tgid as u32, call.entry_ns, stack_id, caller);
     }
     if addr != 0 {
-        record_allocation(site, addr, call.size);
+        record_allocation(site, addr, size);
     }
 }
 

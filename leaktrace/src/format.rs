@@ -9,7 +9,7 @@
 //! - optional byte counts show `n/a` ([`optional_bytes`]).
 use crate::{
     frames::{self, basename, StackFrame},
-    schema::{Growth, GrowthClass},
+    schema::{AllocatorReport, CgroupReport, Growth, GrowthClass},
 };
 
 /// What a narrow cell shows where the data cannot support a number.
@@ -21,6 +21,25 @@ pub const NO_FRAMES: &str = "(no frames)";
 
 /// The ellipsis used when a name is cut in the middle.
 const ELLIPSIS: char = '…';
+
+/// `jemalloc 5.3.0`, `musl`: an allocator by name and version.
+pub fn allocator_label(allocator: &AllocatorReport) -> String {
+    match &allocator.version {
+        Some(version) => format!("{} {version}", allocator.name),
+        None => allocator.name.clone(),
+    }
+}
+
+/// `docker 4f3c2b1a4f3c`: a container by runtime and short id (the first 12 hex digits, as
+/// `docker ps` shows it); None outside containers.
+pub fn container_label(cgroup: &CgroupReport) -> Option<String> {
+    let id = cgroup.container_id.as_deref()?;
+    let short = id.get(..12).unwrap_or(id);
+    Some(match &cgroup.runtime {
+        Some(runtime) => format!("{runtime} {short}"),
+        None => short.to_string(),
+    })
+}
 
 /// "1.5 MiB", "512 B".
 pub fn human_bytes(bytes: u64) -> String {

@@ -3,6 +3,7 @@
 //! a few instructions into the function, onto one the kernel emulates, saves that trap, provided
 //! the entry program still sees what it would have seen at the function's first byte: the
 //! arguments, the stack pointer and the return address at `[rsp]`.
+#[cfg(test)]
 use std::path::Path;
 
 use iced_x86::{
@@ -101,6 +102,7 @@ pub fn entry_probe_offset(code: &[u8]) -> u64 {
 }
 
 /// Errors reading a function's code from an ELF file.
+#[cfg(test)]
 #[derive(Debug, thiserror::Error)]
 pub enum CodeError {
     #[error(transparent)]
@@ -115,6 +117,7 @@ pub enum CodeError {
 
 /// Up to `len` bytes of an exported function's code, from its first byte (fewer at the end of
 /// its section). A versioned name (`malloc@@GLIBC_2.2.5`) matches its base name.
+#[cfg(test)]
 pub fn function_code(path: &Path, function: &str, len: usize) -> Result<Vec<u8>, CodeError> {
     use object::{Object as _, ObjectSection as _, ObjectSymbol as _};
     let data = crate::target_files::read(path)?;
@@ -149,16 +152,10 @@ pub fn function_code(path: &Path, function: &str, len: usize) -> Result<Vec<u8>,
 }
 
 /// Where `function`'s entry probe goes in the ELF file at `path` (0 when its code cannot be read).
+#[cfg(test)]
 pub fn entry_probe_offset_in(path: &Path, function: &str) -> u64 {
     match function_code(path, function, BODY_BYTES) {
-        Ok(code) => {
-            let offset = entry_probe_offset(&code);
-            if offset > 0 && jumped_into(&code, offset) {
-                log::debug!("{function}+{offset} is a branch target; its probes stay at +0");
-                return 0;
-            }
-            offset
-        }
+        Ok(code) => probe_offset_for(&code),
         Err(err) => {
             log::debug!("{err}; its entry probe stays at +0");
             0
@@ -166,8 +163,19 @@ pub fn entry_probe_offset_in(path: &Path, function: &str) -> u64 {
     }
 }
 
+/// Where the entry probe goes in a function whose code (from its first byte, up to a few KiB)
+/// is `code`: [`entry_probe_offset`], unless a branch in the function lands before it.
+pub fn probe_offset_for(code: &[u8]) -> u64 {
+    let offset = entry_probe_offset(code);
+    if offset > 0 && jumped_into(code, offset) {
+        log::debug!("+{offset} is a branch target; the probes stay at +0");
+        return 0;
+    }
+    offset
+}
+
 /// Bytes of a function decoded to look for branches back into its first instructions.
-const BODY_BYTES: usize = 4096;
+pub const BODY_BYTES: usize = 4096;
 
 /// Whether a direct branch in `code` (a function's start and what follows) lands inside its
 /// first `offset` bytes, past the entry: a probe moved there would fire again on that path.
@@ -316,7 +324,7 @@ mod tests {
         // Bytes of a function's start to decode.
         const PROLOGUE_BYTES: usize = 64;
         let me = crate::target::inspect(std::process::id()).expect("inspect self");
-        let libc = &me.libc_host_path;
+        let libc = &me.allocators.primary().expect("glibc").file;
         for function in leaktrace_common::AllocFn::ALL
             .iter()
             .map(|f| f.symbol())

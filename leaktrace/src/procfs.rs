@@ -37,12 +37,6 @@ pub fn read_exe(pid: u32) -> io::Result<PathBuf> {
     fs::read_link(proc_path(pid, "exe"))
 }
 
-/// The process's executable opened through /proc: readable even when its path means nothing in
-/// our namespace, or the file was replaced since.
-pub fn exe_file(pid: u32) -> PathBuf {
-    proc_path(pid, "exe")
-}
-
 /// The process's root directory (/proc/PID/root): its mount namespace seen from ours.
 pub fn root_dir(pid: u32) -> PathBuf {
     proc_path(pid, "root")
@@ -58,6 +52,97 @@ pub fn path_in_root(pid: u32, path: &Path) -> PathBuf {
 /// even for a deleted or replaced file, and inside containers.
 pub fn mapped_file(pid: u32, range: &Range<u64>) -> PathBuf {
     proc_path(pid, &format!("map_files/{:x}-{:x}", range.start, range.end))
+}
+
+/// A process's cgroup (the v2 path, or the first v1 one) and the container it names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Cgroup {
+    pub path: String,
+    /// The 64-hex-digit id of a docker, containerd, cri-o or podman container.
+    pub container_id: Option<String>,
+    /// Which runtime's naming the path follows.
+    pub runtime: Option<&'static str>,
+}
+
+/// /proc/PID/cgroup, read and parsed; None when unreadable.
+pub fn read_cgroup(pid: u32) -> Option<Cgroup> {
+    let text = fs::read_to_string(proc_path(pid, "cgroup")).ok()?;
+    parse_cgroup(&text)
+}
+
+/// The cgroup in /proc/PID/cgroup text: the unified (v2, `0::`) path, unless it is the root
+/// and a v1 hierarchy places the process deeper (hybrid hosts), then that one. The container is
+/// the first path, v2 first, that names one.
+pub fn parse_cgroup(text: &str) -> Option<Cgroup> {
+    let path_of = |line: &str| line.splitn(3, ':').nth(2).map(str::to_string);
+    let unified = text
+        .lines()
+        .find(|l| l.starts_with("0::"))
+        .and_then(path_of);
+    let v1: Vec<String> = text
+        .lines()
+        .filter(|l| !l.starts_with("0::"))
+        .filter_map(path_of)
+        .collect();
+    let path = match unified {
+        Some(path) if path != "/" => path,
+        unified => v1
+            .iter()
+            .find(|p| p.as_str() != "/")
+            .cloned()
+            .or(unified)
+            .or_else(|| v1.first().cloned())?,
+    };
+    let (container_id, runtime) = std::iter::once(&path)
+        .chain(&v1)
+        .find_map(|p| container_of(p))
+        .unzip();
+    Some(Cgroup {
+        path,
+        container_id,
+        runtime,
+    })
+}
+
+/// The container a cgroup path names: the last component holding a 64-hex-digit id, named
+/// `docker-ID.scope` / `docker/ID` (docker), `cri-containerd-ID.scope` (containerd),
+/// `crio-ID.scope` (cri-o; not `crio-conmon-`, its monitor), `libpod-ID.scope` (podman), or an
+/// id alone under `kubepods` (containerd's cgroupfs driver).
+fn container_of(path: &str) -> Option<(String, &'static str)> {
+    const PREFIXES: [(&str, &str); 5] = [
+        ("docker-", "docker"),
+        ("cri-containerd-", "containerd"),
+        ("crio-", "cri-o"),
+        ("libpod-", "podman"),
+        ("containerd-", "containerd"),
+    ];
+    let is_id = |s: &str| s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit());
+    let components: Vec<&str> = path.split('/').filter(|c| !c.is_empty()).collect();
+    for (at, component) in components.iter().enumerate().rev() {
+        let name = component.strip_suffix(".scope").unwrap_or(component);
+        if name.starts_with("crio-conmon-") {
+            continue;
+        }
+        for (prefix, runtime) in PREFIXES {
+            if let Some(id) = name.strip_prefix(prefix).filter(|id| is_id(id)) {
+                return Some((id.to_string(), runtime));
+            }
+        }
+        if is_id(name) {
+            let parent = at.checked_sub(1).map(|p| components[p]).unwrap_or_default();
+            let runtime = if parent == "docker" {
+                "docker"
+            } else if parent.starts_with("libpod") {
+                "podman"
+            } else if components.iter().any(|c| c.starts_with("kubepods")) {
+                "containerd"
+            } else {
+                continue;
+            };
+            return Some((name.to_string(), runtime));
+        }
+    }
+    None
 }
 
 /// A device number, as /proc/PID/maps prints it (`fe:01`).
@@ -331,6 +416,56 @@ fn parse_io(text: &str) -> Option<IoCounters> {
 mod tests {
     use super::*;
 
+    #[test]
+    fn container_ids_are_read_from_cgroup_paths() {
+        let id = "4f3c2b1a".repeat(8);
+        let container = |path: &str| {
+            let cgroup = parse_cgroup(&format!("0::{path}\n")).expect("parses");
+            assert_eq!(cgroup.path, path);
+            cgroup.container_id.zip(cgroup.runtime)
+        };
+        let with = |runtime| Some((id.clone(), runtime));
+        assert_eq!(
+            container(&format!("/system.slice/docker-{id}.scope")),
+            with("docker")
+        );
+        assert_eq!(container(&format!("/docker/{id}")), with("docker"));
+        assert_eq!(
+            container(&format!(
+                "/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod1.slice/cri-containerd-{id}.scope"
+            )),
+            with("containerd")
+        );
+        assert_eq!(
+            container(&format!("/kubepods/besteffort/pod1/{id}")),
+            with("containerd")
+        );
+        assert_eq!(
+            container(&format!("/machine.slice/libpod-{id}.scope/container")),
+            with("podman")
+        );
+        assert_eq!(
+            container(&format!("/kubepods.slice/crio-{id}.scope")),
+            with("cri-o")
+        );
+        assert_eq!(
+            container(&format!("/kubepods.slice/crio-conmon-{id}.scope")),
+            None
+        );
+        assert_eq!(container("/user.slice/user-0.slice/session-3.scope"), None);
+        assert_eq!(container(&format!("/system.slice/{id}.scope")), None);
+        // cgroup v1: the first line's path.
+        let v1 =
+            parse_cgroup(&format!("12:memory:/docker/{id}\n11:cpu:/docker/{id}\n")).expect("v1");
+        assert_eq!(v1.container_id.as_deref(), Some(id.as_str()));
+        assert_eq!(parse_cgroup(""), None);
+        // A hybrid host: the unified hierarchy at its root, a v1 one deeper.
+        let hybrid = parse_cgroup("4:memory:/process_api/a80\n1:cpu:/\n0::/\n").expect("hybrid");
+        assert_eq!(hybrid.path, "/process_api/a80");
+        assert_eq!(hybrid.container_id, None);
+        assert_eq!(parse_cgroup("0::/\n").expect("root").path, "/");
+    }
+
     fn file(path: &str) -> MappingName {
         MappingName::File(PathBuf::from(path))
     }
@@ -563,7 +698,6 @@ mod tests {
             mapped_file(42, &(0x7f00..0x7f10)),
             Path::new("/proc/42/map_files/7f00-7f10")
         );
-        assert_eq!(exe_file(42), Path::new("/proc/42/exe"));
         assert_eq!(root_dir(42), Path::new("/proc/42/root"));
     }
 }

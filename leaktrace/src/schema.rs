@@ -105,6 +105,33 @@ pub enum ExitStatus {
     Signal(i32),
 }
 
+/// An allocator found in a process.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AllocatorReport {
+    /// glibc, jemalloc, tcmalloc, tcmalloc_minimal, mimalloc, musl, or unknown.
+    pub name: String,
+    pub version: Option<String>,
+    /// The module defining it, as the process names it.
+    pub module: String,
+    /// Linked into the executable (static binary, or a prefixed jemalloc) rather than a library.
+    #[serde(default)]
+    pub linked_into_executable: bool,
+    /// Its symbols' prefix (`je_`), when not the standard names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// A process's cgroup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupReport {
+    /// The cgroup v2 path (or the first v1 one), as /proc/PID/cgroup gives it.
+    pub path: String,
+    /// The container id the path holds (docker, containerd, cri-o, podman).
+    pub container_id: Option<String>,
+    /// Whose naming the path follows: docker, containerd, cri-o, podman.
+    pub runtime: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ProcessReport {
     pub pid: u32,
@@ -116,8 +143,21 @@ pub struct ProcessReport {
     /// Whether its malloc family is traced (uprobes); false: growth mode (sites are stacks that
     /// grew the heap) or, in older snapshots, system-wide rows with heap data only.
     pub exact: bool,
-    /// The allocator library hooked, as the process names it.
+    /// The module of the allocator serving malloc, as the process names it (empty: none).
     pub libc: String,
+    /// The allocator serving malloc, found in the dynamic linker's search order.
+    #[serde(default)]
+    pub allocator: Option<AllocatorReport>,
+    /// Allocators hooked beside it (a prefixed jemalloc linked into the executable).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_allocators: Vec<AllocatorReport>,
+    /// Why no allocator is hooked, when none is: one line naming what was found. Its heap
+    /// syscalls are still traced.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocator_not_hooked: Option<String>,
+    /// Its cgroup, and the container the cgroup path names.
+    #[serde(default)]
+    pub cgroup: Option<CgroupReport>,
     pub hooked_functions: Vec<String>,
     pub outstanding_bytes: u64,
     pub outstanding_count: u64,

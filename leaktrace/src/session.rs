@@ -16,13 +16,16 @@ use tokio::{
 };
 
 use crate::{
+    allocator::Discovery,
     cli::Cli,
     cost::HitRate,
     heap::{AllocatorCalls, HeapTracker},
     model::{self, GrowthClock, ProcessMemory, ProcessTotals, SinceStart, SiteSeries},
     output::{self, Access},
     privileges, procfs, report,
-    schema::{ExitStatus, Mode, ProbeCost, ProcessReport, Processed, SiteHeap, Snapshot, SCHEMA},
+    schema::{
+        self, ExitStatus, Mode, ProbeCost, ProcessReport, Processed, SiteHeap, Snapshot, SCHEMA,
+    },
     serve,
     symbolize::Symbols,
     target::{self, TargetProcess},
@@ -225,7 +228,7 @@ struct Traced {
 
 impl Traced {
     /// `hooked`: the allocator functions hooked (none: growth mode).
-    fn new(process: TargetProcess, origin: Origin, hooked: &[&str]) -> Self {
+    fn new(process: TargetProcess, origin: Origin, hooked: &[String]) -> Self {
         Self {
             process,
             mode: if hooked.is_empty() {
@@ -237,7 +240,7 @@ impl Traced {
             alive: true,
             exit: None,
             gone_since: None,
-            hooked: hooked.iter().map(|s| s.to_string()).collect(),
+            hooked: hooked.to_vec(),
             work: SinceStart::default(),
             memory: match origin {
                 Origin::Launched => ProcessMemory::launched(),
@@ -316,31 +319,27 @@ fn validate(config: &Config) -> anyhow::Result<Option<(output::SnapshotSeries, D
         .transpose()
 }
 
-/// What to trace: the `--pid`s, and the command to launch (its path and its libc).
+/// What to trace: the `--pid`s, and the command to launch (its path and its allocators).
 struct Targets {
     running: Vec<TargetProcess>,
-    launch: Option<(PathBuf, PathBuf)>,
+    launch: Option<(PathBuf, Discovery)>,
 }
 
 fn find_targets(config: &Config) -> anyhow::Result<Targets> {
     let mut running = Vec::new();
     for &pid in &config.pids {
-        running.push(if config.growth() {
-            target::inspect_any(pid)?
-        } else {
-            target::inspect(pid)?
-        });
+        running.push(target::inspect(pid)?);
     }
     let launch = match config.command.first() {
         Some(program) => {
             let path = target::resolve_program(program)?;
-            // Growth mode needs no allocator to hook: static binaries (Go) are fine.
-            let libc = match target::libc_for_executable(&path) {
-                Ok(libc) => libc,
-                Err(_) if config.growth() && target::is_elf(&path) => PathBuf::new(),
+            // Growth mode needs no allocator to hook: any ELF file is fine.
+            let allocators = match target::allocators_for_executable(&path) {
+                Ok(allocators) => allocators,
+                Err(_) if config.growth() && target::is_elf(&path) => Discovery::default(),
                 Err(err) => return Err(err.into()),
             };
-            Some((path, libc))
+            Some((path, allocators))
         }
         None => None,
     };
@@ -388,13 +387,25 @@ fn attach(
     let mut heap = HeapTracker::new(target::page_size());
     let mut traced = Vec::new();
     for process in targets.running {
-        let hooked = attach_one(tracer, config.mode, process.pid, &process.libc_host_path)?;
+        let hooked = attach_one(tracer, config.mode, &process)?;
         register_heap(&mut heap, process.pid);
         traced.push(Traced::new(process, Origin::Found, &hooked));
     }
-    if let Some((path, libc)) = targets.launch {
+    if let Some((path, allocators)) = targets.launch {
         let mut child = target::spawn_paused(&path, &config.command)?;
-        let hooked = match attach_one(tracer, config.mode, child.pid, &libc) {
+        let libc = allocators
+            .primary()
+            .map(|a| a.module.clone())
+            .unwrap_or_default();
+        let process = TargetProcess {
+            pid: child.pid,
+            comm: String::new(),
+            exe: path.clone(),
+            libc,
+            allocators,
+            cgroup: procfs::read_cgroup(child.pid),
+        };
+        let hooked = match attach_one(tracer, config.mode, &process) {
             Ok(hooked) => hooked,
             Err(err) => {
                 child.abort();
@@ -408,13 +419,7 @@ fn attach(
                 .map(|n| n.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-        let process = TargetProcess {
-            pid: child.pid,
-            comm,
-            exe: path,
-            libc_host_path: libc.clone(),
-            libc,
-        };
+        let process = TargetProcess { comm, ..process };
         traced.push(Traced::new(process, Origin::Launched, &hooked));
     }
     // The work baseline is taken before announcing the run: what the targets process from then
@@ -426,16 +431,27 @@ fn attach(
 }
 
 /// Hook a process's allocator (exact mode) or watch its heap syscalls (growth mode); returns
-/// the functions hooked.
+/// the functions hooked. A process whose allocator cannot be hooked is said so in one line and
+/// has its heap syscalls traced: never zeros that look traced.
 fn attach_one(
     tracer: &mut Tracer,
     mode: Mode,
-    pid: u32,
-    libc: &std::path::Path,
-) -> anyhow::Result<Vec<&'static str>> {
+    process: &TargetProcess,
+) -> anyhow::Result<Vec<String>> {
+    let pid = process.pid;
     match mode {
         Mode::Growth => tracer.trace_heap_of(pid).map(|()| Vec::new()),
-        Mode::Exact | Mode::SystemWide => tracer.attach(pid, libc),
+        Mode::Exact | Mode::SystemWide => match &process.allocators.unhookable {
+            Some(why) => {
+                tracer.trace_heap_of(pid)?;
+                eprintln!(
+                    "leaktrace: pid {pid} ({}): {why}; not hooked, tracing its heap growth only",
+                    process.comm
+                );
+                Ok(Vec::new())
+            }
+            None => tracer.attach(pid, &process.allocators),
+        },
     }
 }
 
@@ -452,11 +468,17 @@ fn announce(config: &Config, traced: &[Traced]) {
     }
     for t in traced {
         if t.exact() {
+            let allocators: Vec<String> = t
+                .process
+                .allocators
+                .hookable()
+                .map(|a| format!("{} in {}", a.describe(), a.module.display()))
+                .collect();
             eprintln!(
                 "leaktrace: tracing pid {} ({}) through {} [{}]",
                 t.process.pid,
                 t.process.comm,
-                t.process.libc.display(),
+                allocators.join(" and "),
                 t.hooked.join(" ")
             );
         } else {
@@ -780,7 +802,10 @@ impl Session {
             return Ok(());
         }
         let process = target::inspect(pid)?;
-        let hooked = self.tracer.attach(pid, &process.libc_host_path)?;
+        if let Some(why) = &process.allocators.unhookable {
+            anyhow::bail!("{why}");
+        }
+        let hooked = self.tracer.attach(pid, &process.allocators)?;
         register_heap(&mut self.heap, pid);
         let mut traced = Traced::new(process, Origin::Found, &hooked);
         traced.sample_processed(self.config.processed);
@@ -1102,6 +1127,21 @@ impl Session {
             exit: t.exit,
             exact: t.exact(),
             libc: t.process.libc.display().to_string(),
+            allocator: t.process.allocators.primary().map(allocator_report),
+            more_allocators: t
+                .process
+                .allocators
+                .allocators
+                .iter()
+                .skip(1)
+                .map(allocator_report)
+                .collect(),
+            allocator_not_hooked: t.process.allocators.unhookable.clone(),
+            cgroup: t.process.cgroup.as_ref().map(|c| schema::CgroupReport {
+                path: c.path.clone(),
+                container_id: c.container_id.clone(),
+                runtime: c.runtime.map(str::to_string),
+            }),
             hooked_functions: t.hooked.clone(),
             outstanding_bytes: totals.outstanding_bytes,
             outstanding_count: totals.outstanding_count,
@@ -1215,13 +1255,7 @@ impl Session {
                 .get(pid)
                 .map(|h| h.comm.clone())
                 .unwrap_or_default();
-            let process = TargetProcess {
-                pid,
-                comm,
-                exe: procfs::read_exe(pid).unwrap_or_default(),
-                libc: PathBuf::new(),
-                libc_host_path: PathBuf::new(),
-            };
+            let process = TargetProcess::bare(pid, comm);
             Traced::new(process, Origin::Found, &[])
         });
         let sampling = taken == Taken::Interval && alive && row.alive;
@@ -1236,6 +1270,20 @@ impl Session {
         let report = self.sample_process(&row, sampling, at, reading, max_sites);
         self.others.insert(pid, row);
         Some(report)
+    }
+}
+
+/// An allocator as the JSON names it.
+fn allocator_report(allocator: &crate::allocator::Allocator) -> schema::AllocatorReport {
+    schema::AllocatorReport {
+        name: allocator
+            .family
+            .map_or("unknown", crate::allocator::Family::name)
+            .to_string(),
+        version: allocator.version.clone(),
+        module: allocator.module.display().to_string(),
+        linked_into_executable: allocator.in_executable,
+        prefix: (!allocator.prefix.is_empty()).then(|| allocator.prefix.clone()),
     }
 }
 

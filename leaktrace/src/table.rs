@@ -47,6 +47,32 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
                 process.allocated_count,
             );
         }
+        let mut labels = Vec::new();
+        match (&process.allocator, &process.allocator_not_hooked) {
+            (_, Some(why)) => labels.push(format!("allocator not hooked: {why}")),
+            (Some(allocator), None) => labels.push(format!(
+                "allocator {} in {}",
+                format::allocator_label(allocator),
+                allocator.module
+            )),
+            (None, None) => {}
+        }
+        for more in &process.more_allocators {
+            labels.push(format!(
+                "also {} in {}",
+                format::allocator_label(more),
+                more.module
+            ));
+        }
+        if let Some(cgroup) = &process.cgroup {
+            labels.push(match format::container_label(cgroup) {
+                Some(container) => format!("container {container}"),
+                None => format!("cgroup {}", cgroup.path),
+            });
+        }
+        if !labels.is_empty() {
+            let _ = writeln!(out, "  {}", labels.join(" · "));
+        }
         if let Some(heap) = &process.heap {
             let fallbacks = &heap.fallback_mmaps;
             let _ = writeln!(
@@ -166,6 +192,11 @@ mod tests {
         let mut process = synthetic::process(42, "leaky", vec![site]);
         process.heap = Some(synthetic::heap_with_fallbacks());
         process.counters.unknown_frees = 3;
+        process.cgroup = Some(crate::schema::CgroupReport {
+            path: format!("/system.slice/docker-{}.scope", "4f3c2b1a".repeat(8)),
+            container_id: Some("4f3c2b1a".repeat(8)),
+            runtime: Some("docker".to_string()),
+        });
         let mut snapshot = synthetic::snapshot(12.5, vec![process]);
         snapshot.cost = Some(ProbeCost::new(Some(1_200.0), Some(5_000.0)));
         snapshot
@@ -183,6 +214,10 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("unknown frees 3"), "{table}");
+        assert!(
+            table.contains("allocator glibc 2.36 in /usr/lib/x86_64-linux-gnu/libc.so.6 · container docker 4f3c2b1a4f3c"),
+            "{table}"
+        );
         assert!(table.contains("3.2s"), "{table}");
         assert!(table.contains("+256.0 KiB"), "{table}");
         assert!(table.contains("+1.0 MiB"), "{table}");

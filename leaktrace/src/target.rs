@@ -15,6 +15,7 @@ use std::{
 use object::{Object as _, ObjectSection as _};
 
 use crate::{
+    allocator::{self, Discovery},
     procfs,
     schema::ExitStatus,
     target_files::{self, Unreadable},
@@ -26,10 +27,6 @@ pub enum TargetError {
     NoSuchProcess(u32),
     #[error("cannot inspect pid {pid}: {source}")]
     Inspect { pid: u32, source: io::Error },
-    #[error(
-        "pid {pid} ({comm}) maps no libc: {why}; leaktrace hooks libc's malloc family and cannot trace it"
-    )]
-    NoLibc { pid: u32, comm: String, why: String },
     #[error("{program}: command not found")]
     CommandNotFound { program: String },
     #[error("{path}: {why}; leaktrace hooks libc's malloc family and cannot trace it")]
@@ -46,13 +43,31 @@ pub struct TargetProcess {
     pub pid: u32,
     pub comm: String,
     pub exe: PathBuf,
-    /// The libc as the process names it (in its own mount namespace).
+    /// The module of the allocator serving malloc, as the process names it (in its own mount
+    /// namespace); empty when none was found.
     pub libc: PathBuf,
-    /// The same file reached from our namespace (through /proc/PID/root), for attaching.
-    pub libc_host_path: PathBuf,
+    /// The allocators found (the one serving malloc first), or why none can be hooked.
+    pub allocators: Discovery,
+    /// The process's cgroup (v2 path), and the container id it holds, if any.
+    pub cgroup: Option<procfs::Cgroup>,
 }
 
-/// Inspect a running process and find the libc it maps.
+impl TargetProcess {
+    /// A process known by its pid alone (system-wide rows): nothing inspected.
+    pub fn bare(pid: u32, comm: String) -> Self {
+        Self {
+            pid,
+            comm,
+            exe: procfs::read_exe(pid).unwrap_or_default(),
+            libc: PathBuf::new(),
+            allocators: Discovery::default(),
+            cgroup: procfs::read_cgroup(pid),
+        }
+    }
+}
+
+/// Inspect a running process and find the allocator serving its malloc. A process whose
+/// allocator cannot be hooked is still returned: `allocators.unhookable` says why.
 pub fn inspect(pid: u32) -> Result<TargetProcess, TargetError> {
     if pid == 0 || !procfs::process_exists(pid) {
         return Err(TargetError::NoSuchProcess(pid));
@@ -60,33 +75,22 @@ pub fn inspect(pid: u32) -> Result<TargetProcess, TargetError> {
     let inspect_err = |source| TargetError::Inspect { pid, source };
     let comm = procfs::read_comm(pid).map_err(inspect_err)?;
     let exe = procfs::read_exe(pid).map_err(inspect_err)?;
-    let maps = procfs::read_maps(pid).map_err(inspect_err)?;
-    let Some(libc) = libc_in_maps(&maps) else {
-        let why = explain_no_libc(&procfs::exe_file(pid));
-        return Err(TargetError::NoLibc { pid, comm, why });
-    };
-    let libc_host_path = procfs::path_in_root(pid, &libc);
+    let allocators = allocator::discover_process(pid).unwrap_or_else(|err| Discovery {
+        allocators: Vec::new(),
+        unhookable: Some(format!("its modules cannot be read ({err})")),
+    });
+    let libc = allocators
+        .primary()
+        .map(|a| a.module.clone())
+        .unwrap_or_default();
     Ok(TargetProcess {
         pid,
         comm,
         exe,
         libc,
-        libc_host_path,
+        allocators,
+        cgroup: procfs::read_cgroup(pid),
     })
-}
-
-/// A process to trace in growth mode: no allocator library needed (static binaries, Go).
-pub fn inspect_any(pid: u32) -> Result<TargetProcess, TargetError> {
-    match inspect(pid) {
-        Err(TargetError::NoLibc { comm, .. }) => Ok(TargetProcess {
-            pid,
-            comm,
-            exe: procfs::read_exe(pid).unwrap_or_default(),
-            libc: PathBuf::new(),
-            libc_host_path: PathBuf::new(),
-        }),
-        other => other,
-    }
 }
 
 /// Whether a file starts like an ELF object.
@@ -102,34 +106,6 @@ pub fn is_elf(path: &Path) -> bool {
 pub fn page_size() -> u64 {
     // SAFETY: sysconf has no preconditions.
     u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096)
-}
-
-/// The path of the libc a process maps (glibc, or musl's combined loader).
-pub fn libc_in_maps(maps: &procfs::Maps) -> Option<PathBuf> {
-    maps.files()
-        .filter_map(procfs::Mapping::path)
-        .find(|path| path.to_str().is_some_and(crate::frames::is_libc))
-        .map(Path::to_path_buf)
-}
-
-/// Why an executable maps no libc, in the user's words.
-fn explain_no_libc(exe: &Path) -> String {
-    let Ok(data) = target_files::read(exe) else {
-        return "its executable cannot be read".to_string();
-    };
-    let Ok(file) = object::File::parse(&*data) else {
-        return "its executable is not an ELF file".to_string();
-    };
-    let is_go = file.section_by_name(".go.buildinfo").is_some()
-        || file.section_by_name(".gopclntab").is_some();
-    let dynamic = elf_interpreter(&file).is_some();
-    match (is_go, dynamic) {
-        (true, false) => {
-            "it is a pure Go binary (statically linked, Go's own allocator)".to_string()
-        }
-        (false, false) => "it is a statically linked binary".to_string(),
-        (_, true) => "it is dynamically linked but has not loaded libc".to_string(),
-    }
 }
 
 fn elf_interpreter(file: &object::File<'_>) -> Option<PathBuf> {
@@ -159,10 +135,11 @@ pub fn resolve_program(program: &OsStr) -> Result<PathBuf, TargetError> {
         .ok_or_else(not_found)
 }
 
-/// The libc a not-yet-started executable will load, asked of its own dynamic loader
-/// (`ld.so --list`, which maps the libraries without running any of their code). Scripts are
-/// followed to their interpreter.
-pub fn libc_for_executable(exe: &Path) -> Result<PathBuf, TargetError> {
+/// The allocators a not-yet-started executable will use, from the libraries its own dynamic
+/// loader lists (`ld.so --list`, which maps the libraries without running any of their code, in
+/// search order, LD_PRELOAD first). Scripts are followed to their interpreter; a static
+/// executable is searched alone.
+pub fn allocators_for_executable(exe: &Path) -> Result<Discovery, TargetError> {
     let untraceable = |why: &str| TargetError::UntraceableCommand {
         path: exe.display().to_string(),
         why: why.to_string(),
@@ -178,29 +155,34 @@ pub fn libc_for_executable(exe: &Path) -> Result<PathBuf, TargetError> {
         if interpreter.is_empty() {
             return Err(untraceable("it is a script without an interpreter"));
         }
-        return libc_for_executable(Path::new(interpreter));
+        return allocators_for_executable(Path::new(interpreter));
     }
     let file =
         object::File::parse(&*data).map_err(|_| untraceable("it is not an ELF executable"))?;
-    let Some(interpreter) = elf_interpreter(&file) else {
-        return Err(untraceable(&explain_no_libc(exe)));
+    let loaded = match elf_interpreter(&file) {
+        None => Vec::new(),
+        Some(interpreter) => {
+            let output = Command::new(&interpreter)
+                .arg("--list")
+                .arg(exe)
+                .output()
+                .map_err(|e| {
+                    untraceable(&format!("its loader {} failed: {e}", interpreter.display()))
+                })?;
+            let listing = String::from_utf8_lossy(&output.stdout);
+            listing
+                .lines()
+                .filter_map(|line| {
+                    // "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "\t/lib64/ld-... (0x...)"
+                    let resolved = line.split("=>").nth(1).unwrap_or(line).trim();
+                    resolved.split_whitespace().next().map(str::to_string)
+                })
+                .filter(|path| path.starts_with('/'))
+                .map(PathBuf::from)
+                .collect()
+        }
     };
-    let output = Command::new(&interpreter)
-        .arg("--list")
-        .arg(exe)
-        .output()
-        .map_err(|e| untraceable(&format!("its loader {} failed: {e}", interpreter.display())))?;
-    let listing = String::from_utf8_lossy(&output.stdout);
-    listing
-        .lines()
-        .filter_map(|line| {
-            // "\tlibc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)" or "\t/lib64/ld-... (0x...)"
-            let resolved = line.split("=>").nth(1).unwrap_or(line).trim();
-            resolved.split_whitespace().next().map(str::to_string)
-        })
-        .find(|path| path.starts_with('/') && crate::frames::is_libc(path))
-        .map(PathBuf::from)
-        .ok_or_else(|| untraceable("it does not link libc"))
+    allocator::discover_executable(exe, &loaded).map_err(|err| untraceable(&err.to_string()))
 }
 
 /// A launched command, stopped before `exec` until `release` is called.
@@ -348,30 +330,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn finds_glibc_and_musl_in_maps() {
-        let libc_in_maps = |maps: &str| libc_in_maps(&procfs::Maps::parse(maps));
-        let maps = "\
-55d0c0a00000-55d0c0a01000 r--p 00000000 fd:01 123 /usr/bin/cat
-7f1c2a000000-7f1c2a028000 r--p 00000000 fd:01 456 /usr/lib/x86_64-linux-gnu/libc.so.6
-7ffd1c3f0000-7ffd1c411000 rw-p 00000000 00:00 0 [stack]";
-        assert_eq!(
-            libc_in_maps(maps),
-            Some(PathBuf::from("/usr/lib/x86_64-linux-gnu/libc.so.6"))
-        );
-        let musl = "7f00-7f10 r-xp 00000000 fd:01 9 /lib/ld-musl-x86_64.so.1";
-        assert_eq!(
-            libc_in_maps(musl),
-            Some(PathBuf::from("/lib/ld-musl-x86_64.so.1"))
-        );
-        let none = "7f00-7f10 r-xp 00000000 fd:01 9 /usr/lib/libcrypto.so.3\n7f20-7f30 rw-p 00000000 00:00 0 [heap]";
-        assert_eq!(libc_in_maps(none), None);
-    }
-
-    #[test]
     fn our_own_process_is_inspectable() {
         let me = inspect(std::process::id()).expect("inspect self");
         assert!(me.libc.ends_with("libc.so.6"), "{me:?}");
-        assert!(me.libc_host_path.exists(), "{me:?}");
+        assert!(
+            me.allocators.primary().is_some_and(|a| a.file.exists()),
+            "{me:?}"
+        );
     }
 
     #[test]
@@ -389,8 +354,10 @@ mod tests {
     }
 
     #[test]
-    fn a_dynamic_executable_resolves_its_libc() {
-        let libc = libc_for_executable(Path::new("/bin/sh")).expect("sh links libc");
-        assert!(libc.ends_with("libc.so.6"), "{}", libc.display());
+    fn a_dynamic_executable_resolves_its_allocator() {
+        let found = allocators_for_executable(Path::new("/bin/sh")).expect("sh links libc");
+        let glibc = found.primary().expect("an allocator");
+        assert!(glibc.module.ends_with("libc.so.6"), "{found:?}");
+        assert!(!glibc.hooks.is_empty());
     }
 }

@@ -67,10 +67,10 @@ struct ProcessLabels {
     pid: u32,
     comm: String,
     exe: String,
-    // HOOK(cgroup): the `alloc` branch adds `processes[].cgroup` (`CgroupReport { path,
-    // container_id, .. }`) to the schema. Once merged, add here `cgroup: String` (its path) and
-    // `container_id: String` (empty when unknown), filled in `process_labels`, and the same two
-    // to `SiteLabels` and `ClassLabels`; docs/fleet.md then lists them.
+    /// The cgroup path, empty when unknown.
+    cgroup: String,
+    /// The container the cgroup path names (docker, containerd, cri-o, podman), else empty.
+    container_id: String,
 }
 
 /// The labels of a site's series: its process's, the site's id (`caller-stackid`, stable for
@@ -80,6 +80,8 @@ struct SiteLabels {
     pid: u32,
     comm: String,
     exe: String,
+    cgroup: String,
+    container_id: String,
     site: String,
     function: String,
 }
@@ -89,6 +91,8 @@ struct ClassLabels {
     pid: u32,
     comm: String,
     exe: String,
+    cgroup: String,
+    container_id: String,
     site: String,
     function: String,
     class: &'static str,
@@ -275,10 +279,13 @@ impl SiteFamilies {
     }
 
     fn fill(&self, process: &ProcessReport, site: &SiteReport) {
+        let process_labels = process_labels(process);
         let labels = SiteLabels {
             pid: process.pid,
-            comm: process.comm.clone(),
-            exe: process.exe.clone(),
+            comm: process_labels.comm,
+            exe: process_labels.exe,
+            cgroup: process_labels.cgroup,
+            container_id: process_labels.container_id,
             site: site.id.clone(),
             function: format::truncate_middle(&format::site_name(&site.frames), MAX_FUNCTION_LABEL),
         };
@@ -311,6 +318,8 @@ impl SiteFamilies {
             pid: labels.pid,
             comm: labels.comm,
             exe: labels.exe,
+            cgroup: labels.cgroup,
+            container_id: labels.container_id,
             site: labels.site,
             function: labels.function,
             class: class_name(g.class),
@@ -329,10 +338,15 @@ fn class_name(class: GrowthClass) -> &'static str {
 }
 
 fn process_labels(process: &ProcessReport) -> ProcessLabels {
+    let cgroup = process.cgroup.as_ref();
     ProcessLabels {
         pid: process.pid,
         comm: process.comm.clone(),
         exe: process.exe.clone(),
+        cgroup: cgroup.map(|c| c.path.clone()).unwrap_or_default(),
+        container_id: cgroup
+            .and_then(|c| c.container_id.clone())
+            .unwrap_or_default(),
     }
 }
 

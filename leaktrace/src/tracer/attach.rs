@@ -1,4 +1,4 @@
-//! Hooking a process's allocator (uprobes on its libc's malloc family), registering processes
+//! Hooking a process's allocator (uprobes on its malloc family, `allocator` says which), registering processes
 //! for heap tracing, and undoing both.
 use std::{num::NonZeroU32, path::Path};
 
@@ -9,28 +9,41 @@ use aya::{
 };
 use leaktrace_common::{
     names::{maps, programs},
-    AllocFn, AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats,
+    AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats,
 };
 
 use super::Tracer;
-use crate::placement;
+use crate::allocator::{Discovery, Hook, HookKind};
 
 /// Probes attached for one process, with their links.
 #[derive(Default)]
 pub(super) struct AttachedProbes {
-    hooked: Vec<&'static str>,
-    placements: Vec<(&'static str, u64)>,
+    hooked: Vec<String>,
+    placements: Vec<(String, u64)>,
     pub(super) links: Vec<(&'static str, UProbeLinkId)>,
 }
 
 impl Tracer {
-    /// Hook the malloc family of `libc` (a path reachable from our namespace) for `pid` only.
-    /// Returns the functions hooked; functions a libc does not export are skipped, but malloc and
-    /// free must be there.
-    pub fn attach(&mut self, pid: u32, libc: &Path) -> anyhow::Result<Vec<&'static str>> {
-        let attached = self.attach_probes(pid, libc, &AllocFn::ALL)?;
+    /// Hook, for `pid` only, every allocator discovery found hookable (the one serving malloc,
+    /// and a prefixed jemalloc linked in beside it). Returns the functions hooked.
+    pub fn attach(&mut self, pid: u32, allocators: &Discovery) -> anyhow::Result<Vec<String>> {
+        let mut hooked = Vec::new();
+        let mut links = Vec::new();
+        for allocator in allocators.hookable() {
+            match self.attach_probes(pid, &allocator.file, &allocator.hooks) {
+                Ok(attached) => {
+                    hooked.extend(attached.hooked);
+                    links.extend(attached.links);
+                }
+                Err(err) => {
+                    // Leave nothing half attached.
+                    let _ = self.detach_probes(links);
+                    return Err(err);
+                }
+            }
+        }
         self.trace_heap_of(pid)?;
-        Ok(attached.hooked)
+        Ok(hooked)
     }
 
     /// Report this process's heap syscalls (exact mode, and growth mode's targets; system-wide
@@ -43,83 +56,87 @@ impl Tracer {
             .with_context(|| format!("cannot register pid {pid} for heap tracing"))
     }
 
-    /// Attach the allocator probes for `pid`, keeping their links so that they can be detached.
-    /// `functions`: the allocating functions to hook (free always is).
+    /// Attach the probes of `hooks` (functions of the ELF file at `file`, a path reachable from
+    /// our namespace) for `pid`, keeping their links so that they can be detached. At least one
+    /// allocating and one freeing function must be among them.
     pub(super) fn attach_probes(
         &mut self,
         pid: u32,
-        libc: &Path,
-        functions: &[AllocFn],
+        file: &Path,
+        hooks: &[Hook],
     ) -> anyhow::Result<AttachedProbes> {
         let scope = UProbeScope::OneProcess(
             NonZeroU32::new(pid).ok_or_else(|| anyhow!("pid 0 cannot be traced"))?,
         );
-        let exports = exported_functions(libc)?;
+        if !hooks.iter().any(|h| matches!(h.kind, HookKind::Alloc(_))) {
+            bail!("{} exports no allocating function", file.display());
+        }
+        if !hooks.iter().any(|h| h.kind == HookKind::Free) {
+            bail!("{} exports no free", file.display());
+        }
         let mut attached = AttachedProbes::default();
-        for &function in functions {
-            let symbol = function.symbol();
-            if !exports.iter().any(|e| e == symbol) {
-                if function == AllocFn::Malloc {
-                    bail!("{} does not export malloc", libc.display());
-                }
-                log::debug!("{} does not export {symbol}; not hooked", libc.display());
-                continue;
-            }
-            let offset = placement::entry_probe_offset_in(libc, symbol);
+        let result = self.attach_each(scope, file, hooks, &mut attached);
+        if let Err(err) = result {
+            let _ = self.detach_probes(std::mem::take(&mut attached.links));
+            return Err(err);
+        }
+        log::debug!(
+            "pid {pid}: entry probes at {}",
+            format_placements(&attached.placements)
+        );
+        Ok(attached)
+    }
+
+    fn attach_each(
+        &mut self,
+        scope: UProbeScope,
+        file: &Path,
+        hooks: &[Hook],
+        attached: &mut AttachedProbes,
+    ) -> anyhow::Result<()> {
+        for hook in hooks {
+            let at = hook.file_offset + hook.placed_at;
             // The return probe shares the entry probe's instruction: one breakpoint, emulated,
             // instead of a second one single-stepped at +0 (2.6x cheaper for the memalign
             // family). The instructions skipped write neither rsp nor memory, so `[rsp]` is
             // still the return address the kernel hijacks.
-            for program in [programs::ALLOC_ENTER, programs::ALLOC_RETURN] {
+            let (programs, cookie): (&[&'static str], _) = match hook.kind {
+                HookKind::Alloc(function) => (
+                    &[programs::ALLOC_ENTER, programs::ALLOC_RETURN],
+                    Some(function as u64),
+                ),
+                HookKind::Free => (&[programs::FREE_ENTER], None),
+            };
+            for &program in programs {
                 let link = self
                     .uprobe(program)?
                     .attach(
                         UProbeAttachPoint {
-                            location: UProbeAttachLocation::SymbolOffset(symbol, offset),
-                            cookie: Some(function as u64),
+                            location: UProbeAttachLocation::AbsoluteOffset(at),
+                            cookie,
                         },
-                        libc,
+                        file,
                         scope,
                     )
                     .map_err(|err| {
                         attach_error(
                             err,
                             format!(
-                                "failed to attach {program} to {symbol} in {}",
-                                libc.display()
+                                "failed to attach {program} to {} in {}",
+                                hook.symbol,
+                                file.display()
                             ),
                         )
                     })?;
                 attached.links.push((program, link));
             }
-            attached.hooked.push(symbol);
-            attached.placements.push((symbol, offset));
+            attached.hooked.push(hook.symbol.clone());
+            attached.hooked.extend(hook.aliases.iter().cloned());
+            attached
+                .placements
+                .push((hook.symbol.clone(), hook.placed_at));
         }
-        if !exports.iter().any(|e| e == "free") {
-            bail!("{} does not export free", libc.display());
-        }
-        let free_offset = placement::entry_probe_offset_in(libc, "free");
-        let link = self
-            .uprobe(programs::FREE_ENTER)?
-            .attach(
-                UProbeAttachLocation::SymbolOffset("free", free_offset),
-                libc,
-                scope,
-            )
-            .map_err(|err| {
-                attach_error(
-                    err,
-                    format!("failed to attach to free in {}", libc.display()),
-                )
-            })?;
-        attached.links.push((programs::FREE_ENTER, link));
-        attached.hooked.push("free");
-        attached.placements.push(("free", free_offset));
-        log::debug!(
-            "pid {pid}: entry probes at {}",
-            format_placements(&attached.placements)
-        );
-        Ok(attached)
+        Ok(())
     }
 
     /// Stop reporting a process's heap syscalls.
@@ -205,27 +222,12 @@ impl Tracer {
 }
 
 /// `free+3 malloc+0 ...`: entry probe placements, for logs and the start-up line.
-pub fn format_placements(placements: &[(&str, u64)]) -> String {
+pub fn format_placements<S: AsRef<str>>(placements: &[(S, u64)]) -> String {
     placements
         .iter()
-        .map(|(function, offset)| format!("{function}+{offset}"))
+        .map(|(function, offset)| format!("{}+{offset}", function.as_ref()))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-/// Names of the functions an ELF file exports (dynamic symbol table).
-fn exported_functions(path: &Path) -> anyhow::Result<Vec<String>> {
-    use object::{Object as _, ObjectSymbol as _};
-    let data = crate::target_files::read(path)?;
-    let file = object::File::parse(&*data)
-        .with_context(|| format!("{} is not an ELF file", path.display()))?;
-    Ok(file
-        .dynamic_symbols()
-        .filter(|s| s.is_definition())
-        .filter_map(|s| s.name().ok())
-        // Versioned names ("malloc@@GLIBC_2.2.5") keep only the base name.
-        .map(|n| n.split('@').next().unwrap_or(n).to_string())
-        .collect())
 }
 
 /// A uprobe the kernel refused for want of CAP_SYS_ADMIN (kernel 6.18 asks for it on
@@ -262,6 +264,6 @@ mod tests {
             format_placements(&[("malloc", 0), ("free", 3)]),
             "malloc+0 free+3"
         );
-        assert_eq!(format_placements(&[]), "");
+        assert_eq!(format_placements::<&str>(&[]), "");
     }
 }

@@ -1,7 +1,6 @@
 //! What tracing costs on this machine: one probe hit (exact mode) or one heap-growth event
 //! (growth mode), measured at start on leaktrace's own process or on a child of it.
 use anyhow::{anyhow, bail, Context as _};
-use leaktrace_common::AllocFn;
 
 use super::{monotonic_ns, Tracer};
 use crate::cost;
@@ -160,9 +159,20 @@ impl Tracer {
         let started = std::time::Instant::now();
         let pid = std::process::id();
         let me = crate::target::inspect(pid).context("cannot find leaktrace's own libc")?;
+        let allocator = me
+            .allocators
+            .primary()
+            .context("cannot find leaktrace's own allocator")?;
+        // The loop calls malloc and free: their probes, as the targets get them.
+        let hooks: Vec<_> = allocator
+            .hooks
+            .iter()
+            .filter(|h| h.symbol == "malloc" || h.symbol == "free")
+            .cloned()
+            .collect();
         let untraced: Vec<u64> = (0..ROUNDS).map(|_| time_allocation_pairs(PAIRS)).collect();
         let attached = self
-            .attach_probes(pid, &me.libc_host_path, &[AllocFn::Malloc])
+            .attach_probes(pid, &allocator.file, &hooks)
             .context("cannot attach the calibration probes to leaktrace itself");
         let rounds = attached.as_ref().ok().map(|_| {
             untraced

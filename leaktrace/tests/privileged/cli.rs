@@ -25,38 +25,6 @@ fn a_nonexistent_pid_is_one_line() {
 }
 
 #[test]
-fn a_static_binary_is_refused_with_the_reason() {
-    if !privileged() {
-        return;
-    }
-    let static_fixture = fixture("alloc_patterns", &["-static"]);
-    assert_one_line_error(
-        &["--", static_fixture.to_str().expect("utf-8"), "leak"],
-        "statically linked binary",
-    );
-    // A running static process is refused the same way.
-    let mut child = Command::new(&static_fixture)
-        .arg("attach")
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start static fixture");
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
-        &mut line,
-    )
-    .expect("ready");
-    let pid = child.id().to_string();
-    assert_one_line_error(
-        &["--pid", &pid],
-        "maps no libc: it is a statically linked binary",
-    );
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
-#[test]
 fn a_command_that_does_not_exist_or_cannot_run_is_one_line() {
     if !privileged() {
         return;

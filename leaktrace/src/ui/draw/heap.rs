@@ -4,13 +4,24 @@ use super::prelude::*;
 
 impl App {
     pub(super) fn draw_heap(&self, pid: Option<u32>, area: Rect, buf: &mut Buffer) {
-        let title = match pid {
-            Some(pid) => format!(" heap · pid {pid} "),
-            None => " heap ".to_string(),
-        };
-        let block = Block::bordered().title(Span::styled(title, TITLE));
         let shown = self.shown.as_ref();
         let process = pid.and_then(|pid| shown?.snapshot.processes.iter().find(|p| p.pid == pid));
+        let title = match (pid, process) {
+            // The process's allocator and container, after its pid.
+            (Some(pid), Some(p)) => {
+                let labels: String = p
+                    .allocator
+                    .iter()
+                    .map(format::allocator_label)
+                    .chain(p.cgroup.as_ref().and_then(format::container_label))
+                    .map(|label| format!(" · {label}"))
+                    .collect();
+                format!(" heap · pid {pid}{labels} ")
+            }
+            (Some(pid), None) => format!(" heap · pid {pid} "),
+            (None, _) => " heap ".to_string(),
+        };
+        let block = Block::bordered().title(Span::styled(title, TITLE));
         let Some((process, heap)) = process.and_then(|p| Some((p, p.heap.as_ref()?))) else {
             let lines = vec![
                 Line::styled("brk/mmap: not available", DIM),
