@@ -515,11 +515,28 @@ mod tests {
     }
 
     #[test]
+    fn a_container_s_process_carries_its_cgroup_and_container_id() {
+        let mut snapshot = super::super::tests::example();
+        snapshot.processes[0].cgroup = Some(crate::schema::CgroupReport {
+            path: "/system.slice/docker-4f3c2b1a.scope".to_string(),
+            container_id: Some("4f3c2b1a".to_string()),
+            runtime: Some("docker".to_string()),
+        });
+        let text = rendered(&snapshot, &HashSet::new(), Format::OpenMetrics);
+        assert!(
+            text.contains(
+                "leaktrace_process_outstanding_bytes{pid=\"4242\",comm=\"leaky\",exe=\"/usr/bin/leaky-service\",cgroup=\"/system.slice/docker-4f3c2b1a.scope\",container_id=\"4f3c2b1a\"} 50000\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_process_and_its_top_site_are_exported_with_bounded_labels() {
         let snapshot = super::super::tests::example();
         let text = rendered(&snapshot, &HashSet::new(), Format::OpenMetrics);
         assert!(text.ends_with("# EOF\n"), "{text}");
-        let process = "pid=\"4242\",comm=\"leaky\",exe=\"/usr/bin/leaky-service\"";
+        let process = "pid=\"4242\",comm=\"leaky\",exe=\"/usr/bin/leaky-service\",cgroup=\"\",container_id=\"\"";
         assert!(
             text.contains(&format!(
                 "leaktrace_process_outstanding_bytes{{{process}}} 50000\n"
