@@ -19,7 +19,7 @@ use leaktrace_common::{
 use crate::{
     counters::{bump, bump_lost},
     events::send_call_site,
-    globals::{page_size, sample_bytes},
+    globals::{growth_mode, page_size, sample_bytes},
     maps::{ALLOCS, INFLIGHT, PROBE_HITS, SAMPLE_COUNTDOWN, SAMPLE_GAPS, SITES, STACKS},
 };
 
@@ -277,7 +277,11 @@ fn record_allocation(site: SiteKey, addr: u64, size: u64) {
                 let stale = *stale;
                 account_free(&stale);
             }
-            bump_lost(tgid);
+            // Growth mode's bursts detach the free probe between bursts: an address handed out
+            // again is the expected sign that the earlier block was freed, not a loss.
+            if !growth_mode() {
+                bump_lost(tgid);
+            }
             if ALLOCS.insert(key, info, 0).is_err() {
                 bump(tgid, |c| c.dropped_allocations += 1);
                 return;
@@ -368,6 +372,8 @@ fn try_free_enter(ctx: &ProbeContext) {
             let _ = ALLOCS.remove(key);
             account_free(&info);
         }
-        None => bump(tgid, |c| c.unknown_frees += 1),
+        // Growth mode's bursts see frees of blocks allocated between bursts: expected.
+        None if !growth_mode() => bump(tgid, |c| c.unknown_frees += 1),
+        None => {}
     }
 }

@@ -3,6 +3,7 @@
 //! The binary calls [`run`] and [`postmortem::run`]. Everything else is crate-private, so that
 //! the compiler reports dead code; the few items the integration tests, benches and examples
 //! need are re-exported below, each for a named reader.
+mod bursts;
 pub mod cli;
 mod cost;
 mod format;

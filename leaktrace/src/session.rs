@@ -16,13 +16,19 @@ use tokio::{
 };
 
 use crate::{
+    bursts::Bursts,
     cli::Cli,
     cost::HitRate,
     heap::{AllocatorCalls, HeapTracker},
-    model::{self, GrowthClock, ProcessMemory, ProcessTotals, SinceStart, SiteSeries},
+    model::{
+        self, GrowthClock, ProcessMemory, ProcessTotals, SinceStart, SiteEvidence, SiteSeries,
+    },
     output::{self, Access},
     procfs, report,
-    schema::{ExitStatus, Mode, ProbeCost, ProcessReport, Processed, SiteHeap, Snapshot, SCHEMA},
+    schema::{
+        BurstReport, EstimatedSite, ExitStatus, Mode, ProbeCost, ProcessReport, Processed,
+        SiteHeap, Snapshot, SCHEMA,
+    },
     symbolize::Symbols,
     target::{self, TargetProcess},
     tracer::{self, Capacity, MapsReading, Scope, Tracer},
@@ -103,6 +109,8 @@ pub struct Config {
     pub max_stacks: u32,
     /// `--sample-bytes` (0: every stack).
     pub sample_bytes: u64,
+    /// `--overhead-budget` (percent of one CPU; 0: no bursts).
+    pub overhead_budget: f64,
 }
 
 impl Config {
@@ -145,6 +153,7 @@ impl Config {
             max_allocations: cli.max_allocations,
             max_stacks: cli.max_stacks,
             sample_bytes: cli.sample_bytes.unwrap_or(0),
+            overhead_budget: cli.overhead_budget,
         })
     }
 
@@ -262,9 +271,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let rolling = validate(&config)?;
     let targets = find_targets(&config)?;
     let (mut tracer, ns_per_hit) = load(&config)?;
+    let bursts = plan_bursts(&mut tracer, &config);
     let (heap, traced) = attach(&mut tracer, &config, targets)?;
     announce(&config, &traced);
     let mut session = Session::new(config, tracer, heap, traced, rolling, ns_per_hit)?;
+    session.start_bursts(bursts);
     let outcome = session.run_loop().await;
     session.finish(outcome).await
 }
@@ -349,6 +360,22 @@ fn load(config: &Config) -> anyhow::Result<(Tracer, Option<f64>)> {
         }
     };
     Ok((tracer, ns_per_hit))
+}
+
+/// Growth mode's bursts (unless `--overhead-budget 0`), with the cost of one exact-mode probe
+/// hit measured here, before any target is attached (as exact mode's calibration).
+fn plan_bursts(tracer: &mut Tracer, config: &Config) -> Option<Bursts> {
+    if !config.growth() || config.overhead_budget <= 0.0 {
+        return None;
+    }
+    let ns_per_hit = match tracer.calibrate() {
+        Ok(calibration) => Some(calibration.ns_per_hit),
+        Err(err) => {
+            log::warn!("cannot measure the cost of a burst's probe hit: {err:#}");
+            None
+        }
+    };
+    Some(Bursts::new(config.overhead_budget, ns_per_hit))
 }
 
 /// Attach to the running targets, then launch the command paused, attach to it and release it.
@@ -471,6 +498,8 @@ struct Session {
     /// Cost of one probe hit, from the calibration at start.
     ns_per_hit: Option<f64>,
     hit_rate: HitRate,
+    /// Growth mode: short exact bursts on the targets, for the leak estimate.
+    bursts: Option<Bursts>,
 }
 
 /// Which snapshot is taken: one of an interval (its live sites get a growth sample), or the
@@ -536,9 +565,32 @@ impl Session {
             last_series_write: None,
             ns_per_hit,
             hit_rate: HitRate::starting_at(Instant::now(), hits),
+            bursts: None,
         };
         session.refresh_liveness();
         Ok(session)
+    }
+
+    /// Growth mode: plan bursts for every traced target (the system-wide rows get none).
+    fn start_bursts(&mut self, bursts: Option<Bursts>) {
+        self.bursts = bursts;
+        if let Some(bursts) = self.bursts.as_mut() {
+            for t in self.traced.iter().filter(|t| !t.exact()) {
+                bursts.add(t.process.pid, t.process.libc_host_path.clone());
+            }
+        }
+    }
+
+    /// Finish a burst whose probes are gone and start the next one due (growth mode).
+    fn run_bursts(&mut self) {
+        let Some(bursts) = self.bursts.as_mut() else {
+            return;
+        };
+        let now_s = self.started.elapsed().as_secs_f64();
+        let heap = &self.heap;
+        bursts.tick(&mut self.tracer, now_s, |pid| {
+            heap.get(pid).map_or(0, |h| h.events)
+        });
     }
 
     /// The loop of the run's view, until `--duration`, a signal, `q` or (headless) every
@@ -617,6 +669,7 @@ impl Session {
                 _ = liveness.tick() => {
                     self.drain_heap_events();
                     self.refresh_liveness();
+                    self.run_bursts();
                     if !self.config.system_wide() && self.traced.iter().all(|t| !t.alive) {
                         eprintln!("leaktrace: every traced process has exited");
                         return Ok(());
@@ -691,6 +744,7 @@ impl Session {
                 _ = liveness.tick() => {
                     self.drain_heap_events();
                     self.refresh_liveness();
+                    self.run_bursts();
                 }
                 _ = async { sleep_until(deadline.unwrap_or(start)).await }, if deadline.is_some() => {
                     return Ok(());
@@ -785,6 +839,12 @@ impl Session {
             let calls = if exact.contains(&event.tgid) {
                 AllocatorCalls::Traced
             } else {
+                // A growth-mode process under a burst: its allocator calls are seen for the
+                // burst's estimate only; the heap keeps growth mode's attribution by stack.
+                if event.kind == leaktrace_common::HeapEventKind::CallSite as u32 {
+                    continue;
+                }
+                event.call_ns = 0;
                 AllocatorCalls::Untraced
             };
             self.heap.apply(&event, calls);
@@ -852,6 +912,11 @@ impl Session {
                 self.symbols.refresh_maps(t.process.pid);
             } else {
                 t.alive = false;
+            }
+            if !t.alive {
+                if let Some(bursts) = self.bursts.as_mut() {
+                    bursts.stop(t.process.pid);
+                }
             }
         }
     }
@@ -1008,7 +1073,7 @@ impl Session {
             let processed = t.work.grown().unwrap_or(0);
             self.series.record(&totals.sites, at.t_s, processed);
         }
-        self.process_report(t, totals, site_heap, max_sites)
+        self.process_report(t, totals, site_heap, reading, max_sites)
     }
 
     /// A process's totals: from the maps in exact mode, from heap growth otherwise (then with
@@ -1046,15 +1111,24 @@ impl Session {
         t: &Traced,
         totals: ProcessTotals,
         site_heap: HashMap<leaktrace_common::SiteKey, SiteHeap>,
+        reading: &MapsReading,
         max_sites: usize,
     ) -> ProcessReport {
         let (pid, alive) = (t.process.pid, t.alive);
+        let evidence = if t.exact() {
+            SiteEvidence::Allocations
+        } else {
+            SiteEvidence::HeapGrowth
+        };
         let mut sites = Vec::new();
-        for (key, mut site) in model::site_reports(&totals, &self.series, site_heap, max_sites) {
+        for (key, mut site) in
+            model::site_reports(&totals, &self.series, site_heap, max_sites, evidence)
+        {
             let addrs = self.site_stack(key.stack_id, key.caller);
             site.frames = self.symbols.stack_frames(pid, alive, &addrs);
             sites.push(site);
         }
+        let (bursts, estimated_sites) = self.estimated_sites(t, reading, max_sites);
         let heap = self
             .heap
             .get(pid)
@@ -1077,7 +1151,47 @@ impl Session {
             heap,
             counters: totals.counters,
             sites,
+            bursts,
+            estimated_sites,
         }
+    }
+
+    /// Growth mode: a process's bursts and its sites estimated from them, at most `max_sites`,
+    /// named.
+    fn estimated_sites(
+        &mut self,
+        t: &Traced,
+        reading: &MapsReading,
+        max_sites: usize,
+    ) -> (Option<BurstReport>, Vec<EstimatedSite>) {
+        let pid = t.process.pid;
+        let Some(bursts) = self.bursts.as_ref().filter(|b| b.covers(pid)) else {
+            return (None, Vec::new());
+        };
+        let now_s = self.started.elapsed().as_secs_f64();
+        let allocations_seen: HashMap<leaktrace_common::SiteKey, u64> = reading
+            .sites
+            .iter()
+            .filter(|(key, _)| key.tgid == pid)
+            .map(|(key, stats)| (*key, stats.allocated_count))
+            .collect();
+        let processed_per_s = t
+            .work
+            .grown()
+            .filter(|_| now_s > 0.0)
+            .map(|bytes| bytes as f64 / now_s);
+        let Some((report, estimates)) =
+            bursts.report(pid, now_s, processed_per_s, &allocations_seen)
+        else {
+            return (None, Vec::new());
+        };
+        let mut sites = Vec::new();
+        for estimate in estimates.into_iter().take(max_sites) {
+            let addrs = self.site_stack(estimate.key.stack_id, estimate.key.caller);
+            let frames = self.symbols.stack_frames(pid, t.alive, &addrs);
+            sites.push(model::estimated_site(&estimate, frames));
+        }
+        (Some(report), sites)
     }
 
     /// The return addresses of a site, innermost (the allocator's caller) first.

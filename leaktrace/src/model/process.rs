@@ -227,6 +227,8 @@ mod tests {
             }),
             counters: Counters::default(),
             sites: Vec::new(),
+            bursts: None,
+            estimated_sites: Vec::new(),
         }
     }
 

@@ -265,7 +265,7 @@ fn site_cell(column: SiteColumn, process: &ProcessReport, site: &SiteReport) -> 
                 GrowthClass::LeakSuspect => ALERT,
                 GrowthClass::Plateau => Style::new().fg(Color::Yellow),
                 GrowthClass::Churn => DIM,
-                GrowthClass::Unknown => Style::new(),
+                GrowthClass::Unknown | GrowthClass::HeapGrowth => Style::new(),
             };
             return Cell::from(Span::styled(format::class_label(class), style));
         }

@@ -1,0 +1,139 @@
+//! When growth mode's next burst may start and how long it lasts, so that what the bursts cost
+//! the target stays within `--overhead-budget` (percent of one CPU, as `cost.rs` counts).
+//!
+//! A burst costs its probe hits times the measured cost of one hit. The plan keeps the run's
+//! total below the budget: a burst starts only when the cost so far plus the expected cost of
+//! the burst fits in `budget × time elapsed`. Its duration aims at [`TARGET_ALLOCATIONS`],
+//! from the allocation rate the previous burst measured, within [`MIN_BURST`]..[`MAX_BURST`].
+use std::time::Duration;
+
+/// Allocations a burst aims to see: thousands give a site leaking one block per request
+/// hundreds of samples, while the burst stays a few milliseconds on a busy service.
+pub const TARGET_ALLOCATIONS: f64 = 4000.0;
+
+/// Probe hits per allocation: the entry and return probes, and (usually) a free.
+const HITS_PER_ALLOCATION: f64 = 3.0;
+
+/// Shortest burst: attaching takes about 15 ms here, a shorter burst samples little.
+pub const MIN_BURST: Duration = Duration::from_millis(20);
+/// Longest burst (the time cap), for processes that allocate slowly.
+pub const MAX_BURST: Duration = Duration::from_millis(400);
+/// The first burst, before any allocation rate is known.
+const FIRST_BURST: Duration = Duration::from_millis(40);
+
+/// Gap between the end of a burst and the next one after heap growth, and without any: a
+/// burst's detach takes a few hundred milliseconds, and a quiet heap needs fewer samples.
+pub const GAP_AFTER_GROWTH: Duration = Duration::from_secs(1);
+pub const GAP_WITHOUT_GROWTH: Duration = Duration::from_secs(5);
+
+/// A hit's cost when it could not be measured (exact mode's measured cost here, rounded up).
+const DEFAULT_NS_PER_HIT: f64 = 3000.0;
+
+/// One process's bursts so far: their cost against the budget.
+#[derive(Clone, Debug)]
+pub struct BurstPlan {
+    budget_pct: f64,
+    ns_per_hit: f64,
+    /// Probe hits of every burst so far, and their sampled time.
+    hits: u64,
+    /// Allocations per second the latest burst measured.
+    allocation_rate: Option<f64>,
+    /// Seconds into the run when the latest burst ended.
+    last_end_s: Option<f64>,
+    bursts: u64,
+}
+
+impl BurstPlan {
+    /// `budget_pct`: `--overhead-budget`; `ns_per_hit`: the calibrated cost of one exact-mode
+    /// probe hit (None: not measured).
+    pub fn new(budget_pct: f64, ns_per_hit: Option<f64>) -> Self {
+        Self {
+            budget_pct: budget_pct.max(0.0),
+            ns_per_hit: ns_per_hit
+                .filter(|ns| ns.is_finite() && *ns > 0.0)
+                .unwrap_or(DEFAULT_NS_PER_HIT),
+            hits: 0,
+            allocation_rate: None,
+            last_end_s: None,
+            bursts: 0,
+        }
+    }
+
+    /// How long the next burst lasts.
+    pub fn burst_duration(&self) -> Duration {
+        match self.allocation_rate {
+            Some(rate) if rate > 0.0 => {
+                Duration::from_secs_f64(TARGET_ALLOCATIONS / rate).clamp(MIN_BURST, MAX_BURST)
+            }
+            Some(_) => MAX_BURST,
+            None => FIRST_BURST,
+        }
+    }
+
+    /// Expected probe-hit cost of the next burst, in ns.
+    fn expected_cost_ns(&self) -> f64 {
+        let allocations = match self.allocation_rate {
+            Some(rate) => rate * self.burst_duration().as_secs_f64(),
+            None => TARGET_ALLOCATIONS,
+        };
+        allocations.min(TARGET_ALLOCATIONS * 4.0) * HITS_PER_ALLOCATION * self.ns_per_hit
+    }
+
+    /// Whether a burst may start `now_s` seconds into the run; `heap_grew`: the process's heap
+    /// changed since the latest burst.
+    pub fn due(&self, now_s: f64, heap_grew: bool) -> bool {
+        let gap = if heap_grew {
+            GAP_AFTER_GROWTH
+        } else {
+            GAP_WITHOUT_GROWTH
+        };
+        if self
+            .last_end_s
+            .is_some_and(|end| now_s - end < gap.as_secs_f64())
+        {
+            return false;
+        }
+        let allowed_ns = self.budget_pct / 100.0 * now_s.max(0.0) * 1e9;
+        self.cost_ns() + self.expected_cost_ns() <= allowed_ns
+    }
+
+    /// A burst ended `end_s` into the run, having lasted `duration_s` with `hits` probe hits
+    /// (allocations are estimated from them).
+    pub fn record(&mut self, end_s: f64, duration_s: f64, hits: u64) {
+        self.hits = self.hits.saturating_add(hits);
+        self.bursts += 1;
+        self.last_end_s = Some(end_s);
+        if duration_s > 0.0 {
+            self.allocation_rate = Some(hits as f64 / HITS_PER_ALLOCATION / duration_s);
+        }
+    }
+
+    /// CPU time the bursts cost the target so far, in ns (hits × measured cost of one).
+    pub fn cost_ns(&self) -> f64 {
+        self.hits as f64 * self.ns_per_hit
+    }
+
+    /// The bursts' measured cost over `elapsed_s`, in percent of one CPU.
+    pub fn overhead_pct(&self, elapsed_s: f64) -> f64 {
+        if elapsed_s <= 0.0 {
+            return 0.0;
+        }
+        self.cost_ns() / (elapsed_s * 1e9) * 100.0
+    }
+
+    pub fn hits(&self) -> u64 {
+        self.hits
+    }
+
+    pub fn bursts(&self) -> u64 {
+        self.bursts
+    }
+
+    pub fn budget_pct(&self) -> f64 {
+        self.budget_pct
+    }
+
+    pub fn ns_per_hit(&self) -> f64 {
+        self.ns_per_hit
+    }
+}
