@@ -12,10 +12,14 @@ use std::{collections::HashMap, path::PathBuf};
 use leaktrace_common::SiteKey;
 
 use crate::{
+    procfs,
     model::{BurstPlan, BurstWindow, SiteEstimate, SurvivalWatch},
     schema::BurstReport,
     tracer::{RunningBurst, Tracer},
 };
+
+/// Why bursts stopped on a process that exited: no failure, not reported.
+const EXITED: &str = "exited";
 
 /// One process's bursts.
 struct ProcessBursts {
@@ -33,7 +37,6 @@ struct ProcessBursts {
 struct Running {
     burst: RunningBurst,
     hits_before: u64,
-    at_s: f64,
 }
 
 /// Every growth-mode target's bursts.
@@ -78,7 +81,7 @@ impl Bursts {
     /// Stop bursts on a process that exited (its results stay reported).
     pub fn stop(&mut self, pid: u32) {
         if let Some(p) = self.processes.get_mut(&pid) {
-            p.unavailable.get_or_insert_with(|| "exited".to_string());
+            p.unavailable.get_or_insert_with(|| EXITED.to_string());
         }
     }
 
@@ -95,17 +98,18 @@ impl Bursts {
                 attached_ns: running.burst.attached_ns,
                 ended_ns,
             };
-            let at_s = running.at_s;
             self.running = None;
+            tracer.clear_inflight(pid);
             if let Some(p) = self.processes.get_mut(&pid) {
                 match tracer.burst_blocks(pid) {
                     Ok(blocks) => {
-                        let forget = p.watch.harvest(window, at_s, &blocks);
+                        let forget = p.watch.harvest(window, &blocks);
                         tracer.forget_blocks(pid, &forget);
                     }
                     Err(err) => log::warn!("cannot read the blocks of pid {pid}'s burst: {err:#}"),
                 }
                 let duration_s = ended_ns.saturating_sub(window.attached_ns) as f64 / 1e9;
+                log::debug!("burst on pid {pid}: {hits} probe hits in {duration_s:.3} s of burst");
                 p.plan.record(now_s, duration_s, hits);
             }
         }
@@ -125,15 +129,18 @@ impl Bursts {
         match tracer.start_burst(pid, &p.libc, duration) {
             Ok(burst) => {
                 log::debug!(
-                    "burst on pid {pid} for {duration:?} (attached in {:?})",
-                    burst.attach_took
+                    "burst on pid {pid} for {duration:?} (attached in {:?}, {} hits meanwhile)",
+                    burst.attach_took,
+                    tracer.probe_hits().saturating_sub(hits_before)
                 );
                 p.heap_events_at_burst = heap_events(pid);
                 self.running = Some(Running {
                     burst,
                     hits_before,
-                    at_s: now_s,
                 });
+            }
+            Err(_) if !procfs::is_alive(pid) => {
+                p.unavailable = Some(EXITED.to_string());
             }
             Err(err) => {
                 log::warn!("no bursts on pid {pid}: {err:#}");
@@ -166,7 +173,7 @@ impl Bursts {
             ns_per_hit: p.plan.ns_per_hit(),
             measured_overhead_pct: p.plan.overhead_pct(now_s),
             budget_pct: p.plan.budget_pct(),
-            unavailable: p.unavailable.clone().filter(|why| why != "exited"),
+            unavailable: p.unavailable.clone().filter(|why| why != EXITED),
         };
         let estimates = p.watch.estimates(now_s, processed_per_s, allocations_seen);
         Some((report, estimates))

@@ -147,7 +147,7 @@ pub struct ProcessReport {
 pub struct BurstReport {
     /// Bursts harvested so far.
     pub bursts: u64,
-    /// Seconds of allocations sampled (the first half of each burst).
+    /// Seconds of allocations sampled (each burst but its last quarter).
     pub sampled_s: f64,
     /// Sampled blocks still followed.
     pub watched_blocks: u64,

@@ -8,8 +8,10 @@
 use std::time::Duration;
 
 /// Allocations a burst aims to see: thousands give a site leaking one block per request
-/// hundreds of samples, while the burst stays a few milliseconds on a busy service.
-pub const TARGET_ALLOCATIONS: f64 = 4000.0;
+/// hundreds of samples, while the burst stays tens of milliseconds on a busy service. Attaching
+/// and detaching (0.1-0.7 s here, probes live meanwhile) cost about as much as a burst of this
+/// size, so much shorter bursts would spend the budget on their edges.
+pub const TARGET_ALLOCATIONS: f64 = 10_000.0;
 
 /// Probe hits per allocation: the entry and return probes, and (usually) a free.
 const HITS_PER_ALLOCATION: f64 = 3.0;
@@ -17,7 +19,7 @@ const HITS_PER_ALLOCATION: f64 = 3.0;
 /// Shortest burst: attaching takes about 15 ms here, a shorter burst samples little.
 pub const MIN_BURST: Duration = Duration::from_millis(20);
 /// Longest burst (the time cap), for processes that allocate slowly.
-pub const MAX_BURST: Duration = Duration::from_millis(400);
+pub const MAX_BURST: Duration = Duration::from_millis(500);
 /// The first burst, before any allocation rate is known.
 const FIRST_BURST: Duration = Duration::from_millis(40);
 
@@ -38,6 +40,8 @@ pub struct BurstPlan {
     hits: u64,
     /// Allocations per second the latest burst measured.
     allocation_rate: Option<f64>,
+    /// Probe hits of the latest burst.
+    last_hits: Option<u64>,
     /// Seconds into the run when the latest burst ended.
     last_end_s: Option<f64>,
     bursts: u64,
@@ -54,6 +58,7 @@ impl BurstPlan {
                 .unwrap_or(DEFAULT_NS_PER_HIT),
             hits: 0,
             allocation_rate: None,
+            last_hits: None,
             last_end_s: None,
             bursts: 0,
         }
@@ -70,13 +75,14 @@ impl BurstPlan {
         }
     }
 
-    /// Expected probe-hit cost of the next burst, in ns.
+    /// Expected probe-hit cost of the next burst, in ns: what the latest one cost (its hits
+    /// include those while the probes were being attached and detached, which take longer than
+    /// a short burst itself), or before any, the target's.
     fn expected_cost_ns(&self) -> f64 {
-        let allocations = match self.allocation_rate {
-            Some(rate) => rate * self.burst_duration().as_secs_f64(),
-            None => TARGET_ALLOCATIONS,
-        };
-        allocations.min(TARGET_ALLOCATIONS * 4.0) * HITS_PER_ALLOCATION * self.ns_per_hit
+        let hits = self
+            .last_hits
+            .map_or(TARGET_ALLOCATIONS * HITS_PER_ALLOCATION, |h| h as f64);
+        hits * self.ns_per_hit
     }
 
     /// Whether a burst may start `now_s` seconds into the run; `heap_grew`: the process's heap
@@ -101,6 +107,7 @@ impl BurstPlan {
     /// (allocations are estimated from them).
     pub fn record(&mut self, end_s: f64, duration_s: f64, hits: u64) {
         self.hits = self.hits.saturating_add(hits);
+        self.last_hits = Some(hits);
         self.bursts += 1;
         self.last_end_s = Some(end_s);
         if duration_s > 0.0 {

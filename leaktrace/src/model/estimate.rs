@@ -5,9 +5,9 @@
 //! allocator probes for short bursts ([`BurstPlan`] says when and for how long) and follows the
 //! blocks a burst saw allocated ([`SurvivalWatch`]) to see which ones survive:
 //!
-//! - **Samples**: only blocks allocated in the first half of a burst are sampled, and only those
-//!   still outstanding when the burst ends, so each sample has lived at least half a burst with
-//!   the free probe attached. A temporary freed within microseconds never becomes one; a block
+//! - **Samples**: only blocks allocated before the last quarter of a burst (at least 5 ms before
+//!   its end) are sampled, and only those still outstanding when the burst ends, so each sample
+//!   has lived that long with the free probe attached. A temporary freed within microseconds never becomes one; a block
 //!   allocated just before the burst ended (still in use by its request) is not sampled at all.
 //! - **Survival**: a sample is then followed by three kinds of evidence, all free of cost to the
 //!   target: the free probe of every later burst (its free removes the block from the map), a
@@ -24,8 +24,8 @@
 //!   seen), and divided by the process's bytes processed per second, per MiB processed. The
 //!   confidence interval comes from the number of surviving samples k (Poisson, 95%, through
 //!   the square-root transform: (sqrt(k) -+ 0.98)^2 / k times the rate).
-//! - **Class**: a site is a leak suspect only while its samples keep surviving in the recent
-//!   half of the run; one whose survivors all date from earlier is a plateau (a cache that
+//! - **Class**: a site is a leak suspect only while its samples keep surviving in the newer
+//!   half of the bursts; one whose survivors all date from earlier is a plateau (a cache that
 //!   filled); one seen allocating with (almost) nothing surviving is churn.
 use std::collections::{BTreeMap, HashMap};
 
@@ -39,7 +39,8 @@ use crate::schema::{EstimatedSite, Frame, GrowthClass, Interval};
 const MAX_WATCHED: usize = 100_000;
 
 /// Surviving samples (recent ones) a site needs before it is called a leak suspect, and the
-/// recent bursts they must come from: below that, one burst's long-lived requests could make it.
+/// bursts (over the run) they must come from: below that, one burst's long-lived requests could
+/// make it.
 const MIN_SURVIVORS: u64 = 4;
 const MIN_SURVIVING_BURSTS: usize = 2;
 
@@ -49,6 +50,10 @@ const STILL_GROWING_SHARE: f64 = 0.25;
 
 /// Allocations seen before a site with no surviving samples is called churn.
 const MIN_CHURN_ALLOCATIONS: u64 = 32;
+
+/// The least a sample has lived, with the free probe attached, before its burst ends: a
+/// temporary lives microseconds (a request's buffers), far below this.
+const MIN_LIFETIME: std::time::Duration = std::time::Duration::from_millis(5);
 
 /// 95% half-width of sqrt(k) for a Poisson count k (1.96 / 2).
 const SQRT_HALF_WIDTH: f64 = 0.98;
@@ -62,9 +67,12 @@ pub struct BurstWindow {
 }
 
 impl BurstWindow {
-    /// Blocks allocated up to here are samples: they had at least half the burst to be freed.
+    /// Blocks allocated up to here are samples: they had at least [`MIN_LIFETIME`] (or a
+    /// quarter of the burst, if longer) to be freed under the free probe.
     pub fn sample_end_ns(&self) -> u64 {
-        self.attached_ns + self.ended_ns.saturating_sub(self.attached_ns) / 2
+        let duration = self.ended_ns.saturating_sub(self.attached_ns);
+        let lifetime = (duration / 4).max(MIN_LIFETIME.as_nanos() as u64);
+        self.ended_ns.saturating_sub(lifetime).max(self.attached_ns)
     }
 
     fn sampled_s(&self) -> f64 {
@@ -78,8 +86,6 @@ impl BurstWindow {
 
 #[derive(Clone, Copy, Debug)]
 struct Harvested {
-    /// Seconds into the run when the burst started.
-    at_s: f64,
     sampled_s: f64,
 }
 
@@ -127,7 +133,7 @@ pub struct SiteEstimate {
     pub surviving_bytes_per_s: f64,
     /// 95% interval of `surviving_bytes_per_s`.
     pub interval: (f64, f64),
-    /// Over the bursts of the newer half of the run.
+    /// Over the newer half of the bursts.
     pub recent_surviving_bytes_per_s: f64,
     pub recent_samples: u64,
     /// `surviving_bytes_per_s` over the process's bytes processed per second, per MiB.
@@ -138,18 +144,17 @@ pub struct SiteEstimate {
 
 impl SurvivalWatch {
     /// Take in what a burst left in the outstanding-allocation map: `blocks` are every block
-    /// of the process there now (address, what the probe recorded). The burst started `at_s`
-    /// seconds into the run. Returns the addresses to delete from the map: blocks that are no
+    /// of the process there now (address, what the probe recorded). Returns the addresses to delete from the map: blocks that are no
     /// sample, and samples known freed.
     pub fn harvest(
         &mut self,
         window: BurstWindow,
-        at_s: f64,
         blocks: &[(u64, AllocInfo)],
     ) -> Vec<u64> {
         let burst = self.bursts.len();
         let present: HashMap<u64, &AllocInfo> = blocks.iter().map(|(a, i)| (*a, i)).collect();
         let freed = &mut self.freed;
+        let (mut gone, mut replaced) = (0u64, 0u64);
         // Gone from the map: freed while a burst's free probe watched, or its address handed
         // out again (the kernel settled it). Still there: it survived this burst too.
         self.watched
@@ -158,11 +163,17 @@ impl SurvivalWatch {
                     w.confirmed |= w.burst < burst;
                     true
                 }
-                _ => {
+                found => {
+                    if found.is_some() {
+                        replaced += 1;
+                    } else {
+                        gone += 1;
+                    }
                     *freed.entry(w.site).or_default() += 1;
                     false
                 }
             });
+        let before_overlap: u64 = self.freed.values().sum();
         let mut forget = Vec::new();
         for &(addr, info) in blocks {
             if self
@@ -172,8 +183,12 @@ impl SurvivalWatch {
             {
                 continue;
             }
-            // A new block overlapping a sample: that sample was freed.
-            self.forget_overlapping(addr, info.size.max(1), &mut forget);
+            // A block allocated, while every probe was attached, over a sample allocated
+            // before it: that sample was freed. (A block allocated while the probes were being
+            // attached may have been freed unseen: it proves nothing.)
+            if info.timestamp_ns >= window.attached_ns {
+                self.forget_overlapping(addr, info.size.max(1), info.timestamp_ns, &mut forget);
+            }
             if window.samples(info.timestamp_ns) {
                 self.watched.insert(
                     addr,
@@ -189,29 +204,43 @@ impl SurvivalWatch {
                 forget.push(addr);
             }
         }
+        log::debug!(
+            "burst {burst}: {} blocks in the map, samples freed: {gone} gone, {replaced} address reused, {} overlapped",
+            blocks.len(),
+            self.freed.values().sum::<u64>() - before_overlap
+        );
         self.bursts.push(Harvested {
-            at_s,
             sampled_s: window.sampled_s(),
         });
         self.settle_oldest(&mut forget);
         forget
     }
 
-    /// Samples that `[start, start + len)` overlaps were freed: drop them.
-    fn forget_overlapping(&mut self, start: u64, len: u64, forget: &mut Vec<u64>) {
+    /// Samples allocated before `timestamp_ns` that `[start, start + len)` overlaps were freed:
+    /// drop them.
+    fn forget_overlapping(
+        &mut self,
+        start: u64,
+        len: u64,
+        timestamp_ns: u64,
+        forget: &mut Vec<u64>,
+    ) {
         /// Samples starting below `start` looked at: samples do not overlap one another while
         /// they live, so the nearest few are the only candidates.
         const BELOW: usize = 8;
         let end = start.saturating_add(len);
-        let inside = self.watched.range(start..end).map(|(a, _)| *a);
+        let inside = self.watched.range(start..end);
         let below = self
             .watched
             .range(..start)
             .rev()
             .take(BELOW)
-            .filter(|(a, w)| a.saturating_add(w.size.max(1)) > start)
-            .map(|(a, _)| *a);
-        let overlapping: Vec<u64> = inside.chain(below).collect();
+            .filter(|(a, w)| a.saturating_add(w.size.max(1)) > start);
+        let overlapping: Vec<u64> = inside
+            .chain(below)
+            .filter(|(_, w)| w.timestamp_ns < timestamp_ns)
+            .map(|(a, _)| *a)
+            .collect();
         for addr in overlapping {
             if let Some(w) = self.watched.remove(&addr) {
                 *self.freed.entry(w.site).or_default() += 1;
@@ -248,7 +277,7 @@ impl SurvivalWatch {
         self.bursts.len()
     }
 
-    /// Seconds of allocations sampled so far (the first half of each burst).
+    /// Seconds of allocations sampled so far (each burst but its last quarter).
     pub fn sampled_s(&self) -> f64 {
         self.bursts.iter().map(|b| b.sampled_s).sum()
     }
@@ -270,25 +299,23 @@ impl SurvivalWatch {
         // A burst's samples can be confirmed only by a later burst: the latest one waits.
         let confirmable = self.bursts.len().saturating_sub(1);
         let sampled_s: f64 = self.bursts[..confirmable].iter().map(|b| b.sampled_s).sum();
-        let recent_from = now_s / 2.0;
-        let recent: Vec<bool> = self.bursts.iter().map(|b| b.at_s >= recent_from).collect();
-        let recent_sampled_s: f64 = self.bursts[..confirmable]
+        // The newer half of the confirmable bursts (at least the newest one).
+        let recent_from = confirmable / 2;
+        let recent_sampled_s: f64 = self.bursts[recent_from..confirmable]
             .iter()
-            .filter(|b| b.at_s >= recent_from)
             .map(|b| b.sampled_s)
             .sum();
-
         let mut tallies: HashMap<SiteKey, Tally> = HashMap::new();
         for w in self.watched.values().filter(|w| w.confirmed) {
             let tally = tallies.entry(w.site).or_default();
             tally.blocks += 1;
             tally.bytes += w.size;
-            if recent.get(w.burst).copied().unwrap_or(false) {
+            if !tally.bursts.contains(&w.burst) {
+                tally.bursts.push(w.burst);
+            }
+            if (recent_from..confirmable).contains(&w.burst) {
                 tally.recent_blocks += 1;
                 tally.recent_bytes += w.size;
-                if !tally.recent_bursts.contains(&w.burst) {
-                    tally.recent_bursts.push(w.burst);
-                }
             }
         }
         for (site, settled) in &self.settled {
@@ -392,7 +419,8 @@ struct Tally {
     bytes: u64,
     recent_blocks: u64,
     recent_bytes: u64,
-    recent_bursts: Vec<usize>,
+    /// Bursts whose samples survive.
+    bursts: Vec<usize>,
 }
 
 /// What a site's class is decided from.
@@ -400,7 +428,7 @@ struct Tally {
 struct Shape {
     survivors: u64,
     recent_survivors: u64,
-    recent_bursts: usize,
+    surviving_bursts: usize,
     rate: f64,
     recent_rate: f64,
     allocations_seen: u64,
@@ -410,7 +438,7 @@ fn tally_shape(tally: &Tally, rate: f64, recent_rate: f64, seen: u64) -> Shape {
     Shape {
         survivors: tally.blocks,
         recent_survivors: tally.recent_blocks,
-        recent_bursts: tally.recent_bursts.len(),
+        surviving_bursts: tally.bursts.len(),
         rate,
         recent_rate,
         allocations_seen: seen,
@@ -419,7 +447,7 @@ fn tally_shape(tally: &Tally, rate: f64, recent_rate: f64, seen: u64) -> Shape {
 
 fn classify(shape: &Shape) -> GrowthClass {
     let keeps_surviving = shape.recent_survivors >= MIN_SURVIVORS
-        && shape.recent_bursts >= MIN_SURVIVING_BURSTS
+        && shape.surviving_bursts >= MIN_SURVIVING_BURSTS
         && shape.recent_rate >= STILL_GROWING_SHARE * shape.rate;
     if keeps_surviving {
         GrowthClass::LeakSuspect

@@ -214,7 +214,7 @@ pub fn format_placements(placements: &[(&str, u64)]) -> String {
 }
 
 /// Names of the functions an ELF file exports (dynamic symbol table).
-fn exported_functions(path: &Path) -> anyhow::Result<Vec<String>> {
+pub(super) fn exported_functions(path: &Path) -> anyhow::Result<Vec<String>> {
     use object::{Object as _, ObjectSymbol as _};
     let data = crate::target_files::read(path)?;
     let file = object::File::parse(&*data)
@@ -231,7 +231,7 @@ fn exported_functions(path: &Path) -> anyhow::Result<Vec<String>> {
 /// A uprobe the kernel refused for want of CAP_SYS_ADMIN (kernel 6.18 asks for it on
 /// `perf_event_open` of a uprobe, CAP_PERFMON notwithstanding) is said as such: the user can act
 /// on it. Anything else keeps its own message.
-fn attach_error<E>(err: E, what: String) -> anyhow::Error
+pub(super) fn attach_error<E>(err: E, what: String) -> anyhow::Error
 where
     E: std::error::Error + Send + Sync + 'static,
 {

@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod bursts;
 mod cli;
 mod cost;
 mod files;
