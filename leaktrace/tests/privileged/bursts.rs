@@ -20,6 +20,12 @@ const BUDGET_PCT: &str = "4";
 /// Run `bursts MODE SERVE_S THREADS LEAK_MIN LEAK_MAX BIG_MIN BIG_MAX` under growth mode; the
 /// final snapshot's only process and the fixture's leak rate (B/s).
 fn trace_bursts(mode: &str, threads: u32, leak: (u32, u32), big: (u32, u32)) -> (Value, f64) {
+    // One at a time: each attaches and detaches uprobes on libc, which takes longer the busier
+    // the machine, and the probes fire meanwhile (the budget then allows fewer bursts).
+    static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _turn = ONE_AT_A_TIME
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let fixture = fixture("bursts", &[]);
     let args: Vec<String> = [
         mode.to_string(),
