@@ -144,3 +144,46 @@ impl BurstPlan {
         self.ns_per_hit
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bursts_start_only_when_the_budget_has_room() {
+        // 1% of a CPU at 2,000 ns a hit: the first burst's 30,000 expected hits cost 60 ms,
+        // which 1% allows after 6 s.
+        let mut plan = BurstPlan::new(1.0, Some(2000.0));
+        assert!(!plan.due(5.0, true));
+        assert!(plan.due(6.5, true));
+        // It cost 120,000 hits (240 ms): the next one waits until (240 + 240) ms / 1% = 48 s.
+        plan.record(7.0, 0.04, 120_000);
+        assert!(!plan.due(40.0, true));
+        assert!(plan.due(48.5, true));
+        assert!((plan.overhead_pct(24.0) - 1.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn the_duration_aims_at_the_target_allocations_within_bounds() {
+        let mut plan = BurstPlan::new(1.0, None);
+        assert_eq!(plan.burst_duration(), FIRST_BURST);
+        // 3 hits an allocation: 3,000,000 hits in 1 s is 1M allocations/s -> 10 ms -> 20 ms.
+        plan.record(1.0, 1.0, 3_000_000);
+        assert_eq!(plan.burst_duration(), MIN_BURST);
+        // 30,000 allocations/s: 10,000 take 333 ms.
+        plan.record(10.0, 1.0, 90_000);
+        let ms = plan.burst_duration().as_millis();
+        assert!((330..=340).contains(&ms), "{ms}");
+        plan.record(20.0, 1.0, 30);
+        assert_eq!(plan.burst_duration(), MAX_BURST);
+    }
+
+    #[test]
+    fn a_quiet_heap_waits_longer_between_bursts() {
+        let mut plan = BurstPlan::new(100.0, Some(1.0));
+        plan.record(10.0, 0.1, 10);
+        assert!(!plan.due(12.0, false));
+        assert!(plan.due(12.0, true));
+        assert!(plan.due(15.5, false));
+    }
+}

@@ -471,3 +471,136 @@ fn poisson_interval(k: u64, rate: f64) -> (f64, f64) {
     let high = root + SQRT_HALF_WIDTH;
     (low * low * scale, high * high * scale)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: u64 = 1_000_000;
+
+    fn site(caller: u64) -> SiteKey {
+        SiteKey {
+            tgid: 7,
+            stack_id: 1,
+            caller,
+        }
+    }
+
+    fn block(caller: u64, size: u64, timestamp_ns: u64) -> AllocInfo {
+        AllocInfo {
+            size,
+            timestamp_ns,
+            site: site(caller),
+        }
+    }
+
+    /// A burst `n` starting at n seconds and lasting 40 ms: in it, a leaking site keeps one
+    /// 100-byte block per ms of its sampled part, and a churning site leaves one block
+    /// allocated just before the end (still in use by its request).
+    fn leaking_burst(n: u64, kept: &mut Vec<(u64, AllocInfo)>) -> (BurstWindow, Vec<(u64, AllocInfo)>) {
+        let start = n * 1000 * MS;
+        let window = BurstWindow {
+            attached_ns: start,
+            ended_ns: start + 40 * MS,
+        };
+        for ms in 0..40 {
+            kept.push((0x10_0000 + n * 0x1_0000 + ms * 0x100, block(0xa, 100, start + ms * MS)));
+        }
+        let mut blocks = kept.clone();
+        blocks.push((0x90_0000 + n, block(0xb, 4096, start + 39 * MS)));
+        (window, blocks)
+    }
+
+    #[test]
+    fn surviving_samples_give_the_leak_rate_and_in_flight_temporaries_none() {
+        let mut watch = SurvivalWatch::default();
+        let mut kept = Vec::new();
+        for n in 0..5 {
+            let (window, blocks) = leaking_burst(n, &mut kept);
+            let forget = watch.harvest(window, &blocks);
+            // The churning block, allocated in the burst's last 5 ms, is no sample.
+            assert!(forget.contains(&(0x90_0000 + n)));
+        }
+        let seen = HashMap::from([(site(0xa), 200), (site(0xb), 200)]);
+        let estimates = watch.estimates(5.0, Some(1_048_576.0), &seen);
+        let leak = &estimates[0];
+        assert_eq!(leak.key, site(0xa));
+        assert_eq!(leak.rank, 1);
+        assert_eq!(leak.class, GrowthClass::LeakSuspect);
+        // Sampled: the first 30 ms of each burst (the last quarter, 10 ms, waits); confirmed:
+        // the 4 bursts before the newest, 31 blocks each (0..=30 ms).
+        assert_eq!(leak.samples, 4 * 31);
+        let rate = leak.surviving_bytes_per_s;
+        assert!((rate - 4.0 * 31.0 * 100.0 / 0.12).abs() < 1.0, "{rate}");
+        assert!(leak.interval.0 < rate && rate < leak.interval.1);
+        assert_eq!(leak.surviving_bytes_per_mib, Some(rate));
+        let churn = &estimates[1];
+        assert_eq!(churn.key, site(0xb));
+        assert_eq!((churn.samples, churn.class), (0, GrowthClass::Churn));
+    }
+
+    #[test]
+    fn a_cache_whose_samples_date_from_its_filling_is_a_plateau() {
+        let mut watch = SurvivalWatch::default();
+        let mut kept = Vec::new();
+        for n in 0..8 {
+            let blocks = if n < 3 {
+                leaking_burst(n, &mut kept).1
+            } else {
+                kept.clone()
+            };
+            let start = n * 1000 * MS;
+            let window = BurstWindow {
+                attached_ns: start,
+                ended_ns: start + 40 * MS,
+            };
+            watch.harvest(window, &blocks);
+        }
+        let estimates = watch.estimates(8.0, None, &HashMap::new());
+        assert_eq!(estimates[0].class, GrowthClass::Plateau);
+        assert_eq!(estimates[0].recent_samples, 0);
+        assert!(estimates[0].samples > 0);
+    }
+
+    #[test]
+    fn a_sample_freed_or_overlapped_later_no_longer_survives() {
+        let mut watch = SurvivalWatch::default();
+        let first = BurstWindow {
+            attached_ns: 0,
+            ended_ns: 40 * MS,
+        };
+        let blocks = [
+            (0x1000, block(0xa, 64, MS)),
+            (0x2000, block(0xa, 64, MS)),
+            (0x3000, block(0xa, 64, MS)),
+        ];
+        assert!(watch.harvest(first, &blocks).is_empty());
+        assert_eq!(watch.watched(), 3);
+        let second = BurstWindow {
+            attached_ns: 1000 * MS,
+            ended_ns: 1040 * MS,
+        };
+        let later = [
+            // 0x1000 still there; 0x2000 freed under the free probe (gone); 0x3000 inside a
+            // newer block; a block allocated while the probes were being attached proves
+            // nothing.
+            (0x1000, block(0xa, 64, MS)),
+            (0x2ff0, block(0xc, 256, 1001 * MS)),
+            (0x0ff0, block(0xc, 4096, 999 * MS)),
+        ];
+        watch.harvest(second, &later);
+        assert_eq!(watch.watched(), 2, "0x1000 and the new sample at 0x2ff0");
+        let estimates = watch.estimates(2.0, None, &HashMap::new());
+        let a = estimates.iter().find(|e| e.key == site(0xa)).expect("site a");
+        assert_eq!((a.samples, a.freed_samples), (1, 2));
+    }
+
+    #[test]
+    fn the_interval_narrows_with_samples() {
+        assert_eq!(poisson_interval(0, 0.0), (0.0, 0.0));
+        let (low, high) = poisson_interval(4, 400.0);
+        assert!(low < 400.0 && high > 400.0);
+        let (low_many, high_many) = poisson_interval(400, 400.0);
+        assert!(high_many - low_many < high - low);
+    }
+}
