@@ -12,8 +12,8 @@ use std::{collections::HashMap, path::PathBuf};
 use leaktrace_common::SiteKey;
 
 use crate::{
-    procfs,
     model::{BurstPlan, BurstWindow, SiteEstimate, SurvivalWatch},
+    procfs,
     schema::BurstReport,
     tracer::{RunningBurst, Tracer},
 };
@@ -117,7 +117,10 @@ impl Bursts {
             .processes
             .iter()
             .filter(|(_, p)| p.unavailable.is_none())
-            .filter(|(pid, p)| p.plan.due(now_s, heap_events(**pid) != p.heap_events_at_burst))
+            .filter(|(pid, p)| {
+                p.plan
+                    .due(now_s, heap_events(**pid) != p.heap_events_at_burst)
+            })
             .min_by_key(|(pid, p)| (p.plan.bursts(), **pid))
             .map(|(pid, _)| *pid);
         let Some(pid) = next else { return };
@@ -134,10 +137,7 @@ impl Bursts {
                     tracer.probe_hits().saturating_sub(hits_before)
                 );
                 p.heap_events_at_burst = heap_events(pid);
-                self.running = Some(Running {
-                    burst,
-                    hits_before,
-                });
+                self.running = Some(Running { burst, hits_before });
             }
             Err(_) if !procfs::is_alive(pid) => {
                 p.unavailable = Some(EXITED.to_string());

@@ -146,33 +146,28 @@ impl SurvivalWatch {
     /// Take in what a burst left in the outstanding-allocation map: `blocks` are every block
     /// of the process there now (address, what the probe recorded). Returns the addresses to delete from the map: blocks that are no
     /// sample, and samples known freed.
-    pub fn harvest(
-        &mut self,
-        window: BurstWindow,
-        blocks: &[(u64, AllocInfo)],
-    ) -> Vec<u64> {
+    pub fn harvest(&mut self, window: BurstWindow, blocks: &[(u64, AllocInfo)]) -> Vec<u64> {
         let burst = self.bursts.len();
         let present: HashMap<u64, &AllocInfo> = blocks.iter().map(|(a, i)| (*a, i)).collect();
         let freed = &mut self.freed;
         let (mut gone, mut replaced) = (0u64, 0u64);
         // Gone from the map: freed while a burst's free probe watched, or its address handed
         // out again (the kernel settled it). Still there: it survived this burst too.
-        self.watched
-            .retain(|addr, w| match present.get(addr) {
-                Some(info) if info.timestamp_ns == w.timestamp_ns => {
-                    w.confirmed |= w.burst < burst;
-                    true
+        self.watched.retain(|addr, w| match present.get(addr) {
+            Some(info) if info.timestamp_ns == w.timestamp_ns => {
+                w.confirmed |= w.burst < burst;
+                true
+            }
+            found => {
+                if found.is_some() {
+                    replaced += 1;
+                } else {
+                    gone += 1;
                 }
-                found => {
-                    if found.is_some() {
-                        replaced += 1;
-                    } else {
-                        gone += 1;
-                    }
-                    *freed.entry(w.site).or_default() += 1;
-                    false
-                }
-            });
+                *freed.entry(w.site).or_default() += 1;
+                false
+            }
+        });
         let before_overlap: u64 = self.freed.values().sum();
         let mut forget = Vec::new();
         for &(addr, info) in blocks {
@@ -340,7 +335,7 @@ impl SurvivalWatch {
                 let rate = per_s(tally.bytes, sampled_s);
                 let recent_rate = per_s(tally.recent_bytes, recent_sampled_s);
                 let seen = allocations_seen.get(&key).copied().unwrap_or(0);
-                let class = classify(&tally_shape(&tally, rate, recent_rate, seen));
+                let class = classify(&tally_shape(&tally, rate, recent_rate, seen), confirmable);
                 SiteEstimate {
                     key,
                     class,
@@ -364,7 +359,10 @@ impl SurvivalWatch {
             let suspect = |e: &SiteEstimate| e.class == GrowthClass::LeakSuspect;
             suspect(b)
                 .cmp(&suspect(a))
-                .then(b.recent_surviving_bytes_per_s.total_cmp(&a.recent_surviving_bytes_per_s))
+                .then(
+                    b.recent_surviving_bytes_per_s
+                        .total_cmp(&a.recent_surviving_bytes_per_s),
+                )
                 .then(b.surviving_bytes_per_s.total_cmp(&a.surviving_bytes_per_s))
                 .then(b.allocations_seen.cmp(&a.allocations_seen))
                 .then(a.key.caller.cmp(&b.key.caller))
@@ -390,10 +388,7 @@ pub fn estimated_site(estimate: &SiteEstimate, frames: Vec<Frame>) -> EstimatedS
         })
     });
     EstimatedSite {
-        id: format!(
-            "{:x}-{}-est",
-            estimate.key.caller, estimate.key.stack_id
-        ),
+        id: format!("{:x}-{}-est", estimate.key.caller, estimate.key.stack_id),
         estimated: true,
         estimate_rank: estimate.rank,
         class: estimate.class,
@@ -445,7 +440,12 @@ fn tally_shape(tally: &Tally, rate: f64, recent_rate: f64, seen: u64) -> Shape {
     }
 }
 
-fn classify(shape: &Shape) -> GrowthClass {
+/// A site's class from its shape, after `confirmable` bursts whose samples could be confirmed.
+fn classify(shape: &Shape, confirmable: usize) -> GrowthClass {
+    if shape.survivors > 0 && confirmable < MIN_SURVIVING_BURSTS {
+        // Survivors of one burst: too early to tell a leak from a cache filling up.
+        return GrowthClass::Unknown;
+    }
     let keeps_surviving = shape.recent_survivors >= MIN_SURVIVORS
         && shape.surviving_bursts >= MIN_SURVIVING_BURSTS
         && shape.recent_rate >= STILL_GROWING_SHARE * shape.rate;
@@ -497,14 +497,20 @@ mod tests {
     /// A burst `n` starting at n seconds and lasting 40 ms: in it, a leaking site keeps one
     /// 100-byte block per ms of its sampled part, and a churning site leaves one block
     /// allocated just before the end (still in use by its request).
-    fn leaking_burst(n: u64, kept: &mut Vec<(u64, AllocInfo)>) -> (BurstWindow, Vec<(u64, AllocInfo)>) {
+    fn leaking_burst(
+        n: u64,
+        kept: &mut Vec<(u64, AllocInfo)>,
+    ) -> (BurstWindow, Vec<(u64, AllocInfo)>) {
         let start = n * 1000 * MS;
         let window = BurstWindow {
             attached_ns: start,
             ended_ns: start + 40 * MS,
         };
         for ms in 0..40 {
-            kept.push((0x10_0000 + n * 0x1_0000 + ms * 0x100, block(0xa, 100, start + ms * MS)));
+            kept.push((
+                0x10_0000 + n * 0x1_0000 + ms * 0x100,
+                block(0xa, 100, start + ms * MS),
+            ));
         }
         let mut blocks = kept.clone();
         blocks.push((0x90_0000 + n, block(0xb, 4096, start + 39 * MS)));
@@ -591,7 +597,10 @@ mod tests {
         watch.harvest(second, &later);
         assert_eq!(watch.watched(), 2, "0x1000 and the new sample at 0x2ff0");
         let estimates = watch.estimates(2.0, None, &HashMap::new());
-        let a = estimates.iter().find(|e| e.key == site(0xa)).expect("site a");
+        let a = estimates
+            .iter()
+            .find(|e| e.key == site(0xa))
+            .expect("site a");
         assert_eq!((a.samples, a.freed_samples), (1, 2));
     }
 

@@ -20,11 +20,11 @@ mod process;
 mod sites;
 mod totals;
 
+pub use burst_plan::BurstPlan;
+pub use estimate::{estimated_site, BurstWindow, SiteEstimate, SurvivalWatch};
 pub use process::{
     by_heap_growth, growth_event_ns, heap_growth_bytes, heap_report, work_done, ProcessMemory,
     SinceStart,
 };
-pub use burst_plan::BurstPlan;
-pub use estimate::{estimated_site, BurstWindow, SiteEstimate, SurvivalWatch};
 pub use sites::{site_reports, SiteEvidence, SiteSeries};
 pub use totals::{growth_totals, process_totals, GrowthClock, ProcessTotals, SiteAges};

@@ -224,7 +224,13 @@ mod tests {
             series.record(&sites, t_s, i << 20);
         }
         let last = totals(vec![site(0x10, 1 << 20), site(0x20, 4096 * 20)]);
-        let reports = site_reports(&last, &series, HashMap::new(), usize::MAX, SiteEvidence::Allocations);
+        let reports = site_reports(
+            &last,
+            &series,
+            HashMap::new(),
+            usize::MAX,
+            SiteEvidence::Allocations,
+        );
         let rank_of = |caller| {
             reports
                 .iter()
@@ -265,7 +271,13 @@ mod tests {
             (key(0xb0), mapped(300)),
             (key(0xc0), mapped(200)),
         ]);
-        let reports = site_reports(&totals(vec![site(0x10, 64)]), &series, site_heap, 3, SiteEvidence::Allocations);
+        let reports = site_reports(
+            &totals(vec![site(0x10, 64)]),
+            &series,
+            site_heap,
+            3,
+            SiteEvidence::Allocations,
+        );
         let summary: Vec<(u64, u32, &str)> = reports
             .iter()
             .map(|(k, r)| (k.caller, r.leak_rank, r.id.as_str()))

@@ -112,7 +112,10 @@ impl Tracer {
                 let ended_ns = monotonic_ns();
                 let detaching = std::time::Instant::now();
                 detach_all(links);
-                log::debug!("burst on pid {pid}: probes detached in {:?}", detaching.elapsed());
+                log::debug!(
+                    "burst on pid {pid}: probes detached in {:?}",
+                    detaching.elapsed()
+                );
                 ended_ns
             })?;
         Ok(RunningBurst {
@@ -166,7 +169,10 @@ impl Tracer {
                     .map_err(|err| {
                         attach_error(
                             err,
-                            format!("failed to attach {program} to {symbol} in {}", libc.display()),
+                            format!(
+                                "failed to attach {program} to {symbol} in {}",
+                                libc.display()
+                            ),
                         )
                     })
             });
@@ -179,11 +185,7 @@ impl Tracer {
     }
 
     /// Take the links out of their programs, to detach them elsewhere.
-    fn take_links(
-        &mut self,
-        pid: u32,
-        ids: Vec<(&'static str, UProbeLinkId)>,
-    ) -> Vec<UProbeLink> {
+    fn take_links(&mut self, pid: u32, ids: Vec<(&'static str, UProbeLinkId)>) -> Vec<UProbeLink> {
         let mut links = Vec::with_capacity(ids.len());
         for (program, id) in ids {
             match self.uprobe(program).and_then(|p| Ok(p.take_link(id)?)) {

@@ -61,7 +61,12 @@ fn trace_bursts(mode: &str, threads: u32, leak: (u32, u32), big: (u32, u32)) -> 
             let seconds: f64 = words.nth(2)?.parse().ok()?;
             Some(bytes / seconds)
         })
-        .unwrap_or_else(|| panic!("the fixture did not say what it leaked:\n{}", lines.join("\n")));
+        .unwrap_or_else(|| {
+            panic!(
+                "the fixture did not say what it leaked:\n{}",
+                lines.join("\n")
+            )
+        });
     (only_process(&snapshot).clone(), leak_rate)
 }
 
