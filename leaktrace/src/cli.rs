@@ -90,9 +90,9 @@ pub struct Cli {
 
     /// Growth mode: CPU the short exact bursts that estimate leaking sites may cost each traced
     /// --pid or command, in percent of one CPU (measured: the snapshot reports it); 0 turns the
-    /// bursts off (then growth mode says only what grew the heap).
-    #[arg(long, value_name = "PCT", default_value_t = 1.0, value_parser = parse_budget)]
-    pub overhead_budget: f64,
+    /// bursts off (then growth mode says only what grew the heap) [default: 1].
+    #[arg(long, value_name = "PCT", value_parser = parse_budget)]
+    pub overhead_budget: Option<f64>,
 
     /// Watch every process's heap syscalls (brk, mmap, ...; no uprobes). The default when
     /// neither --pid nor a command is given; with --pid, those PIDs are also traced per --mode.

@@ -51,6 +51,9 @@ const EXITED_KEPT: Duration = Duration::from_secs(600);
 /// System-wide mode: sites listed per process (at least; `--top` if more), by leak rank.
 const SYSTEM_WIDE_SITES: usize = 20;
 
+/// `--overhead-budget` when not given: growth mode's bursts may cost 1% of a CPU per target.
+const DEFAULT_OVERHEAD_BUDGET_PCT: f64 = 1.0;
+
 /// Where the run shows itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum View {
@@ -153,7 +156,7 @@ impl Config {
             max_allocations: cli.max_allocations,
             max_stacks: cli.max_stacks,
             sample_bytes: cli.sample_bytes.unwrap_or(0),
-            overhead_budget: cli.overhead_budget,
+            overhead_budget: cli.overhead_budget.unwrap_or(DEFAULT_OVERHEAD_BUDGET_PCT),
         })
     }
 
@@ -195,6 +198,9 @@ fn scope_and_mode(cli: &Cli) -> anyhow::Result<(Scope, Mode)> {
     }
     if mode == Mode::Exact && everything {
         bail!("--mode exact needs --pid: system-wide tracing has no uprobes (use --mode growth)");
+    }
+    if mode == Mode::Exact && cli.overhead_budget.is_some() {
+        bail!("--overhead-budget sets growth mode's bursts: exact mode traces every call (add --mode growth)");
     }
     Ok((scope, mode))
 }

@@ -216,6 +216,38 @@ mod tests {
     }
 
     #[test]
+    fn growth_event_sites_are_never_leak_suspects_and_go_by_heap_bytes() {
+        // The same series that makes an allocation site a leak suspect (see below), as growth
+        // events: what grew the heap, ranked by the heap bytes it holds, not by its slope.
+        let mut series = SiteSeries::new(64);
+        for i in 0..20u64 {
+            let sites = [site(0x10, 1 << 20), site(0x20, 4096 * (i + 1))];
+            series.record(&sites, i as f64 * 10.0, i << 20);
+        }
+        let last = totals(vec![site(0x10, 1 << 20), site(0x20, 4096 * 20)]);
+        let reports = site_reports(
+            &last,
+            &series,
+            HashMap::new(),
+            usize::MAX,
+            SiteEvidence::HeapGrowth,
+        );
+        let report = |caller| {
+            &reports
+                .iter()
+                .find(|(k, _)| k.caller == caller)
+                .expect("site")
+                .1
+        };
+        assert_eq!(report(0x20).growth.class, GrowthClass::HeapGrowth);
+        assert_eq!(report(0x10).leak_rank, 1);
+        assert_eq!(report(0x20).leak_rank, 2);
+        assert!(reports
+            .iter()
+            .all(|(_, r)| r.growth.class != GrowthClass::LeakSuspect));
+    }
+
+    #[test]
     fn a_steadily_growing_site_outranks_a_bigger_flat_one() {
         let mut series = SiteSeries::new(64);
         for i in 0..20u64 {
