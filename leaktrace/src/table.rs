@@ -229,6 +229,53 @@ mod tests {
     }
 
     #[test]
+    fn growth_mode_shows_the_estimate_ranking_and_what_grew_the_heap() {
+        let mut snapshot = snapshot();
+        let process = &mut snapshot.processes[0];
+        process.exact = false;
+        process.bursts = Some(crate::schema::BurstReport {
+            bursts: 3,
+            sampled_s: 0.25,
+            budget_pct: 1.0,
+            measured_overhead_pct: 0.5,
+            ..Default::default()
+        });
+        process.estimated_sites = vec![EstimatedSite {
+            id: "a-1-est".to_string(),
+            estimated: true,
+            estimate_rank: 1,
+            class: GrowthClass::LeakSuspect,
+            samples: 300,
+            freed_samples: 0,
+            allocations_seen: 900,
+            surviving_sampled_bytes: 54_000,
+            surviving_bytes_per_s: 2048.0,
+            surviving_bytes_per_s_interval: crate::schema::Interval {
+                low: 1024.0,
+                high: 3072.0,
+            },
+            recent_surviving_bytes_per_s: 2048.0,
+            recent_samples: 150,
+            surviving_bytes_per_mib_processed: None,
+            surviving_bytes_per_mib_processed_interval: None,
+            estimated_surviving_bytes: 25_600,
+            frames: vec![frame("remember_request", EXE, Some(("leaky.c", 7)))],
+        }];
+        let table = render_table(&snapshot, 10);
+        let estimate = table.find("leak estimate from 3 bursts").expect(&table);
+        let grew = table.find("what grew the heap").expect(&table);
+        assert!(estimate < grew, "{table}");
+        assert!(
+            table.contains("~2.0 KiB/s") && table.contains("1.0 KiB/s..3.0 KiB/s"),
+            "{table}"
+        );
+        assert!(
+            table.contains("LEAK?  remember_request (leaky.c:7)"),
+            "{table}"
+        );
+    }
+
+    #[test]
     fn table_names_the_site_its_caller_and_the_warnings() {
         let table = render_table(&snapshot(), 10);
         assert!(
