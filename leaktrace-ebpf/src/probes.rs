@@ -17,11 +17,21 @@ use leaktrace_common::{
 };
 
 use crate::{
-    counters::{bump, bump_lost},
+    counters::{bump, bump_lost as bump_lost_event},
     events::send_call_site,
-    globals::{page_size, sample_bytes},
+    globals::{growth_mode, page_size, sample_bytes},
     maps::{ALLOCS, INFLIGHT, PROBE_HITS, SAMPLE_COUNTDOWN, SAMPLE_GAPS, SITES, STACKS},
 };
+
+/// A call whose entry and return did not pair up. Growth mode's bursts attach and detach the
+/// probes while calls are in flight, so there unpaired calls are expected, not a loss (growth
+/// mode's `lost_events` counts heap events lost in the ring buffer).
+#[inline(always)]
+fn bump_lost(tgid: u32) {
+    if !growth_mode() {
+        bump_lost_event(tgid);
+    }
+}
 
 const E2BIG: i32 = -7;
 const EEXIST: i32 = -17;
@@ -296,6 +306,8 @@ fn record_allocation(site: SiteKey, addr: u64, size: u64) {
                 let stale = *stale;
                 account_free(&stale);
             }
+            // Growth mode's bursts detach the free probe between bursts: an address handed out
+            // again is the expected sign that the earlier block was freed, not a loss.
             bump_lost(tgid);
             if ALLOCS.insert(key, info, 0).is_err() {
                 bump(tgid, |c| c.dropped_allocations += 1);
@@ -387,6 +399,8 @@ fn try_free_enter(ctx: &ProbeContext) {
             let _ = ALLOCS.remove(key);
             account_free(&info);
         }
-        None => bump(tgid, |c| c.unknown_frees += 1),
+        // Growth mode's bursts see frees of blocks allocated between bursts: expected.
+        None if !growth_mode() => bump(tgid, |c| c.unknown_frees += 1),
+        None => {}
     }
 }

@@ -88,6 +88,12 @@ pub struct Cli {
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u64).range(1..))]
     pub sample_bytes: Option<u64>,
 
+    /// Growth mode: CPU the short exact bursts that estimate leaking sites may cost each traced
+    /// --pid or command, in percent of one CPU (measured: the snapshot reports it); 0 turns the
+    /// bursts off (then growth mode says only what grew the heap) [default: 1].
+    #[arg(long, value_name = "PCT", value_parser = parse_budget)]
+    pub overhead_budget: Option<f64>,
+
     /// Watch every process's heap syscalls (brk, mmap, ...; no uprobes). The default when
     /// neither --pid nor a command is given; with --pid, those PIDs are also traced per --mode.
     #[arg(long)]
@@ -122,6 +128,18 @@ pub struct Cli {
     /// Command to launch and trace from its first allocation.
     #[arg(last = true, value_name = "COMMAND")]
     pub command: Vec<OsString>,
+}
+
+/// `--overhead-budget`: a percentage from 0 to 100.
+fn parse_budget(text: &str) -> Result<f64, String> {
+    let pct: f64 = text
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{text:?} is not a percentage (e.g. 1 or 0.5)"))?;
+    if !(0.0..=100.0).contains(&pct) {
+        return Err(format!("{text} is not between 0 and 100"));
+    }
+    Ok(pct)
 }
 
 /// Post-mortem commands: they read snapshots written by `--json` and need no privileges.

@@ -143,6 +143,7 @@ pub fn class_label(class: GrowthClass) -> &'static str {
         GrowthClass::LeakSuspect => "LEAK?",
         GrowthClass::Plateau => "plateau",
         GrowthClass::Churn => "churn",
+        GrowthClass::HeapGrowth => "GREW",
         GrowthClass::Unknown => DASH,
     }
 }

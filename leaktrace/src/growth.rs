@@ -308,7 +308,7 @@ impl GrowthClass {
         match self {
             GrowthClass::LeakSuspect => 3.0,
             GrowthClass::Plateau => 2.0,
-            GrowthClass::Unknown => 1.0,
+            GrowthClass::Unknown | GrowthClass::HeapGrowth => 1.0,
             GrowthClass::Churn => 0.0,
         }
     }

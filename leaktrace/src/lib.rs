@@ -4,6 +4,7 @@
 //! the compiler reports dead code; the few items the integration tests, benches and examples
 //! need are re-exported below, each for a named reader.
 mod allocator;
+mod bursts;
 pub mod cli;
 mod cost;
 mod format;

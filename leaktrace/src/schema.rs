@@ -170,8 +170,80 @@ pub struct ProcessReport {
     /// The heap as the kernel sees it: program break, anonymous mappings, fallbacks, RSS.
     pub heap: Option<HeapReport>,
     pub counters: Counters,
-    /// Sorted by outstanding bytes, largest first.
+    /// Sorted by outstanding bytes, largest first. Growth mode: the stacks that grew the heap
+    /// (growth-event attribution), never ranked as leaks.
     pub sites: Vec<SiteReport>,
+    /// Growth mode: the short exact bursts behind `estimated_sites`, and what they cost.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bursts: Option<BurstReport>,
+    /// Growth mode: sites estimated from the bursts' sampled allocations that survive, ranked
+    /// by leak likelihood (`estimate_rank`). Kept apart from `sites`: never mixed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub estimated_sites: Vec<EstimatedSite>,
+}
+
+/// Growth mode's bursts of exact tracing on one process (`--overhead-budget`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct BurstReport {
+    /// Bursts harvested so far.
+    pub bursts: u64,
+    /// Seconds of allocations sampled (each burst but its last quarter).
+    pub sampled_s: f64,
+    /// Sampled blocks still followed.
+    pub watched_blocks: u64,
+    /// Probe hits of all the bursts.
+    pub probe_hits: u64,
+    /// The cost of one hit used (measured at start; a default when that failed).
+    pub ns_per_hit: f64,
+    /// `probe_hits × ns_per_hit` over the run's duration, in percent of one CPU: the overhead
+    /// the bursts actually cost, measured.
+    pub measured_overhead_pct: f64,
+    /// `--overhead-budget`.
+    pub budget_pct: f64,
+    /// Why no (more) bursts run on this process (e.g. no C library to hook); absent when they do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unavailable: Option<String>,
+}
+
+/// A 95% confidence interval.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Interval {
+    pub low: f64,
+    pub high: f64,
+}
+
+/// One site's leak estimate from growth mode's bursts: sampled blocks that survive, scaled by
+/// the sampled time. Every number is an estimate (`estimated: true`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EstimatedSite {
+    pub id: String,
+    /// Always true: these numbers are extrapolated from samples.
+    pub estimated: bool,
+    /// 1 = the site of this process most likely to leak (leak suspects first, then by
+    /// recent surviving bytes per second).
+    pub estimate_rank: u32,
+    /// `leak_suspect` (samples keep surviving), `plateau` (survivors only from earlier: a cache
+    /// that filled), `churn` (seen allocating, nothing surviving), `unknown`.
+    pub class: GrowthClass,
+    /// Surviving sampled blocks the estimate rests on (confirmed by a later burst).
+    pub samples: u64,
+    /// Sampled blocks later seen freed.
+    pub freed_samples: u64,
+    /// Allocations the bursts saw from this site.
+    pub allocations_seen: u64,
+    pub surviving_sampled_bytes: u64,
+    pub surviving_bytes_per_s: f64,
+    pub surviving_bytes_per_s_interval: Interval,
+    /// Over the bursts of the newer half of the run.
+    pub recent_surviving_bytes_per_s: f64,
+    pub recent_samples: u64,
+    /// `surviving_bytes_per_s` per MiB the process processed per second.
+    pub surviving_bytes_per_mib_processed: Option<f64>,
+    pub surviving_bytes_per_mib_processed_interval: Option<Interval>,
+    /// `surviving_bytes_per_s` times the run's duration.
+    pub estimated_surviving_bytes: u64,
+    /// Innermost first; the first frame is the allocator's caller.
+    pub frames: Vec<Frame>,
 }
 
 /// Per-process heap state (`leaktrace/1`, `heap` object).
@@ -331,6 +403,10 @@ pub enum GrowthClass {
     /// The site allocated and freed much more than it holds, and what it holds stays
     /// bounded.
     Churn,
+    /// Growth mode's growth-event sites: the heap this stack grew keeps growing. What grew the
+    /// heap, which is no evidence of a leak (the allocation crossing the heap's top is usually
+    /// a large temporary): leaks are ranked from the bursts' estimate instead.
+    HeapGrowth,
     /// Too few samples, too little data, or a shape that fits none of the above
     /// (irregular growth, growth of young allocations only, growth slowing down).
     Unknown,

@@ -17,14 +17,18 @@ use tokio::{
 
 use crate::{
     allocator::Discovery,
+    bursts::Bursts,
     cli::Cli,
     cost::HitRate,
     heap::{AllocatorCalls, HeapTracker},
-    model::{self, GrowthClock, ProcessMemory, ProcessTotals, SinceStart, SiteSeries},
+    model::{
+        self, GrowthClock, ProcessMemory, ProcessTotals, SinceStart, SiteEvidence, SiteSeries,
+    },
     output::{self, Access},
     privileges, procfs, report,
     schema::{
-        self, ExitStatus, Mode, ProbeCost, ProcessReport, Processed, SiteHeap, Snapshot, SCHEMA,
+        self, BurstReport, EstimatedSite, ExitStatus, Mode, ProbeCost, ProcessReport, Processed,
+        SiteHeap, Snapshot, SCHEMA,
     },
     serve,
     symbolize::Symbols,
@@ -48,6 +52,9 @@ const EXITED_KEPT: Duration = Duration::from_secs(600);
 
 /// System-wide mode: sites listed per process (at least; `--top` if more), by leak rank.
 const SYSTEM_WIDE_SITES: usize = 20;
+
+/// `--overhead-budget` when not given: growth mode's bursts may cost 1% of a CPU per target.
+const DEFAULT_OVERHEAD_BUDGET_PCT: f64 = 1.0;
 
 /// Where the run shows itself.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,6 +116,8 @@ pub struct Config {
     pub sample_bytes: u64,
     /// `--listen` and its options.
     pub listen: Option<serve::Options>,
+    /// `--overhead-budget` (percent of one CPU; 0: no bursts).
+    pub overhead_budget: f64,
 }
 
 impl Config {
@@ -157,6 +166,7 @@ impl Config {
                 top_sites: cli.metrics_top_sites,
                 grace: cli.metrics_grace,
             }),
+            overhead_budget: cli.overhead_budget.unwrap_or(DEFAULT_OVERHEAD_BUDGET_PCT),
         })
     }
 
@@ -198,6 +208,9 @@ fn scope_and_mode(cli: &Cli) -> anyhow::Result<(Scope, Mode)> {
     }
     if mode == Mode::Exact && everything {
         bail!("--mode exact needs --pid: system-wide tracing has no uprobes (use --mode growth)");
+    }
+    if mode == Mode::Exact && cli.overhead_budget.is_some() {
+        bail!("--overhead-budget sets growth mode's bursts: exact mode traces every call (add --mode growth)");
     }
     Ok((scope, mode))
 }
@@ -275,11 +288,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let publisher = config.listen.as_ref().map(serve::start).transpose()?;
     let targets = find_targets(&config)?;
     let (mut tracer, ns_per_hit) = load(&config)?;
+    let bursts = plan_bursts(&mut tracer, &config);
     let (heap, traced) = attach(&mut tracer, &config, targets)?;
     drop_privileges(&config);
     announce(&config, &traced);
     let mut session = Session::new(config, tracer, heap, traced, rolling, ns_per_hit)?;
     session.publisher = publisher;
+    session.start_bursts(bursts);
     let outcome = session.run_loop().await;
     session.finish(outcome).await
 }
@@ -376,6 +391,22 @@ fn load(config: &Config) -> anyhow::Result<(Tracer, Option<f64>)> {
         }
     };
     Ok((tracer, ns_per_hit))
+}
+
+/// Growth mode's bursts (unless `--overhead-budget 0`), with the cost of one exact-mode probe
+/// hit measured here, before any target is attached (as exact mode's calibration).
+fn plan_bursts(tracer: &mut Tracer, config: &Config) -> Option<Bursts> {
+    if !config.growth() || config.overhead_budget <= 0.0 {
+        return None;
+    }
+    let ns_per_hit = match tracer.calibrate() {
+        Ok(calibration) => Some(calibration.ns_per_hit),
+        Err(err) => {
+            log::warn!("cannot measure the cost of a burst's probe hit: {err:#}");
+            None
+        }
+    };
+    Some(Bursts::new(config.overhead_budget, ns_per_hit))
 }
 
 /// Attach to the running targets, then launch the command paused, attach to it and release it.
@@ -523,6 +554,8 @@ struct Session {
     hit_rate: HitRate,
     /// `--listen`: every snapshot built is served.
     publisher: Option<serve::Publisher>,
+    /// Growth mode: short exact bursts on the targets, for the leak estimate.
+    bursts: Option<Bursts>,
 }
 
 /// Which snapshot is taken: one of an interval (its live sites get a growth sample), or the
@@ -589,9 +622,32 @@ impl Session {
             ns_per_hit,
             hit_rate: HitRate::starting_at(Instant::now(), hits),
             publisher: None,
+            bursts: None,
         };
         session.refresh_liveness();
         Ok(session)
+    }
+
+    /// Growth mode: plan bursts for every traced target (the system-wide rows get none).
+    fn start_bursts(&mut self, bursts: Option<Bursts>) {
+        self.bursts = bursts;
+        if let Some(bursts) = self.bursts.as_mut() {
+            for t in self.traced.iter().filter(|t| !t.exact()) {
+                bursts.add(t.process.pid, &t.process.allocators);
+            }
+        }
+    }
+
+    /// Finish a burst whose probes are gone and start the next one due (growth mode).
+    fn run_bursts(&mut self) {
+        let Some(bursts) = self.bursts.as_mut() else {
+            return;
+        };
+        let now_s = self.started.elapsed().as_secs_f64();
+        let heap = &self.heap;
+        bursts.tick(&mut self.tracer, now_s, |pid| {
+            heap.get(pid).map_or(0, |h| h.events)
+        });
     }
 
     /// The loop of the run's view, until `--duration`, a signal, `q` or (headless) every
@@ -670,6 +726,7 @@ impl Session {
                 _ = liveness.tick() => {
                     self.drain_heap_events();
                     self.refresh_liveness();
+                    self.run_bursts();
                     if !self.config.system_wide() && self.traced.iter().all(|t| !t.alive) {
                         eprintln!("leaktrace: every traced process has exited");
                         return Ok(());
@@ -744,6 +801,7 @@ impl Session {
                 _ = liveness.tick() => {
                     self.drain_heap_events();
                     self.refresh_liveness();
+                    self.run_bursts();
                 }
                 _ = async { sleep_until(deadline.unwrap_or(start)).await }, if deadline.is_some() => {
                     return Ok(());
@@ -841,6 +899,12 @@ impl Session {
             let calls = if exact.contains(&event.tgid) {
                 AllocatorCalls::Traced
             } else {
+                // A growth-mode process under a burst: its allocator calls are seen for the
+                // burst's estimate only; the heap keeps growth mode's attribution by stack.
+                if event.kind == leaktrace_common::HeapEventKind::CallSite as u32 {
+                    continue;
+                }
+                event.call_ns = 0;
                 AllocatorCalls::Untraced
             };
             self.heap.apply(&event, calls);
@@ -908,6 +972,11 @@ impl Session {
                 self.symbols.refresh_maps(t.process.pid);
             } else {
                 t.alive = false;
+            }
+            if !t.alive {
+                if let Some(bursts) = self.bursts.as_mut() {
+                    bursts.stop(t.process.pid);
+                }
             }
         }
     }
@@ -1068,7 +1137,7 @@ impl Session {
             let processed = t.work.grown().unwrap_or(0);
             self.series.record(&totals.sites, at.t_s, processed);
         }
-        self.process_report(t, totals, site_heap, max_sites)
+        self.process_report(t, totals, site_heap, reading, max_sites)
     }
 
     /// A process's totals: from the maps in exact mode, from heap growth otherwise (then with
@@ -1106,15 +1175,24 @@ impl Session {
         t: &Traced,
         totals: ProcessTotals,
         site_heap: HashMap<leaktrace_common::SiteKey, SiteHeap>,
+        reading: &MapsReading,
         max_sites: usize,
     ) -> ProcessReport {
         let (pid, alive) = (t.process.pid, t.alive);
+        let evidence = if t.exact() {
+            SiteEvidence::Allocations
+        } else {
+            SiteEvidence::HeapGrowth
+        };
         let mut sites = Vec::new();
-        for (key, mut site) in model::site_reports(&totals, &self.series, site_heap, max_sites) {
+        for (key, mut site) in
+            model::site_reports(&totals, &self.series, site_heap, max_sites, evidence)
+        {
             let addrs = self.site_stack(key.stack_id, key.caller);
             site.frames = self.symbols.stack_frames(pid, alive, &addrs);
             sites.push(site);
         }
+        let (bursts, estimated_sites) = self.estimated_sites(t, reading, max_sites);
         let heap = self
             .heap
             .get(pid)
@@ -1152,7 +1230,47 @@ impl Session {
             heap,
             counters: totals.counters,
             sites,
+            bursts,
+            estimated_sites,
         }
+    }
+
+    /// Growth mode: a process's bursts and its sites estimated from them, at most `max_sites`,
+    /// named.
+    fn estimated_sites(
+        &mut self,
+        t: &Traced,
+        reading: &MapsReading,
+        max_sites: usize,
+    ) -> (Option<BurstReport>, Vec<EstimatedSite>) {
+        let pid = t.process.pid;
+        let Some(bursts) = self.bursts.as_ref().filter(|b| b.covers(pid)) else {
+            return (None, Vec::new());
+        };
+        let now_s = self.started.elapsed().as_secs_f64();
+        let allocations_seen: HashMap<leaktrace_common::SiteKey, u64> = reading
+            .sites
+            .iter()
+            .filter(|(key, _)| key.tgid == pid)
+            .map(|(key, stats)| (*key, stats.allocated_count))
+            .collect();
+        let processed_per_s = t
+            .work
+            .grown()
+            .filter(|_| now_s > 0.0)
+            .map(|bytes| bytes as f64 / now_s);
+        let Some((report, estimates)) =
+            bursts.report(pid, now_s, processed_per_s, &allocations_seen)
+        else {
+            return (None, Vec::new());
+        };
+        let mut sites = Vec::new();
+        for estimate in estimates.into_iter().take(max_sites) {
+            let addrs = self.site_stack(estimate.key.stack_id, estimate.key.caller);
+            let frames = self.symbols.stack_frames(pid, t.alive, &addrs);
+            sites.push(model::estimated_site(&estimate, frames));
+        }
+        (Some(report), sites)
     }
 
     /// The return addresses of a site, innermost (the allocator's caller) first.

@@ -103,6 +103,8 @@ pub fn process(pid: u32, comm: &str, sites: Vec<SiteReport>) -> ProcessReport {
         heap: None,
         counters: Counters::default(),
         sites,
+        bursts: None,
+        estimated_sites: Vec::new(),
     }
 }
 

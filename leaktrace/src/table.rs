@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use crate::{
     format::{self, human_bytes},
-    schema::{ExitStatus, SiteReport, Snapshot},
+    schema::{EstimatedSite, ExitStatus, ProcessReport, SiteReport, Snapshot},
 };
 
 /// The periodic headless table: per process a summary, then its sites ranked by how likely
@@ -115,6 +115,9 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
                 c.dropped_allocations, c.stack_errors, c.lost_events, c.unknown_frees
             );
         }
+        if !process.exact {
+            out.push_str(&estimate_lines(process, top));
+        }
         let mut shown: Vec<&SiteReport> = process
             .sites
             .iter()
@@ -139,6 +142,12 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
         } else {
             ("GROWTH", "EVENTS")
         };
+        if !process.exact {
+            let _ = writeln!(
+                out,
+                "  what grew the heap (the allocations that crossed its top: often large temporaries, no leak verdict):"
+            );
+        }
         let _ = writeln!(
             out,
             "  {:>11} {:>8} {:>11} {:>11} {:>4} {:>7} {:>7}  SITE",
@@ -162,6 +171,54 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
                 format::site_label(&site.frames)
             );
         }
+    }
+    out
+}
+
+/// Growth mode: the bursts' estimate, ranked (leak suspects first), and what the bursts cost.
+fn estimate_lines(process: &ProcessReport, top: usize) -> String {
+    let mut out = String::new();
+    let Some(bursts) = &process.bursts else {
+        return out;
+    };
+    let _ = writeln!(
+        out,
+        "  leak estimate from {} bursts ({:.2} s of allocations sampled, {:.2}% CPU measured, budget {}%){}:",
+        bursts.bursts,
+        bursts.sampled_s,
+        bursts.measured_overhead_pct,
+        bursts.budget_pct,
+        bursts
+            .unavailable
+            .as_ref()
+            .map(|why| format!(" [no bursts: {why}]"))
+            .unwrap_or_default()
+    );
+    let mut sites: Vec<&EstimatedSite> = process.estimated_sites.iter().collect();
+    sites.sort_by_key(|s| s.estimate_rank);
+    sites.truncate(top);
+    if sites.is_empty() {
+        let _ = writeln!(out, "  no sampled allocation yet");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "  {:>13} {:>23} {:>7} {:>9} {:>7}  SITE",
+        "SURVIVING/s", "95% INTERVAL", "SAMPLES", "SEEN", "CLASS"
+    );
+    for site in sites {
+        let per_s = |rate: f64| format!("{}/s", human_bytes(rate.max(0.0) as u64));
+        let interval = &site.surviving_bytes_per_s_interval;
+        let _ = writeln!(
+            out,
+            "  {:>13} {:>23} {:>7} {:>9} {:>7}  {}",
+            format!("~{}", per_s(site.surviving_bytes_per_s)),
+            format!("{}..{}", per_s(interval.low), per_s(interval.high)),
+            site.samples,
+            site.allocations_seen,
+            format::class_label(site.class),
+            format::site_label(&site.frames)
+        );
     }
     out
 }
@@ -200,6 +257,53 @@ mod tests {
         let mut snapshot = synthetic::snapshot(12.5, vec![process]);
         snapshot.cost = Some(ProbeCost::new(Some(1_200.0), Some(5_000.0)));
         snapshot
+    }
+
+    #[test]
+    fn growth_mode_shows_the_estimate_ranking_and_what_grew_the_heap() {
+        let mut snapshot = snapshot();
+        let process = &mut snapshot.processes[0];
+        process.exact = false;
+        process.bursts = Some(crate::schema::BurstReport {
+            bursts: 3,
+            sampled_s: 0.25,
+            budget_pct: 1.0,
+            measured_overhead_pct: 0.5,
+            ..Default::default()
+        });
+        process.estimated_sites = vec![EstimatedSite {
+            id: "a-1-est".to_string(),
+            estimated: true,
+            estimate_rank: 1,
+            class: GrowthClass::LeakSuspect,
+            samples: 300,
+            freed_samples: 0,
+            allocations_seen: 900,
+            surviving_sampled_bytes: 54_000,
+            surviving_bytes_per_s: 2048.0,
+            surviving_bytes_per_s_interval: crate::schema::Interval {
+                low: 1024.0,
+                high: 3072.0,
+            },
+            recent_surviving_bytes_per_s: 2048.0,
+            recent_samples: 150,
+            surviving_bytes_per_mib_processed: None,
+            surviving_bytes_per_mib_processed_interval: None,
+            estimated_surviving_bytes: 25_600,
+            frames: vec![frame("remember_request", EXE, Some(("leaky.c", 7)))],
+        }];
+        let table = render_table(&snapshot, 10);
+        let estimate = table.find("leak estimate from 3 bursts").expect(&table);
+        let grew = table.find("what grew the heap").expect(&table);
+        assert!(estimate < grew, "{table}");
+        assert!(
+            table.contains("~2.0 KiB/s") && table.contains("1.0 KiB/s..3.0 KiB/s"),
+            "{table}"
+        );
+        assert!(
+            table.contains("LEAK?  remember_request (leaky.c:7)"),
+            "{table}"
+        );
     }
 
     #[test]

@@ -418,6 +418,52 @@ fn readable_above(sp: u64) -> usize {
         })
 }
 
+/// For the fuzz targets (`fuzz/`): read `elf` as a module's unwind sections, map it at a fixed
+/// address and unwind a stack made of `stack` from each of `pcs` (offsets into the mapping), as
+/// growth mode does with a target's file and stack copy. Returns the frames found, to be used.
+#[doc(hidden)]
+pub fn fuzz_module(elf: &Elf, pcs: &[u64], stack: &[u8]) -> usize {
+    const BASE: u64 = 0x5555_0000_0000;
+    let Ok(file) = ModuleFile::read(elf) else {
+        return 0;
+    };
+    let Some(bias) = file.bias(BASE, 0) else {
+        return 0;
+    };
+    let range = BASE..BASE + (64 << 20);
+    let mut unwinder = UnwinderX86_64::new();
+    unwinder.add_module(Module::new(
+        "fuzz".to_string(),
+        range.clone(),
+        bias,
+        file.section_info(),
+    ));
+    let mut cache = CacheX86_64::new();
+    let sp = 0x7fff_0000_0000;
+    let mut found = 0;
+    for pc in pcs {
+        let ip = BASE + pc % (range.end - range.start);
+        let mut read_stack = |addr: u64| -> Result<u64, ()> {
+            let offset = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
+            let bytes = stack
+                .get(offset..offset.checked_add(8).ok_or(())?)
+                .ok_or(())?;
+            let mut word = [0u8; 8];
+            word.copy_from_slice(bytes);
+            Ok(u64::from_le_bytes(word))
+        };
+        let regs = UnwindRegsX86_64::new(ip, sp, sp + 64);
+        let mut frames = unwinder.iter_frames(ip, regs, &mut cache, &mut read_stack);
+        while let Ok(Some(_)) = frames.next() {
+            found += 1;
+            if found >= MAX_FRAMES * pcs.len() {
+                break;
+            }
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -551,50 +597,4 @@ mod tests {
         assert!(frames.len() <= 2, "{frames:x?}");
         assert_eq!(unwinder.stats.empty_copies, 1);
     }
-}
-
-/// For the fuzz targets (`fuzz/`): read `elf` as a module's unwind sections, map it at a fixed
-/// address and unwind a stack made of `stack` from each of `pcs` (offsets into the mapping), as
-/// growth mode does with a target's file and stack copy. Returns the frames found, to be used.
-#[doc(hidden)]
-pub fn fuzz_module(elf: &Elf, pcs: &[u64], stack: &[u8]) -> usize {
-    const BASE: u64 = 0x5555_0000_0000;
-    let Ok(file) = ModuleFile::read(elf) else {
-        return 0;
-    };
-    let Some(bias) = file.bias(BASE, 0) else {
-        return 0;
-    };
-    let range = BASE..BASE + (64 << 20);
-    let mut unwinder = UnwinderX86_64::new();
-    unwinder.add_module(Module::new(
-        "fuzz".to_string(),
-        range.clone(),
-        bias,
-        file.section_info(),
-    ));
-    let mut cache = CacheX86_64::new();
-    let sp = 0x7fff_0000_0000;
-    let mut found = 0;
-    for pc in pcs {
-        let ip = BASE + pc % (range.end - range.start);
-        let mut read_stack = |addr: u64| -> Result<u64, ()> {
-            let offset = usize::try_from(addr.checked_sub(sp).ok_or(())?).map_err(|_| ())?;
-            let bytes = stack
-                .get(offset..offset.checked_add(8).ok_or(())?)
-                .ok_or(())?;
-            let mut word = [0u8; 8];
-            word.copy_from_slice(bytes);
-            Ok(u64::from_le_bytes(word))
-        };
-        let regs = UnwindRegsX86_64::new(ip, sp, sp + 64);
-        let mut frames = unwinder.iter_frames(ip, regs, &mut cache, &mut read_stack);
-        while let Ok(Some(_)) = frames.next() {
-            found += 1;
-            if found >= MAX_FRAMES * pcs.len() {
-                break;
-            }
-        }
-    }
-    found
 }

@@ -24,6 +24,15 @@ fn modes_that_cannot_work_are_refused_in_one_line() {
     );
     let (code, _, stderr) = leaktrace(&["--sample-bytes", "0", "--pid", "1"]);
     assert_eq!(code, 2, "{stderr}");
+    // Bursts belong to growth mode; a budget is a percentage.
+    assert_one_line_error(
+        &["--overhead-budget", "2", "--pid", "1"],
+        "--overhead-budget sets growth mode's bursts",
+    );
+    let (code, _, stderr) =
+        leaktrace(&["--mode", "growth", "--overhead-budget", "150", "--pid", "1"]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("not between 0 and 100"), "{stderr}");
     let (code, _, stderr) = leaktrace(&["--mode", "fast", "--pid", "1"]);
     assert_eq!(code, 2, "{stderr}");
     assert!(

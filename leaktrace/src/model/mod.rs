@@ -9,16 +9,22 @@
 //!   heap growth by stack);
 //! - `sites`: growth series and verdicts, leak ranks, heap-only sites;
 //! - `dashboard`: what the dashboard derives from snapshots (rates, sums, fallback sites);
+//! - `estimate`, `burst_plan`: growth mode's leak estimate from short exact bursts (sampled
+//!   blocks that survive), and when bursts run within the overhead budget;
 //! - `process`: work processed, RSS growth and its explained share, the heap object, the
 //!   order of system-wide rows, the probe cost.
+mod burst_plan;
 pub mod dashboard;
+mod estimate;
 mod process;
 mod sites;
 mod totals;
 
+pub use burst_plan::BurstPlan;
+pub use estimate::{estimated_site, BurstWindow, SiteEstimate, SurvivalWatch};
 pub use process::{
     by_heap_growth, growth_event_ns, heap_growth_bytes, heap_report, process_slopes, work_done,
     ProcessMemory, SinceStart,
 };
-pub use sites::{site_reports, SiteSeries};
+pub use sites::{site_reports, SiteEvidence, SiteSeries};
 pub use totals::{growth_totals, process_totals, GrowthClock, ProcessTotals, SiteAges};

@@ -255,6 +255,8 @@ mod tests {
             }),
             counters: Counters::default(),
             sites: Vec::new(),
+            bursts: None,
+            estimated_sites: Vec::new(),
         }
     }
 

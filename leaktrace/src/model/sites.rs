@@ -72,23 +72,66 @@ pub fn leak_ranks(growths: &[Growth]) -> Vec<u32> {
     ranks
 }
 
+/// Growth-event sites in order of the heap bytes they grew and still hold (largest first).
+fn heap_growth_ranks(sites: &[SiteTotals]) -> Vec<u32> {
+    let mut order: Vec<usize> = (0..sites.len()).collect();
+    order.sort_by(|&a, &b| {
+        let (a, b) = (&sites[a], &sites[b]);
+        b.counters
+            .outstanding_bytes
+            .cmp(&a.counters.outstanding_bytes)
+            .then(b.counters.allocated_bytes.cmp(&a.counters.allocated_bytes))
+            .then(a.key.caller.cmp(&b.key.caller))
+    });
+    let mut ranks = vec![0u32; sites.len()];
+    for (rank, &i) in order.iter().enumerate() {
+        ranks[i] = rank_number(rank);
+    }
+    ranks
+}
+
 /// The 1-based rank of the site at `index` in leak order.
 fn rank_number(index: usize) -> u32 {
     u32::try_from(index).map_or(u32::MAX, |i| i.saturating_add(1))
 }
 
+/// What a process's sites are evidence of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SiteEvidence {
+    /// Exact mode: blocks of the malloc family, ranked by leak likelihood.
+    Allocations,
+    /// Growth mode: the stacks whose allocation crossed the heap's top. That is what grew the
+    /// heap, nearly always a large temporary rather than a small leaked block (issue 13), so
+    /// such a site is never classed a leak suspect (a steady one is `heap_growth`) and the sites
+    /// are ordered by the heap bytes they grew; growth mode's leak ranking is the bursts'
+    /// estimate (`model::SurvivalWatch`).
+    HeapGrowth,
+}
+
 /// A process's reported sites, at most `max_sites`, each with the key of its stack (frames are
-/// left for the caller to name): allocation sites by leak rank, then heap-only sites (those of
-/// `site_heap` that are no allocation site), largest anonymous mappings first, ranked after.
+/// left for the caller to name): allocation sites by leak rank (growth-event sites by heap
+/// bytes grown, see [`SiteEvidence`]), then heap-only sites (those of `site_heap` that are no
+/// allocation site), largest anonymous mappings first, ranked after.
 /// `site_heap`: the heap attribution of the process's stacks (`ProcessHeap::sites`).
 pub fn site_reports(
     totals: &ProcessTotals,
     series: &SiteSeries,
     mut site_heap: HashMap<SiteKey, SiteHeap>,
     max_sites: usize,
+    evidence: SiteEvidence,
 ) -> Vec<(SiteKey, SiteReport)> {
-    let growths: Vec<Growth> = totals.sites.iter().map(|s| series.growth(s)).collect();
-    let ranks = leak_ranks(&growths);
+    let mut growths: Vec<Growth> = totals.sites.iter().map(|s| series.growth(s)).collect();
+    let ranks = match evidence {
+        SiteEvidence::Allocations => leak_ranks(&growths),
+        SiteEvidence::HeapGrowth => {
+            for growth in &mut growths {
+                if growth.class == crate::schema::GrowthClass::LeakSuspect {
+                    growth.class = crate::schema::GrowthClass::HeapGrowth;
+                }
+            }
+            heap_growth_ranks(&totals.sites)
+        }
+    };
     let mut sites: Vec<(SiteKey, SiteReport)> = totals
         .sites
         .iter()
@@ -173,6 +216,38 @@ mod tests {
     }
 
     #[test]
+    fn growth_event_sites_are_never_leak_suspects_and_go_by_heap_bytes() {
+        // The same series that makes an allocation site a leak suspect (see below), as growth
+        // events: what grew the heap, ranked by the heap bytes it holds, not by its slope.
+        let mut series = SiteSeries::new(64);
+        for i in 0..20u64 {
+            let sites = [site(0x10, 1 << 20), site(0x20, 4096 * (i + 1))];
+            series.record(&sites, i as f64 * 10.0, i << 20);
+        }
+        let last = totals(vec![site(0x10, 1 << 20), site(0x20, 4096 * 20)]);
+        let reports = site_reports(
+            &last,
+            &series,
+            HashMap::new(),
+            usize::MAX,
+            SiteEvidence::HeapGrowth,
+        );
+        let report = |caller| {
+            &reports
+                .iter()
+                .find(|(k, _)| k.caller == caller)
+                .expect("site")
+                .1
+        };
+        assert_eq!(report(0x20).growth.class, GrowthClass::HeapGrowth);
+        assert_eq!(report(0x10).leak_rank, 1);
+        assert_eq!(report(0x20).leak_rank, 2);
+        assert!(reports
+            .iter()
+            .all(|(_, r)| r.growth.class != GrowthClass::LeakSuspect));
+    }
+
+    #[test]
     fn a_steadily_growing_site_outranks_a_bigger_flat_one() {
         let mut series = SiteSeries::new(64);
         for i in 0..20u64 {
@@ -181,7 +256,13 @@ mod tests {
             series.record(&sites, t_s, i << 20);
         }
         let last = totals(vec![site(0x10, 1 << 20), site(0x20, 4096 * 20)]);
-        let reports = site_reports(&last, &series, HashMap::new(), usize::MAX);
+        let reports = site_reports(
+            &last,
+            &series,
+            HashMap::new(),
+            usize::MAX,
+            SiteEvidence::Allocations,
+        );
         let rank_of = |caller| {
             reports
                 .iter()
@@ -222,7 +303,13 @@ mod tests {
             (key(0xb0), mapped(300)),
             (key(0xc0), mapped(200)),
         ]);
-        let reports = site_reports(&totals(vec![site(0x10, 64)]), &series, site_heap, 3);
+        let reports = site_reports(
+            &totals(vec![site(0x10, 64)]),
+            &series,
+            site_heap,
+            3,
+            SiteEvidence::Allocations,
+        );
         let summary: Vec<(u64, u32, &str)> = reports
             .iter()
             .map(|(k, r)| (k.caller, r.leak_rank, r.id.as_str()))
@@ -244,7 +331,7 @@ mod tests {
     fn sites_beyond_max_are_left_out_by_rank() {
         let series = SiteSeries::new(8);
         let all = totals((0..5).map(|c| site(c, 10)).collect());
-        let reports = site_reports(&all, &series, HashMap::new(), 2);
+        let reports = site_reports(&all, &series, HashMap::new(), 2, SiteEvidence::Allocations);
         let mut ranks: Vec<u32> = reports.iter().map(|(_, r)| r.leak_rank).collect();
         ranks.sort_unstable();
         assert_eq!(ranks, [1, 2]);

@@ -104,6 +104,9 @@ pub struct RecordedProcess {
     /// The heap as the kernel sees it; absent from older snapshots.
     #[serde(default)]
     pub heap: Option<RecordedHeap>,
+    /// Growth mode: the bursts' leak estimate per site; absent from older snapshots.
+    #[serde(default)]
+    pub estimated_sites: Vec<crate::schema::EstimatedSite>,
 }
 
 /// The `heap` object of a process. Every field is optional: shown where present.

@@ -525,8 +525,14 @@ fn text_process(
     if let Some(warning) = counters_warning(&process.counters) {
         let _ = writeln!(out, "  {warning}");
     }
+    text_estimate(out, process, options);
     if sites.shown.is_empty() {
         let _ = writeln!(out, "\n  No sites to show.");
+    } else if words.growth {
+        let _ = writeln!(
+            out,
+            "\n  What grew the heap (the allocations that crossed its top, often large temporaries: no leak verdict):"
+        );
     } else {
         let _ = writeln!(out, "\n  Sites by leak rank (1 = the most likely leak):");
     }
@@ -546,6 +552,34 @@ fn text_process(
     }
     if let Some(hidden) = sites.hidden(options) {
         let _ = writeln!(out, "\n  {hidden}");
+    }
+}
+
+/// Growth mode: the bursts' estimate, by estimate rank.
+fn text_estimate(out: &mut String, process: &RecordedProcess, options: &ReportOptions) {
+    if process.estimated_sites.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n  Leak estimate from bursts of exact tracing (sampled blocks that survive; 1 = the most likely leak):"
+    );
+    let mut estimated: Vec<_> = process.estimated_sites.iter().collect();
+    estimated.sort_by_key(|e| e.estimate_rank);
+    for site in estimated.into_iter().take(options.top) {
+        let interval = &site.surviving_bytes_per_s_interval;
+        let _ = writeln!(
+            out,
+            "\n  #{} {}: ~{:.0} B/s surviving (95%: {:.0}..{:.0}), {} samples of {} allocations seen, {}",
+            site.estimate_rank,
+            crate::format::site_name(&site.frames),
+            site.surviving_bytes_per_s,
+            interval.low,
+            interval.high,
+            site.samples,
+            site.allocations_seen,
+            crate::format::class_label(site.class)
+        );
     }
 }
 

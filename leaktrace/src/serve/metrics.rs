@@ -334,6 +334,7 @@ fn class_name(class: GrowthClass) -> &'static str {
         GrowthClass::Plateau => "plateau",
         GrowthClass::Churn => "churn",
         GrowthClass::Unknown => "unknown",
+        GrowthClass::HeapGrowth => "heap_growth",
     }
 }
 

@@ -233,7 +233,7 @@ pub fn format_placements<S: AsRef<str>>(placements: &[(S, u64)]) -> String {
 /// A uprobe the kernel refused for want of CAP_SYS_ADMIN (kernel 6.18 asks for it on
 /// `perf_event_open` of a uprobe, CAP_PERFMON notwithstanding) is said as such: the user can act
 /// on it. Anything else keeps its own message.
-fn attach_error<E>(err: E, what: String) -> anyhow::Error
+pub(super) fn attach_error<E>(err: E, what: String) -> anyhow::Error
 where
     E: std::error::Error + Send + Sync + 'static,
 {

@@ -6,12 +6,14 @@ use anyhow::anyhow;
 use aya::{maps::MapData, programs::UProbe, Ebpf};
 
 mod attach;
+mod burst;
 mod calibrate;
 mod load;
 mod preflight;
 mod read;
 mod records;
 
+pub use burst::RunningBurst;
 pub use load::{Capacity, Scope};
 pub use preflight::preflight;
 pub use read::{MapsReader, MapsReading};

@@ -7,6 +7,7 @@
 mod common;
 
 mod allocators;
+mod bursts;
 mod cli;
 mod cost;
 mod files;

@@ -21,10 +21,36 @@ impl App {
             heap_traced,
         );
         let total = self.site_rows.len();
+        // Growth mode's sites say what grew the heap; its leak ranking is the bursts' estimate,
+        // whose best-ranked site the title names (the headless table and `report` list them).
+        let growth_mode = self.snapshot().is_some_and(|s| s.mode == Mode::Growth);
         let mut title = vec![Span::styled(
-            format!(" sites {} ", count(total as u64)),
+            if growth_mode {
+                format!(" what grew the heap: {} sites ", count(total as u64))
+            } else {
+                format!(" sites {} ", count(total as u64))
+            },
             TITLE,
         )];
+        let estimated = self
+            .selected_process()
+            .or_else(|| self.snapshot().and_then(|s| s.processes.first()))
+            .and_then(|p| p.estimated_sites.iter().find(|e| e.estimate_rank == 1));
+        if let Some(best) = estimated {
+            title.push(Span::styled(
+                format!(
+                    "· leak estimate #1: {} ~{}/s {} ",
+                    crate::format::site_name(&best.frames),
+                    human_bytes(best.surviving_bytes_per_s.max(0.0) as u64),
+                    crate::format::class_label(best.class)
+                ),
+                if best.class == crate::schema::GrowthClass::LeakSuspect {
+                    ALERT
+                } else {
+                    HEADING
+                },
+            ));
+        }
         title.push(Span::raw(format!(
             "· sort: {} {SORT_MARK} ",
             self.sort.label()
@@ -265,7 +291,7 @@ fn site_cell(column: SiteColumn, process: &ProcessReport, site: &SiteReport) -> 
                 GrowthClass::LeakSuspect => ALERT,
                 GrowthClass::Plateau => Style::new().fg(Color::Yellow),
                 GrowthClass::Churn => DIM,
-                GrowthClass::Unknown => Style::new(),
+                GrowthClass::Unknown | GrowthClass::HeapGrowth => Style::new(),
             };
             return Cell::from(Span::styled(format::class_label(class), style));
         }
