@@ -27,6 +27,7 @@ mod target_files;
 mod tracer;
 mod ui;
 mod unwind;
+pub mod unwind_tables;
 
 pub use session::run;
 
