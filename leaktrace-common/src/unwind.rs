@@ -25,9 +25,11 @@ pub mod cfa {
     pub const RSP: u8 = 1;
     /// CFA = rbp + offset.
     pub const RBP: u8 = 2;
-    /// CFA = *(rsp + offset) (stack realignment: `DW_OP_breg7 off; DW_OP_deref`).
+    /// CFA = *(rsp + offset) + addend (`DW_OP_breg7 off; DW_OP_deref[; DW_OP_plus_uconst]`,
+    /// OpenSSL's assembly). `cfa_offset` packs both: offset in its low 16 bits (signed), addend
+    /// in its high 16 ([`deref_parts`]).
     pub const RSP_DEREF: u8 = 3;
-    /// CFA = *(rbp + offset) (stack realignment: `DW_OP_breg6 off; DW_OP_deref`).
+    /// CFA = *(rbp + offset) + addend (stack realignment: `DW_OP_breg6 -8; DW_OP_deref`).
     pub const RBP_DEREF: u8 = 4;
     /// A PLT stub: CFA = rsp + offset, plus 8 when `(pc & 15) >= param` (the CFA expression
     /// every x86-64 linker writes for `.plt`).
@@ -40,6 +42,12 @@ pub mod cfa {
     /// A rule the kernel side cannot follow (another register, another expression): the walk
     /// stops there and counts an unwinding error.
     pub const UNSUPPORTED: u8 = 8;
+}
+
+/// A dereferencing rule's (offset, addend) from its packed `cfa_offset`.
+#[inline(always)]
+pub fn deref_parts(cfa_offset: i32) -> (i64, i64) {
+    (i64::from(cfa_offset as i16), i64::from(cfa_offset >> 16))
 }
 
 /// `UnwindRow::rbp_rule`: where the caller's rbp is.

@@ -12,7 +12,7 @@ use aya_ebpf::{
 };
 use leaktrace_common::{
     unwind::{
-        cfa, rbp, ExecMapping, UnwindRow, MAX_EXEC_MAPPINGS, MAX_STACK_FRAMES,
+        cfa, deref_parts, rbp, ExecMapping, UnwindRow, MAX_EXEC_MAPPINGS, MAX_STACK_FRAMES,
         SIGNAL_RBP_OFFSET, SIGNAL_RIP_OFFSET, SIGNAL_RSP_OFFSET, UNWIND_BP_UNKNOWN, UNWIND_DONE,
         UNWIND_ERROR, UNWIND_NO_TABLE, UNWIND_PC_EXACT, UNWIND_TRUNCATED, UNWOUND_STACK_BIT,
     },
@@ -176,14 +176,20 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     let frame_cfa = match row.cfa_rule {
         cfa::RSP => state.sp.wrapping_add(offset),
         cfa::RBP if bp_known => state.bp.wrapping_add(offset),
-        cfa::RSP_DEREF => match read_user(state.sp.wrapping_add(offset)) {
-            Some(value) => value,
-            None => return error(state),
-        },
-        cfa::RBP_DEREF if bp_known => match read_user(state.bp.wrapping_add(offset)) {
-            Some(value) => value,
-            None => return error(state),
-        },
+        cfa::RSP_DEREF | cfa::RBP_DEREF => {
+            let base = if row.cfa_rule == cfa::RSP_DEREF {
+                state.sp
+            } else if bp_known {
+                state.bp
+            } else {
+                return error(state);
+            };
+            let (at, add) = deref_parts(row.cfa_offset);
+            match read_user(base.wrapping_add(at as u64)) {
+                Some(value) => value.wrapping_add(add as u64),
+                None => return error(state),
+            }
+        }
         cfa::PLT => {
             let extra = if (pc & 15) as i64 >= i64::from(row.param) {
                 8

@@ -96,6 +96,9 @@ pub struct UnwindTableStats {
     pub rows: u64,
     /// Bytes of rows loaded (16 per row).
     pub bytes: u64,
+    /// The most bytes of rows loaded at once during the run.
+    #[serde(default)]
+    pub peak_bytes: u64,
     /// The bound on those bytes (`--unwind-table-mib`).
     pub capacity_bytes: u64,
     /// Modules whose table could not be loaded (unreadable, no room left): their code is

@@ -265,17 +265,26 @@ fn compile_row<'a, S: UnwindSection<Slice<'a>>>(
             (rule, *offset, 0)
         }
         CfaRule::Expression(e) => match expression(e).as_deref() {
+            // Stack realignment (`*(rbp - 8)`), and OpenSSL's assembly (`*(rsp + 24) + 8`).
             Some(
                 [Operation::RegisterOffset {
                     register, offset, ..
-                }, Operation::Deref { .. }],
+                }, Operation::Deref { .. }, rest @ ..],
             ) => {
                 let rule = match *register {
                     RSP => cfa::RSP_DEREF,
                     RBP => cfa::RBP_DEREF,
                     _ => return unsupported(),
                 };
-                (rule, *offset, 0)
+                let add = match rest {
+                    [] => 0,
+                    [Operation::PlusConstant { value }] => *value as i64,
+                    _ => return unsupported(),
+                };
+                match deref_offset(*offset, add) {
+                    Some(packed) => (rule, i64::from(packed), 0),
+                    None => return unsupported(),
+                }
             }
             // The .plt expression: rsp + off + ((rip & 15) >= k) << 3.
             Some(
@@ -316,6 +325,14 @@ fn compile_row<'a, S: UnwindSection<Slice<'a>>>(
         cfa_rule,
         rbp_rule,
     }
+}
+
+/// A dereferencing rule's offset and post-dereference addend, packed into `cfa_offset`
+/// (`leaktrace_common::unwind::cfa::RSP_DEREF`).
+fn deref_offset(offset: i64, add: i64) -> Option<i32> {
+    let offset = i16::try_from(offset).ok()?;
+    let add = i16::try_from(add).ok()?;
+    Some((i32::from(add) << 16) | i32::from(offset as u16))
 }
 
 /// The row covering module address `pc` (what the eBPF search finds).

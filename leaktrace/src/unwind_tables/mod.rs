@@ -92,6 +92,22 @@ pub fn load_bias(loads: &[(u64, u64, u64)], start: u64, file_offset: u64) -> Opt
     Some(start.wrapping_sub(svma))
 }
 
+/// Sorted by start, with the consecutive mappings of one file at one load bias made one (a
+/// library's segments): one entry per module in most processes.
+fn merge_mappings(mut entries: Vec<(ExecMapping, FileId)>) -> Vec<ExecMapping> {
+    entries.sort_by_key(|(m, _)| m.start);
+    let mut merged: Vec<(ExecMapping, FileId)> = Vec::with_capacity(entries.len());
+    for (mapping, id) in entries {
+        match merged.last_mut() {
+            Some((last, last_id)) if *last_id == id && last.bias == mapping.bias && last.end <= mapping.start => {
+                last.end = mapping.end;
+            }
+            _ => merged.push((mapping, id)),
+        }
+    }
+    merged.into_iter().map(|(m, _)| m).collect()
+}
+
 /// A module file opened as process `pid` maps it (through the mapping, else its path in the
 /// process's root, else the plain path).
 fn open_module(pid: u32, mapping: &procfs::Mapping, path: &Path) -> Result<Elf, Unreadable> {
@@ -262,10 +278,19 @@ impl Tables {
         let Ok(maps) = procfs::read_maps(pid) else {
             return;
         };
-        let code: Vec<(&procfs::Mapping, &Path)> = maps
+        // Every mapping of a file that has executable code mapped: a page of code made
+        // non-executable for a while (a fault handler's trick, a JIT's W^X) splits the
+        // mapping, and its pcs can still be on a stack (the fault's own frame).
+        let code_files: HashSet<FileId> = maps
             .mappings
             .iter()
             .filter(|m| m.executable && m.inode != 0)
+            .map(procfs::Mapping::file_id)
+            .collect();
+        let code: Vec<(&procfs::Mapping, &Path)> = maps
+            .mappings
+            .iter()
+            .filter(|m| m.inode != 0 && code_files.contains(&m.file_id()))
             .filter_map(|m| Some((m, m.path()?)))
             .collect();
         let key: Vec<(Range<u64>, u64, FileId)> = code
@@ -275,8 +300,7 @@ impl Tables {
         if self.processes.get(&pid) == Some(&key) {
             return;
         }
-        let mut value = ProcessMappings::default();
-        let mut count = 0usize;
+        let mut entries: Vec<(ExecMapping, FileId)> = Vec::new();
         let mut used = HashSet::new();
         for (mapping, path) in &code {
             let id = mapping.file_id();
@@ -291,19 +315,29 @@ impl Tables {
             };
             module.users.insert(pid);
             used.insert(id);
-            if count < MAX_EXEC_MAPPINGS {
-                value.mappings[count] = ExecMapping {
+            entries.push((
+                ExecMapping {
                     start: mapping.range.start,
                     end: mapping.range.end,
                     bias,
                     first_row: module.first_row,
                     rows: module.rows,
-                };
-                count += 1;
-            }
+                },
+                id,
+            ));
         }
-        value.mappings[..count].sort_by_key(|m| m.start);
-        value.count = count as u32;
+        let merged = merge_mappings(entries);
+        if merged.len() > MAX_EXEC_MAPPINGS {
+            log::warn!(
+                "pid {pid} maps code from {} places; the eBPF walk knows the first {MAX_EXEC_MAPPINGS}",
+                merged.len()
+            );
+        }
+        let mut value = ProcessMappings::default();
+        for (slot, mapping) in value.mappings.iter_mut().zip(&merged) {
+            *slot = *mapping;
+        }
+        value.count = merged.len().min(MAX_EXEC_MAPPINGS) as u32;
         if let Err(err) = self.mappings_map.insert(pid, value, 0) {
             log::warn!("pid {pid}: cannot load its unwind mappings: {err}");
         }
@@ -406,6 +440,7 @@ impl Tables {
             stats.modules = self.modules.len() as u64;
             stats.rows = rows;
             stats.bytes = rows * 16;
+            stats.peak_bytes = stats.peak_bytes.max(stats.bytes);
             stats.failed_modules = self.failed.len() as u64;
         }
     }

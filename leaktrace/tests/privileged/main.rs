@@ -17,3 +17,4 @@ mod postmortem;
 mod privileges;
 mod trace;
 mod ui_tmux;
+mod unwind;
