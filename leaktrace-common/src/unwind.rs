@@ -134,6 +134,9 @@ pub struct UnwindState {
     pub tgid: u32,
     /// `UNWIND_*` flags below.
     pub flags: u32,
+    /// The mapping of the previous frame (`end == 0`: none): consecutive frames are mostly in
+    /// one module, and this saves the mapping search.
+    pub last: ExecMapping,
     pub stack: UnwoundStack,
 }
 
@@ -155,4 +158,4 @@ const _: () = assert!(core::mem::size_of::<UnwindRow>() == 16);
 const _: () = assert!(core::mem::size_of::<ExecMapping>() == 32);
 const _: () = assert!(core::mem::size_of::<ProcessMappings>() == 8 + 32 * MAX_EXEC_MAPPINGS);
 const _: () = assert!(core::mem::size_of::<UnwoundStack>() == 8 + 8 * MAX_STACK_FRAMES);
-const _: () = assert!(core::mem::size_of::<UnwindState>() == 40 + 8 + 8 * MAX_STACK_FRAMES);
+const _: () = assert!(core::mem::size_of::<UnwindState>() == 40 + 32 + 8 + 8 * MAX_STACK_FRAMES);

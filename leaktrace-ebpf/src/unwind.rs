@@ -21,7 +21,10 @@ use leaktrace_common::{
 
 use crate::{
     counters::bump,
-    maps::{UNWIND_MAPPINGS, UNWIND_ROWS, UNWIND_STATE, UNWOUND_NEXT_ID, UNWOUND_STACKS, UNWOUND_STACK_IDS},
+    maps::{
+        UNWIND_MAPPINGS, UNWIND_ROWS, UNWIND_STATE, UNWOUND_NEXT_ID, UNWOUND_STACKS,
+        UNWOUND_STACK_IDS,
+    },
 };
 
 const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
@@ -51,6 +54,7 @@ pub fn user_stack_id(tgid: u32, pc: u64, sp: u64, bp: u64) -> u32 {
         state.hash = FNV_OFFSET ^ u64::from(tgid);
         state.tgid = tgid;
         state.flags = 0;
+        state.last.end = 0;
         state.stack.len = 0;
     }
     // SAFETY: `step` is a static function with bpf_loop's callback signature; it takes no
@@ -156,9 +160,15 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
     state.stack.len = len as u32 + 1;
     state.hash = (state.hash ^ pc).wrapping_mul(FNV_PRIME);
 
-    let Some(mapping) = find_mapping(state.tgid, pc) else {
-        state.flags |= UNWIND_NO_TABLE;
-        return frame_pointer_step(state);
+    let mapping = if state.last.start <= pc && pc < state.last.end {
+        state.last
+    } else {
+        let Some(mapping) = find_mapping(state.tgid, pc) else {
+            state.flags |= UNWIND_NO_TABLE;
+            return frame_pointer_step(state);
+        };
+        state.last = mapping;
+        mapping
     };
     if mapping.rows == 0 {
         return frame_pointer_step(state);
@@ -316,7 +326,10 @@ fn find_mapping(tgid: u32, pc: u64) -> Option<ExecMapping> {
 /// The row of `mapping`'s module that covers module address `target`.
 #[inline(always)]
 fn find_row(mapping: &ExecMapping, target: u64) -> Option<UnwindRow> {
-    let (mut lo, mut hi) = (mapping.first_row, mapping.first_row.wrapping_add(mapping.rows));
+    let (mut lo, mut hi) = (
+        mapping.first_row,
+        mapping.first_row.wrapping_add(mapping.rows),
+    );
     let mut found = None;
     for _ in 0..ROW_SEARCH_STEPS {
         if lo >= hi {

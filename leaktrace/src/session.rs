@@ -271,7 +271,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     } else {
         let (rows, mappings) = tracer.unwind_table_maps()?;
         let capacity = config.unwind_table_mib.saturating_mul(1 << 16);
-        Some(TableWorker::start(rows, mappings, capacity).context("cannot start the unwind-table worker")?)
+        Some(
+            TableWorker::start(rows, mappings, capacity)
+                .context("cannot start the unwind-table worker")?,
+        )
     };
     let (heap, traced) = attach(&mut tracer, &config, targets, tables.as_ref())?;
     announce(&config, &traced);

@@ -253,8 +253,7 @@ fn entry_file_offset(exe: &Path) -> Option<u64> {
     let entry = parsed.entry();
     parsed.segments().find_map(|s| {
         let (offset, size) = s.file_range();
-        (s.address() <= entry && entry < s.address() + size)
-            .then(|| entry - s.address() + offset)
+        (s.address() <= entry && entry < s.address() + size).then(|| entry - s.address() + offset)
     })
 }
 

@@ -3,9 +3,7 @@
 use std::collections::HashMap;
 
 use anyhow::bail;
-use aya::maps::{
-    Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap,
-};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
 use leaktrace_common::{
     names::maps,
     unwind::{ProcessMappings, UnwindRow, UnwoundStack, UNWOUND_STACK_BIT},
@@ -148,7 +146,10 @@ impl Tracer {
     /// The unwind-table maps on descriptors of their own, for the table worker's thread.
     pub fn unwind_table_maps(
         &self,
-    ) -> anyhow::Result<(Array<MapData, UnwindRow>, BpfHashMap<MapData, u32, ProcessMappings>)> {
+    ) -> anyhow::Result<(
+        Array<MapData, UnwindRow>,
+        BpfHashMap<MapData, u32, ProcessMappings>,
+    )> {
         use std::os::fd::AsFd as _;
         let clone = |name: &str| -> anyhow::Result<MapData> {
             let data = match self.map(name)? {
@@ -158,7 +159,8 @@ impl Tracer {
             Ok(MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?)
         };
         let rows = Array::try_from(aya::maps::Map::Array(clone(maps::UNWIND_ROWS)?))?;
-        let mappings = BpfHashMap::try_from(aya::maps::Map::HashMap(clone(maps::UNWIND_MAPPINGS)?))?;
+        let mappings =
+            BpfHashMap::try_from(aya::maps::Map::HashMap(clone(maps::UNWIND_MAPPINGS)?))?;
         Ok((rows, mappings))
     }
 }

@@ -103,7 +103,8 @@ where
         let CieOrFde::Fde(partial) = entry else {
             continue;
         };
-        let Ok(fde) = partial.parse(|section, bases, offset| section.cie_from_offset(bases, offset))
+        let Ok(fde) =
+            partial.parse(|section, bases, offset| section.cie_from_offset(bases, offset))
         else {
             out.bad_entries += 1;
             continue;

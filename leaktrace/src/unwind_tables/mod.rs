@@ -55,8 +55,8 @@ impl ModuleCfi {
             Some(_) => None,
             None => elf.section_data(&file, ".debug_frame")?,
         };
-        let is_go =
-            file.section_by_name(".gopclntab").is_some() || file.section_by_name(".go.buildinfo").is_some();
+        let is_go = file.section_by_name(".gopclntab").is_some()
+            || file.section_by_name(".go.buildinfo").is_some();
         let loads = file
             .segments()
             .map(|s| {
@@ -99,7 +99,9 @@ fn merge_mappings(mut entries: Vec<(ExecMapping, FileId)>) -> Vec<ExecMapping> {
     let mut merged: Vec<(ExecMapping, FileId)> = Vec::with_capacity(entries.len());
     for (mapping, id) in entries {
         match merged.last_mut() {
-            Some((last, last_id)) if *last_id == id && last.bias == mapping.bias && last.end <= mapping.start => {
+            Some((last, last_id))
+                if *last_id == id && last.bias == mapping.bias && last.end <= mapping.start =>
+            {
                 last.end = mapping.end;
             }
             _ => merged.push((mapping, id)),
@@ -360,7 +362,9 @@ impl Tables {
             .and_then(|elf| ModuleCfi::read(&elf))
             .map_err(|e| e.to_string())
             .and_then(|cfi| {
-                if cfi.is_go || (cfi.sections.eh_frame.is_none() && cfi.sections.debug_frame.is_none()) {
+                if cfi.is_go
+                    || (cfi.sections.eh_frame.is_none() && cfi.sections.debug_frame.is_none())
+                {
                     return Ok((cfi.loads, Vec::new()));
                 }
                 let compiled = compile(&cfi.sections).map_err(|e| e.to_string())?;
@@ -385,7 +389,10 @@ impl Tables {
             }
         }
         let ms = started.elapsed().as_secs_f64() * 1e3;
-        log::debug!("unwind table of {}: {count} rows in {ms:.1} ms", path.display());
+        log::debug!(
+            "unwind table of {}: {count} rows in {ms:.1} ms",
+            path.display()
+        );
         if let Ok(mut stats) = self.stats.lock() {
             if stats.slowest_build_ms.is_none_or(|slowest| ms > slowest) {
                 stats.slowest_build_ms = Some(ms);

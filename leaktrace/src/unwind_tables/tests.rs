@@ -100,10 +100,16 @@ fn assert_agrees_with_readelf(path: &str) -> usize {
         }
         if let Some(offset) = row.cfa.strip_prefix("rsp+") {
             assert_eq!(ours.cfa_rule, cfa::RSP, "{context}");
-            assert_eq!(i64::from(ours.cfa_offset), offset.parse::<i64>().expect("offset"));
+            assert_eq!(
+                i64::from(ours.cfa_offset),
+                offset.parse::<i64>().expect("offset")
+            );
         } else if let Some(offset) = row.cfa.strip_prefix("rbp+") {
             assert_eq!(ours.cfa_rule, cfa::RBP, "{context}");
-            assert_eq!(i64::from(ours.cfa_offset), offset.parse::<i64>().expect("offset"));
+            assert_eq!(
+                i64::from(ours.cfa_offset),
+                offset.parse::<i64>().expect("offset")
+            );
         } else if row.cfa == "exp" {
             assert!(
                 matches!(
@@ -155,7 +161,10 @@ fn libc_has_its_plt_signal_trampoline_and_outermost_rows() {
     let plt: Vec<_> = rows.iter().filter(|r| r.cfa_rule == cfa::PLT).collect();
     assert!(!plt.is_empty(), "no PLT rows");
     // The .plt expression every linker writes: rsp + 8, + 8 from the 11th byte of a stub on.
-    assert!(plt.iter().all(|r| r.cfa_offset == 8 && r.param == 11), "{plt:?}");
+    assert!(
+        plt.iter().all(|r| r.cfa_offset == 8 && r.param == 11),
+        "{plt:?}"
+    );
     assert_eq!(rows.iter().filter(|r| r.cfa_rule == cfa::SIGNAL).count(), 1);
     // Rows are sorted, start to end.
     assert!(rows.windows(2).all(|w| w[0].pc < w[1].pc));

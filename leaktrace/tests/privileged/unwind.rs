@@ -90,7 +90,10 @@ fn stacks_through_code_without_frame_pointers_are_whole_in_the_executable() {
     assert_eq!(names.last(), Some(&"_start"), "{names:?}");
     assert_no_stack_errors(process);
     let tables = &snapshot["unwind_tables"];
-    assert!(tables["peak_bytes"].as_u64().is_some_and(|b| b > 0), "{tables}");
+    assert!(
+        tables["peak_bytes"].as_u64().is_some_and(|b| b > 0),
+        "{tables}"
+    );
 }
 
 #[test]
@@ -175,7 +178,11 @@ fn stacks_in_a_thread_end_at_its_start() {
     let site = leak_site(process, "exe_leaf");
     let names = function_names(site);
     let mut expected = chain("exe");
-    expected.extend(["leak_in_exe".into(), "thread_main".into(), "start_thread".into()]);
+    expected.extend([
+        "leak_in_exe".into(),
+        "thread_main".into(),
+        "start_thread".into(),
+    ]);
     assert_eq!(&names[..expected.len()], expected.as_slice(), "{names:?}");
     assert_no_stack_errors(process);
 }
@@ -309,12 +316,18 @@ fn a_leak_through_debian_s_libcrypto_reaches_the_caller() {
         .iter()
         .position(|n| n.starts_with("X509_STORE_CTX_new"))
         .expect("X509_STORE_CTX_new");
-    assert_eq!(&names[new + 1..new + 4], ["verify_request", "serve", "main"], "{names:?}");
+    assert_eq!(
+        &names[new + 1..new + 4],
+        ["verify_request", "serve", "main"],
+        "{names:?}"
+    );
     // Every frame above the fixture's is libcrypto's.
     let frames = site["frames"].as_array().expect("frames");
     for frame in &frames[..=new] {
         assert!(
-            frame["module"].as_str().is_some_and(|m| m.contains("libcrypto")),
+            frame["module"]
+                .as_str()
+                .is_some_and(|m| m.contains("libcrypto")),
             "{frame}"
         );
     }

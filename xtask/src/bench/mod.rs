@@ -103,12 +103,20 @@ pub fn run(root: &Path, leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) 
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("bench: cannot create {}", out_dir.display()))?;
     match args.scenario {
-        Scenario::MallocLoop => {
-            malloc_loop::run(root, leaktrace_bin, out_dir, args, malloc_loop::Fixture::Shallow)
-        }
-        Scenario::DeepLoop => {
-            malloc_loop::run(root, leaktrace_bin, out_dir, args, malloc_loop::Fixture::Deep)
-        }
+        Scenario::MallocLoop => malloc_loop::run(
+            root,
+            leaktrace_bin,
+            out_dir,
+            args,
+            malloc_loop::Fixture::Shallow,
+        ),
+        Scenario::DeepLoop => malloc_loop::run(
+            root,
+            leaktrace_bin,
+            out_dir,
+            args,
+            malloc_loop::Fixture::Deep,
+        ),
         Scenario::Nginx => nginx::run(leaktrace_bin, out_dir, args),
     }
 }
