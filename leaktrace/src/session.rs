@@ -269,10 +269,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let tables = if config.growth() {
         None
     } else {
-        let (rows, mappings) = tracer.unwind_table_maps()?;
+        let (rows, rows_fd, mappings) = tracer.unwind_table_maps()?;
         let capacity = config.unwind_table_mib.saturating_mul(1 << 16);
         Some(
-            TableWorker::start(rows, mappings, capacity)
+            TableWorker::start(rows, rows_fd, mappings, capacity)
                 .context("cannot start the unwind-table worker")?,
         )
     };

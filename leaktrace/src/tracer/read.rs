@@ -144,10 +144,15 @@ impl Tracer {
 
 impl Tracer {
     /// The unwind-table maps on descriptors of their own, for the table worker's thread.
+    #[expect(
+        clippy::type_complexity,
+        reason = "three handles, named by their types"
+    )]
     pub fn unwind_table_maps(
         &self,
     ) -> anyhow::Result<(
         Array<MapData, UnwindRow>,
+        std::os::fd::OwnedFd,
         BpfHashMap<MapData, u32, ProcessMappings>,
     )> {
         use std::os::fd::AsFd as _;
@@ -158,9 +163,11 @@ impl Tracer {
             };
             Ok(MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?)
         };
-        let rows = Array::try_from(aya::maps::Map::Array(clone(maps::UNWIND_ROWS)?))?;
+        let rows_data = clone(maps::UNWIND_ROWS)?;
+        let rows_fd = rows_data.fd().as_fd().try_clone_to_owned()?;
+        let rows = Array::try_from(aya::maps::Map::Array(rows_data))?;
         let mappings =
             BpfHashMap::try_from(aya::maps::Map::HashMap(clone(maps::UNWIND_MAPPINGS)?))?;
-        Ok((rows, mappings))
+        Ok((rows, rows_fd, mappings))
     }
 }
