@@ -84,7 +84,7 @@ pub struct Cli {
     /// Exact mode: memory for the unwind tables the kernel walks stacks with (modules' CFI, 16
     /// bytes a row; libc needs about 0.5 MiB, libcrypto 2 MiB). Modules beyond it are walked with
     /// frame pointers and counted as `stack_no_table`.
-    #[arg(long, value_name = "MIB", default_value_t = leaktrace_unwind_default(), value_parser = clap::value_parser!(u32).range(1..=4096))]
+    #[arg(long, value_name = "MIB", default_value_t = crate::unwind_tables::DEFAULT_TABLE_MIB, value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub unwind_table_mib: u32,
 
     /// Exact mode: capture the call stack of about one allocation per this many bytes (a
@@ -242,8 +242,4 @@ mod tests {
         assert_eq!(cli.pids, vec![1]);
         assert_eq!(cli.command, vec!["ls", "-l", "--pid"]);
     }
-}
-
-const fn leaktrace_unwind_default() -> u32 {
-    crate::unwind_tables::DEFAULT_TABLE_MIB
 }

@@ -195,7 +195,7 @@ struct RowSpace {
 impl RowSpace {
     fn new(capacity: u32) -> Self {
         Self {
-            free: vec![0..capacity],
+            free: std::iter::once(0..capacity).collect(),
         }
     }
 
@@ -424,7 +424,7 @@ impl Tables {
         let Some(first_row) = self.space.take(count) else {
             let why = format!(
                 "no room for its {count} rows in the unwind tables ({} MiB: raise --unwind-table-mib)",
-                u64::from(self.capacity) * 16 >> 20
+                (u64::from(self.capacity) * 16) >> 20
             );
             return self.fail(id, path, why);
         };
