@@ -214,7 +214,7 @@ impl SiteStats {
 pub struct PidCounters {
     /// Successful allocations not recorded because a map was full.
     pub dropped_allocations: u64,
-    /// `bpf_get_stackid` failures (-EEXIST hash collision, -ENOMEM map full, -EFAULT).
+    /// Allocation stacks that are not whole: the sum of the four reasons below.
     pub stack_errors: u64,
     /// Entry/return probes that did not pair up (in-flight map full, a return without its
     /// entry, an entry whose return never came), frees missed (an address handed out again, a
@@ -222,6 +222,16 @@ pub struct PidCounters {
     pub lost_events: u64,
     /// Frees of addresses leaktrace never saw allocated (allocated before attach, or dropped).
     pub unknown_frees: u64,
+    /// Stacks that went through code with no unwind table (a module not loaded yet, or code
+    /// without CFI): unwound with frame pointers from there, which may be wrong or stop early.
+    pub stack_no_table: u64,
+    /// Stacks stopped by a rule the kernel side cannot follow, or a read of the user stack that
+    /// failed.
+    pub stack_unwind_errors: u64,
+    /// Stacks deeper than `MAX_STACK_FRAMES`: the outer frames are cut.
+    pub stack_truncated: u64,
+    /// Stacks not stored: the stack map was full (the site keeps its caller frame).
+    pub stack_map_full: u64,
 }
 
 impl PidCounters {
@@ -232,6 +242,12 @@ impl PidCounters {
         self.stack_errors = self.stack_errors.wrapping_add(other.stack_errors);
         self.lost_events = self.lost_events.wrapping_add(other.lost_events);
         self.unknown_frees = self.unknown_frees.wrapping_add(other.unknown_frees);
+        self.stack_no_table = self.stack_no_table.wrapping_add(other.stack_no_table);
+        self.stack_unwind_errors = self
+            .stack_unwind_errors
+            .wrapping_add(other.stack_unwind_errors);
+        self.stack_truncated = self.stack_truncated.wrapping_add(other.stack_truncated);
+        self.stack_map_full = self.stack_map_full.wrapping_add(other.stack_map_full);
     }
 }
 
@@ -339,6 +355,8 @@ pub struct GrowthEvent {
     pub stack: [u8; STACK_COPY_BYTES],
 }
 
+pub mod unwind;
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: #[repr(C)] integers without padding (size assertions below).
@@ -358,6 +376,14 @@ mod pod {
     unsafe impl aya::Pod for super::PidCounters {}
     // SAFETY: as above.
     unsafe impl aya::Pod for super::InflightCall {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::unwind::UnwindRow {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::unwind::ExecMapping {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::unwind::ProcessMappings {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for super::unwind::UnwoundStack {}
 }
 
 // No implicit padding: a field added without its explicit padding breaks the build.
@@ -365,7 +391,7 @@ const _: () = assert!(core::mem::size_of::<SiteKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocKey>() == 16);
 const _: () = assert!(core::mem::size_of::<AllocInfo>() == 32);
 const _: () = assert!(core::mem::size_of::<SiteStats>() == 32);
-const _: () = assert!(core::mem::size_of::<PidCounters>() == 32);
+const _: () = assert!(core::mem::size_of::<PidCounters>() == 64);
 const _: () = assert!(core::mem::size_of::<InflightCall>() == 64 + 32);
 const _: () = assert!(core::mem::size_of::<SyscallArgs>() == 56);
 const _: () = assert!(core::mem::size_of::<HeapEvent>() == 104);

@@ -34,6 +34,12 @@ pub mod maps {
         BRK_TOPS,
         SAMPLE_COUNTDOWN,
         SAMPLE_GAPS,
+        UNWIND_ROWS,
+        UNWIND_MAPPINGS,
+        UNWIND_STATE,
+        UNWOUND_STACKS,
+        UNWOUND_STACK_IDS,
+        UNWOUND_NEXT_ID,
     }
 }
 
@@ -62,6 +68,9 @@ pub mod programs {
         ALLOC_RETURN = "alloc_return",
         /// Uprobe at the entry of `free`.
         FREE_ENTER = "free_enter",
+        /// Uprobe at a launched program's entry point: stops it (SIGSTOP) until the unwind
+        /// tables of the modules ld.so mapped are loaded.
+        ENTRY_STOP = "entry_stop",
         /// Tracepoint `syscalls:sys_enter_*` of the heap syscalls.
         HEAP_SYS_ENTER = "heap_sys_enter",
         /// Tracepoint `syscalls:sys_exit_*` of the heap syscalls.

@@ -5,6 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, PerCpuArray, PerCpuHashMap, RingBuf, StackTrace},
 };
 use leaktrace_common::{
+    unwind::{ProcessMappings, UnwindRow, UnwindState, UnwoundStack},
     AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats, SyscallArgs,
 };
 
@@ -57,3 +58,28 @@ pub static SAMPLE_COUNTDOWN: PerCpuArray<i64> = PerCpuArray::with_max_entries(1,
 /// userspace; one is drawn at random after each sample.
 #[map]
 pub static SAMPLE_GAPS: Array<u64> = Array::with_max_entries(leaktrace_common::SAMPLE_DRAWS, 0);
+
+/// Every loaded module's unwind rows, each module's sorted by pc in a range userspace allocates
+/// (`--unwind-table-mib` sizes it).
+#[map]
+pub static UNWIND_ROWS: Array<UnwindRow> = Array::with_max_entries(1, 0);
+
+/// Each traced process's executable mappings: which rows and load bias apply to a pc.
+#[map]
+pub static UNWIND_MAPPINGS: HashMap<u32, ProcessMappings> = HashMap::with_max_entries(1 << 10, 0);
+
+/// The walk's state, per CPU (frames and registers between two `bpf_loop` steps).
+#[map]
+pub static UNWIND_STATE: PerCpuArray<UnwindState> = PerCpuArray::with_max_entries(1, 0);
+
+/// Stacks unwound with the tables: stack id -> frames (`--max-stacks` entries).
+#[map]
+pub static UNWOUND_STACKS: HashMap<u32, UnwoundStack> = HashMap::with_max_entries(1 << 14, 0);
+
+/// 64-bit hash of a stack's frames (and its process) -> its stack id.
+#[map]
+pub static UNWOUND_STACK_IDS: HashMap<u64, u32> = HashMap::with_max_entries(1 << 14, 0);
+
+/// Per CPU: the next stack id this CPU hands out (ids are `UNWOUND_STACK_BIT | n << 8 | cpu`).
+#[map]
+pub static UNWOUND_NEXT_ID: PerCpuArray<u32> = PerCpuArray::with_max_entries(1, 0);

@@ -2,25 +2,26 @@
 //! cookie says which one and how to read its arguments), one return program records the result,
 //! one entry program handles `free`.
 use aya_ebpf::{
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::BPF_NOEXIST,
     helpers::{
         bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_ktime_get_ns, bpf_probe_read_user,
-        generated::bpf_get_attach_cookie,
+        generated::{bpf_get_attach_cookie, bpf_send_signal},
     },
     macros::{uprobe, uretprobe},
-    programs::{tracing::StackIdContext as _, ProbeContext, RetProbeContext},
+    programs::{ProbeContext, RetProbeContext},
     EbpfContext,
 };
 use leaktrace_common::{
     mul_no_overflow, AllocFn, AllocInfo, AllocKey, InflightCall, SiteKey, SiteStats,
-    INFLIGHT_HAS_OLD, NO_STACK, SAMPLE_DRAWS, UNSAMPLED_STACK,
+    INFLIGHT_HAS_OLD, SAMPLE_DRAWS, UNSAMPLED_STACK,
 };
 
 use crate::{
     counters::{bump, bump_lost as bump_lost_event},
     events::send_call_site,
     globals::{growth_mode, page_size, sample_bytes},
-    maps::{ALLOCS, INFLIGHT, PROBE_HITS, SAMPLE_COUNTDOWN, SAMPLE_GAPS, SITES, STACKS},
+    maps::{ALLOCS, INFLIGHT, PROBE_HITS, SAMPLE_COUNTDOWN, SAMPLE_GAPS, SITES},
+    unwind::user_stack_id,
 };
 
 /// A call whose entry and return did not pair up. Growth mode's bursts attach and detach the
@@ -253,21 +254,15 @@ fn try_alloc_return(ctx: &RetProbeContext) {
     if addr == 0 && call.heap_events == 0 {
         return;
     }
-    // At a uretprobe the instruction pointer is already the caller's return address, so the
-    // frame-pointer walk starts in the caller and keeps the frame a walk from malloc's entry loses.
+    // At a uretprobe the registers are the caller's, just after its call returned: the walk
+    // starts in the caller, and the first frame is the return address.
     // SAFETY: `regs` is the probe context.
-    let caller = unsafe { (*ctx.regs).rip };
+    let (caller, sp, bp) = unsafe { ((*ctx.regs).rip, (*ctx.regs).rsp, (*ctx.regs).rbp) };
     // A call that made heap syscalls always names its stack (the heap view needs it).
     let stack_id = if call.heap_events == 0 && !sample_stack(call.size) {
         UNSAMPLED_STACK
     } else {
-        match ctx.get_stackid(&STACKS, u64::from(BPF_F_USER_STACK)) {
-            Ok(id) => id as u32,
-            Err(_) => {
-                bump(tgid, |c| c.stack_errors += 1);
-                NO_STACK
-            }
-        }
+        user_stack_id(tgid, caller, sp, bp)
     };
     let site = SiteKey {
         tgid,
@@ -403,4 +398,15 @@ fn try_free_enter(ctx: &ProbeContext) {
         None if !growth_mode() => bump(tgid, |c| c.unknown_frees += 1),
         None => {}
     }
+}
+
+const SIGSTOP: u32 = 19;
+
+/// At a launched program's entry point (ld.so has mapped its libraries): stop it until
+/// userspace has loaded their unwind tables; userspace sends SIGCONT.
+#[uprobe]
+pub fn entry_stop(_ctx: ProbeContext) -> u32 {
+    // SAFETY: helper without preconditions; signals the current process.
+    unsafe { bpf_send_signal(SIGSTOP) };
+    0
 }

@@ -81,6 +81,12 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(256..=16_777_216))]
     pub max_stacks: u32,
 
+    /// Exact mode: memory for the unwind tables the kernel walks stacks with (modules' CFI, 16
+    /// bytes a row; libc needs about 0.5 MiB, libcrypto 2 MiB). Modules beyond it are walked with
+    /// frame pointers and counted as `stack_no_table`.
+    #[arg(long, value_name = "MIB", default_value_t = crate::unwind_tables::DEFAULT_TABLE_MIB, value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub unwind_table_mib: u32,
+
     /// Exact mode: capture the call stack of about one allocation per this many bytes (a
     /// Poisson sample over bytes, like jemalloc's and Go's pprof, e.g. 524288); the others are
     /// counted under their caller alone. Totals per caller stay exact; per stack they are shared

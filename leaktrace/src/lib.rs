@@ -31,6 +31,7 @@ mod target_files;
 mod tracer;
 mod ui;
 mod unwind;
+pub mod unwind_tables;
 
 pub use session::run;
 
@@ -65,9 +66,10 @@ pub mod fuzzing {
         let _ = crate::postmortem::diff::diff(&snapshot, &snapshot);
     }
 
-    /// A target's module file, as the unwinder and the symbolizer read it: headers, sections,
-    /// `.eh_frame`/`.debug_frame` (unwinding a stack made of `stack` from each of `pcs`), and
-    /// symbols and DWARF line info (blazesym, through the same pinned-descriptor path).
+    /// A target's module file, as the unwinders and the symbolizer read it: headers, sections,
+    /// `.eh_frame`/`.debug_frame` (unwinding a stack made of `stack` from each of `pcs` in
+    /// userspace, and compiled into exact mode's in-kernel tables), and symbols and DWARF line
+    /// info (blazesym, through the same pinned-descriptor path).
     pub fn module(elf: &[u8], pcs: &[u64], stack: &[u8]) {
         let Some(file) = memfd_with(elf) else {
             return;
@@ -76,7 +78,16 @@ pub mod fuzzing {
         let Ok(for_unwind) = file.try_clone() else {
             return;
         };
-        crate::unwind::fuzz_module(&crate::target_files::Elf::new(path, for_unwind), pcs, stack);
+        let elf = crate::target_files::Elf::new(path, for_unwind);
+        crate::unwind::fuzz_module(&elf, pcs, stack);
+        // Exact mode's tables: the CFI compiled into rows, looked up at the pcs.
+        if let Ok(cfi) = crate::unwind_tables::ModuleCfi::read(&elf) {
+            if let Ok(compiled) = crate::unwind_tables::compile(&cfi.sections) {
+                for pc in pcs {
+                    let _ = crate::unwind_tables::lookup(&compiled.rows, *pc);
+                }
+            }
+        }
         crate::symbolize::fuzz_module(file, pcs);
     }
 

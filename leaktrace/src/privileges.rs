@@ -16,8 +16,9 @@
 //! Everything else leaves the effective, permitted, inheritable and bounding sets, and the
 //! ambient set is cleared, so no thread and no later exec can get it back. Capabilities are per
 //! thread: the drop happens on the thread that runs the session, and every other thread is
-//! checked (`/proc/self/task`); one that kept more is reported, not ignored. The HTTP thread
-//! (`--listen`), started before the attach, drops every capability itself.
+//! checked (`/proc/self/task`); one that kept more is reported, not ignored. Threads started
+//! before the attach narrow themselves: the HTTP thread (`--listen`) drops every capability,
+//! the unwind-table thread keeps the session's set.
 use std::collections::HashSet;
 
 use caps::{CapSet, Capability};
@@ -53,9 +54,29 @@ impl Needs {
     }
 }
 
-/// Keep only what `needs` says the rest of the run needs. Returns the capabilities dropped from
-/// the effective set (empty for a leaktrace that had no more than those).
+/// Keep only what `needs` says the rest of the run needs, on this thread, and check the other
+/// threads. Returns the capabilities dropped from the effective set (empty for a leaktrace that
+/// had no more than those).
 pub fn drop_unneeded(needs: Needs) -> anyhow::Result<Vec<Capability>> {
+    let dropped = narrow_this_thread(needs)?;
+    let allowed = needs
+        .kept()
+        .iter()
+        .fold(0u64, |mask, cap| mask | cap.bitmask());
+    for (tid, effective) in crate::procfs::threads_effective_capabilities() {
+        if effective & !allowed != 0 {
+            log::warn!(
+                "thread {tid} of leaktrace kept capabilities {:#x} beyond those it needs",
+                effective & !allowed
+            );
+        }
+    }
+    Ok(dropped)
+}
+
+/// [`drop_unneeded`] for the calling thread alone (a thread started before the attach narrows
+/// itself as it starts).
+pub fn narrow_this_thread(needs: Needs) -> anyhow::Result<Vec<Capability>> {
     let kept = needs.kept();
     let effective = caps::read(None, CapSet::Effective)?;
     let mut dropped: Vec<Capability> = effective.difference(&kept).copied().collect();
@@ -80,16 +101,6 @@ pub fn drop_unneeded(needs: Needs) -> anyhow::Result<Vec<Capability>> {
     narrowed(CapSet::Effective)?;
     narrowed(CapSet::Inheritable)?;
     narrowed(CapSet::Permitted)?;
-
-    let allowed = kept.iter().fold(0u64, |mask, cap| mask | cap.bitmask());
-    for (tid, effective) in crate::procfs::threads_effective_capabilities() {
-        if effective & !allowed != 0 {
-            log::warn!(
-                "thread {tid} of leaktrace kept capabilities {:#x} beyond those it needs",
-                effective & !allowed
-            );
-        }
-    }
     Ok(dropped)
 }
 

@@ -58,6 +58,9 @@ pub struct Snapshot {
     /// Growth mode: the cost of unwinding the stack copies, so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub unwinding: Option<UnwindStats>,
+    /// Exact mode: the unwind tables the eBPF walk follows (memory, modules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unwind_tables: Option<UnwindTableStats>,
     pub interval_s: f64,
     /// `--min-age`: sites' aged outstanding bytes count only blocks at least this old.
     pub min_age_s: f64,
@@ -82,6 +85,28 @@ pub struct UnwindStats {
     pub empty_copies: u64,
     /// CPU time spent unwinding (including reading modules' unwind sections), in ns.
     pub nanos: u64,
+}
+
+/// Exact mode's unwind tables: the modules' CFI compiled into rows the eBPF program follows.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct UnwindTableStats {
+    /// Modules whose table is loaded (frame-pointer modules such as Go code included, 0 rows).
+    pub modules: u64,
+    /// Rows loaded, all modules.
+    pub rows: u64,
+    /// Bytes of rows loaded (16 per row).
+    pub bytes: u64,
+    /// The most bytes of rows loaded at once during the run.
+    #[serde(default)]
+    pub peak_bytes: u64,
+    /// The bound on those bytes (`--unwind-table-mib`).
+    pub capacity_bytes: u64,
+    /// Modules whose table could not be loaded (unreadable, no room left): their code is
+    /// walked with frame pointers and counted as `stack_no_table`.
+    pub failed_modules: u64,
+    /// The slowest table build so far (read, compile and load), in ms, and its module.
+    pub slowest_build_ms: Option<f64>,
+    pub slowest_build_module: Option<String>,
 }
 
 /// The CPU cost of tracing, all traced processes together (growth mode: a hit is a heap-growth
@@ -294,9 +319,22 @@ pub struct FallbackSummary {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Counters {
     pub dropped_allocations: u64,
+    /// Allocation stacks that are not whole: the sum of the four `stack_*` reasons below.
     pub stack_errors: u64,
     pub lost_events: u64,
     pub unknown_frees: u64,
+    /// Stacks through code with no unwind table (walked with frame pointers from there).
+    #[serde(default)]
+    pub stack_no_table: u64,
+    /// Stacks stopped by an unwind rule the kernel cannot follow or a failed stack read.
+    #[serde(default)]
+    pub stack_unwind_errors: u64,
+    /// Stacks cut at 127 frames.
+    #[serde(default)]
+    pub stack_truncated: u64,
+    /// Stacks not stored (stack map full): the site keeps its caller frame.
+    #[serde(default)]
+    pub stack_map_full: u64,
 }
 
 impl Counters {
@@ -309,6 +347,12 @@ impl Counters {
             stack_errors: self.stack_errors.saturating_add(other.stack_errors),
             lost_events: self.lost_events.saturating_add(other.lost_events),
             unknown_frees: self.unknown_frees.saturating_add(other.unknown_frees),
+            stack_no_table: self.stack_no_table.saturating_add(other.stack_no_table),
+            stack_unwind_errors: self
+                .stack_unwind_errors
+                .saturating_add(other.stack_unwind_errors),
+            stack_truncated: self.stack_truncated.saturating_add(other.stack_truncated),
+            stack_map_full: self.stack_map_full.saturating_add(other.stack_map_full),
         }
     }
 

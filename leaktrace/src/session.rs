@@ -36,6 +36,7 @@ use crate::{
     tracer::{self, Capacity, MapsReading, Scope, Tracer},
     ui::{self, Action, App, Event, Live, Update},
     unwind::StackUnwinder,
+    unwind_tables::TableWorker,
 };
 
 /// How often liveness is checked and live processes' mappings are re-read (so that stacks stay
@@ -118,6 +119,8 @@ pub struct Config {
     pub listen: Option<serve::Options>,
     /// `--overhead-budget` (percent of one CPU; 0: no bursts).
     pub overhead_budget: f64,
+    /// `--unwind-table-mib`.
+    pub unwind_table_mib: u32,
 }
 
 impl Config {
@@ -167,6 +170,7 @@ impl Config {
                 grace: cli.metrics_grace,
             }),
             overhead_budget: cli.overhead_budget.unwrap_or(DEFAULT_OVERHEAD_BUDGET_PCT),
+            unwind_table_mib: cli.unwind_table_mib,
         })
     }
 
@@ -289,24 +293,47 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
     let targets = find_targets(&config)?;
     let (mut tracer, ns_per_hit) = load(&config)?;
     let bursts = plan_bursts(&mut tracer, &config);
-    let (heap, traced) = attach(&mut tracer, &config, targets)?;
+    // Exact mode's stacks, and growth mode's bursts' (whose probes are exact mode's), are
+    // unwound in the kernel from the modules' tables.
+    let tables = if config.growth() && bursts.is_none() {
+        None
+    } else {
+        let (rows, rows_fd, mappings) = tracer.unwind_table_maps()?;
+        let capacity = config.unwind_table_mib.saturating_mul(1 << 16);
+        Some(
+            TableWorker::start(
+                rows,
+                rows_fd,
+                mappings,
+                capacity,
+                privileges_needed(&config),
+            )
+            .context("cannot start the unwind-table worker")?,
+        )
+    };
+    let (heap, traced) = attach(&mut tracer, &config, targets, tables.as_ref())?;
     drop_privileges(&config);
     announce(&config, &traced);
     let mut session = Session::new(config, tracer, heap, traced, rolling, ns_per_hit)?;
     session.publisher = publisher;
+    session.tables = tables;
     session.start_bursts(bursts);
     let outcome = session.run_loop().await;
     session.finish(outcome).await
 }
 
+/// What the rest of the run needs once attached (privileges.rs).
+fn privileges_needed(config: &Config) -> privileges::Needs {
+    privileges::Needs {
+        writes_outputs: config.json.is_some() || config.rolling.is_some(),
+        launched_command: !config.command.is_empty(),
+    }
+}
+
 /// Once attached, keep only the capabilities the rest of the run needs (privileges.rs). A
 /// failure to drop them is said, not fatal: tracing goes on with what leaktrace had.
 fn drop_privileges(config: &Config) {
-    let needs = privileges::Needs {
-        writes_outputs: config.json.is_some() || config.rolling.is_some(),
-        launched_command: !config.command.is_empty(),
-    };
-    match privileges::drop_unneeded(needs) {
+    match privileges::drop_unneeded(privileges_needed(config)) {
         Ok(dropped) if !dropped.is_empty() => {
             log::info!("dropped {} capabilities no longer needed", dropped.len())
         }
@@ -367,6 +394,12 @@ fn load(config: &Config) -> anyhow::Result<(Tracer, Option<f64>)> {
         max_allocations: config.max_allocations,
         max_stacks: config.max_stacks,
         sample_bytes: config.sample_bytes,
+        // Rows of 16 bytes; growth mode walks no tables.
+        unwind_rows: if config.growth() {
+            1
+        } else {
+            config.unwind_table_mib.saturating_mul(1 << 16)
+        },
     };
     let mut tracer = Tracer::load(capacity, config.scope, config.mode)?;
     // Before any target is attached, so that only our own loop hits the probes (exact mode) or
@@ -414,10 +447,15 @@ fn attach(
     tracer: &mut Tracer,
     config: &Config,
     targets: Targets,
+    tables: Option<&TableWorker>,
 ) -> anyhow::Result<(HeapTracker, Vec<Traced>)> {
     let mut heap = HeapTracker::new(target::page_size());
     let mut traced = Vec::new();
     for process in targets.running {
+        // Its modules' tables first, so that its first traced allocations have whole stacks.
+        if let Some(tables) = tables {
+            tables.refresh_and_wait(process.pid, TABLES_AT_START);
+        }
         let hooked = attach_one(tracer, config.mode, &process)?;
         register_heap(&mut heap, process.pid);
         traced.push(Traced::new(process, Origin::Found, &hooked));
@@ -443,7 +481,13 @@ fn attach(
                 return Err(err);
             }
         };
+        // Exact mode: the child stops at its entry point (its libraries are mapped by then)
+        // until their unwind tables are loaded.
+        let entry_stop = tables.and_then(|_| tracer.stop_at_entry(child.pid, &path));
         child.release()?;
+        if let (Some(tables), Some(link)) = (tables, entry_stop) {
+            load_tables_at_entry(tracer, tables, child.pid, link);
+        }
         register_heap(&mut heap, child.pid);
         let comm = procfs::read_comm(child.pid).unwrap_or_else(|_| {
             path.file_name()
@@ -459,6 +503,38 @@ fn attach(
         t.sample_processed(config.processed);
     }
     Ok((heap, traced))
+}
+
+/// How long loading a process's unwind tables may hold its start (a 100 MB binary's table
+/// takes a few seconds to build on a slow machine).
+const TABLES_AT_START: Duration = Duration::from_secs(60);
+
+/// Wait for a launched child to stop at its entry point, load its unwind tables, and let it go
+/// on. A child that does not stop (it exits first, or is not ELF) is left running.
+fn load_tables_at_entry(
+    tracer: &mut Tracer,
+    tables: &TableWorker,
+    pid: u32,
+    link: aya::programs::uprobe::UProbeLinkId,
+) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let stopped = loop {
+        match procfs::read_stat(pid) {
+            Ok(stat) if stat.state == 'T' => break true,
+            Ok(stat) if stat.state != 'Z' && stat.state != 'X' && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            _ => break false,
+        }
+    };
+    if !tables.refresh_and_wait(pid, TABLES_AT_START) {
+        log::warn!("pid {pid}: its unwind tables took too long to load; it goes on without them");
+    }
+    tracer.remove_entry_stop(link);
+    if stopped {
+        // SAFETY: our own child, not yet reaped (it is stopped), so the pid is its.
+        unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+    }
 }
 
 /// Hook a process's allocator (exact mode) or watch its heap syscalls (growth mode); returns
@@ -535,6 +611,8 @@ struct Session {
     heap: HeapTracker,
     /// Growth mode: heap-growing syscalls carry stack copies, unwound here.
     unwinder: StackUnwinder,
+    /// Exact mode: the unwind tables' worker (loads each traced process's modules).
+    tables: Option<TableWorker>,
     /// Unwound stacks by process, as synthetic stack ids (above the kernel's) for site keys.
     interned: HashMap<(u32, Vec<u64>), u32>,
     /// Frame-pointer stacks of growth events, by kernel stack id (ids are never reused).
@@ -611,6 +689,7 @@ impl Session {
             others: HashMap::new(),
             heap,
             unwinder: StackUnwinder::new(),
+            tables: None,
             interned: HashMap::new(),
             fp_stacks: HashMap::new(),
             unwound_ids: 0,
@@ -863,6 +942,9 @@ impl Session {
         if let Some(why) = &process.allocators.unhookable {
             anyhow::bail!("{why}");
         }
+        if let Some(tables) = &self.tables {
+            tables.refresh_and_wait(pid, TABLES_AT_START);
+        }
         let hooked = self.tracer.attach(pid, &process.allocators)?;
         register_heap(&mut self.heap, pid);
         let mut traced = Traced::new(process, Origin::Found, &hooked);
@@ -970,8 +1052,16 @@ impl Session {
             }
             if procfs::is_alive(t.process.pid) {
                 self.symbols.refresh_maps(t.process.pid);
+                // Libraries loaded since (dlopen) get their tables; the worker does nothing
+                // when the executable mappings are unchanged.
+                if let Some(tables) = &self.tables {
+                    tables.refresh(t.process.pid);
+                }
             } else {
                 t.alive = false;
+                if let Some(tables) = &self.tables {
+                    tables.forget(t.process.pid);
+                }
             }
             if !t.alive {
                 if let Some(bursts) = self.bursts.as_mut() {
@@ -1092,6 +1182,7 @@ impl Session {
             mode: self.config.mode,
             system_wide: self.config.system_wide(),
             unwinding: self.config.growth().then_some(self.unwinder.stats),
+            unwind_tables: self.tables.as_ref().map(TableWorker::stats),
             interval_s: self.config.interval.as_secs_f64(),
             min_age_s: self.config.min_age.as_secs_f64(),
             processed: self.config.processed,

@@ -117,6 +117,7 @@ pub fn snapshot(duration_s: f64, processes: Vec<ProcessReport>) -> Snapshot {
         mode: Mode::Exact,
         system_wide: false,
         unwinding: None,
+        unwind_tables: None,
         interval_s: 1.0,
         min_age_s: 0.0,
         processed: Processed::Both,

@@ -129,6 +129,10 @@ pub fn process_totals(
             stack_errors: c.stack_errors,
             lost_events: c.lost_events,
             unknown_frees: c.unknown_frees,
+            stack_no_table: c.stack_no_table,
+            stack_unwind_errors: c.stack_unwind_errors,
+            stack_truncated: c.stack_truncated,
+            stack_map_full: c.stack_map_full,
         };
     }
     totals

@@ -46,6 +46,36 @@ impl Tracer {
         Ok(hooked)
     }
 
+    /// Stop a launched process at its entry point (`exe`'s ELF entry, reached once ld.so has
+    /// mapped its libraries): the caller loads their unwind tables, detaches the probe with
+    /// [`Tracer::remove_entry_stop`] and sends SIGCONT. `None` when `exe` has no ELF entry
+    /// point we can probe (a script): its tables then load while it runs.
+    pub fn stop_at_entry(&mut self, pid: u32, exe: &Path) -> Option<UProbeLinkId> {
+        let offset = entry_file_offset(exe)?;
+        let scope = UProbeScope::OneProcess(NonZeroU32::new(pid)?);
+        let attached = self.uprobe(programs::ENTRY_STOP).and_then(|program| {
+            program
+                .attach(UProbeAttachLocation::AbsoluteOffset(offset), exe, scope)
+                .map_err(anyhow::Error::from)
+        });
+        match attached {
+            Ok(link) => Some(link),
+            Err(err) => {
+                log::warn!("cannot stop pid {pid} at its entry point: {err:#}");
+                None
+            }
+        }
+    }
+
+    pub fn remove_entry_stop(&mut self, link: UProbeLinkId) {
+        if let Err(err) = self
+            .uprobe(programs::ENTRY_STOP)
+            .and_then(|p| p.detach(link).map_err(anyhow::Error::from))
+        {
+            log::warn!("cannot detach the entry-point probe: {err:#}");
+        }
+    }
+
     /// Report this process's heap syscalls (exact mode, and growth mode's targets; system-wide
     /// mode reports every process's).
     pub fn trace_heap_of(&mut self, pid: u32) -> anyhow::Result<()> {
@@ -228,6 +258,19 @@ pub fn format_placements<S: AsRef<str>>(placements: &[(S, u64)]) -> String {
         .map(|(function, offset)| format!("{}+{offset}", function.as_ref()))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// The file offset of an executable's ELF entry point.
+fn entry_file_offset(exe: &Path) -> Option<u64> {
+    use object::{Object as _, ObjectSegment as _};
+    let file = crate::target_files::open(exe).ok()?;
+    let elf = crate::target_files::Elf::new(exe, file);
+    let parsed = elf.parse().ok()?;
+    let entry = parsed.entry();
+    parsed.segments().find_map(|s| {
+        let (offset, size) = s.file_range();
+        (s.address() <= entry && entry < s.address() + size).then(|| entry - s.address() + offset)
+    })
 }
 
 /// A uprobe the kernel refused for want of CAP_SYS_ADMIN (kernel 6.18 asks for it on

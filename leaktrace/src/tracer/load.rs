@@ -20,6 +20,8 @@ pub struct Capacity {
     pub max_stacks: u32,
     /// `--sample-bytes`: mean bytes between allocations whose stack is captured (0: all).
     pub sample_bytes: u64,
+    /// `--unwind-table-mib` as rows of the unwind-table array.
+    pub unwind_rows: u32,
 }
 
 /// Exponentially distributed gaps with mean `mean`, one per equal-probability slice of (0, 1):
@@ -75,6 +77,9 @@ impl Tracer {
             .map_max_entries(maps::ALLOCS, capacity.max_allocations)
             .map_max_entries(maps::STACKS, capacity.max_stacks)
             .map_max_entries(maps::SITES, max_sites)
+            .map_max_entries(maps::UNWIND_ROWS, capacity.unwind_rows.max(1))
+            .map_max_entries(maps::UNWOUND_STACKS, capacity.max_stacks)
+            .map_max_entries(maps::UNWOUND_STACK_IDS, capacity.max_stacks)
             .load(EBPF_OBJECT)
             .context("failed to load leaktrace's eBPF programs")?;
         let heap_events = RingBuf::try_from(
@@ -89,6 +94,7 @@ impl Tracer {
             programs::ALLOC_ENTER,
             programs::ALLOC_RETURN,
             programs::FREE_ENTER,
+            programs::ENTRY_STOP,
         ] {
             tracer
                 .uprobe(name)?

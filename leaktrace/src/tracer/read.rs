@@ -3,9 +3,11 @@
 use std::collections::HashMap;
 
 use anyhow::bail;
-use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
+use aya::maps::{Array, HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
 use leaktrace_common::{
-    names::maps, AllocInfo, AllocKey, PidCounters, SiteKey, SiteStats, NO_STACK,
+    names::maps,
+    unwind::{ProcessMappings, UnwindRow, UnwoundStack, UNWOUND_STACK_BIT},
+    AllocInfo, AllocKey, PidCounters, SiteKey, SiteStats, NO_STACK,
 };
 
 use super::{HeapRecord, Tracer};
@@ -121,13 +123,51 @@ impl Tracer {
             .unwrap_or(0)
     }
 
-    /// The user stack of a site (instruction pointers, innermost first).
+    /// The user stack of a site (instruction pointers, innermost first): unwound with the
+    /// tables (`UNWOUND_STACKS`) or walked with frame pointers (the kernel's stack map).
     pub fn stack(&self, stack_id: u32) -> Option<Vec<u64>> {
         if stack_id == NO_STACK {
             return None;
         }
+        if stack_id & UNWOUND_STACK_BIT != 0 && stack_id < 1 << 31 {
+            let stacks: BpfHashMap<&MapData, u32, UnwoundStack> =
+                BpfHashMap::try_from(self.map(maps::UNWOUND_STACKS).ok()?).ok()?;
+            let stack = stacks.get(&stack_id, 0).ok()?;
+            let len = (stack.len as usize).min(stack.frames.len());
+            return Some(stack.frames[..len].to_vec());
+        }
         let stacks = StackTraceMap::<&MapData>::try_from(self.map(maps::STACKS).ok()?).ok()?;
         let trace = stacks.get(&stack_id, 0).ok()?;
         Some(trace.frames().iter().map(|f| f.ip).collect())
+    }
+}
+
+impl Tracer {
+    /// The unwind-table maps on descriptors of their own, for the table worker's thread.
+    #[expect(
+        clippy::type_complexity,
+        reason = "three handles, named by their types"
+    )]
+    pub fn unwind_table_maps(
+        &self,
+    ) -> anyhow::Result<(
+        Array<MapData, UnwindRow>,
+        std::os::fd::OwnedFd,
+        BpfHashMap<MapData, u32, ProcessMappings>,
+    )> {
+        use std::os::fd::AsFd as _;
+        let clone = |name: &str| -> anyhow::Result<MapData> {
+            let data = match self.map(name)? {
+                aya::maps::Map::Array(data) | aya::maps::Map::HashMap(data) => data,
+                _ => bail!("map {name} is not an array or a hash map"),
+            };
+            Ok(MapData::from_fd(data.fd().as_fd().try_clone_to_owned()?)?)
+        };
+        let rows_data = clone(maps::UNWIND_ROWS)?;
+        let rows_fd = rows_data.fd().as_fd().try_clone_to_owned()?;
+        let rows = Array::try_from(aya::maps::Map::Array(rows_data))?;
+        let mappings =
+            BpfHashMap::try_from(aya::maps::Map::HashMap(clone(maps::UNWIND_MAPPINGS)?))?;
+        Ok((rows, rows_fd, mappings))
     }
 }

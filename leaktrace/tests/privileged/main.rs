@@ -20,3 +20,4 @@ mod postmortem;
 mod privileges;
 mod trace;
 mod ui_tmux;
+mod unwind;

@@ -1,5 +1,6 @@
 //! `--scenario malloc-loop`: ns per `malloc(64)` + `free` pair of the loop fixture, untraced and
-//! under each tracer (see the module docs of `bench`).
+//! under each tracer (see the module docs of `bench`). `--scenario deep-loop`: the same pair 12
+//! calls deep in code built without frame pointers (`deep_loop.c` + `deep_loop_lib.c`).
 
 use std::{
     path::{Path, PathBuf},
@@ -24,16 +25,29 @@ use super::{
     LEAKTRACE_SAMPLED, MEMLEAK, SAMPLED_ARGS, SETTLE, UNTRACED,
 };
 
+/// Which loop fixture a run measures.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Fixture {
+    /// `malloc_loop.c`, `-O2 -fno-omit-frame-pointer`, the pair called from main.
+    Shallow,
+    /// `deep_loop.c` + `deep_loop_lib.c`, `-O2 -fomit-frame-pointer`, 12 calls deep.
+    Deep,
+}
+
 pub(super) fn run(
     root: &Path,
     leaktrace_bin: &Path,
     out_dir: &Path,
     args: &BenchArgs,
+    fixture: Fixture,
 ) -> Result<()> {
     if args.iterations == 0 {
         bail!("bench: iterations must be at least 1");
     }
-    let loop_bin = compile_loop(root, out_dir)?;
+    let loop_bin = match fixture {
+        Fixture::Shallow => compile_loop(root, out_dir)?,
+        Fixture::Deep => compile_deep_loop(root, out_dir)?,
+    };
 
     let packages = packages_for(&args.only, &[BPFTRACE_PACKAGE, BCC_PACKAGE]);
     let peers = prepare_peers(out_dir, &packages)?;
@@ -80,10 +94,17 @@ pub(super) fn run(
         }
     })?;
 
+    let (scenario, depth) = match fixture {
+        Fixture::Shallow => ("malloc-loop", ""),
+        Fixture::Deep => (
+            "deep-loop",
+            " 12 calls deep (exe + library, -O2 -fomit-frame-pointer)",
+        ),
+    };
     let report = Report {
-        scenario: "malloc-loop",
+        scenario,
         title: format!(
-            "ns per malloc(64)+free pair, {n} pairs, {} round(s):",
+            "ns per malloc(64)+free pair{depth}, {n} pairs, {} round(s):",
             args.repeats
         ),
         unit: "ns_per_pair",
@@ -96,8 +117,48 @@ pub(super) fn run(
         &report,
         &summarize(&variants, report.baselines),
         out_dir,
-        "bench.json",
+        match fixture {
+            Fixture::Shallow => "bench.json",
+            Fixture::Deep => "bench-deep.json",
+        },
     )
+}
+
+/// `deep_loop` and its library `libdeep_loop_lib.so` (found beside it: rpath `$ORIGIN`).
+fn compile_deep_loop(root: &Path, out_dir: &Path) -> Result<PathBuf> {
+    let src = root.join("tests/fixtures/bench");
+    let flags = ["-O2", "-g", "-fomit-frame-pointer"];
+    let lib = out_dir.join("libdeep_loop_lib.so");
+    let bin = out_dir.join("deep_loop");
+    let mut lib_cmd = Command::new("gcc");
+    lib_cmd
+        .args(flags)
+        .args(["-shared", "-fPIC", "-o"])
+        .arg(&lib)
+        .arg(src.join("deep_loop_lib.c"));
+    let mut bin_cmd = Command::new("gcc");
+    bin_cmd
+        .args(flags)
+        .arg("-o")
+        .arg(&bin)
+        .arg(src.join("deep_loop.c"))
+        .arg(format!("-L{}", out_dir.display()))
+        .arg("-ldeep_loop_lib")
+        .arg("-Wl,-rpath,$ORIGIN");
+    for mut cmd in [lib_cmd, bin_cmd] {
+        let out = cmd
+            .stdin(Stdio::null())
+            .output()
+            .context("bench: cannot run gcc")?;
+        if !out.status.success() {
+            bail!(
+                "bench: gcc failed on the deep-loop fixture ({}): {}",
+                out.status,
+                tail_of(&out.stderr)
+            );
+        }
+    }
+    Ok(bin)
 }
 
 fn compile_loop(root: &Path, out_dir: &Path) -> Result<PathBuf> {

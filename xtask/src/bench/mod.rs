@@ -14,6 +14,10 @@
 //! - `bpftrace`: count-only uprobes on libc's malloc (entry + return) and free, `-p PID`;
 //! - `memleak-bpfcc`: bcc's memleak with its defaults (stacks), `-p PID`.
 //!
+//! `--scenario deep-loop`: the same, with the pair 12 calls deep in an executable and a library
+//! built `-O2 -fomit-frame-pointer` (`tests/fixtures/bench/deep_loop*.c`): what full stacks
+//! unwound from the modules' CFI cost, against the same peers (bench-deep.json).
+//!
 //! `--scenario nginx`: requests/s of nginx serving a small static file on loopback to `wrk`, with
 //! the same rotation, under the variants in `nginx.rs`.
 //!
@@ -51,6 +55,9 @@ mod stats;
 pub enum Scenario {
     /// N x malloc(64)+free in a tight loop: ns per pair.
     MallocLoop,
+    /// The same pair 12 calls deep (executable + library, -O2 -fomit-frame-pointer): ns per
+    /// pair with full stacks unwound from the modules' CFI.
+    DeepLoop,
     /// nginx serving a 612-byte file on loopback to wrk: requests per second.
     Nginx,
 }
@@ -96,7 +103,20 @@ pub fn run(root: &Path, leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) 
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("bench: cannot create {}", out_dir.display()))?;
     match args.scenario {
-        Scenario::MallocLoop => malloc_loop::run(root, leaktrace_bin, out_dir, args),
+        Scenario::MallocLoop => malloc_loop::run(
+            root,
+            leaktrace_bin,
+            out_dir,
+            args,
+            malloc_loop::Fixture::Shallow,
+        ),
+        Scenario::DeepLoop => malloc_loop::run(
+            root,
+            leaktrace_bin,
+            out_dir,
+            args,
+            malloc_loop::Fixture::Deep,
+        ),
         Scenario::Nginx => nginx::run(leaktrace_bin, out_dir, args),
     }
 }

@@ -1,0 +1,289 @@
+//! The compiler checked against binutils' `readelf -wF` (an independent CFI interpreter) on
+//! real modules, and fuzzed with mutated real CFI.
+use std::{collections::HashMap, path::Path, process::Command, time::Instant};
+
+use leaktrace_common::unwind::{cfa, rbp};
+use proptest::prelude::*;
+
+use super::*;
+
+const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
+const LIBCRYPTO: &str = "/usr/lib/x86_64-linux-gnu/libcrypto.so.3";
+const LIBSTDCXX: &str = "/usr/lib/x86_64-linux-gnu/libstdc++.so.6";
+
+fn cfi_of(path: &str) -> ModuleCfi {
+    let file = target_files::open(Path::new(path)).expect("open module");
+    ModuleCfi::read(&Elf::new(Path::new(path), file)).expect("read module")
+}
+
+/// One row as readelf prints it: CFA, the rbp column, the ra column.
+#[derive(Debug)]
+struct ReadelfRow {
+    pc: u64,
+    cfa: String,
+    rbp: String,
+    ra: String,
+    signal: bool,
+}
+
+/// Every row of `readelf -wF` (`--debug-dump=frames-interp`) for `path`.
+fn readelf_rows(path: &str) -> Vec<ReadelfRow> {
+    let output = Command::new("readelf")
+        .args(["-wF", path])
+        .output()
+        .expect("readelf (binutils) runs");
+    // readelf exits 1 on Debian's stripped libc with no message; its rows are all printed.
+    let text = String::from_utf8_lossy(&output.stdout);
+    let mut cie_signal: HashMap<String, bool> = HashMap::new();
+    let mut rows = Vec::new();
+    let mut columns: Vec<String> = Vec::new();
+    let mut signal = false;
+    let mut in_fde = false;
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        if fields.len() >= 4 && fields[3] == "CIE" {
+            // `OFFSET LEN ID CIE "zRS" ...`: augmentation S marks signal trampolines.
+            let augmentation = fields.get(4).copied().unwrap_or_default();
+            cie_signal.insert(fields[0].to_string(), augmentation.contains('S'));
+            in_fde = false;
+        } else if fields.len() >= 5 && fields[3] == "FDE" {
+            let cie = fields[4].trim_start_matches("cie=");
+            signal = cie_signal.get(cie).copied().unwrap_or(false);
+            in_fde = true;
+        } else if fields.first() == Some(&"LOC") {
+            columns = fields.iter().map(|f| f.to_string()).collect();
+        } else if in_fde && fields.len() == columns.len() && !line.contains("ZERO terminator") {
+            let Ok(pc) = u64::from_str_radix(fields[0], 16) else {
+                continue;
+            };
+            let column = |name: &str| {
+                columns
+                    .iter()
+                    .position(|c| c == name)
+                    .map_or("u".to_string(), |i| fields[i].to_string())
+            };
+            rows.push(ReadelfRow {
+                pc,
+                cfa: column("CFA"),
+                rbp: column("rbp"),
+                ra: column("ra"),
+                signal,
+            });
+        }
+    }
+    rows
+}
+
+/// Our row at each of readelf's rows says the same, or says "cannot follow" where readelf shows
+/// a rule we do not model.
+fn assert_agrees_with_readelf(path: &str) -> usize {
+    let compiled = compile(&cfi_of(path).sections).expect("compiles");
+    let expected = readelf_rows(path);
+    assert!(expected.len() > 1000, "{path}: {} rows", expected.len());
+    let mut checked = 0;
+    for row in &expected {
+        let ours = lookup(&compiled.rows, row.pc)
+            .unwrap_or_else(|| panic!("{path}: no row at {:#x}", row.pc));
+        let context = format!("{path} at {:#x}: readelf {row:?}, ours {ours:?}", row.pc);
+        if row.signal {
+            assert_eq!(ours.cfa_rule, cfa::SIGNAL, "{context}");
+            continue;
+        }
+        if row.ra == "u" {
+            assert_eq!(ours.cfa_rule, cfa::STOP, "{context}");
+            continue;
+        }
+        if row.ra != "c-8" {
+            // The return address elsewhere (setcontext's CFA is rdx): not followed.
+            assert_eq!(ours.cfa_rule, cfa::UNSUPPORTED, "{context}");
+            continue;
+        }
+        if let Some(offset) = row.cfa.strip_prefix("rsp+") {
+            assert_eq!(ours.cfa_rule, cfa::RSP, "{context}");
+            assert_eq!(
+                i64::from(ours.cfa_offset),
+                offset.parse::<i64>().expect("offset")
+            );
+        } else if let Some(offset) = row.cfa.strip_prefix("rbp+") {
+            assert_eq!(ours.cfa_rule, cfa::RBP, "{context}");
+            assert_eq!(
+                i64::from(ours.cfa_offset),
+                offset.parse::<i64>().expect("offset")
+            );
+        } else if row.cfa == "exp" {
+            assert!(
+                matches!(
+                    ours.cfa_rule,
+                    cfa::RSP_DEREF | cfa::RBP_DEREF | cfa::PLT | cfa::UNSUPPORTED
+                ),
+                "{context}"
+            );
+        } else {
+            // Another register (r10 during a realignment prologue, ...).
+            assert_eq!(ours.cfa_rule, cfa::UNSUPPORTED, "{context}");
+            continue;
+        }
+        if matches!(ours.cfa_rule, cfa::PLT | cfa::UNSUPPORTED) {
+            continue;
+        }
+        match row.rbp.as_str() {
+            "u" | "s" => assert_eq!(ours.rbp_rule, rbp::UNCHANGED, "{context}"),
+            saved if saved.starts_with("c-") || saved.starts_with("c+") => {
+                assert_eq!(ours.rbp_rule, rbp::SAVED, "{context}");
+                let at: i64 = saved[1..].parse().expect("offset");
+                assert_eq!(i64::from(ours.param), at, "{context}");
+            }
+            _ => assert_eq!(ours.rbp_rule, rbp::UNKNOWN, "{context}"),
+        }
+        checked += 1;
+    }
+    checked
+}
+
+#[test]
+fn libc_rows_agree_with_readelf() {
+    let checked = assert_agrees_with_readelf(LIBC);
+    assert!(checked > 10_000, "{checked}");
+}
+
+#[test]
+fn libcrypto_rows_agree_with_readelf() {
+    if !Path::new(LIBCRYPTO).exists() {
+        panic!("{LIBCRYPTO} is missing: run `cargo xtask setup` (it installs libssl-dev)");
+    }
+    let checked = assert_agrees_with_readelf(LIBCRYPTO);
+    assert!(checked > 10_000, "{checked}");
+}
+
+#[test]
+fn libc_has_its_plt_signal_trampoline_and_outermost_rows() {
+    let rows = compile(&cfi_of(LIBC).sections).expect("compiles").rows;
+    let plt: Vec<_> = rows.iter().filter(|r| r.cfa_rule == cfa::PLT).collect();
+    assert!(!plt.is_empty(), "no PLT rows");
+    // The .plt expression every linker writes: rsp + 8, + 8 from the 11th byte of a stub on.
+    assert!(
+        plt.iter().all(|r| r.cfa_offset == 8 && r.param == 11),
+        "{plt:?}"
+    );
+    assert_eq!(rows.iter().filter(|r| r.cfa_rule == cfa::SIGNAL).count(), 1);
+    // Rows are sorted, start to end.
+    assert!(rows.windows(2).all(|w| w[0].pc < w[1].pc));
+    // Past the last FDE, nothing.
+    assert_eq!(rows.last().map(|r| r.cfa_rule), Some(cfa::NONE));
+}
+
+#[test]
+fn row_space_is_reused_after_unloading() {
+    let mut space = RowSpace::new(100);
+    let a = space.take(40).expect("room");
+    let b = space.take(40).expect("room");
+    assert_eq!((a, b), (0, 40));
+    assert_eq!(space.take(40), None);
+    space.give_back(a, 40);
+    assert_eq!(space.take(30), Some(0));
+    space.give_back(b, 40);
+    space.give_back(0, 30);
+    // Merged back into one range.
+    assert_eq!(space.take(100), Some(0));
+}
+
+#[test]
+fn a_library_s_segments_merge_into_one_mapping() {
+    let id = (
+        procfs::Device {
+            major: 254,
+            minor: 1,
+        },
+        7,
+    );
+    let other = (id.0, 8);
+    let at = |start: u64, end: u64, bias: u64| ExecMapping {
+        start,
+        end,
+        bias,
+        first_row: 5,
+        rows: 10,
+    };
+    let merged = merge_mappings(vec![
+        (at(0x3000, 0x4000, 0x1000), id),
+        (at(0x1000, 0x2000, 0x1000), id),
+        (at(0x2000, 0x3000, 0x1000), id),
+        (at(0x9000, 0xa000, 0x8000), other),
+        (at(0x4000, 0x5000, 0x2000), id),
+    ]);
+    assert_eq!(
+        merged,
+        vec![
+            at(0x1000, 0x4000, 0x1000),
+            at(0x4000, 0x5000, 0x2000),
+            at(0x9000, 0xa000, 0x8000)
+        ]
+    );
+}
+
+/// Table build times of big real modules (read + compile), printed for BENCHMARKS.md:
+/// `cargo test -p leaktrace --release --lib unwind_tables::tests::build_times -- --ignored --nocapture`.
+#[test]
+#[ignore = "a measurement, not a check"]
+fn build_times() {
+    let leaktrace = std::env::current_exe().expect("test binary");
+    for path in [
+        LIBC,
+        LIBCRYPTO,
+        LIBSTDCXX,
+        leaktrace.to_str().expect("utf-8"),
+    ] {
+        let started = Instant::now();
+        let cfi = cfi_of(path);
+        let read = started.elapsed();
+        let compiled = compile(&cfi.sections).expect("compiles");
+        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+        eprintln!(
+            "{path}: {} MiB file, {} rows ({} unsupported), read {:.1} ms, compile {:.1} ms",
+            size >> 20,
+            compiled.rows.len(),
+            compiled.unsupported,
+            read.as_secs_f64() * 1e3,
+            (started.elapsed() - read).as_secs_f64() * 1e3
+        );
+    }
+}
+
+fn libc_eh_frame() -> &'static (u64, Vec<u8>) {
+    static CFI: std::sync::OnceLock<ModuleCfi> = std::sync::OnceLock::new();
+    CFI.get_or_init(|| cfi_of(LIBC))
+        .sections
+        .eh_frame
+        .as_ref()
+        .expect("libc has .eh_frame")
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(48))]
+
+    /// Corrupted CFI (bytes overwritten, the section cut short): the compiler never panics,
+    /// ends, and keeps its rows sorted and bounded (issue 18).
+    #[test]
+    fn mutated_cfi_never_panics(
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..64),
+        cut in any::<prop::sample::Index>(),
+        debug_frame in any::<bool>(),
+    ) {
+        let (svma, data) = libc_eh_frame();
+        let mut data = data.clone();
+        for (at, byte) in edits {
+            let i = at.index(data.len());
+            data[i] = byte;
+        }
+        data.truncate(cut.index(data.len()) + 1);
+        let sections = if debug_frame {
+            CfiSections { debug_frame: Some(data), ..CfiSections::default() }
+        } else {
+            CfiSections { eh_frame: Some((*svma, data)), ..CfiSections::default() }
+        };
+        if let Ok(compiled) = compile(&sections) {
+            prop_assert!(compiled.rows.len() <= compile::MAX_ROWS + 1);
+            prop_assert!(compiled.rows.windows(2).all(|w| w[0].pc < w[1].pc));
+        }
+    }
+}
