@@ -18,6 +18,7 @@ use tokio::{
 use crate::{
     cli::Cli,
     cost::HitRate,
+    golang::{self, GoTracker},
     heap::{AllocatorCalls, HeapTracker},
     model::{self, GrowthClock, ProcessMemory, ProcessTotals, SinceStart, SiteSeries},
     output::{self, Access},
@@ -89,6 +90,8 @@ pub struct Config {
     /// The command to launch (empty: none).
     pub command: Vec<OsString>,
     pub mode: Mode,
+    /// `--mode` was given (otherwise a pure Go target without libc switches the run to growth).
+    pub mode_chosen: bool,
     pub scope: Scope,
     pub view: View,
     pub interval: Duration,
@@ -133,6 +136,7 @@ impl Config {
             pids,
             command: cli.command,
             mode,
+            mode_chosen: cli.mode.is_some(),
             scope,
             view,
             interval: cli.interval.unwrap_or(default_interval),
@@ -258,9 +262,9 @@ impl Traced {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::resolve(cli, Stdout::detect())?;
+    let mut config = Config::resolve(cli, Stdout::detect())?;
     let rolling = validate(&config)?;
-    let targets = find_targets(&config)?;
+    let targets = find_targets(&mut config)?;
     let (mut tracer, ns_per_hit) = load(&config)?;
     let (heap, traced) = attach(&mut tracer, &config, targets)?;
     announce(&config, &traced);
@@ -294,13 +298,23 @@ struct Targets {
     launch: Option<(PathBuf, PathBuf)>,
 }
 
-fn find_targets(config: &Config) -> anyhow::Result<Targets> {
+/// Finds the targets. A pure Go program (no libc to hook) switches a run whose mode was not
+/// chosen to growth mode: its Go heap is then followed through heap growth and the runtime's
+/// own profile, which need no allocator probes.
+fn find_targets(config: &mut Config) -> anyhow::Result<Targets> {
+    let may_switch = !config.mode_chosen && config.mode == Mode::Exact && config.sample_bytes == 0;
     let mut running = Vec::new();
-    for &pid in &config.pids {
-        running.push(if config.growth() {
-            target::inspect_any(pid)?
-        } else {
-            target::inspect(pid)?
+    for pid in config.pids.clone() {
+        running.push(match target::inspect(pid) {
+            Ok(process) => process,
+            Err(target::TargetError::NoLibc { .. })
+                if config.growth()
+                    || (may_switch && golang::is_go_binary(&procfs::exe_file(pid))) =>
+            {
+                switch_to_growth(config, pid);
+                target::inspect_any(pid)?
+            }
+            Err(err) => return Err(err.into()),
         });
     }
     let launch = match config.command.first() {
@@ -310,6 +324,10 @@ fn find_targets(config: &Config) -> anyhow::Result<Targets> {
             let libc = match target::libc_for_executable(&path) {
                 Ok(libc) => libc,
                 Err(_) if config.growth() && target::is_elf(&path) => PathBuf::new(),
+                Err(_) if may_switch && golang::is_go_binary(&path) => {
+                    switch_to_growth(config, 0);
+                    PathBuf::new()
+                }
                 Err(err) => return Err(err.into()),
             };
             Some((path, libc))
@@ -317,6 +335,23 @@ fn find_targets(config: &Config) -> anyhow::Result<Targets> {
         None => None,
     };
     Ok(Targets { running, launch })
+}
+
+/// Say once why the run traces in growth mode (`pid` 0: the command).
+fn switch_to_growth(config: &mut Config, pid: u32) {
+    if config.mode == Mode::Growth {
+        return;
+    }
+    let who = if pid == 0 {
+        "the command".to_string()
+    } else {
+        format!("pid {pid}")
+    };
+    eprintln!(
+        "leaktrace: {who} is a pure Go program (no libc to hook): tracing in growth mode, with \
+         the Go runtime's own heap profile and goroutines"
+    );
+    config.mode = Mode::Growth;
 }
 
 /// Load the probes and measure what one hit costs.
@@ -471,6 +506,8 @@ struct Session {
     /// Cost of one probe hit, from the calibration at start.
     ns_per_hit: Option<f64>,
     hit_rate: HitRate,
+    /// Go targets: their runtime, read from their memory.
+    go: HashMap<u32, GoTracker>,
 }
 
 /// Which snapshot is taken: one of an interval (its live sites get a growth sample), or the
@@ -536,7 +573,19 @@ impl Session {
             last_series_write: None,
             ns_per_hit,
             hit_rate: HitRate::starting_at(Instant::now(), hits),
+            go: HashMap::new(),
         };
+        for t in &session.traced {
+            let pid = t.process.pid;
+            match GoTracker::of_process(pid) {
+                Ok(Some(go)) => {
+                    log::info!("pid {pid}: Go program, {}", go.runtime.build.version);
+                    session.go.insert(pid, go);
+                }
+                Ok(None) => {}
+                Err(err) => log::warn!("pid {pid}: cannot read it as a Go program: {err}"),
+            }
+        }
         session.refresh_liveness();
         Ok(session)
     }
@@ -1008,7 +1057,11 @@ impl Session {
             let processed = t.work.grown().unwrap_or(0);
             self.series.record(&totals.sites, at.t_s, processed);
         }
-        self.process_report(t, totals, site_heap, max_sites)
+        let mut report = self.process_report(t, totals, site_heap, max_sites);
+        if let Some(go) = self.go.get_mut(&pid) {
+            report.go = Some(go.report(at.t_s, sampling, t.alive, &mut self.symbols));
+        }
+        report
     }
 
     /// A process's totals: from the maps in exact mode, from heap growth otherwise (then with
@@ -1077,6 +1130,7 @@ impl Session {
             heap,
             counters: totals.counters,
             sites,
+            go: None,
         }
     }
 

@@ -93,6 +93,7 @@ pub fn process(pid: u32, comm: &str, sites: Vec<SiteReport>) -> ProcessReport {
         heap: None,
         counters: Counters::default(),
         sites,
+        go: None,
     }
 }
 
