@@ -9,6 +9,7 @@ mod common;
 mod cli;
 mod cost;
 mod files;
+mod golang;
 mod growth;
 mod growth_mode;
 mod heap;
