@@ -18,6 +18,7 @@ use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 pub use self::{
     buildinfo::BuildInfo,
     census::CensusTracker,
+    heap_profile::LAG_NOTE,
     layout::{GLayout, StatsLayout},
     memory::Memory,
 };

@@ -2,6 +2,7 @@
 //! `leaktrace report`, `leaktrace diff` and `leaktrace export`; no privileges needed.
 pub mod diff;
 pub mod export;
+mod go_text;
 pub mod pprof;
 pub mod read;
 pub mod text;
@@ -55,9 +56,14 @@ fn diff(args: &DiffArgs) -> anyhow::Result<()> {
 fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let snapshot = read::read_snapshot(&args.file)?;
     let name = shown(&args.file);
-    snapshot.require_sites(&name)?;
+    if args.format == ExportFormat::GoHeap {
+        snapshot.require_go_heap_sites(&name)?;
+    } else {
+        snapshot.require_sites(&name)?;
+    }
     let bytes = match args.format {
         ExportFormat::Pprof => export::pprof_gz(&snapshot, &name)?,
+        ExportFormat::GoHeap => export::go_heap_pprof_gz(&snapshot, &name)?,
         ExportFormat::Folded => export::folded(&snapshot, &name)?.into_bytes(),
         ExportFormat::Svg => export::svg(&snapshot, &name)?,
     };
