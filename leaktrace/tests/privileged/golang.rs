@@ -69,7 +69,7 @@ fn go_fixture(version: &str, name: &str, ldflags: &str) -> PathBuf {
 }
 
 /// Start a fixture, wait for its `ready` line, trace it by pid for a few intervals (no
-/// `--mode`), and return the final snapshot's process and leaktrace's output.
+/// `--mode`), and return the final snapshot and leaktrace's output.
 fn trace_go(exe: &Path, arg: u64) -> (Value, Vec<String>) {
     let mut command = Command::new(exe);
     command.arg(arg.to_string());
@@ -104,7 +104,7 @@ fn trace_go(exe: &Path, arg: u64) -> (Value, Vec<String>) {
         "{}",
         lines.join("\n")
     );
-    (only_process(&snapshot).clone(), lines)
+    (snapshot, lines)
 }
 
 fn names(frames: &Value) -> Vec<&str> {
@@ -119,8 +119,8 @@ fn names(frames: &Value) -> Vec<&str> {
 /// the heap profile is unavailable and says why.
 fn goroutine_leak(version: &str, ldflags: &str, layout: &str) {
     let exe = go_fixture(version, "goroutines", ldflags);
-    let (process, lines) = trace_go(&exe, SENDERS);
-    let go = &process["go"];
+    let (snapshot, lines) = trace_go(&exe, SENDERS);
+    let go = &only_process(&snapshot)["go"];
     assert!(
         go["version"]
             .as_str()
@@ -166,8 +166,8 @@ fn goroutine_leak(version: &str, ldflags: &str, layout: &str) {
 /// pprof does), and memstats' HeapAlloc holds at least those bytes.
 fn heap_profile(version: &str) {
     let exe = go_fixture(version, "heapmap", "");
-    let (process, _) = trace_go(&exe, BLOCKS);
-    let go = &process["go"];
+    let (snapshot, _) = trace_go(&exe, BLOCKS);
+    let go = &only_process(&snapshot)["go"];
     let profile = &go["heap_profile"];
     assert_eq!(profile["available"], true, "{profile:#}");
     assert_eq!(profile["rate"], 64 * 1024);
@@ -196,6 +196,46 @@ fn heap_profile(version: &str) {
         stats["heap_objects"].as_u64().expect("objects") >= BLOCKS,
         "{stats:#}"
     );
+    exported_profile_reads_in_go_tool_pprof(version, &snapshot, inuse);
+}
+
+/// `leaktrace export --format go-heap` gives a profile `go tool pprof` reads, with runtime/pprof's
+/// four sample types and the leak's in-use bytes on its function.
+fn exported_profile_reads_in_go_tool_pprof(version: &str, snapshot: &Value, inuse: u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("snapshot.json");
+    std::fs::write(&json, snapshot.to_string()).expect("write snapshot");
+    let profile = dir.path().join("heap.pb.gz");
+    succeed(&[
+        "export",
+        json.to_str().expect("utf-8"),
+        "--format",
+        "go-heap",
+        "-o",
+        profile.to_str().expect("utf-8"),
+    ]);
+    let output = Command::new(toolchain(version))
+        .args(["tool", "pprof", "-raw"])
+        .arg(&profile)
+        .output()
+        .expect("run go tool pprof");
+    let raw = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        raw.contains(
+            "alloc_objects/count alloc_space/bytes inuse_objects/count inuse_space/bytes[dflt]"
+        ),
+        "{raw}"
+    );
+    assert!(
+        raw.contains(&format!(" {inuse}: ")),
+        "{inuse} in use not in:\n{raw}"
+    );
+    assert!(raw.contains("main.leakIntoMap"), "{raw}");
 }
 
 macro_rules! go_release {
