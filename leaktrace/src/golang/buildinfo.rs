@@ -97,7 +97,7 @@ fn read_string(data: &[u8]) -> Result<(&[u8], &[u8]), BuildInfoError> {
 /// The `path` line of the module listing (which sits between two 16-byte sentinels).
 fn main_path(modinfo: &[u8]) -> Option<String> {
     const SENTINEL_BYTES: usize = 16;
-    let listing = if modinfo.len() >= 2 * SENTINEL_BYTES + 1 {
+    let listing = if modinfo.len() > 2 * SENTINEL_BYTES {
         &modinfo[SENTINEL_BYTES..modinfo.len() - SENTINEL_BYTES]
     } else {
         modinfo

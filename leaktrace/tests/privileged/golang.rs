@@ -150,7 +150,7 @@ fn goroutine_leak(version: &str, ldflags: &str, layout: &str) {
         names(&group["frames"])
     );
     let total = go["goroutines"].as_u64().expect("goroutines");
-    assert!(total >= SENDERS && total < SENDERS + 50, "{total}");
+    assert!((SENDERS..SENDERS + 50).contains(&total), "{total}");
     let profile = &go["heap_profile"];
     assert_eq!(profile["available"], false, "{profile:#}");
     assert!(
