@@ -580,6 +580,9 @@ impl Session {
             match GoTracker::of_process(pid) {
                 Ok(Some(go)) => {
                     log::info!("pid {pid}: Go program, {}", go.runtime.build.version);
+                    if let Some(why) = go.runtime.census_unavailable() {
+                        eprintln!("leaktrace: pid {pid} ({}): {why}", go.runtime.build.version);
+                    }
                     session.go.insert(pid, go);
                 }
                 Ok(None) => {}

@@ -142,6 +142,17 @@ impl GoRuntime {
         }))
     }
 
+    /// Why no goroutine census can be taken, in one line; `None` when one can.
+    pub fn census_unavailable(&self) -> Option<String> {
+        match &self.g_layout {
+            Err(why) => Some(why.clone()),
+            Ok(_) if !self.symbols.contains_key("runtime.allgs") => {
+                Some(census::CensusError::NoAllgs.to_string())
+            }
+            Ok(_) => None,
+        }
+    }
+
     /// A runtime variable's address in the running process, and its size.
     pub fn symbol(&self, name: &str) -> Option<(u64, u64)> {
         self.symbols

@@ -49,7 +49,11 @@ fn go_fixture(version: &str, name: &str, ldflags: &str) -> PathBuf {
     let src = workspace().join(format!("tests/fixtures/go/{name}.go"));
     let dir = workspace().join(format!("target/go-fixtures/{version}"));
     std::fs::create_dir_all(&dir).expect("fixture dir");
-    let suffix = if ldflags.is_empty() { "" } else { "-w" };
+    let suffix = match ldflags {
+        "" => "",
+        "-w" => "-w",
+        _ => "-s-w",
+    };
     let exe = dir.join(format!("{name}{suffix}"));
     let modified = |p: &Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
     if modified(&exe).is_some() && modified(&exe) >= modified(&src) {
@@ -236,6 +240,28 @@ fn exported_profile_reads_in_go_tool_pprof(version: &str, snapshot: &Value, inus
         "{inuse} in use not in:\n{raw}"
     );
     assert!(raw.contains("main.leakIntoMap"), "{raw}");
+}
+
+/// A `-s -w` binary has neither symbols nor DWARF: no census, said in one line at start and in
+/// the JSON, and still traced.
+#[test]
+fn a_stripped_binary_says_why_there_is_no_census() {
+    if !privileged() {
+        return;
+    }
+    let exe = go_fixture("1.25", "goroutines", "-s -w");
+    let (snapshot, lines) = trace_go(&exe, 10);
+    let go = &only_process(&snapshot)["go"];
+    assert_eq!(go["goroutines"], Value::Null, "{go:#}");
+    let why = go["census_error"].as_str().expect("a reason");
+    assert!(why.contains("stripped"), "{why}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("leaktrace: pid") && l.contains(why)),
+        "{}",
+        lines.join("\n")
+    );
 }
 
 macro_rules! go_release {
