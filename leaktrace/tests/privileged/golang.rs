@@ -46,6 +46,11 @@ fn toolchain(version: &str) -> PathBuf {
 
 /// Build tests/fixtures/go/NAME.go with Go `version` (cached until the source changes).
 fn go_fixture(version: &str, name: &str, ldflags: &str) -> PathBuf {
+    // Tests share fixtures: one build at a time, so that none runs a half-written binary.
+    static BUILDING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _building = BUILDING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let src = workspace().join(format!("tests/fixtures/go/{name}.go"));
     let dir = workspace().join(format!("target/go-fixtures/{version}"));
     std::fs::create_dir_all(&dir).expect("fixture dir");
@@ -75,8 +80,12 @@ fn go_fixture(version: &str, name: &str, ldflags: &str) -> PathBuf {
 /// Start a fixture, wait for its `ready` line, trace it by pid for a few intervals (no
 /// `--mode`), and return the final snapshot and leaktrace's output.
 fn trace_go(exe: &Path, arg: u64) -> (Value, Vec<String>) {
+    trace_go_with(exe, &[&arg.to_string()])
+}
+
+fn trace_go_with(exe: &Path, args: &[&str]) -> (Value, Vec<String>) {
     let mut command = Command::new(exe);
-    command.arg(arg.to_string());
+    command.args(args);
     let mut fixture = Supervised::spawn("go fixture", &mut command, Input::Piped).expect("start");
     fixture
         .wait_line(Duration::from_secs(60), "ready", Lines::Stdout, |l| {
@@ -262,6 +271,29 @@ fn a_stripped_binary_says_why_there_is_no_census() {
         "{}",
         lines.join("\n")
     );
+}
+
+/// Senders that keep accumulating (20 more every 100 ms) make a group classed a goroutine leak,
+/// with a positive slope per minute.
+#[test]
+fn a_growing_blocked_group_is_a_goroutine_leak() {
+    if !privileged() {
+        return;
+    }
+    let exe = go_fixture("1.22", "goroutines", "");
+    let (snapshot, _) = trace_go_with(&exe, &["100", "grow"]);
+    let go = &only_process(&snapshot)["go"];
+    let group = go["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| names(&g["created_by"]).contains(&"main.startSenders"))
+        .unwrap_or_else(|| panic!("no senders group: {go:#}"));
+    let growth = &group["growth"];
+    assert_eq!(growth["class"], "leak_suspect", "{group:#}");
+    // 200 per second at most (fewer under load): between 0 and 12,000 per minute.
+    let per_min = growth["per_min"].as_f64().expect("slope");
+    assert!(per_min > 0.0 && per_min <= 12_000.0 * 1.05, "{per_min}");
 }
 
 macro_rules! go_release {
