@@ -107,17 +107,20 @@ pub fn read(runtime: &GoRuntime, memory: &Memory) -> Result<Census, CensusError>
     }
     let wait_reasons = read_wait_reasons(runtime, memory);
     let mut goroutines = Vec::with_capacity(pointers.len());
-    let mut buf = vec![0u8; layout.read_bytes];
-    for &g in &pointers {
-        if g == 0 {
-            continue;
-        }
-        if memory.read_into(g, &mut buf).is_err() {
+    pointers.retain(|&g| g != 0);
+    let size = layout.read_bytes;
+    let mut all = vec![0u8; pointers.len() * size];
+    let read_whole = memory.read_many(&pointers, size, &mut all);
+    // Goroutines created at one place, parked at one pc at one stack depth have one stack:
+    // walked once (a service with 100,000 blocked goroutines has a handful of such stacks).
+    let mut walked: HashMap<(u64, u64, u64), Vec<u64>> = HashMap::new();
+    for (buf, whole) in all.chunks_exact(size).zip(read_whole) {
+        if !whole {
             torn += 1;
             continue;
         }
-        let field = |offset| le_u64(&buf, offset).unwrap_or(0);
-        let status = le_u32(&buf, layout.atomicstatus).unwrap_or(u32::MAX) & !GSCAN;
+        let field = |offset| le_u64(buf, offset).unwrap_or(0);
+        let status = le_u32(buf, layout.atomicstatus).unwrap_or(u32::MAX) & !GSCAN;
         if status >= G_MAX_STATE {
             torn += 1;
             continue;
@@ -126,19 +129,18 @@ pub fn read(runtime: &GoRuntime, memory: &Memory) -> Result<Census, CensusError>
             continue;
         }
         let (lo, hi) = (field(layout.stack_lo), field(layout.stack_hi));
+        let (pc, sp) = (field(layout.sched_pc), field(layout.sched_sp));
         let pcs = match status {
-            G_WAITING | G_RUNNABLE | G_PREEMPTED => walk_frames(
-                memory,
-                field(layout.sched_pc),
-                field(layout.sched_bp),
-                lo..hi,
-            ),
+            G_WAITING | G_RUNNABLE | G_PREEMPTED => walked
+                .entry((field(layout.gopc), pc, hi.wrapping_sub(sp)))
+                .or_insert_with(|| walk_frames(memory, pc, field(layout.sched_bp), lo..hi))
+                .clone(),
             _ => Vec::new(),
         };
         goroutines.push(Goroutine {
             goid: field(layout.goid),
             status,
-            wait_reason: le_u8(&buf, layout.waitreason).unwrap_or(0),
+            wait_reason: le_u8(buf, layout.waitreason).unwrap_or(0),
             gopc: field(layout.gopc),
             startpc: field(layout.startpc),
             waitsince: field(layout.waitsince) as i64,
@@ -271,14 +273,20 @@ impl CensusTracker {
     ) -> Vec<Group> {
         let now_ns = monotonic_ns();
         let mut groups: HashMap<GroupKey, Group> = HashMap::new();
+        // Stacks repeat across goroutines: their non-runtime frames are found once per stack.
+        let mut user_frames: HashMap<&[u64], Vec<u64>> = HashMap::new();
         for g in &census.goroutines {
-            let user_pcs: Vec<u64> = g
-                .pcs
-                .iter()
-                .copied()
-                .filter(|pc| !runtime.is_runtime_pc(*pc))
-                .take(KEY_FRAMES)
-                .collect();
+            let user_pcs = user_frames
+                .entry(g.pcs.as_slice())
+                .or_insert_with(|| {
+                    g.pcs
+                        .iter()
+                        .copied()
+                        .filter(|pc| !runtime.is_runtime_pc(*pc))
+                        .take(KEY_FRAMES)
+                        .collect()
+                })
+                .clone();
             let key = GroupKey {
                 gopc: g.gopc,
                 status: g.status,

@@ -240,12 +240,20 @@ impl GoTracker {
             report.heap_profile.reason = Some("the process has exited".to_string());
             return report;
         }
-        match census::read(&self.runtime, &self.memory) {
+        let reading = std::time::Instant::now();
+        let census = census::read(&self.runtime, &self.memory);
+        log::debug!(
+            "pid {pid}: goroutine census read in {:?}",
+            reading.elapsed()
+        );
+        match census {
             Ok(census) => {
                 report.layout = Some(census.layout_source.as_str().to_string());
                 report.torn_reads = census.torn;
                 report.goroutines = Some(census.goroutines.len() as u64);
+                let grouping = std::time::Instant::now();
                 let groups = self.census.record(&self.runtime, &census, t_s, sampling);
+                log::debug!("pid {pid}: goroutines grouped in {:?}", grouping.elapsed());
                 report.groups = groups
                     .into_iter()
                     .map(|group| GoroutineGroupReport {
