@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 
 use super::{
-    layout::BUCKET_HEADER_BYTES,
+    layout::{RecordLayout, BUCKET_HEADER_BYTES},
     memory::{le_u64, Memory},
     GoRuntime,
 };
@@ -26,10 +26,6 @@ const MAX_STACK: u64 = 1024;
 pub const MAX_SITES: usize = 100;
 /// `runtime.memProfile`: the bucket type of heap-profile buckets.
 const MEM_PROFILE: u64 = 1;
-/// `memRecordCycle`: allocs, frees, alloc_bytes, free_bytes.
-const CYCLE_BYTES: usize = 32;
-/// `memRecord`: active + future[3].
-const RECORD_BYTES: usize = 4 * CYCLE_BYTES;
 /// Said wherever the profile's numbers are shown.
 pub const LAG_NOTE: &str =
     "as of the last completed GC cycle (lags the live heap by up to two cycles)";
@@ -44,13 +40,20 @@ pub struct Record {
 }
 
 impl Record {
-    fn parse(buf: &[u8], at: usize) -> Record {
+    /// A `memRecordCycle` at `at`; `size`: the bucket's object size (Go 1.27 keeps counts only).
+    fn parse(buf: &[u8], at: usize, layout: RecordLayout, size: u64) -> Record {
         let field = |i: usize| le_u64(buf, at + i * 8).unwrap_or(0);
+        let (allocs, frees) = (field(0), field(1));
+        let (alloc_bytes, free_bytes) = if layout.has_bytes {
+            (field(2), field(3))
+        } else {
+            (allocs.wrapping_mul(size), frees.wrapping_mul(size))
+        };
         Record {
-            allocs: field(0),
-            frees: field(1),
-            alloc_bytes: field(2),
-            free_bytes: field(3),
+            allocs,
+            frees,
+            alloc_bytes,
+            free_bytes,
         }
     }
 
@@ -133,7 +136,7 @@ pub fn read(
             )
         };
     }
-    let (records, torn) = walk(memory, head, cycle);
+    let (records, torn) = walk(memory, head, cycle, runtime.record_layout);
     let mut by_stack: HashMap<Vec<u64>, GoHeapSite> = HashMap::new();
     for (stack, record) in records {
         let (inuse_objects, inuse_bytes) = scale_heap_sample(
@@ -182,7 +185,12 @@ pub fn read(
 /// Every heap-profile bucket: its stack and record. Bounded by [`MAX_BUCKETS`], stops at a
 /// repeated bucket (the list changed under us); inconsistent records are reread once, then
 /// counted as torn and left out.
-fn walk(memory: &Memory, head: u64, cycle: u32) -> (Vec<(Vec<u64>, Record)>, u64) {
+fn walk(
+    memory: &Memory,
+    head: u64,
+    cycle: u32,
+    layout: RecordLayout,
+) -> (Vec<(Vec<u64>, Record)>, u64) {
     let mut seen = HashSet::new();
     let mut out = Vec::new();
     let mut torn = 0;
@@ -195,6 +203,7 @@ fn walk(memory: &Memory, head: u64, cycle: u32) -> (Vec<(Vec<u64>, Record)>, u64
         };
         let allnext = le_u64(&header, 8).unwrap_or(0);
         let kind = le_u64(&header, 16).unwrap_or(0);
+        let size = le_u64(&header, 32).unwrap_or(0);
         let nstk = le_u64(&header, 40).unwrap_or(0);
         if kind != MEM_PROFILE || nstk > MAX_STACK {
             torn += u64::from(kind != MEM_PROFILE);
@@ -204,14 +213,21 @@ fn walk(memory: &Memory, head: u64, cycle: u32) -> (Vec<(Vec<u64>, Record)>, u64
         let stack_bytes = nstk as usize * 8;
         let mut record = None;
         for _ in 0..2 {
+            // The record: active, then future[3].
+            let record_bytes = 4 * layout.cycle_bytes;
             let Ok(body) = memory.read(
                 bucket + BUCKET_HEADER_BYTES as u64,
-                stack_bytes + RECORD_BYTES,
+                stack_bytes + record_bytes,
             ) else {
                 break;
             };
-            let active = Record::parse(&body, stack_bytes);
-            let future = Record::parse(&body, stack_bytes + CYCLE_BYTES * (1 + future_index));
+            let active = Record::parse(&body, stack_bytes, layout, size);
+            let future = Record::parse(
+                &body,
+                stack_bytes + layout.cycle_bytes * (1 + future_index),
+                layout,
+                size,
+            );
             let total = active.add(future);
             if total.is_consistent() {
                 let stack = body[..stack_bytes]
@@ -287,7 +303,8 @@ mod tests {
             b[9] = 200; // active.alloc_bytes
         }
         let memory = Memory::new(std::process::id());
-        let (records, torn) = walk(&memory, base, 0);
+        let layout = RecordLayout::new(&Default::default(), Some((1, 22)));
+        let (records, torn) = walk(&memory, base, 0, layout);
         assert_eq!(torn, 0);
         assert_eq!(records.len(), 2);
         assert_eq!(records[1].0, vec![0x4001]);

@@ -13,6 +13,7 @@ const WANTED: &[&str] = &[
     "runtime.gobuf",
     "runtime.stack",
     "runtime.bucket",
+    "runtime.memRecordCycle",
     "runtime.mstats",
     "runtime.consistentHeapStats",
     "runtime.heapStatsDelta",
@@ -183,12 +184,20 @@ impl GLayout {
         // gobuf is (sp, pc, g, ctxt, ret, lr, bp) in 1.19-1.24 and (sp, pc, g, ctxt, lr, bp)
         // from 1.25 (ret removed); the tables hold the whole g offsets.
         const GOBUF_BP: usize = 48;
+        // Measured on each release's own DWARF (runtime.g, runtime.gobuf); 1.20 unmeasured.
         match version {
             (1, 19) => Some(table(0, 56, 144, 152, 168, 176, 296, 312)),
-            (1, 22) => Some(table(0, 56, 144, 152, 168, 176, 280, 296)),
+            (1, 21) | (1, 22) => Some(table(0, 56, 144, 152, 168, 176, 280, 296)),
+            // 1.23 added g.syscallbp.
+            (1, 23) | (1, 24) => Some(table(0, 56, 152, 160, 176, 184, 288, 304)),
+            // 1.25 dropped gobuf.ret (bp 8 bytes earlier, g shorter by 8).
             (1, 25) => Some(GLayout {
                 sched_bp: 56 + 40,
                 ..table(0, 56, 144, 152, 168, 176, 280, 296)
+            }),
+            (1, 26) | (1, 27) => Some(GLayout {
+                sched_bp: 56 + 40,
+                ..table(0, 56, 144, 152, 168, 176, 288, 304)
             }),
             _ => None,
         }
@@ -217,6 +226,42 @@ impl GLayout {
 /// Size of a heap-profile bucket header (`runtime.bucket`: next, allnext, typ, hash, size,
 /// nstk), the same in every release leaktrace knows.
 pub const BUCKET_HEADER_BYTES: usize = 48;
+
+/// The shape of a heap-profile record (`memRecordCycle`): allocs, frees and, before Go 1.27,
+/// alloc_bytes and free_bytes. From 1.27 the bytes are the counts times the bucket's size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordLayout {
+    /// Bytes of one `memRecordCycle`.
+    pub cycle_bytes: usize,
+    /// Whether the cycle holds byte totals (else: count x bucket size).
+    pub has_bytes: bool,
+}
+
+impl RecordLayout {
+    const WITH_BYTES: RecordLayout = RecordLayout {
+        cycle_bytes: 32,
+        has_bytes: true,
+    };
+    const COUNTS_ONLY: RecordLayout = RecordLayout {
+        cycle_bytes: 16,
+        has_bytes: false,
+    };
+
+    /// From DWARF, else by version (measured on 1.19-1.26: with bytes; 1.27: counts only).
+    pub fn new(structs: &Structs, version: Option<(u32, u32)>) -> RecordLayout {
+        if let Some(cycle) = structs.get("runtime.memRecordCycle") {
+            let has_bytes = cycle.members.contains_key("alloc_bytes");
+            return RecordLayout {
+                cycle_bytes: usize::try_from(cycle.size).unwrap_or(0).clamp(16, 64),
+                has_bytes,
+            };
+        }
+        match version {
+            Some(v) if v >= (1, 27) => RecordLayout::COUNTS_ONLY,
+            _ => RecordLayout::WITH_BYTES,
+        }
+    }
+}
 
 /// Offsets of the memory statistics leaktrace reads (DWARF only: no tables).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -285,12 +330,47 @@ mod tests {
 
     #[test]
     fn tables_cover_the_fields_they_read() {
-        for version in [(1, 19), (1, 22), (1, 25)] {
+        for version in [
+            (1, 19),
+            (1, 21),
+            (1, 22),
+            (1, 23),
+            (1, 24),
+            (1, 25),
+            (1, 26),
+            (1, 27),
+        ] {
             let layout = GLayout::for_version(version).expect("measured");
             assert!(layout.read_bytes > layout.startpc, "{version:?}");
             assert!(layout.read_bytes < 1024, "{version:?}");
         }
         assert_eq!(GLayout::for_version((1, 12)), None);
+        assert_eq!(GLayout::for_version((1, 20)), None);
+    }
+
+    #[test]
+    fn records_lost_their_byte_totals_in_go_1_27() {
+        let none = Structs::new();
+        assert_eq!(
+            RecordLayout::new(&none, Some((1, 26))),
+            RecordLayout::WITH_BYTES
+        );
+        assert_eq!(
+            RecordLayout::new(&none, Some((1, 27))),
+            RecordLayout::COUNTS_ONLY
+        );
+        let mut dwarf = Structs::new();
+        dwarf.insert(
+            "runtime.memRecordCycle".to_string(),
+            StructLayout {
+                size: 16,
+                members: [("allocs".to_string(), 0), ("frees".to_string(), 8)].into(),
+            },
+        );
+        assert_eq!(
+            RecordLayout::new(&dwarf, Some((1, 26))),
+            RecordLayout::COUNTS_ONLY
+        );
     }
 
     #[test]

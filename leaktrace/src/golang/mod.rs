@@ -19,7 +19,7 @@ pub use self::{
     buildinfo::BuildInfo,
     census::CensusTracker,
     heap_profile::LAG_NOTE,
-    layout::{GLayout, StatsLayout},
+    layout::{GLayout, RecordLayout, StatsLayout},
     memory::Memory,
 };
 use crate::{
@@ -44,6 +44,7 @@ pub struct GoRuntime {
     /// Where the `runtime.g` fields come from: DWARF, a table, or why neither works.
     pub g_layout: Result<(GLayout, LayoutSource), String>,
     pub stats_layout: Option<StatsLayout>,
+    pub record_layout: RecordLayout,
 }
 
 /// Where a layout came from, for the report.
@@ -132,6 +133,7 @@ impl GoRuntime {
             )),
         };
         let stats_layout = StatsLayout::from_dwarf(&structs);
+        let record_layout = RecordLayout::new(&structs, build.major_minor());
         Ok(Some(GoRuntime {
             build,
             bias,
@@ -139,6 +141,7 @@ impl GoRuntime {
             functions,
             g_layout,
             stats_layout,
+            record_layout,
         }))
     }
 
