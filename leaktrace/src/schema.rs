@@ -180,8 +180,8 @@ pub struct GoroutineGroupReport {
     pub created_by: Vec<Frame>,
     /// One member's stack, innermost first (empty for running goroutines).
     pub frames: Vec<Frame>,
-    /// Longest time a member has been blocked, as far as the GC has seen (it records the time
-    /// it first finds a goroutine blocked): a lower bound; `None` before any such GC.
+    /// Longest time a member has been blocked, at least: `g.waitsince`, which a GC's stack scan
+    /// sets to the previous GC's mark-termination time; `None` until a second GC saw it blocked.
     pub oldest_wait_s: Option<f64>,
     pub growth: GoroutineGrowth,
 }

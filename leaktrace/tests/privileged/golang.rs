@@ -84,6 +84,7 @@ fn trace_go(exe: &Path, arg: u64) -> (Value, Vec<String>) {
 }
 
 fn trace_go_with(exe: &Path, args: &[&str]) -> (Value, Vec<String>) {
+    let started = std::time::Instant::now();
     let mut command = Command::new(exe);
     command.args(args);
     let mut fixture = Supervised::spawn("go fixture", &mut command, Input::Piped).expect("start");
@@ -117,6 +118,9 @@ fn trace_go_with(exe: &Path, args: &[&str]) -> (Value, Vec<String>) {
         "{}",
         lines.join("\n")
     );
+    // The longest a goroutine can have been blocked: the fixture's whole life.
+    let mut snapshot = snapshot;
+    snapshot["fixture_lifetime_s"] = started.elapsed().as_secs_f64().into();
     (snapshot, lines)
 }
 
@@ -157,6 +161,15 @@ fn goroutine_leak(version: &str, ldflags: &str, layout: &str) {
     );
     assert_eq!(group["state"], "waiting");
     assert_eq!(group["wait_reason"], "chan send");
+    // A GC saw them blocked (the fixture forces one): blocked since then, within its life.
+    let waited = group["oldest_wait_s"]
+        .as_f64()
+        .expect("a GC saw them blocked");
+    let lifetime = snapshot["fixture_lifetime_s"].as_f64().expect("lifetime");
+    assert!(
+        waited > 0.0 && waited <= lifetime,
+        "{waited} s blocked in {lifetime} s"
+    );
     assert!(
         names(&group["frames"]).contains(&"runtime.chansend1"),
         "{:?}",
