@@ -211,6 +211,8 @@ pub struct GoTracker {
     memory: Memory,
     census: CensusTracker,
     stats: memstats::StatsTracker,
+    /// The latest report, kept for the snapshots taken after the process ended.
+    last: Option<GoReport>,
 }
 
 impl GoTracker {
@@ -221,6 +223,7 @@ impl GoTracker {
             memory: Memory::new(pid),
             census: CensusTracker::default(),
             stats: memstats::StatsTracker::default(),
+            last: None,
         }))
     }
 
@@ -239,8 +242,12 @@ impl GoTracker {
             ..GoReport::default()
         };
         if !alive {
-            report.census_error = Some("the process has exited".to_string());
-            report.heap_profile.reason = Some("the process has exited".to_string());
+            // Its memory is gone: what was read last is what it was.
+            if let Some(last) = &self.last {
+                return last.clone();
+            }
+            report.census_error = Some("the process exited before it was read".to_string());
+            report.heap_profile.reason = Some("the process exited before it was read".to_string());
             return report;
         }
         let reading = std::time::Instant::now();
@@ -276,6 +283,7 @@ impl GoTracker {
         }
         report.heap_profile = heap_profile::read(&self.runtime, &self.memory, symbols, pid);
         report.memstats = self.stats.read(&self.runtime, &self.memory, t_s, sampling);
+        self.last = Some(report.clone());
         report
     }
 }

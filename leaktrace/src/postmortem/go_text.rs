@@ -116,3 +116,86 @@ pub fn go_lines(go: &RecordedGo, top: usize) -> Vec<String> {
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::postmortem::read::{
+        RecordedGoHeapProfile, RecordedGoHeapSite, RecordedGoMemStats, RecordedGoroutineGroup,
+        RecordedGoroutineGrowth,
+    };
+
+    fn frame(function: &str) -> RecordedFrame {
+        RecordedFrame {
+            function: Some(function.to_string()),
+            file: Some("/src/main.go".to_string()),
+            line: Some(21),
+            ..RecordedFrame::default()
+        }
+    }
+
+    #[test]
+    fn the_go_section_names_the_leak_the_profile_lag_and_the_stats() {
+        let go = RecordedGo {
+            version: "go1.22.10".to_string(),
+            goroutines: Some(3007),
+            layout: Some("dwarf".to_string()),
+            groups: vec![RecordedGoroutineGroup {
+                count: 3000,
+                state: "waiting".to_string(),
+                wait_reason: Some("chan send".to_string()),
+                created_by: vec![frame("main.startSenders")],
+                frames: vec![frame("runtime.gopark"), frame("main.startSenders.func1")],
+                oldest_wait_s: Some(90.0),
+                growth: RecordedGoroutineGrowth {
+                    per_min: Some(120.0),
+                    class: "leak_suspect".to_string(),
+                },
+            }],
+            memstats: Some(RecordedGoMemStats {
+                heap_alloc: Some(80 << 20),
+                num_gc: Some(8),
+                ..RecordedGoMemStats::default()
+            }),
+            heap_profile: RecordedGoHeapProfile {
+                available: true,
+                rate: Some(65536),
+                sites: vec![RecordedGoHeapSite {
+                    inuse_bytes: 78 << 20,
+                    inuse_objects: 19971,
+                    frames: vec![frame("runtime.makeslice"), frame("main.leakIntoMap")],
+                    ..RecordedGoHeapSite::default()
+                }],
+                ..RecordedGoHeapProfile::default()
+            },
+            ..RecordedGo::default()
+        };
+        let text = go_lines(&go, 5).join("\n");
+        for expected in [
+            "Go go1.22.10: 3007 goroutines",
+            "3000  waiting (chan send), created by main.startSenders, at main.startSenders.func1 (main.go:21), +120.0/min, GOROUTINE LEAK SUSPECT",
+            "lags the live heap by up to two cycles",
+            "78.0 MiB in use (19971 objects)",
+            "main.leakIntoMap (main.go:21)",
+            "HeapAlloc 80.0 MiB",
+            "NumGC 8",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing from:\n{text}");
+        }
+        let off = RecordedGo {
+            heap_profile: RecordedGoHeapProfile {
+                reason: Some("the linker disabled memory profiling".to_string()),
+                ..RecordedGoHeapProfile::default()
+            },
+            census_error: Some("no goroutine census: stripped".to_string()),
+            ..RecordedGo::default()
+        };
+        let text = go_lines(&off, 5).join("\n");
+        assert!(text.contains("no goroutine census: stripped"), "{text}");
+        assert!(
+            text.contains("heap profile: unavailable (the linker disabled"),
+            "{text}"
+        );
+        assert!(text.contains("memstats: unavailable"), "{text}");
+    }
+}
