@@ -14,6 +14,8 @@ use crate::{
 
 /// Most goroutines read (a census of more would be a read of garbage, or too slow).
 pub const MAX_GOROUTINES: usize = 1_000_000;
+/// Goroutines read per batch of `process_vm_readv` calls.
+const READ_BATCH: usize = 4096;
 /// Frames walked per goroutine.
 const MAX_FRAMES: usize = 32;
 /// Non-runtime frames that tell groups apart.
@@ -109,43 +111,46 @@ pub fn read(runtime: &GoRuntime, memory: &Memory) -> Result<Census, CensusError>
     let mut goroutines = Vec::with_capacity(pointers.len());
     pointers.retain(|&g| g != 0);
     let size = layout.read_bytes;
-    let mut all = vec![0u8; pointers.len() * size];
-    let read_whole = memory.read_many(&pointers, size, &mut all);
     // Goroutines created at one place, parked at one pc at one stack depth have one stack:
     // walked once (a service with 100,000 blocked goroutines has a handful of such stacks).
     let mut walked: HashMap<(u64, u64, u64), Vec<u64>> = HashMap::new();
-    for (buf, whole) in all.chunks_exact(size).zip(read_whole) {
-        if !whole {
-            torn += 1;
-            continue;
+    // Read a batch at a time: a million goroutines would otherwise be 300 MB of copies at once.
+    let mut batch = vec![0u8; READ_BATCH * size];
+    for addrs in pointers.chunks(READ_BATCH) {
+        let read_whole = memory.read_many(addrs, size, &mut batch);
+        for (buf, whole) in batch.chunks_exact(size).zip(read_whole) {
+            if !whole {
+                torn += 1;
+                continue;
+            }
+            let field = |offset| le_u64(buf, offset).unwrap_or(0);
+            let status = le_u32(buf, layout.atomicstatus).unwrap_or(u32::MAX) & !GSCAN;
+            if status >= G_MAX_STATE {
+                torn += 1;
+                continue;
+            }
+            if status == G_DEAD || status == G_IDLE {
+                continue;
+            }
+            let (lo, hi) = (field(layout.stack_lo), field(layout.stack_hi));
+            let (pc, sp) = (field(layout.sched_pc), field(layout.sched_sp));
+            let pcs = match status {
+                G_WAITING | G_RUNNABLE | G_PREEMPTED => walked
+                    .entry((field(layout.gopc), pc, hi.wrapping_sub(sp)))
+                    .or_insert_with(|| walk_frames(memory, pc, field(layout.sched_bp), lo..hi))
+                    .clone(),
+                _ => Vec::new(),
+            };
+            goroutines.push(Goroutine {
+                goid: field(layout.goid),
+                status,
+                wait_reason: le_u8(buf, layout.waitreason).unwrap_or(0),
+                gopc: field(layout.gopc),
+                startpc: field(layout.startpc),
+                waitsince: field(layout.waitsince) as i64,
+                pcs,
+            });
         }
-        let field = |offset| le_u64(buf, offset).unwrap_or(0);
-        let status = le_u32(buf, layout.atomicstatus).unwrap_or(u32::MAX) & !GSCAN;
-        if status >= G_MAX_STATE {
-            torn += 1;
-            continue;
-        }
-        if status == G_DEAD || status == G_IDLE {
-            continue;
-        }
-        let (lo, hi) = (field(layout.stack_lo), field(layout.stack_hi));
-        let (pc, sp) = (field(layout.sched_pc), field(layout.sched_sp));
-        let pcs = match status {
-            G_WAITING | G_RUNNABLE | G_PREEMPTED => walked
-                .entry((field(layout.gopc), pc, hi.wrapping_sub(sp)))
-                .or_insert_with(|| walk_frames(memory, pc, field(layout.sched_bp), lo..hi))
-                .clone(),
-            _ => Vec::new(),
-        };
-        goroutines.push(Goroutine {
-            goid: field(layout.goid),
-            status,
-            wait_reason: le_u8(buf, layout.waitreason).unwrap_or(0),
-            gopc: field(layout.gopc),
-            startpc: field(layout.startpc),
-            waitsince: field(layout.waitsince) as i64,
-            pcs,
-        });
     }
     Ok(Census {
         goroutines,
