@@ -876,7 +876,13 @@ impl Session {
     fn intern(&mut self, pid: u32, stack: Vec<u64>) -> u32 {
         /// Above any stack id the kernel hands out (`--max-stacks` is at most 2^31 here).
         const FIRST_UNWOUND_ID: u32 = 0x8000_0000;
-        if let Some(id) = self.interned.get(&(pid, stack.clone())) {
+        // A Go program's stacks are keyed by runtime function, not call site (see
+        // `GoRuntime::site_key`); the first stack seen is the one shown.
+        let key = match self.go.get(&pid) {
+            Some(go) => go.runtime.site_key(&stack),
+            None => stack.clone(),
+        };
+        if let Some(id) = self.interned.get(&(pid, key.clone())) {
             return *id;
         }
         self.unwound_ids = self.unwound_ids.wrapping_add(1) & 0x3fff_ffff;
@@ -884,7 +890,7 @@ impl Session {
         // The mappings are read now, while the process surely lives: a short-lived process may
         // be gone by the next snapshot, and the frames are named from module and offset then.
         self.symbols.keep_maps_for(pid, &stack);
-        self.interned.insert((pid, stack.clone()), id);
+        self.interned.insert((pid, key), id);
         self.stacks.insert(id, stack);
         id
     }

@@ -165,19 +165,41 @@ impl GoRuntime {
 
     /// The function containing a pc of the running process (its symbol name).
     pub fn function_at(&self, pc: u64) -> Option<&str> {
+        self.function_start(pc).map(|(_, name)| name)
+    }
+
+    /// The stack as a site key: a runtime frame stands for its function (its start address),
+    /// not for the call site inside it, so that heap growth through the same runtime functions
+    /// into the same user frames is one site, not one per path inside `mallocgc`.
+    pub fn site_key(&self, stack: &[u64]) -> Vec<u64> {
+        stack
+            .iter()
+            .map(|&pc| match self.function_start(pc) {
+                Some((start, name)) if is_runtime_function(name) => start,
+                _ => pc,
+            })
+            .collect()
+    }
+
+    /// The start address (in the running process) and name of the function containing `pc`.
+    fn function_start(&self, pc: u64) -> Option<(u64, &str)> {
         let addr = pc.wrapping_sub(self.bias);
         let index = self.functions.partition_point(|(start, _)| *start <= addr);
-        index
-            .checked_sub(1)
-            .and_then(|i| self.functions.get(i))
-            .map(|(_, name)| name.as_str())
+        let (start, name) = self.functions.get(index.checked_sub(1)?)?;
+        Some((start.wrapping_add(self.bias), name.as_str()))
     }
 
     /// Whether a pc is in the runtime's own code (not the program's).
     pub fn is_runtime_pc(&self, pc: u64) -> bool {
-        self.function_at(pc)
-            .is_some_and(|name| name.starts_with("runtime.") || name.starts_with("runtime/"))
+        self.function_at(pc).is_some_and(is_runtime_function)
     }
+}
+
+/// The runtime's own functions (and its internal packages).
+fn is_runtime_function(name: &str) -> bool {
+    name.starts_with("runtime.")
+        || name.starts_with("runtime/")
+        || name.starts_with("internal/runtime/")
 }
 
 /// Start of the executable's lowest mapping minus its lowest loadable address (0 for the
@@ -298,4 +320,45 @@ pub fn is_go_binary(path: &Path) -> bool {
         return false;
     };
     view.section_by_name(".go.buildinfo").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> GoRuntime {
+        GoRuntime {
+            build: BuildInfo {
+                version: "go1.22.10".to_string(),
+                main_path: None,
+            },
+            bias: 0,
+            symbols: HashMap::new(),
+            functions: vec![
+                (0x1000, "runtime.mallocgc".to_string()),
+                (0x2000, "internal/runtime/maps.newarray".to_string()),
+                (0x3000, "main.rememberBlob".to_string()),
+                (0x4000, "main.main".to_string()),
+            ],
+            g_layout: Err("none".to_string()),
+            stats_layout: None,
+            record_layout: RecordLayout::new(&layout::Structs::new(), Some((1, 22))),
+        }
+    }
+
+    #[test]
+    fn runtime_frames_key_by_function_user_frames_by_pc() {
+        let go = runtime();
+        // Two paths out of mallocgc (different call sites inside it) into the same user frame.
+        let a = go.site_key(&[0x1010, 0x2020, 0x3030, 0x4040]);
+        let b = go.site_key(&[0x1080, 0x2090, 0x3030, 0x4040]);
+        assert_eq!(a, b);
+        assert_eq!(a, vec![0x1000, 0x2000, 0x3030, 0x4040]);
+        // A different line of the user's function stays another site.
+        assert_ne!(a, go.site_key(&[0x1010, 0x2020, 0x3040, 0x4040]));
+        assert_eq!(go.function_at(0x3030), Some("main.rememberBlob"));
+        assert!(go.is_runtime_pc(0x2020) && !go.is_runtime_pc(0x3030));
+        assert_eq!(go.function_at(0x10), None);
+        assert!(go.census_unavailable().is_some());
+    }
 }
