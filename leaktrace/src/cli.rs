@@ -210,7 +210,8 @@ pub struct ExportArgs {
     pub file: PathBuf,
 
     /// pprof: gzip'd profile.proto for `go tool pprof`; folded: stacks for flamegraph.pl,
-    /// inferno or speedscope; svg: a flamegraph of outstanding bytes.
+    /// inferno or speedscope; svg: a flamegraph of outstanding bytes; go-heap: the Go runtime's
+    /// own heap profile (inuse/alloc space and objects) as pprof.
     #[arg(long, value_enum)]
     pub format: ExportFormat,
 
@@ -228,6 +229,8 @@ pub enum ExportFormat {
     Pprof,
     Folded,
     Svg,
+    /// The Go runtime's heap profile of the Go processes, as `go tool pprof` reads it.
+    GoHeap,
 }
 
 fn parse_min_age(text: &str) -> Result<Duration, String> {

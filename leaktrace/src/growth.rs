@@ -379,7 +379,16 @@ pub fn analyze(series: &[Sample], total_allocated_bytes: u64, window: usize) -> 
         .collect();
 
     let recent_start = series.len() - window.max(MIN_FIT_SAMPLES).min(series.len());
-    let by_work = AxisFits::new(&processed_mib, &outstanding, recent_start);
+    // Below 1 MiB of work a slope per MiB divides by almost nothing (a program that read a few
+    // KiB would "grow" by TiB per MiB): the work axis is then unavailable, not a number.
+    let processed_enough = series
+        .last()
+        .is_some_and(|sample| sample.processed_bytes as f64 >= BYTES_PER_MIB);
+    let by_work = if processed_enough {
+        AxisFits::new(&processed_mib, &outstanding, recent_start)
+    } else {
+        AxisFits::unavailable()
+    };
     let by_time = AxisFits::new(&minutes, &outstanding, recent_start);
 
     let class = classify(
@@ -413,6 +422,16 @@ struct AxisFits {
 }
 
 impl AxisFits {
+    /// No fits: the axis has no say.
+    fn unavailable() -> Self {
+        Self {
+            whole: None,
+            recent: None,
+            tail: None,
+            tail_span: 0.0,
+        }
+    }
+
     /// Fits `ys` against `xs`, the recent window starting at index `recent_start`.
     fn new(xs: &[f64], ys: &[f64], recent_start: usize) -> Self {
         let tail_start = xs.len() - (xs.len() / 3).max(MIN_FIT_SAMPLES).min(xs.len());
@@ -844,6 +863,31 @@ mod tests {
         let three = analyze(&series(3, 1, |i| i * MIB), 1 << 40, 30);
         assert!(three.bytes_per_min.is_some());
         assert_eq!(three.class, GrowthClass::Unknown);
+    }
+
+    #[test]
+    fn under_one_mib_processed_has_no_slope_per_mib() {
+        // 60 samples, 10 KiB read in all (the "+21.0 TiB per MiB"): no per-MiB slope.
+        let little: Vec<Sample> = series(60, 0, |i| i * 64 * KIB)
+            .into_iter()
+            .enumerate()
+            .map(|(i, sample)| Sample {
+                processed_bytes: i as u64 * 10 * KIB / 60,
+                ..sample
+            })
+            .collect();
+        let growth = analyze(&little, 1 << 40, DEFAULT_RECENT_WINDOW);
+        assert_eq!(growth.bytes_per_mib_processed, None);
+        assert_eq!(growth.r2_processed, None);
+        assert_eq!(growth.recent_bytes_per_mib_processed, None);
+        assert!(growth.bytes_per_min.is_some_and(|s| s > 0.0));
+        // From 1 MiB on, the slope is a number again.
+        let enough = series(60, 1, |i| i * 64 * KIB);
+        let per_mib = analyze(&enough, 1 << 40, DEFAULT_RECENT_WINDOW).bytes_per_mib_processed;
+        assert!(
+            per_mib.is_some_and(|s| (s - 64.0 * KIB as f64).abs() < 1.0),
+            "{per_mib:?}"
+        );
     }
 
     #[test]

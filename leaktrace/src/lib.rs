@@ -9,6 +9,7 @@ pub mod cli;
 mod cost;
 mod format;
 mod frames;
+mod golang;
 mod growth;
 mod heap;
 mod model;

@@ -37,6 +37,12 @@ pub fn read_exe(pid: u32) -> io::Result<PathBuf> {
     fs::read_link(proc_path(pid, "exe"))
 }
 
+/// The process's executable, as the kernel holds it (/proc/PID/exe: right even if the path was
+/// replaced or is in another mount namespace).
+pub fn exe_file(pid: u32) -> PathBuf {
+    proc_path(pid, "exe")
+}
+
 /// The process's root directory (/proc/PID/root): its mount namespace seen from ours.
 pub fn root_dir(pid: u32) -> PathBuf {
     proc_path(pid, "root")

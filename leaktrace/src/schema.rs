@@ -205,6 +205,10 @@ pub struct ProcessReport {
     /// by leak likelihood (`estimate_rank`). Kept apart from `sites`: never mixed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub estimated_sites: Vec<EstimatedSite>,
+    /// Go programs: goroutines, the runtime's heap profile and memory statistics, read from the
+    /// process's memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub go: Option<GoReport>,
 }
 
 /// Growth mode's bursts of exact tracing on one process (`--overhead-budget`).
@@ -268,6 +272,120 @@ pub struct EstimatedSite {
     /// `surviving_bytes_per_s` times the run's duration.
     pub estimated_surviving_bytes: u64,
     /// Innermost first; the first frame is the allocator's caller.
+    pub frames: Vec<Frame>,
+}
+
+/// What a Go program's runtime says of itself (`processes[].go`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GoReport {
+    /// The Go version from the build information, e.g. `go1.22.10`.
+    pub version: String,
+    /// The main module's path, from the build information.
+    #[serde(default)]
+    pub main_module: Option<String>,
+    /// Live goroutines (every one not dead, the runtime's own included); `None` without a census.
+    #[serde(default)]
+    pub goroutines: Option<u64>,
+    /// Why there is no census, in one line.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub census_error: Option<String>,
+    /// Where the `runtime.g` layout came from: `dwarf` or `table` (a `-w` binary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
+    /// Reads that changed under the census and were left out (or reused), this reading.
+    #[serde(default)]
+    pub torn_reads: u64,
+    /// Goroutines grouped by creation site, state, wait reason and top frames; largest first.
+    #[serde(default)]
+    pub groups: Vec<GoroutineGroupReport>,
+    /// `None` when the binary has no DWARF for the statistics' layout.
+    #[serde(default)]
+    pub memstats: Option<GoMemStats>,
+    #[serde(default)]
+    pub heap_profile: GoHeapProfile,
+}
+
+/// One group of goroutines.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GoroutineGroupReport {
+    pub count: u64,
+    /// `waiting`, `runnable`, `running`, `syscall`, `preempted`...
+    pub state: String,
+    /// As Go's tracebacks write it (`chan send`), for waiting goroutines.
+    pub wait_reason: Option<String>,
+    /// The `go` statement that created them (the creating function's frame).
+    pub created_by: Vec<Frame>,
+    /// One member's stack, innermost first (empty for running goroutines).
+    pub frames: Vec<Frame>,
+    /// Longest time a member has been blocked, at least: `g.waitsince`, which a GC's stack scan
+    /// sets to the previous GC's mark-termination time; `None` until a second GC saw it blocked.
+    pub oldest_wait_s: Option<f64>,
+    pub growth: GoroutineGrowth,
+}
+
+/// A goroutine group's count against time.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GoroutineGrowth {
+    /// Goroutines gained per minute over the run (least squares).
+    pub per_min: Option<f64>,
+    pub r2: Option<f64>,
+    /// The same over the recent half.
+    pub recent_per_min: Option<f64>,
+    /// `leak_suspect`: blocked goroutines of this group keep accumulating.
+    pub class: GrowthClass,
+    pub samples: usize,
+}
+
+/// The runtime's memory statistics (`runtime.MemStats` names, snake case).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GoMemStats {
+    pub heap_alloc: u64,
+    pub heap_inuse: u64,
+    pub heap_sys: u64,
+    pub heap_objects: u64,
+    pub num_gc: u64,
+    pub next_gc: u64,
+    pub gc_cpu_fraction: f64,
+    pub heap_alloc_per_min: Option<f64>,
+    pub heap_objects_per_min: Option<f64>,
+}
+
+/// The runtime's own heap profile (what pprof's heap profile shows), unsampled.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GoHeapProfile {
+    pub available: bool,
+    /// Why it is not available.
+    #[serde(default)]
+    pub reason: Option<String>,
+    /// `runtime.MemProfileRate`: one sample per this many bytes allocated (0: off).
+    #[serde(default)]
+    pub rate: Option<u64>,
+    /// The runtime's profile cycle (GC cycles since start, wrapped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cycle: Option<u32>,
+    /// How far behind the live heap the numbers are.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lag: Option<String>,
+    /// In-use bytes of every site together (not only those listed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inuse_bytes: Option<u64>,
+    /// Sites in the profile (those listed are the largest by in-use bytes).
+    #[serde(default)]
+    pub total_sites: u64,
+    #[serde(default)]
+    pub torn_reads: u64,
+    #[serde(default)]
+    pub sites: Vec<GoHeapSite>,
+}
+
+/// One stack of the heap profile, scaled like runtime/pprof.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct GoHeapSite {
+    pub inuse_bytes: u64,
+    pub inuse_objects: u64,
+    pub alloc_bytes: u64,
+    pub alloc_objects: u64,
+    /// Innermost first (the first frame is the allocating function's caller of mallocgc).
     pub frames: Vec<Frame>,
 }
 
@@ -435,7 +553,7 @@ fn is_zero(n: &u64) -> bool {
 }
 
 /// Whether a site leaks, as far as its series can tell.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[serde(rename_all = "snake_case")]
 pub enum GrowthClass {
     /// Outstanding bytes grow steadily with time or with work, still grow recently, and
@@ -453,6 +571,7 @@ pub enum GrowthClass {
     HeapGrowth,
     /// Too few samples, too little data, or a shape that fits none of the above
     /// (irregular growth, growth of young allocations only, growth slowing down).
+    #[default]
     Unknown,
 }
 

@@ -20,6 +20,7 @@ use crate::{
     bursts::Bursts,
     cli::Cli,
     cost::HitRate,
+    golang::{self, GoTracker},
     heap::{AllocatorCalls, HeapTracker},
     model::{
         self, GrowthClock, ProcessMemory, ProcessTotals, SinceStart, SiteEvidence, SiteSeries,
@@ -101,6 +102,8 @@ pub struct Config {
     /// The command to launch (empty: none).
     pub command: Vec<OsString>,
     pub mode: Mode,
+    /// `--mode` was given (otherwise a pure Go target without libc switches the run to growth).
+    pub mode_chosen: bool,
     pub scope: Scope,
     pub view: View,
     pub interval: Duration,
@@ -151,6 +154,7 @@ impl Config {
             pids,
             command: cli.command,
             mode,
+            mode_chosen: cli.mode.is_some(),
             scope,
             view,
             interval: cli.interval.unwrap_or(default_interval),
@@ -287,10 +291,10 @@ impl Traced {
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
-    let config = Config::resolve(cli, Stdout::detect())?;
+    let mut config = Config::resolve(cli, Stdout::detect())?;
     let rolling = validate(&config)?;
     let publisher = config.listen.as_ref().map(serve::start).transpose()?;
-    let targets = find_targets(&config)?;
+    let targets = find_targets(&mut config)?;
     let (mut tracer, ns_per_hit) = load(&config)?;
     let bursts = plan_bursts(&mut tracer, &config);
     // Exact mode's stacks, and growth mode's bursts' (whose probes are exact mode's), are
@@ -367,10 +371,23 @@ struct Targets {
     launch: Option<(PathBuf, Discovery)>,
 }
 
-fn find_targets(config: &Config) -> anyhow::Result<Targets> {
+/// Finds the targets. A pure Go program (no libc to hook) switches a run whose mode was not
+/// chosen to growth mode: its Go heap is then followed through heap growth and the runtime's
+/// own profile, which need no allocator probes.
+fn find_targets(config: &mut Config) -> anyhow::Result<Targets> {
+    let may_switch = !config.mode_chosen && config.mode == Mode::Exact && config.sample_bytes == 0;
     let mut running = Vec::new();
-    for &pid in &config.pids {
-        running.push(target::inspect(pid)?);
+    for pid in config.pids.clone() {
+        let process = target::inspect(pid)?;
+        // A pure Go program has no allocator to hook: its heap is traced in growth mode, with
+        // the runtime's own heap profile and goroutines.
+        if process.allocators.hookable().next().is_none()
+            && may_switch
+            && golang::is_go_binary(&procfs::exe_file(pid))
+        {
+            switch_to_growth(config, pid);
+        }
+        running.push(process);
     }
     let launch = match config.command.first() {
         Some(program) => {
@@ -379,13 +396,37 @@ fn find_targets(config: &Config) -> anyhow::Result<Targets> {
             let allocators = match target::allocators_for_executable(&path) {
                 Ok(allocators) => allocators,
                 Err(_) if config.growth() && target::is_elf(&path) => Discovery::default(),
+                Err(_) if may_switch && golang::is_go_binary(&path) => {
+                    switch_to_growth(config, 0);
+                    Discovery::default()
+                }
                 Err(err) => return Err(err.into()),
             };
+            if allocators.hookable().next().is_none() && may_switch && golang::is_go_binary(&path) {
+                switch_to_growth(config, 0);
+            }
             Some((path, allocators))
         }
         None => None,
     };
     Ok(Targets { running, launch })
+}
+
+/// Say once why the run traces in growth mode (`pid` 0: the command).
+fn switch_to_growth(config: &mut Config, pid: u32) {
+    if config.mode == Mode::Growth {
+        return;
+    }
+    let who = if pid == 0 {
+        "the command".to_string()
+    } else {
+        format!("pid {pid}")
+    };
+    eprintln!(
+        "leaktrace: {who} is a pure Go program (no libc to hook): tracing in growth mode, with \
+         the Go runtime's own heap profile and goroutines"
+    );
+    config.mode = Mode::Growth;
 }
 
 /// Load the probes and measure what one hit costs.
@@ -394,8 +435,8 @@ fn load(config: &Config) -> anyhow::Result<(Tracer, Option<f64>)> {
         max_allocations: config.max_allocations,
         max_stacks: config.max_stacks,
         sample_bytes: config.sample_bytes,
-        // Rows of 16 bytes; growth mode walks no tables.
-        unwind_rows: if config.growth() {
+        // Rows of 16 bytes; growth mode walks them only in its bursts.
+        unwind_rows: if config.growth() && !bursts_wanted(config) {
             1
         } else {
             config.unwind_table_mib.saturating_mul(1 << 16)
@@ -429,7 +470,7 @@ fn load(config: &Config) -> anyhow::Result<(Tracer, Option<f64>)> {
 /// Growth mode's bursts (unless `--overhead-budget 0`), with the cost of one exact-mode probe
 /// hit measured here, before any target is attached (as exact mode's calibration).
 fn plan_bursts(tracer: &mut Tracer, config: &Config) -> Option<Bursts> {
-    if !config.growth() || config.overhead_budget <= 0.0 {
+    if !bursts_wanted(config) {
         return None;
     }
     let ns_per_hit = match tracer.calibrate() {
@@ -440,6 +481,14 @@ fn plan_bursts(tracer: &mut Tracer, config: &Config) -> Option<Bursts> {
         }
     };
     Some(Bursts::new(config.overhead_budget, ns_per_hit))
+}
+
+/// Growth mode runs bursts on its `--pid` and launched targets (system-wide rows get none),
+/// within a budget above 0.
+fn bursts_wanted(config: &Config) -> bool {
+    config.growth()
+        && config.overhead_budget > 0.0
+        && !(config.pids.is_empty() && config.command.is_empty())
 }
 
 /// Attach to the running targets, then launch the command paused, attach to it and release it.
@@ -634,6 +683,8 @@ struct Session {
     publisher: Option<serve::Publisher>,
     /// Growth mode: short exact bursts on the targets, for the leak estimate.
     bursts: Option<Bursts>,
+    /// Go targets: their runtime, read from their memory.
+    go: HashMap<u32, GoTracker>,
 }
 
 /// Which snapshot is taken: one of an interval (its live sites get a growth sample), or the
@@ -702,7 +753,22 @@ impl Session {
             hit_rate: HitRate::starting_at(Instant::now(), hits),
             publisher: None,
             bursts: None,
+            go: HashMap::new(),
         };
+        for t in &session.traced {
+            let pid = t.process.pid;
+            match GoTracker::of_process(pid) {
+                Ok(Some(go)) => {
+                    log::info!("pid {pid}: Go program, {}", go.runtime.build.version);
+                    if let Some(why) = go.runtime.census_unavailable() {
+                        eprintln!("leaktrace: pid {pid} ({}): {why}", go.runtime.build.version);
+                    }
+                    session.go.insert(pid, go);
+                }
+                Ok(None) => {}
+                Err(err) => log::warn!("pid {pid}: cannot read it as a Go program: {err}"),
+            }
+        }
         session.refresh_liveness();
         Ok(session)
     }
@@ -1026,7 +1092,13 @@ impl Session {
     fn intern(&mut self, pid: u32, stack: Vec<u64>) -> u32 {
         /// Above any stack id the kernel hands out (`--max-stacks` is at most 2^31 here).
         const FIRST_UNWOUND_ID: u32 = 0x8000_0000;
-        if let Some(id) = self.interned.get(&(pid, stack.clone())) {
+        // A Go program's stacks are keyed by runtime function, not call site (see
+        // `GoRuntime::site_key`); the first stack seen is the one shown.
+        let key = match self.go.get(&pid) {
+            Some(go) => go.runtime.site_key(&stack),
+            None => stack.clone(),
+        };
+        if let Some(id) = self.interned.get(&(pid, key.clone())) {
             return *id;
         }
         self.unwound_ids = self.unwound_ids.wrapping_add(1) & 0x3fff_ffff;
@@ -1034,7 +1106,7 @@ impl Session {
         // The mappings are read now, while the process surely lives: a short-lived process may
         // be gone by the next snapshot, and the frames are named from module and offset then.
         self.symbols.keep_maps_for(pid, &stack);
-        self.interned.insert((pid, stack.clone()), id);
+        self.interned.insert((pid, key), id);
         self.stacks.insert(id, stack);
         id
     }
@@ -1228,7 +1300,11 @@ impl Session {
             let processed = t.work.grown().unwrap_or(0);
             self.series.record(&totals.sites, at.t_s, processed);
         }
-        self.process_report(t, totals, site_heap, reading, max_sites)
+        let mut report = self.process_report(t, totals, site_heap, reading, max_sites);
+        if let Some(go) = self.go.get_mut(&pid) {
+            report.go = Some(go.report(at.t_s, sampling, t.alive, &mut self.symbols));
+        }
+        report
     }
 
     /// A process's totals: from the maps in exact mode, from heap growth otherwise (then with
@@ -1323,6 +1399,7 @@ impl Session {
             sites,
             bursts,
             estimated_sites,
+            go: None,
         }
     }
 

@@ -105,6 +105,7 @@ pub fn process(pid: u32, comm: &str, sites: Vec<SiteReport>) -> ProcessReport {
         sites,
         bursts: None,
         estimated_sites: Vec::new(),
+        go: None,
     }
 }
 

@@ -107,6 +107,9 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
                 );
             }
         }
+        if let Some(go) = &process.go {
+            out.push_str(&go_lines(go));
+        }
         let c = &process.counters;
         if c.any() {
             let _ = writeln!(
@@ -218,6 +221,74 @@ fn estimate_lines(process: &ProcessReport, top: usize) -> String {
             site.allocations_seen,
             format::class_label(site.class),
             format::site_label(&site.frames)
+        );
+    }
+    out
+}
+
+/// A Go process's runtime in three lines: goroutines and the largest group, the heap profile's
+/// top (and its lag), memstats.
+fn go_lines(go: &crate::schema::GoReport) -> String {
+    let mut out = String::new();
+    let census = match (go.goroutines, &go.census_error) {
+        (Some(n), _) => {
+            let largest = go.groups.first().map(|g| {
+                format!(
+                    "; largest group {} {}{} created by {}{}",
+                    g.count,
+                    g.state,
+                    g.wait_reason
+                        .as_deref()
+                        .map(|r| format!(" ({r})"))
+                        .unwrap_or_default(),
+                    g.created_by
+                        .first()
+                        .map_or_else(|| "?".to_string(), format::frame_name),
+                    if g.growth.class == crate::schema::GrowthClass::LeakSuspect {
+                        ", GOROUTINE LEAK SUSPECT"
+                    } else {
+                        ""
+                    }
+                )
+            });
+            format!("{n} goroutines{}", largest.unwrap_or_default())
+        }
+        (None, why) => why
+            .clone()
+            .unwrap_or_else(|| "no goroutine census".to_string()),
+    };
+    let _ = writeln!(out, "  go: {} · {census}", go.version);
+    let profile = &go.heap_profile;
+    match (profile.available, profile.sites.first()) {
+        (true, Some(site)) => {
+            let _ = writeln!(
+                out,
+                "  go heap profile (lags up to two GC cycles): top {} in use at {}",
+                human_bytes(site.inuse_bytes),
+                format::site_label(&site.frames)
+            );
+        }
+        (true, None) => {
+            let _ = writeln!(out, "  go heap profile: empty so far");
+        }
+        (false, _) => {
+            let _ = writeln!(
+                out,
+                "  go heap profile: unavailable ({})",
+                profile.reason.as_deref().unwrap_or("?")
+            );
+        }
+    }
+    if let Some(m) = &go.memstats {
+        let _ = writeln!(
+            out,
+            "  go memstats: HeapAlloc {} ({}/min), HeapInuse {}, HeapObjects {}, NumGC {}, NextGC {}",
+            human_bytes(m.heap_alloc),
+            format::slope(m.heap_alloc_per_min),
+            human_bytes(m.heap_inuse),
+            m.heap_objects,
+            m.num_gc,
+            human_bytes(m.next_gc)
         );
     }
     out

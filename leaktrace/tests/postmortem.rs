@@ -1197,3 +1197,88 @@ proptest! {
         let _ = leaktrace::postmortem::diff::render_diff(&forward, "a", "b", 3);
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Go programs (tests/data/go-heapmap.json: a real run on tests/fixtures/go/heapmap.go, Go 1.22,
+// 20,000 blocks of 4096 bytes kept in a map)
+
+#[test]
+fn a_go_snapshot_reports_exports_and_diffs_its_runtime_heap_profile() {
+    let file = data("go-heapmap.json");
+    let snapshot = load_json("go-heapmap.json");
+    validate_schema(&snapshot);
+    let go = &snapshot["processes"][0]["go"];
+    let top = go["heap_profile"]["sites"][0]["inuse_bytes"]
+        .as_u64()
+        .expect("a profile site");
+
+    let report = succeed(&["report", &file]);
+    assert!(report.contains("Go go1.22.10:"), "{report}");
+    assert!(
+        report.contains("lags the live heap by up to two cycles"),
+        "{report}"
+    );
+    assert!(report.contains("main.leakIntoMap (heapmap.go"), "{report}");
+    let markdown = succeed(&["report", &file, "--format", "markdown"]);
+    assert!(markdown.contains("#### Go runtime"), "{markdown}");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("heap.pb.gz");
+    succeed(&[
+        "export",
+        &file,
+        "--format",
+        "go-heap",
+        "-o",
+        out.to_str().expect("utf-8"),
+    ]);
+    let profile = decode_pprof(&out);
+    let string = |i: i64| profile.string_table[i as usize].as_str();
+    let types: Vec<&str> = profile
+        .sample_type
+        .iter()
+        .map(|t| string(t.r#type))
+        .collect();
+    assert_eq!(
+        types,
+        [
+            "alloc_objects",
+            "alloc_space",
+            "inuse_objects",
+            "inuse_space"
+        ]
+    );
+    assert_eq!(string(profile.default_sample_type), "inuse_space");
+    assert_eq!(profile.period, 65536);
+    assert!(
+        profile
+            .sample
+            .iter()
+            .any(|s| s.value[3] == i64::try_from(top).expect("fits")),
+        "{top} in use not exported"
+    );
+
+    // The same program with half the leak before: the diff names the map's growth.
+    let mut before = snapshot.clone();
+    before["processes"][0]["go"]["heap_profile"]["sites"][0]["inuse_bytes"] = json!(top / 2);
+    let before = write_json(dir.path(), "before.json", &before);
+    let changes = succeed(&["diff", &before, &file]);
+    assert!(changes.contains("Go heap profile"), "{changes}");
+    assert!(
+        changes.contains(&format!("(+{} B)", top - top / 2)),
+        "{changes}"
+    );
+
+    // A snapshot without a Go program has no Go heap profile to export: one line.
+    fail_with(
+        &[
+            "export",
+            &data("leak-run1.json"),
+            "--format",
+            "go-heap",
+            "-o",
+            out.to_str().expect("utf-8"),
+        ],
+        "no Go heap profile",
+    );
+}

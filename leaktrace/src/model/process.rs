@@ -257,6 +257,7 @@ mod tests {
             sites: Vec::new(),
             bursts: None,
             estimated_sites: Vec::new(),
+            go: None,
         }
     }
 

@@ -93,6 +93,17 @@ pub struct ProcessDiff {
     pub new_sites: Vec<SiteChange>,
     /// Sites only in OLD, largest first.
     pub vanished_sites: Vec<SiteChange>,
+    /// Go programs: goroutines and the runtime's heap profile in both.
+    pub go: Option<GoDiff>,
+}
+
+/// Two snapshots of a Go program's runtime.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GoDiff {
+    pub old_goroutines: Option<u64>,
+    pub new_goroutines: Option<u64>,
+    /// Heap-profile stacks (in-use bytes and objects) in either, largest change first.
+    pub heap: Vec<SiteChange>,
 }
 
 impl ProcessDiff {
@@ -180,23 +191,89 @@ struct KeyedSite {
 }
 
 fn by_key(process: &RecordedProcess) -> BTreeMap<SiteKey, KeyedSite> {
-    let mut sites: BTreeMap<SiteKey, KeyedSite> = BTreeMap::new();
-    for site in &process.sites {
-        let entry = sites.entry(SiteKey::of(site)).or_default();
-        entry.bytes = entry.bytes.saturating_add(site.counters.outstanding_bytes);
-        entry.count = entry.count.saturating_add(site.counters.outstanding_count);
+    keyed(process.sites.iter().map(|site| {
+        (
+            site.frames.as_slice(),
+            site.counters.outstanding_bytes,
+            site.counters.outstanding_count,
+            format::site_label(&site.frames),
+        )
+    }))
+}
+
+/// Sites (frames, bytes, count, label) summed by what their frames mean.
+fn keyed<'a>(
+    sites: impl Iterator<Item = (&'a [RecordedFrame], u64, u64, String)>,
+) -> BTreeMap<SiteKey, KeyedSite> {
+    let mut keyed: BTreeMap<SiteKey, KeyedSite> = BTreeMap::new();
+    for (frames, bytes, count, label) in sites {
+        let entry = keyed
+            .entry(SiteKey(frames.iter().map(frame_key).collect()))
+            .or_default();
+        entry.bytes = entry.bytes.saturating_add(bytes);
+        entry.count = entry.count.saturating_add(count);
         // Named after its largest member.
-        if entry.label_bytes < Some(site.counters.outstanding_bytes) {
-            entry.label = format::site_label(&site.frames);
-            entry.label_bytes = Some(site.counters.outstanding_bytes);
+        if entry.label_bytes < Some(bytes) {
+            entry.label = label;
+            entry.label_bytes = Some(bytes);
         }
     }
-    sites
+    keyed
+}
+
+/// The Go heap profiles' stacks of two snapshots of one program, largest change first.
+fn go_diff(old: &RecordedProcess, new: &RecordedProcess) -> Option<GoDiff> {
+    if old.go.is_none() && new.go.is_none() {
+        return None;
+    }
+    let heap_sites = |process: &RecordedProcess| {
+        let sites = process
+            .go
+            .as_ref()
+            .map(|go| go.heap_profile.sites.as_slice())
+            .unwrap_or_default();
+        keyed(sites.iter().map(|site| {
+            (
+                site.frames.as_slice(),
+                site.inuse_bytes,
+                site.inuse_objects,
+                super::go_text::go_label(&site.frames),
+            )
+        }))
+    };
+    let (changed, appeared, vanished) = compare(heap_sites(old), heap_sites(new));
+    let mut heap: Vec<SiteChange> = changed
+        .into_iter()
+        .chain(appeared)
+        .chain(vanished)
+        .collect();
+    heap.sort_by(|a, b| {
+        (Reverse(a.bytes_change().abs()), &a.key).cmp(&(Reverse(b.bytes_change().abs()), &b.key))
+    });
+    Some(GoDiff {
+        old_goroutines: old.go.as_ref().and_then(|go| go.goroutines),
+        new_goroutines: new.go.as_ref().and_then(|go| go.goroutines),
+        heap,
+    })
 }
 
 fn diff_process(old: &RecordedProcess, new: &RecordedProcess) -> ProcessDiff {
-    let old_sites = by_key(old);
-    let mut new_sites = by_key(new);
+    let (changed, appeared, vanished) = compare(by_key(old), by_key(new));
+    ProcessDiff {
+        old: ProcessName::of(old),
+        new: ProcessName::of(new),
+        changed,
+        new_sites: appeared,
+        vanished_sites: vanished,
+        go: go_diff(old, new),
+    }
+}
+
+/// Sites in both (largest growth first), only in NEW and only in OLD (largest first).
+fn compare(
+    old_sites: BTreeMap<SiteKey, KeyedSite>,
+    mut new_sites: BTreeMap<SiteKey, KeyedSite>,
+) -> (Vec<SiteChange>, Vec<SiteChange>, Vec<SiteChange>) {
     let mut changed = Vec::new();
     let mut vanished = Vec::new();
     for (key, before) in old_sites {
@@ -243,13 +320,7 @@ fn diff_process(old: &RecordedProcess, new: &RecordedProcess) -> ProcessDiff {
     });
     appeared.sort_by(|a, b| (Reverse(a.new_bytes), &a.key).cmp(&(Reverse(b.new_bytes), &b.key)));
     vanished.sort_by(|a, b| (Reverse(a.old_bytes), &a.key).cmp(&(Reverse(b.old_bytes), &b.key)));
-    ProcessDiff {
-        old: ProcessName::of(old),
-        new: ProcessName::of(new),
-        changed,
-        new_sites: appeared,
-        vanished_sites: vanished,
-    }
+    (changed, appeared, vanished)
 }
 
 /// "+1.5 KiB (+1536 B)", "-100 B", "0 B".
@@ -305,6 +376,24 @@ pub fn render_diff(diff: &SnapshotDiff, old_name: &str, new_name: &str, top: usi
         );
         site_table(&mut out, "New sites", &process.new_sites, top);
         site_table(&mut out, "Vanished sites", &process.vanished_sites, top);
+        if let Some(go) = &process.go {
+            let count = |n: Option<u64>| n.map_or_else(|| "?".to_string(), |n| n.to_string());
+            let _ = writeln!(
+                out,
+                "  Go goroutines {} -> {}",
+                count(go.old_goroutines),
+                count(go.new_goroutines)
+            );
+            site_table(
+                &mut out,
+                &format!(
+                    "Go heap profile (in use; each {}), largest change first",
+                    crate::golang::LAG_NOTE
+                ),
+                &go.heap,
+                top,
+            );
+        }
     }
     for (title, list) in [
         (format!("Processes only in {old_name}"), &diff.only_old),
@@ -515,5 +604,46 @@ mod tests {
         assert!(text.contains("+293.0 KiB (+300000 B)"), "{text}");
         assert!(text.contains("-3.9 KiB (-4000 B)"), "{text}");
         assert!(text.contains("New sites: none"), "{text}");
+    }
+
+    #[test]
+    fn go_heap_profiles_compare_by_stack() {
+        use crate::postmortem::read::{RecordedGo, RecordedGoHeapSite};
+        let go_process = |inuse: u64, goroutines: u64| RecordedProcess {
+            pid: 7,
+            comm: "gosvc".to_string(),
+            go: Some(RecordedGo {
+                goroutines: Some(goroutines),
+                heap_profile: crate::postmortem::read::RecordedGoHeapProfile {
+                    available: true,
+                    sites: vec![RecordedGoHeapSite {
+                        inuse_bytes: inuse,
+                        inuse_objects: inuse / 4096,
+                        frames: vec![
+                            frame(Some("runtime.makeslice"), "/srv/gosvc", 0x10, 0x410),
+                            frame(Some("main.leakIntoMap"), "/srv/gosvc", 0x20, 0x420),
+                        ],
+                        ..RecordedGoHeapSite::default()
+                    }],
+                    ..Default::default()
+                },
+                ..RecordedGo::default()
+            }),
+            ..RecordedProcess::default()
+        };
+        let go = go_diff(&go_process(4096 * 10, 5), &go_process(4096 * 30, 105)).expect("go");
+        assert_eq!((go.old_goroutines, go.new_goroutines), (Some(5), Some(105)));
+        assert_eq!(go.heap.len(), 1);
+        assert_eq!(go.heap[0].bytes_change(), 4096 * 20);
+        assert_eq!(go.heap[0].count_change(), 20);
+        assert!(
+            go.heap[0].label.starts_with("main.leakIntoMap"),
+            "{}",
+            go.heap[0].label
+        );
+        assert_eq!(
+            go_diff(&RecordedProcess::default(), &RecordedProcess::default()),
+            None
+        );
     }
 }

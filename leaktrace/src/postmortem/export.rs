@@ -7,6 +7,10 @@
 //! - pprof: gzip'd `profile.proto` with two sample types, `outstanding_space/bytes` and
 //!   `outstanding_objects/count` (`go tool pprof -sample_index=outstanding_objects`).
 //!
+//! - go-heap: the Go runtime's own heap profile (`processes[].go.heap_profile`) as pprof with
+//!   runtime/pprof's four sample types, inuse_space (default), inuse_objects, alloc_space and
+//!   alloc_objects.
+//!
 //! Only sites with outstanding memory are exported. With several processes, each stack starts
 //! with a `comm (pid N)` frame so their memory stays apart.
 use std::{
@@ -441,6 +445,104 @@ fn gzip(profile: &pprof::Profile) -> Result<Vec<u8>, ExportError> {
 /// The pprof profile, encoded and gzip'd as `go tool pprof` reads it.
 pub fn pprof_gz(snapshot: &RecordedSnapshot, file: &str) -> Result<Vec<u8>, ExportError> {
     gzip(&pprof_profile(snapshot, file)?)
+}
+
+/// The Go runtime's heap profile of every Go process, as runtime/pprof writes it: sample types
+/// inuse_space, inuse_objects, alloc_space, alloc_objects (already unsampled at the profile
+/// rate), default inuse_space.
+pub fn go_heap_profile(
+    snapshot: &RecordedSnapshot,
+    file: &str,
+) -> Result<pprof::Profile, ExportError> {
+    let mut b = ProfileBuilder::new();
+    let (bytes, count) = (b.string("bytes"), b.string("count"));
+    let types = [
+        "alloc_objects",
+        "alloc_space",
+        "inuse_objects",
+        "inuse_space",
+    ];
+    b.profile.sample_type = types
+        .iter()
+        .map(|name| pprof::ValueType {
+            r#type: b.string(name),
+            unit: if name.ends_with("space") {
+                bytes
+            } else {
+                count
+            },
+        })
+        .collect();
+    let inuse_space = b.string("inuse_space");
+    b.profile.default_sample_type = inuse_space;
+    let space = b.string("space");
+    b.profile.period_type = Some(pprof::ValueType {
+        r#type: space,
+        unit: bytes,
+    });
+    let go_processes: Vec<_> = snapshot
+        .processes
+        .iter()
+        .filter_map(|p| p.go.as_ref().map(|go| (p, go)))
+        .filter(|(_, go)| go.heap_profile.available)
+        .collect();
+    b.profile.period = go_processes
+        .first()
+        .and_then(|(_, go)| go.heap_profile.rate)
+        .and_then(|rate| i64::try_from(rate).ok())
+        .unwrap_or(0);
+    b.profile.time_nanos = humantime::parse_rfc3339_weak(&snapshot.generated_at)
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .and_then(|d| i64::try_from(d.as_nanos()).ok())
+        .unwrap_or(0);
+    let comment = b.string(&format!(
+        "leaktrace snapshot {file}: the Go runtime's heap profile at {}, {}",
+        snapshot.generated_at,
+        crate::golang::LAG_NOTE
+    ));
+    b.profile.comment = vec![comment];
+    if let Some((first, _)) = go_processes.first() {
+        b.mapping(&RecordedFrame {
+            module: Some(first.exe.clone()),
+            ..RecordedFrame::default()
+        });
+    }
+    let value = |n: u64| {
+        i64::try_from(n).map_err(|_| ExportError::TooLarge {
+            file: file.to_string(),
+            total: n.to_string(),
+        })
+    };
+    for (process, go) in go_processes {
+        for site in &go.heap_profile.sites {
+            let location_id: Vec<u64> = frames_by_address(&site.frames)
+                .iter()
+                .map(|group| b.location(group))
+                .filter(|&id| id != 0)
+                .collect();
+            let label = vec![
+                b.label("pid", None, i64::from(process.pid)),
+                b.label("comm", Some(&process.comm), 0),
+            ];
+            b.profile.sample.push(pprof::Sample {
+                location_id,
+                value: vec![
+                    value(site.alloc_objects)?,
+                    value(site.alloc_bytes)?,
+                    value(site.inuse_objects)?,
+                    value(site.inuse_bytes)?,
+                ],
+                label,
+            });
+        }
+    }
+    Ok(b.profile)
+}
+
+/// [`go_heap_profile`], encoded and gzip'd.
+pub fn go_heap_pprof_gz(snapshot: &RecordedSnapshot, file: &str) -> Result<Vec<u8>, ExportError> {
+    gzip(&go_heap_profile(snapshot, file)?)
 }
 
 #[cfg(test)]

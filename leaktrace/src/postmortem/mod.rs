@@ -2,6 +2,7 @@
 //! `leaktrace report`, `leaktrace diff` and `leaktrace export`; no privileges needed.
 pub mod diff;
 pub mod export;
+mod go_text;
 pub mod pprof;
 pub mod read;
 pub mod text;
@@ -44,9 +45,12 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
 
 fn diff(args: &DiffArgs) -> anyhow::Result<()> {
     let old = read::read_snapshot(&args.old)?;
-    old.require_sites(&shown(&args.old))?;
     let new = read::read_snapshot(&args.new)?;
-    new.require_sites(&shown(&args.new))?;
+    // Two Go snapshots compare through their heap profiles even without allocation sites.
+    if old.go_heap_site_count() == 0 || new.go_heap_site_count() == 0 {
+        old.require_sites(&shown(&args.old))?;
+        new.require_sites(&shown(&args.new))?;
+    }
     let changes = diff::diff(&old, &new);
     let text = diff::render_diff(&changes, &shown(&args.old), &shown(&args.new), args.top);
     print(text.as_bytes())
@@ -55,9 +59,14 @@ fn diff(args: &DiffArgs) -> anyhow::Result<()> {
 fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let snapshot = read::read_snapshot(&args.file)?;
     let name = shown(&args.file);
-    snapshot.require_sites(&name)?;
+    if args.format == ExportFormat::GoHeap {
+        snapshot.require_go_heap_sites(&name)?;
+    } else {
+        snapshot.require_sites(&name)?;
+    }
     let bytes = match args.format {
         ExportFormat::Pprof => export::pprof_gz(&snapshot, &name)?,
+        ExportFormat::GoHeap => export::go_heap_pprof_gz(&snapshot, &name)?,
         ExportFormat::Folded => export::folded(&snapshot, &name)?.into_bytes(),
         ExportFormat::Svg => export::svg(&snapshot, &name)?,
     };

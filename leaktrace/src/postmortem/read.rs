@@ -107,6 +107,102 @@ pub struct RecordedProcess {
     /// Growth mode: the bursts' leak estimate per site; absent from older snapshots.
     #[serde(default)]
     pub estimated_sites: Vec<crate::schema::EstimatedSite>,
+    /// Go programs: the runtime's census, heap profile and statistics; absent for others.
+    #[serde(default)]
+    pub go: Option<RecordedGo>,
+}
+
+/// `processes[].go`, leniently: every field may be absent.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedGo {
+    #[serde(default)]
+    pub version: String,
+    #[serde(default)]
+    pub goroutines: Option<u64>,
+    #[serde(default)]
+    pub census_error: Option<String>,
+    #[serde(default)]
+    pub layout: Option<String>,
+    #[serde(default)]
+    pub groups: Vec<RecordedGoroutineGroup>,
+    #[serde(default)]
+    pub memstats: Option<RecordedGoMemStats>,
+    #[serde(default)]
+    pub heap_profile: RecordedGoHeapProfile,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedGoroutineGroup {
+    pub count: u64,
+    #[serde(default)]
+    pub state: String,
+    #[serde(default)]
+    pub wait_reason: Option<String>,
+    #[serde(default)]
+    pub created_by: Vec<RecordedFrame>,
+    #[serde(default)]
+    pub frames: Vec<RecordedFrame>,
+    #[serde(default)]
+    pub oldest_wait_s: Option<f64>,
+    #[serde(default)]
+    pub growth: RecordedGoroutineGrowth,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedGoroutineGrowth {
+    #[serde(default)]
+    pub per_min: Option<f64>,
+    #[serde(default)]
+    pub class: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedGoMemStats {
+    #[serde(default)]
+    pub heap_alloc: Option<u64>,
+    #[serde(default)]
+    pub heap_inuse: Option<u64>,
+    #[serde(default)]
+    pub heap_sys: Option<u64>,
+    #[serde(default)]
+    pub heap_objects: Option<u64>,
+    #[serde(default)]
+    pub num_gc: Option<u64>,
+    #[serde(default)]
+    pub next_gc: Option<u64>,
+    #[serde(default)]
+    pub gc_cpu_fraction: Option<f64>,
+    #[serde(default)]
+    pub heap_alloc_per_min: Option<f64>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedGoHeapProfile {
+    #[serde(default)]
+    pub available: bool,
+    #[serde(default)]
+    pub reason: Option<String>,
+    #[serde(default)]
+    pub rate: Option<u64>,
+    #[serde(default)]
+    pub lag: Option<String>,
+    #[serde(default)]
+    pub inuse_bytes: Option<u64>,
+    #[serde(default)]
+    pub sites: Vec<RecordedGoHeapSite>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct RecordedGoHeapSite {
+    pub inuse_bytes: u64,
+    #[serde(default)]
+    pub inuse_objects: u64,
+    #[serde(default)]
+    pub alloc_bytes: u64,
+    #[serde(default)]
+    pub alloc_objects: u64,
+    #[serde(default)]
+    pub frames: Vec<RecordedFrame>,
 }
 
 /// The `heap` object of a process. Every field is optional: shown where present.
@@ -193,6 +289,26 @@ crate::frames::impl_stack_frame!(RecordedFrame, |f| f.addr);
 impl RecordedSnapshot {
     pub fn site_count(&self) -> usize {
         self.processes.iter().map(|p| p.sites.len()).sum()
+    }
+
+    /// Sites of the Go runtime's heap profiles, every process together.
+    pub fn go_heap_site_count(&self) -> usize {
+        self.processes
+            .iter()
+            .filter_map(|p| p.go.as_ref())
+            .map(|go| go.heap_profile.sites.len())
+            .sum()
+    }
+
+    /// For `export --format go-heap`: a snapshot without any Go heap profile has nothing.
+    pub fn require_go_heap_sites(&self, path: &str) -> Result<(), ReadError> {
+        if self.go_heap_site_count() == 0 {
+            return Err(ReadError::Empty {
+                path: path.to_string(),
+                what: "no Go heap profile (no Go process, or its profiling was off)",
+            });
+        }
+        Ok(())
     }
 
     /// For the commands that work on allocation sites (diff, export): a snapshot of

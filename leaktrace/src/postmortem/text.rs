@@ -553,6 +553,12 @@ fn text_process(
     if let Some(hidden) = sites.hidden(options) {
         let _ = writeln!(out, "\n  {hidden}");
     }
+    if let Some(go) = &process.go {
+        let _ = writeln!(out);
+        for line in super::go_text::go_lines(go, options.top) {
+            let _ = writeln!(out, "  {line}");
+        }
+    }
 }
 
 /// Growth mode: the bursts' estimate, by estimate rank.
@@ -669,6 +675,11 @@ fn markdown_process(
     }
     if let Some(hidden) = sites.hidden(options) {
         let _ = writeln!(out, "\n{}", cell(&hidden));
+    }
+    if let Some(go) = &process.go {
+        let lines = super::go_text::go_lines(go, options.top).join("\n");
+        let fence = "`".repeat(longest_backtick_run(&lines).max(2) + 1);
+        let _ = write!(out, "\n#### Go runtime\n\n{fence}text\n{lines}\n{fence}\n");
     }
 }
 

@@ -141,6 +141,8 @@ struct ProcessFamilies {
     dropped_allocations: IntCounter<ProcessLabels>,
     stack_errors: IntCounter<ProcessLabels>,
     heap_events: IntCounter<ProcessLabels>,
+    goroutines: IntGauge<ProcessLabels>,
+    go_heap_inuse_bytes: IntGauge<ProcessLabels>,
 }
 
 impl ProcessFamilies {
@@ -163,6 +165,8 @@ impl ProcessFamilies {
             dropped_allocations: family(r, "process_dropped_allocations", "Allocations not tracked because the allocation map was full"),
             stack_errors: family(r, "process_stack_errors", "Allocations whose call stack could not be read"),
             heap_events: family(r, "process_heap_events", "Heap-syscall records received"),
+            goroutines: family(r, "process_goroutines", "Go programs: live goroutines, from the runtime's own list (no series without a census)"),
+            go_heap_inuse_bytes: family(r, "process_go_heap_inuse_bytes", "Go programs: in-use bytes of the runtime's heap profile, unsampled (lags up to two GC cycles)"),
         }
     }
 
@@ -207,11 +211,20 @@ impl ProcessFamilies {
         if let Some(per_mib) = slopes.bytes_per_mib_processed {
             self.per_mib.get_or_create(&labels).set(per_mib);
         }
-        // HOOK(golang): the `golang` branch adds `processes[].go` (`GoReport { goroutines:
-        // Option<u64>, .. }`) to the schema. Once merged, register a `process_goroutines`
-        // IntGauge in `ProcessFamilies` and set it here from `process.go.goroutines` when
-        // `Some` (a process without a census gets no series, never a 0); docs/fleet.md then
-        // lists it.
+        // A Go process without a census or a profile gets no series: never a 0 that reads
+        // as measured.
+        if let Some(go) = &process.go {
+            if let Some(goroutines) = go.goroutines {
+                set(&self.goroutines, int(goroutines));
+            }
+            if let Some(inuse) = go
+                .heap_profile
+                .inuse_bytes
+                .filter(|_| go.heap_profile.available)
+            {
+                set(&self.go_heap_inuse_bytes, int(inuse));
+            }
+        }
     }
 }
 
@@ -513,6 +526,28 @@ mod tests {
 
     fn rendered(snapshot: &Snapshot, expired: &HashSet<u32>, format: Format) -> String {
         encode(&registry(snapshot, expired, 5), format).expect("encodes")
+    }
+
+    #[test]
+    fn a_go_process_has_its_goroutines_and_others_have_no_such_series() {
+        let mut snapshot = super::super::tests::example();
+        let text = rendered(&snapshot, &HashSet::new(), Format::OpenMetrics);
+        assert!(!text.contains("leaktrace_process_goroutines{"), "{text}");
+        snapshot.processes[0].go = Some(crate::schema::GoReport {
+            version: "go1.22.10".to_string(),
+            goroutines: Some(3004),
+            ..crate::schema::GoReport::default()
+        });
+        let text = rendered(&snapshot, &HashSet::new(), Format::OpenMetrics);
+        assert!(
+            text.contains("leaktrace_process_goroutines{pid=\"4242\",comm=\"leaky\",exe=\"/usr/bin/leaky-service\",cgroup=\"\",container_id=\"\"} 3004\n"),
+            "{text}"
+        );
+        // Profiling off: no in-use series rather than a 0.
+        assert!(
+            !text.contains("leaktrace_process_go_heap_inuse_bytes{"),
+            "{text}"
+        );
     }
 
     #[test]

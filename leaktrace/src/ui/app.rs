@@ -4,7 +4,11 @@ use std::{cmp::Ordering, collections::HashMap};
 
 use ratatui::layout::Rect;
 
-use super::{history::SiteHistory, layout, live::Live};
+use super::{
+    history::{GoroutineHistory, SiteHistory},
+    layout,
+    live::Live,
+};
 use crate::{
     format::contains_lowercase,
     model::{
@@ -330,6 +334,8 @@ pub struct App {
     pending: Option<Shown>,
     generation: u64,
     pub(crate) history: SiteHistory,
+    /// Goroutine group counts of Go processes, for the Go panel.
+    pub(crate) go_history: GoroutineHistory,
     call_totals: CallTotals,
     pub(crate) sort: SiteSort,
     pub(crate) process_sort: ProcessSort,
@@ -369,6 +375,7 @@ impl App {
             pending: None,
             generation: 0,
             history: SiteHistory::default(),
+            go_history: GoroutineHistory::default(),
             call_totals: CallTotals::new(),
             sort: SiteSort::Outstanding,
             process_sort: ProcessSort::HeapGrowth,
@@ -541,6 +548,7 @@ impl App {
     fn receive(&mut self, update: Update) {
         self.generation += 1;
         self.history.record(self.generation, &update.snapshot);
+        self.go_history.record(self.generation, &update.snapshot);
         let rates = Rates::between(&self.call_totals, &update.snapshot);
         self.call_totals = Rates::totals(&update.snapshot);
         if let Some((_, left)) = &mut self.status {

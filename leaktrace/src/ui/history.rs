@@ -49,3 +49,59 @@ impl SiteHistory {
         series.range(start..end).map(|(_, bytes)| *bytes).collect()
     }
 }
+
+/// Goroutine counts per (pid, group), for the Go panel's sparklines. A group is named by what
+/// identifies it in the report (state, wait reason, creating function, first frame): the
+/// snapshot gives groups no id.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GoroutineHistory {
+    by_group: HashMap<(u32, String), VecDeque<(u64, u64)>>,
+}
+
+/// A goroutine group's name across snapshots.
+pub(crate) fn group_key(group: &crate::schema::GoroutineGroupReport) -> String {
+    let name = |frames: &[crate::schema::Frame]| {
+        frames
+            .first()
+            .and_then(|f| f.function.clone())
+            .unwrap_or_default()
+    };
+    format!(
+        "{}|{}|{}|{}",
+        group.state,
+        group.wait_reason.as_deref().unwrap_or(""),
+        name(&group.created_by),
+        name(&group.frames)
+    )
+}
+
+impl GoroutineHistory {
+    /// Appends every Go group's count; forgets groups the snapshot no longer has.
+    pub(crate) fn record(&mut self, generation: u64, snapshot: &Snapshot) {
+        for process in &snapshot.processes {
+            let Some(go) = &process.go else { continue };
+            for group in &go.groups {
+                let series = self
+                    .by_group
+                    .entry((process.pid, group_key(group)))
+                    .or_default();
+                if series.len() >= HISTORY_CAPACITY {
+                    series.pop_front();
+                }
+                series.push_back((generation, group.count));
+            }
+        }
+        self.by_group
+            .retain(|_, series| series.back().is_some_and(|(g, _)| *g == generation));
+    }
+
+    /// The newest at most `max_len` counts of a group, oldest first, up to generation `up_to`.
+    pub(crate) fn series(&self, pid: u32, key: &str, up_to: u64, max_len: usize) -> Vec<u64> {
+        let Some(series) = self.by_group.get(&(pid, key.to_string())) else {
+            return Vec::new();
+        };
+        let end = series.partition_point(|(g, _)| *g <= up_to);
+        let start = end.saturating_sub(max_len);
+        series.range(start..end).map(|(_, n)| *n).collect()
+    }
+}

@@ -751,3 +751,69 @@ fn assert_shows(screen: &str, expected: &[&str]) {
         assert!(screen.contains(expected), "missing {expected:?}:\n{screen}");
     }
 }
+
+/// A Go process: 3000 senders growing by 300 per update, a profile and memstats.
+fn go_process(senders: u64) -> ProcessReport {
+    use crate::schema::{
+        GoHeapProfile, GoHeapSite, GoMemStats, GoReport, GoroutineGroupReport, GoroutineGrowth,
+    };
+    let mut p = process(4242, "gosvc", sites());
+    p.go = Some(GoReport {
+        version: "go1.22.10".to_string(),
+        goroutines: Some(senders + 5),
+        groups: vec![GoroutineGroupReport {
+            count: senders,
+            state: "waiting".to_string(),
+            wait_reason: Some("chan send".to_string()),
+            created_by: vec![frame("main.startSenders", EXE, None)],
+            frames: vec![frame("runtime.gopark", EXE, None)],
+            oldest_wait_s: Some(3.0),
+            growth: GoroutineGrowth {
+                class: GrowthClass::LeakSuspect,
+                ..GoroutineGrowth::default()
+            },
+        }],
+        memstats: Some(GoMemStats {
+            heap_alloc: 80 << 20,
+            num_gc: 8,
+            ..GoMemStats::default()
+        }),
+        heap_profile: GoHeapProfile {
+            available: true,
+            rate: Some(65536),
+            sites: vec![GoHeapSite {
+                inuse_bytes: 78 << 20,
+                frames: vec![
+                    frame("runtime.makeslice", EXE, None),
+                    frame("main.leakIntoMap", EXE, None),
+                ],
+                ..GoHeapSite::default()
+            }],
+            ..GoHeapProfile::default()
+        },
+        ..GoReport::default()
+    });
+    p
+}
+
+#[test]
+fn a_go_process_gets_the_go_panel_with_groups_profile_and_memstats() {
+    let mut app = app_with(snapshot(vec![go_process(2700)]), 120, 40);
+    app.handle(update(snapshot(vec![go_process(3000)])));
+    let screen = text(&draw(&app, 120, 40));
+    for expected in [
+        "go1.22.10 · 3,005 goroutines",
+        "3,000",
+        "chan send · main.startSenders",
+        "LEAK",
+        "78.0 MiB main.leakIntoMap",
+        "lags ≤2 GC",
+        "HeapAlloc 80.0 MiB",
+    ] {
+        assert!(screen.contains(expected), "{expected:?} missing:\n{screen}");
+    }
+    assert!(screen.contains('█'), "the group's sparkline:\n{screen}");
+    // Tiny terminals still draw without panicking.
+    let _ = draw(&app, 20, 6);
+    let _ = draw(&app, 60, 18);
+}

@@ -12,6 +12,7 @@ mod cli;
 mod cost;
 mod files;
 mod fleet;
+mod golang;
 mod growth;
 mod growth_mode;
 mod heap;

@@ -3,6 +3,7 @@
 //! screens out and holds what the panels share (styles, messages, column titles).
 mod banner;
 mod footer;
+mod go;
 mod header;
 mod heap;
 mod help;
@@ -109,7 +110,11 @@ impl App {
                 .map(|(p, _)| p.pid)
                 .or(self.focus_pid)
                 .or_else(|| self.snapshot()?.processes.first().map(|p| p.pid));
-            self.draw_heap(pid, heap, buf);
+            // A Go process: its runtime's panel in the heap panel's place.
+            match (pid, self.go_report(pid)) {
+                (Some(pid), Some(go)) => self.draw_go(pid, go, heap, buf),
+                _ => self.draw_heap(pid, heap, buf),
+            }
         }
         if let Some(footer) = l.footer {
             self.draw_footer(footer, buf);

@@ -1,0 +1,364 @@
+//! Go programs read from outside: the build information, a goroutine census, the runtime's own
+//! heap profile and its memory statistics, all from the target's memory (`process_vm_readv`),
+//! never stopping it. Layouts come from the binary's DWARF, or measured per-version tables.
+//!
+//! Every read is bounded (list caps, cycle checks) and may be torn by the running program: a
+//! torn read is retried or counted, never trusted silently.
+pub mod buildinfo;
+pub mod census;
+pub mod heap_profile;
+pub mod layout;
+pub mod memory;
+pub mod memstats;
+
+use std::{collections::HashMap, path::Path};
+
+use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
+
+pub use self::{
+    buildinfo::BuildInfo,
+    census::CensusTracker,
+    heap_profile::LAG_NOTE,
+    layout::{GLayout, RecordLayout, StatsLayout},
+    memory::Memory,
+};
+use crate::{
+    procfs,
+    schema::{GoReport, GoroutineGroupReport},
+    symbolize::Symbols,
+    target_files::{self, Elf},
+};
+
+/// Function symbols kept for naming pcs (a Go binary has tens of thousands).
+const MAX_FUNCTIONS: usize = 2_000_000;
+
+/// What leaktrace knows of a Go binary, read once from its file.
+pub struct GoRuntime {
+    pub build: BuildInfo,
+    /// Added to the file's addresses to get the running process's (position-independent builds).
+    bias: u64,
+    /// Data symbols of the runtime, by name, as file addresses; with their sizes.
+    symbols: HashMap<&'static str, (u64, u64)>,
+    /// Function symbols: start address and name, sorted by address.
+    functions: Vec<(u64, String)>,
+    /// Where the `runtime.g` fields come from: DWARF, a table, or why neither works.
+    pub g_layout: Result<(GLayout, LayoutSource), String>,
+    pub stats_layout: Option<StatsLayout>,
+    pub record_layout: RecordLayout,
+}
+
+/// Where a layout came from, for the report.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayoutSource {
+    Dwarf,
+    Table,
+}
+
+impl LayoutSource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LayoutSource::Dwarf => "dwarf",
+            LayoutSource::Table => "table",
+        }
+    }
+}
+
+/// Runtime variables read by address.
+const RUNTIME_SYMBOLS: &[&str] = &[
+    "runtime.allgs",
+    "runtime.waitReasonStrings",
+    "runtime.mbuckets",
+    "runtime.mProfCycle",
+    "runtime.MemProfileRate",
+    "runtime.disableMemoryProfiling",
+    "runtime.memstats",
+    "runtime.gcController",
+    "runtime.class_to_size",
+    // Go 1.25 moved the size classes to internal/runtime/gc.
+    "internal/runtime/gc.SizeClassToSize",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum GoError {
+    #[error("{0}")]
+    File(#[from] target_files::Unreadable),
+    #[error("{0}")]
+    BuildInfo(#[from] buildinfo::BuildInfoError),
+}
+
+impl GoRuntime {
+    /// Read a running process's executable; `Ok(None)` when it is no Go binary.
+    pub fn of_process(pid: u32) -> Result<Option<GoRuntime>, GoError> {
+        let path = procfs::exe_file(pid);
+        let file = target_files::open(&path)?;
+        let elf = Elf::new(&path, file);
+        let view = elf.parse()?;
+        let Some(section) = elf.section_data(&view, ".go.buildinfo")? else {
+            return Ok(None);
+        };
+        let build = BuildInfo::parse(&section)?;
+        let bias = load_bias(pid, &view);
+        let mut symbols = HashMap::new();
+        let mut functions = Vec::new();
+        for symbol in view.symbols() {
+            let Ok(name) = symbol.name() else { continue };
+            if symbol.kind() == SymbolKind::Text {
+                if functions.len() < MAX_FUNCTIONS && symbol.address() != 0 {
+                    functions.push((symbol.address(), name.to_string()));
+                }
+            } else if let Some(wanted) = RUNTIME_SYMBOLS.iter().find(|w| **w == name) {
+                symbols.insert(*wanted, (symbol.address(), symbol.size()));
+            }
+        }
+        functions.sort_unstable_by_key(|(addr, _)| *addr);
+        let structs = layout::read_structs(|name| elf.section_data(&view, name).ok().flatten())
+            .unwrap_or_else(|err| {
+                log::debug!("pid {pid}: {err}");
+                layout::Structs::new()
+            });
+        let g_layout = match (GLayout::from_dwarf(&structs), build.major_minor()) {
+            (Some(layout), _) => Ok((layout, LayoutSource::Dwarf)),
+            (None, Some(version)) => GLayout::for_version(version)
+                .map(|layout| (layout, LayoutSource::Table))
+                .ok_or_else(|| {
+                    format!(
+                        "no goroutine census: the binary has no DWARF (built with -ldflags=-w) and \
+                         leaktrace has no table for {}",
+                        build.version
+                    )
+                }),
+            (None, None) => Err(format!(
+                "no goroutine census: the binary has no DWARF and {} is no release version",
+                build.version
+            )),
+        };
+        let stats_layout = StatsLayout::from_dwarf(&structs);
+        let record_layout = RecordLayout::new(&structs, build.major_minor());
+        Ok(Some(GoRuntime {
+            build,
+            bias,
+            symbols,
+            functions,
+            g_layout,
+            stats_layout,
+            record_layout,
+        }))
+    }
+
+    /// Why no goroutine census can be taken, in one line; `None` when one can.
+    pub fn census_unavailable(&self) -> Option<String> {
+        match &self.g_layout {
+            Err(why) => Some(why.clone()),
+            Ok(_) if !self.symbols.contains_key("runtime.allgs") => {
+                Some(census::CensusError::NoAllgs.to_string())
+            }
+            Ok(_) => None,
+        }
+    }
+
+    /// A runtime variable's address in the running process, and its size.
+    pub fn symbol(&self, name: &str) -> Option<(u64, u64)> {
+        self.symbols
+            .get(name)
+            .map(|(addr, size)| (addr.wrapping_add(self.bias), *size))
+    }
+
+    /// The function containing a pc of the running process (its symbol name).
+    pub fn function_at(&self, pc: u64) -> Option<&str> {
+        self.function_start(pc).map(|(_, name)| name)
+    }
+
+    /// The stack as a site key: a runtime frame stands for its function (its start address),
+    /// not for the call site inside it, so that heap growth through the same runtime functions
+    /// into the same user frames is one site, not one per path inside `mallocgc`.
+    pub fn site_key(&self, stack: &[u64]) -> Vec<u64> {
+        stack
+            .iter()
+            .map(|&pc| match self.function_start(pc) {
+                Some((start, name)) if is_runtime_function(name) => start,
+                _ => pc,
+            })
+            .collect()
+    }
+
+    /// The start address (in the running process) and name of the function containing `pc`.
+    fn function_start(&self, pc: u64) -> Option<(u64, &str)> {
+        let addr = pc.wrapping_sub(self.bias);
+        let index = self.functions.partition_point(|(start, _)| *start <= addr);
+        let (start, name) = self.functions.get(index.checked_sub(1)?)?;
+        Some((start.wrapping_add(self.bias), name.as_str()))
+    }
+
+    /// Whether a pc is in the runtime's own code (not the program's).
+    pub fn is_runtime_pc(&self, pc: u64) -> bool {
+        self.function_at(pc).is_some_and(is_runtime_function)
+    }
+}
+
+/// The runtime's own functions (and its internal packages).
+fn is_runtime_function(name: &str) -> bool {
+    name.starts_with("runtime.")
+        || name.starts_with("runtime/")
+        || name.starts_with("internal/runtime/")
+}
+
+/// Start of the executable's lowest mapping minus its lowest loadable address (0 for the
+/// usual non-PIE Go binary).
+fn load_bias(pid: u32, view: &target_files::ElfView<'_>) -> u64 {
+    if view.kind() != object::ObjectKind::Dynamic {
+        return 0;
+    }
+    let lowest_vaddr = view
+        .sections()
+        .filter(|s| s.address() != 0)
+        .map(|s| s.address())
+        .min()
+        .unwrap_or(0);
+    let Ok(exe) = procfs::read_exe(pid) else {
+        return 0;
+    };
+    let Ok(maps) = procfs::read_maps(pid) else {
+        return 0;
+    };
+    maps.files()
+        .filter(|m| m.path() == Some(exe.as_path()) && m.offset == 0)
+        .map(|m| m.range.start)
+        .min()
+        .map_or(0, |start| start.wrapping_sub(lowest_vaddr & !0xfff))
+}
+
+/// One Go process followed through the run: its runtime and the goroutine groups' series.
+pub struct GoTracker {
+    pub runtime: GoRuntime,
+    memory: Memory,
+    census: CensusTracker,
+    stats: memstats::StatsTracker,
+    /// The latest report, kept for the snapshots taken after the process ended.
+    last: Option<GoReport>,
+}
+
+impl GoTracker {
+    /// `Ok(None)`: not a Go program.
+    pub fn of_process(pid: u32) -> Result<Option<GoTracker>, GoError> {
+        Ok(GoRuntime::of_process(pid)?.map(|runtime| GoTracker {
+            runtime,
+            memory: Memory::new(pid),
+            census: CensusTracker::default(),
+            stats: memstats::StatsTracker::default(),
+            last: None,
+        }))
+    }
+
+    /// Read everything once and make the report; `sampling`: add a point to the series.
+    pub fn report(
+        &mut self,
+        t_s: f64,
+        sampling: bool,
+        alive: bool,
+        symbols: &mut Symbols,
+    ) -> GoReport {
+        let pid = self.memory.pid;
+        let mut report = GoReport {
+            version: self.runtime.build.version.clone(),
+            main_module: self.runtime.build.main_path.clone(),
+            ..GoReport::default()
+        };
+        if !alive {
+            // Its memory is gone: what was read last is what it was.
+            if let Some(last) = &self.last {
+                return last.clone();
+            }
+            report.census_error = Some("the process exited before it was read".to_string());
+            report.heap_profile.reason = Some("the process exited before it was read".to_string());
+            return report;
+        }
+        let reading = std::time::Instant::now();
+        let census = census::read(&self.runtime, &self.memory);
+        log::debug!(
+            "pid {pid}: goroutine census read in {:?}",
+            reading.elapsed()
+        );
+        match census {
+            Ok(census) => {
+                report.layout = Some(census.layout_source.as_str().to_string());
+                report.torn_reads = census.torn;
+                report.goroutines = Some(census.goroutines.len() as u64);
+                let grouping = std::time::Instant::now();
+                let groups = self.census.record(&self.runtime, &census, t_s, sampling);
+                log::debug!("pid {pid}: goroutines grouped in {:?}", grouping.elapsed());
+                report.groups = groups
+                    .into_iter()
+                    .map(|group| GoroutineGroupReport {
+                        count: group.count,
+                        state: group.state.to_string(),
+                        wait_reason: group.wait_reason,
+                        created_by: symbols.stack_frames(pid, alive, &[group.gopc]),
+                        frames: symbols.stack_frames(pid, alive, &group.pcs),
+                        oldest_wait_s: group.oldest_wait_s,
+                        growth: group.growth,
+                    })
+                    .collect();
+            }
+            Err(err) => {
+                report.census_error = Some(err.to_string());
+            }
+        }
+        report.heap_profile = heap_profile::read(&self.runtime, &self.memory, symbols, pid);
+        report.memstats = self.stats.read(&self.runtime, &self.memory, t_s, sampling);
+        self.last = Some(report.clone());
+        report
+    }
+}
+
+/// Whether the file at `path` is a Go binary (has Go build information).
+pub fn is_go_binary(path: &Path) -> bool {
+    let Ok(file) = target_files::open(path) else {
+        return false;
+    };
+    let elf = Elf::new(path, file);
+    let Ok(view) = elf.parse() else {
+        return false;
+    };
+    view.section_by_name(".go.buildinfo").is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn runtime() -> GoRuntime {
+        GoRuntime {
+            build: BuildInfo {
+                version: "go1.22.10".to_string(),
+                main_path: None,
+            },
+            bias: 0,
+            symbols: HashMap::new(),
+            functions: vec![
+                (0x1000, "runtime.mallocgc".to_string()),
+                (0x2000, "internal/runtime/maps.newarray".to_string()),
+                (0x3000, "main.rememberBlob".to_string()),
+                (0x4000, "main.main".to_string()),
+            ],
+            g_layout: Err("none".to_string()),
+            stats_layout: None,
+            record_layout: RecordLayout::new(&layout::Structs::new(), Some((1, 22))),
+        }
+    }
+
+    #[test]
+    fn runtime_frames_key_by_function_user_frames_by_pc() {
+        let go = runtime();
+        // Two paths out of mallocgc (different call sites inside it) into the same user frame.
+        let a = go.site_key(&[0x1010, 0x2020, 0x3030, 0x4040]);
+        let b = go.site_key(&[0x1080, 0x2090, 0x3030, 0x4040]);
+        assert_eq!(a, b);
+        assert_eq!(a, vec![0x1000, 0x2000, 0x3030, 0x4040]);
+        // A different line of the user's function stays another site.
+        assert_ne!(a, go.site_key(&[0x1010, 0x2020, 0x3040, 0x4040]));
+        assert_eq!(go.function_at(0x3030), Some("main.rememberBlob"));
+        assert!(go.is_runtime_pc(0x2020) && !go.is_runtime_pc(0x3030));
+        assert_eq!(go.function_at(0x10), None);
+        assert!(go.census_unavailable().is_some());
+    }
+}
