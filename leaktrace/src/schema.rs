@@ -132,6 +132,25 @@ pub struct ProcessReport {
     pub counters: Counters,
     /// Sorted by outstanding bytes, largest first.
     pub sites: Vec<SiteReport>,
+    /// Outstanding bytes by function over the reported sites (`model::function_totals`):
+    /// largest cumulative first. Absent from older snapshots: read back as computed from sites.
+    #[serde(default)]
+    pub functions: Vec<FunctionReport>,
+}
+
+/// One function's share of a process's outstanding memory, as pprof counts it: `self` from
+/// the stacks whose innermost frame it is, `cumulative` from the stacks it is on (once per
+/// stack, recursion or not).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionReport {
+    /// The function's name, or `module+0xoffset` when it has none.
+    pub function: String,
+    /// The module's path, when known.
+    pub module: Option<String>,
+    pub self_bytes: u64,
+    pub self_count: u64,
+    pub cumulative_bytes: u64,
+    pub cumulative_count: u64,
 }
 
 /// Per-process heap state (`leaktrace/1`, `heap` object).

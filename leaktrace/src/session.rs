@@ -22,7 +22,10 @@ use crate::{
     model::{self, GrowthClock, ProcessMemory, ProcessTotals, SinceStart, SiteSeries},
     output::{self, Access},
     procfs, report,
-    schema::{ExitStatus, Mode, ProbeCost, ProcessReport, Processed, SiteHeap, Snapshot, SCHEMA},
+    schema::{
+        ExitStatus, Mode, ProbeCost, ProcessReport, Processed, SiteHeap, SiteReport, Snapshot,
+        SCHEMA,
+    },
     symbolize::Symbols,
     target::{self, TargetProcess},
     tracer::{self, Capacity, MapsReading, Scope, Tracer},
@@ -1076,6 +1079,7 @@ impl Session {
             bytes_processed: t.work.grown(),
             heap,
             counters: totals.counters,
+            functions: model::function_totals(sites.iter().map(SiteReport::stack_cost)),
             sites,
         }
     }

@@ -178,10 +178,7 @@ mod tests {
             table.contains("pid 42 (leaky): 48.8 KiB outstanding in 500 blocks"),
             "{table}"
         );
-        assert!(
-            table.contains("leak_exactly (leaky.c:42) <- main"),
-            "{table}"
-        );
+        assert!(table.contains("  leak_exactly (leaky.c:42)\n"), "{table}");
         assert!(table.contains("unknown frees 3"), "{table}");
         assert!(table.contains("3.2s"), "{table}");
         assert!(table.contains("+256.0 KiB"), "{table}");

@@ -9,13 +9,17 @@
 //!   heap growth by stack);
 //! - `sites`: growth series and verdicts, leak ranks, heap-only sites;
 //! - `dashboard`: what the dashboard derives from snapshots (rates, sums, fallback sites);
+//! - `functions`: outstanding bytes by function (self and cumulative) and call trees, for
+//!   `functions[]`, `report --tree` and the dashboard's tree views;
 //! - `process`: work processed, RSS growth and its explained share, the heap object, the
 //!   order of system-wide rows, the probe cost.
 pub mod dashboard;
+pub mod functions;
 mod process;
 mod sites;
 mod totals;
 
+pub use functions::{function_totals, CallTree, StackCost, TreeDirection};
 pub use process::{
     by_heap_growth, growth_event_ns, heap_growth_bytes, heap_report, work_done, ProcessMemory,
     SinceStart,

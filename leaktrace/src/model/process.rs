@@ -227,6 +227,7 @@ mod tests {
             }),
             counters: Counters::default(),
             sites: Vec::new(),
+            functions: Vec::new(),
         }
     }
 

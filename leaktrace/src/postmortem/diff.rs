@@ -64,7 +64,7 @@ impl ProcessName {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteChange {
     pub key: SiteKey,
-    /// `leak_exactly (alloc_patterns.c:31) <- main`
+    /// `verify_request (app.c:14) via X509_STORE_CTX_new` (`format::site_label`)
     pub label: String,
     pub old_bytes: u64,
     pub old_count: u64,

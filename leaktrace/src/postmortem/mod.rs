@@ -5,6 +5,7 @@ pub mod export;
 pub mod pprof;
 pub mod read;
 pub mod text;
+pub mod tree;
 
 use std::{
     io::{self, Write as _},
@@ -33,6 +34,7 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
         top: args.top,
         pid: args.pid,
         min_age: args.min_age,
+        tree: args.tree,
         style: match args.format {
             ReportFormat::Text => text::ReportStyle::Text,
             ReportFormat::Markdown => text::ReportStyle::Markdown,

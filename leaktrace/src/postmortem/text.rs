@@ -22,6 +22,8 @@ pub struct ReportOptions {
     pub pid: Option<u32>,
     /// Only sites whose oldest outstanding block is at least this old.
     pub min_age: Option<Duration>,
+    /// Add outstanding bytes by function and the call tree (`--tree`).
+    pub tree: bool,
     pub style: ReportStyle,
 }
 
@@ -457,7 +459,7 @@ fn blocks(count: u64) -> String {
 }
 
 fn site_heading(site: &RecordedSite) -> String {
-    format::site_name(&site.frames)
+    format::site_label(&site.frames)
 }
 
 fn growth_line(site: &RecordedSite, words: Words) -> String {
@@ -547,6 +549,10 @@ fn text_process(
     if let Some(hidden) = sites.hidden(options) {
         let _ = writeln!(out, "\n  {hidden}");
     }
+    if options.tree {
+        let _ = writeln!(out);
+        out.push_str(&super::tree::tree_section(process, "  "));
+    }
 }
 
 /// `text` as inline code that survives a Markdown table cell.
@@ -635,6 +641,11 @@ fn markdown_process(
     }
     if let Some(hidden) = sites.hidden(options) {
         let _ = writeln!(out, "\n{}", cell(&hidden));
+    }
+    if options.tree {
+        let tree = super::tree::tree_section(process, "");
+        let fence = "`".repeat(longest_backtick_run(&tree).max(2) + 1);
+        let _ = write!(out, "\n#### Call tree\n\n{fence}text\n{tree}{fence}\n");
     }
 }
 

@@ -502,8 +502,8 @@ fn normal_data_at_80x24_shows_every_panel() {
             "sort: outstanding ▼",
             "OUTSTANDING▼",
             "remember_session",
-            // The plateau is named by its user frame, not by libc's strdup.
-            "load_config (config.c:12)",
+            // The plateau is named by its user frame, via libc's strdup that it called.
+            "load_config via strdup",
             "LEAK?",
             "stack",
             "heap · pid 42",

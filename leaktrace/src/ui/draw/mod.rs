@@ -36,8 +36,8 @@ mod prelude {
     };
     pub(super) use crate::{
         format::{
-            self, count, cpu_share, frame_in_width, frame_location, frame_name, human_bytes,
-            optional_bytes, per_second, slope_cell, truncate_middle,
+            self, count, cpu_share, frame_location, frame_name, human_bytes, optional_bytes,
+            per_second, slope_cell, truncate_middle,
         },
         frames::{self, basename, StackFrame},
         schema::{
