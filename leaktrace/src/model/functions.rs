@@ -20,12 +20,21 @@ use crate::{
 };
 
 /// What one site contributes: its frames (innermost first), outstanding bytes and blocks.
-#[derive(Clone, Copy, Debug)]
+#[derive(Debug)]
 pub struct StackCost<'a, F> {
     pub frames: &'a [F],
     pub bytes: u64,
     pub count: u64,
 }
+
+// By hand: a derive would require `F: Copy`, and only the reference is copied.
+impl<F> Clone for StackCost<'_, F> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F> Copy for StackCost<'_, F> {}
 
 /// The key a frame is aggregated by: its display name and its module's path.
 fn function_key<F: StackFrame>(frame: &F) -> (String, Option<String>) {
@@ -82,10 +91,6 @@ pub enum TreeDirection {
     /// Callers first (heaptrack's top-down): the outermost frames (`main`) are the roots and
     /// each node's children are the functions it called.
     CallersFirst,
-    #[cfg_attr(
-        not(test),
-        expect(dead_code, reason = "the dashboard's callees view is next")
-    )]
     /// Callees first (bottom-up): the innermost frames are the roots and each node's children
     /// are the functions that called it.
     CalleesFirst,
@@ -102,6 +107,7 @@ pub struct CallNode {
     pub count: u64,
     /// Distance from the root (roots are at 0).
     pub depth: usize,
+    pub parent: Option<usize>,
     /// Children, largest first.
     pub children: Vec<usize>,
 }
@@ -148,6 +154,7 @@ impl CallTree {
                             bytes: 0,
                             count: 0,
                             depth,
+                            parent,
                             children: Vec::new(),
                         });
                         match parent {
@@ -197,6 +204,44 @@ impl CallTree {
             (Some(n), total) if total > 0 => n.bytes as f64 / total as f64,
             _ => 0.0,
         }
+    }
+
+    /// Bytes of the stacks that end at `node` (callers first: its own allocations; callees
+    /// first: at a root, everything; deeper, the stacks that start there).
+    pub fn self_bytes(&self, node: usize) -> u64 {
+        self.nodes.get(node).map_or(0, |n| {
+            let children: u64 = n.children.iter().map(|&c| self.nodes[c].bytes).sum();
+            n.bytes.saturating_sub(children)
+        })
+    }
+
+    /// The functions from a root down to `node`: what names a node across snapshots (node
+    /// numbers change with every tree).
+    pub fn path(&self, node: usize) -> Vec<String> {
+        let mut path = Vec::new();
+        let mut at = self.nodes.get(node).map(|_| node);
+        while let Some(n) = at {
+            path.push(self.nodes[n].function.clone());
+            at = self.nodes[n].parent;
+        }
+        path.reverse();
+        path
+    }
+
+    /// The node at `path`, if the tree still has it.
+    pub fn find(&self, path: &[String]) -> Option<usize> {
+        let (first, rest) = path.split_first()?;
+        let mut node = *self
+            .roots
+            .iter()
+            .find(|&&r| self.nodes[r].function == *first)?;
+        for name in rest {
+            node = *self.nodes[node]
+                .children
+                .iter()
+                .find(|&&c| self.nodes[c].function == *name)?;
+        }
+        Some(node)
     }
 
     /// The nodes in display order (depth first, largest first) whose subtree holds at least
@@ -356,6 +401,19 @@ mod tests {
             ]
         );
         assert_eq!(tree.visible(0.0, |_| false).len(), 1);
+        // Self bytes: what ends at the node; paths name nodes across trees.
+        let handle = main.children[0];
+        assert_eq!(tree.self_bytes(handle), 0);
+        assert_eq!(tree.self_bytes(main.children[1]), 700);
+        let walk3 = visible[7];
+        let path = tree.path(walk3);
+        assert_eq!(path, ["main", "handle", "walk", "walk", "walk"]);
+        assert_eq!(tree.find(&path), Some(walk3));
+        assert_eq!(
+            tree.find(&["main".to_string(), "nowhere".to_string()]),
+            None
+        );
+        assert_eq!(tree.find(&[]), None);
     }
 
     #[test]

@@ -4,14 +4,15 @@ use std::{cmp::Ordering, collections::HashMap};
 
 use ratatui::layout::Rect;
 
-use super::{history::SiteHistory, layout, live::Live};
+pub use super::call_trees::SiteView;
+use super::{call_trees::TreeView, history::SiteHistory, layout, live::Live};
 use crate::{
     format::contains_lowercase,
     model::{
         dashboard::{self, CallTotals, Rates, SiteHeapTotals},
-        heap_growth_bytes,
+        heap_growth_bytes, StackCost, TreeDirection,
     },
-    schema::{ProcessReport, SiteReport, Snapshot},
+    schema::{Frame, ProcessReport, SiteReport, Snapshot},
 };
 
 /// Rows the mouse wheel moves per notch.
@@ -268,7 +269,7 @@ pub(crate) struct Cursor {
 }
 
 impl Cursor {
-    fn move_by(&mut self, delta: isize, len: usize, page: usize) {
+    pub(crate) fn move_by(&mut self, delta: isize, len: usize, page: usize) {
         let target = if delta < 0 {
             self.selected.saturating_sub(delta.unsigned_abs())
         } else {
@@ -277,13 +278,13 @@ impl Cursor {
         self.go_to(target, len, page);
     }
 
-    fn go_to(&mut self, index: usize, len: usize, page: usize) {
+    pub(crate) fn go_to(&mut self, index: usize, len: usize, page: usize) {
         self.selected = index.min(len.saturating_sub(1));
         self.follow(len, page);
     }
 
     /// Keep the selection inside the list and on screen, and the screen full when it can be.
-    fn follow(&mut self, len: usize, page: usize) {
+    pub(crate) fn follow(&mut self, len: usize, page: usize) {
         *self = self.window(len, page);
     }
 
@@ -347,6 +348,11 @@ pub struct App {
     /// The site of the detail screen, by (pid, site id): it stays put while data changes.
     pub(crate) detail: Option<(u32, String)>,
     pub(crate) detail_scroll: usize,
+    /// Sites, callers tree or callees tree (`v`).
+    pub(crate) view: SiteView,
+    /// The call trees of the site table's sites (same focus, same filter).
+    pub(crate) callers: TreeView,
+    pub(crate) callees: TreeView,
 }
 
 impl Default for App {
@@ -380,7 +386,82 @@ impl App {
             processes: Cursor::default(),
             detail: None,
             detail_scroll: 0,
+            view: SiteView::Sites,
+            callers: TreeView::new(TreeDirection::CallersFirst),
+            callees: TreeView::new(TreeDirection::CalleesFirst),
         }
+    }
+
+    /// What the sites screen shows: the table or one of the call trees.
+    pub fn view(&self) -> SiteView {
+        self.view
+    }
+
+    /// The call tree on screen, when the sites screen shows one.
+    pub(crate) fn tree_view(&self) -> Option<&TreeView> {
+        match (self.screen, self.view) {
+            (Screen::Sites, SiteView::Callers) => Some(&self.callers),
+            (Screen::Sites, SiteView::Callees) => Some(&self.callees),
+            _ => None,
+        }
+    }
+
+    fn tree_view_mut(&mut self) -> Option<&mut TreeView> {
+        match (self.screen, self.view) {
+            (Screen::Sites, SiteView::Callers) => Some(&mut self.callers),
+            (Screen::Sites, SiteView::Callees) => Some(&mut self.callees),
+            _ => None,
+        }
+    }
+
+    /// Rows a page of a call tree holds at the current terminal size.
+    fn tree_page(&self) -> usize {
+        layout::table_rows(layout::tree(self.area(), self.banner()).tree)
+    }
+
+    /// Rebuild both call trees from the site table's sites.
+    fn rebuild_trees(&mut self) {
+        let page = self.tree_page();
+        let snapshot = self.shown.as_ref().map(|s| &s.snapshot);
+        let stacks: Vec<StackCost<'_, Frame>> = self
+            .site_rows
+            .iter()
+            .filter_map(|r| {
+                let site = snapshot?.processes.get(r.process)?.sites.get(r.site)?;
+                Some(site.stack_cost())
+            })
+            .collect();
+        self.callers.rebuild(stacks.iter().copied(), page);
+        self.callees.rebuild(stacks.iter().copied(), page);
+    }
+
+    /// Keys of a call tree; `None` when the key is not the tree's.
+    fn tree_key(&mut self, key: Key) -> Option<()> {
+        let page = self.tree_page();
+        let step = page as isize;
+        let next = match key {
+            Key::Esc => Some(SiteView::Sites),
+            Key::Char('v') => Some(self.view.next()),
+            _ => None,
+        };
+        if let Some(view) = next {
+            self.view = view;
+            return Some(());
+        }
+        let tree = self.tree_view_mut()?;
+        match key {
+            Key::Up | Key::Char('k') => tree.move_by(-1, page),
+            Key::Down | Key::Char('j') => tree.move_by(1, page),
+            Key::PageUp => tree.move_by(-step, page),
+            Key::PageDown | Key::Char(' ') => tree.move_by(step, page),
+            Key::Home | Key::Char('g') => tree.go_to(false, page),
+            Key::End | Key::Char('G') => tree.go_to(true, page),
+            Key::Enter => tree.toggle(page),
+            Key::Right | Key::Char('l') => tree.open(page),
+            Key::Left | Key::Char('h') => tree.close(page),
+            _ => return None,
+        }
+        Some(())
     }
 
     /// Apply one event; returns what the session must do, if anything. Redraw after every
@@ -607,6 +688,7 @@ impl App {
         }
         let (len, page) = (self.site_rows.len(), self.site_page());
         self.sites.follow(len, page);
+        self.rebuild_trees();
     }
 
     /// As for sites: the first row stays first, a selection further down follows its pid.
@@ -643,6 +725,9 @@ impl App {
         self.sites.follow(self.site_rows.len(), sites);
         self.processes.follow(self.process_rows.len(), processes);
         self.scroll_detail(0);
+        let page = self.tree_page();
+        self.callers.follow(page);
+        self.callees.follow(page);
     }
 
     fn detail_frames(&self) -> usize {
@@ -661,6 +746,13 @@ impl App {
 
     /// Move the current screen's selection (or the detail screen's stack) by `delta` rows.
     fn scroll(&mut self, delta: isize) {
+        if self.tree_view().is_some() {
+            let page = self.tree_page();
+            if let Some(tree) = self.tree_view_mut() {
+                tree.move_by(delta, page);
+            }
+            return;
+        }
         let page = self.page();
         match self.screen {
             Screen::Sites => self.sites.move_by(delta, self.site_rows.len(), page),
@@ -706,6 +798,9 @@ impl App {
             self.filter_key(key);
             return None;
         }
+        if self.tree_view().is_some() && self.tree_key(key).is_some() {
+            return None;
+        }
         let page = self.page() as isize;
         match key {
             Key::Char('q') => return Some(Action::Quit),
@@ -714,6 +809,7 @@ impl App {
             Key::Char('p') => self.toggle_pause(),
             Key::Char('s') | Key::Tab => self.cycle_sort(Direction::Forward),
             Key::Char('S') | Key::BackTab => self.cycle_sort(Direction::Backward),
+            Key::Char('v') if self.screen == Screen::Sites => self.view = self.view.next(),
             Key::Char('/') if self.screen == Screen::Sites => {
                 self.filter_input = Some(self.filter.clone());
             }

@@ -2,6 +2,7 @@
 //! never sorts or filters (the App keeps those results). One file per panel; this one lays the
 //! screens out and holds what the panels share (styles, messages, column titles).
 mod banner;
+mod call_tree;
 mod footer;
 mod header;
 mod heap;
@@ -90,6 +91,10 @@ impl Widget for &App {
 
 impl App {
     pub(super) fn draw_sites(&self, area: Rect, buf: &mut Buffer) {
+        if self.tree_view().is_some() {
+            self.draw_tree_screen(area, buf);
+            return;
+        }
         let exited = self.exited_processes();
         let l = layout::sites(area, !exited.is_empty(), self.site_rows.len());
         self.draw_header(l.header, buf);
