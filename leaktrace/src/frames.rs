@@ -32,6 +32,8 @@ enum Pattern {
     Prefix(&'static str),
     /// Starts with the first string and contains the second after it (`libc-2.31.so`).
     PrefixContaining(&'static str, &'static str),
+    /// Contains the string anywhere (`main._Cfunc_malloc`, whatever the package path).
+    Contains(&'static str),
 }
 
 impl Pattern {
@@ -42,6 +44,7 @@ impl Pattern {
             Pattern::PrefixContaining(prefix, inner) => name
                 .strip_prefix(prefix)
                 .is_some_and(|rest| rest.contains(inner)),
+            Pattern::Contains(inner) => name.contains(inner),
         }
     }
 }
@@ -206,6 +209,8 @@ const FUNCTIONS: &[(Pattern, FrameClass)] = &[
     ),
     // cgo trampolines, then the rest of the Go runtime.
     (Pattern::Prefix("_cgo_"), FrameClass::Runtime),
+    // The Go side of a cgo call (`main._Cfunc_foo`, `example.com/pkg._Cfunc__CMalloc`).
+    (Pattern::Contains("._Cfunc_"), FrameClass::Runtime),
     (Pattern::Prefix("x_cgo_"), FrameClass::Runtime),
     (Pattern::Exact("crosscall2"), FrameClass::Runtime),
     (Pattern::Prefix("runtime.asmcgocall"), FrameClass::Runtime),
@@ -570,6 +575,8 @@ mod tests {
             ("runtime.asmcgocall", APP),
             ("runtime.asmcgocall.abi0", APP),
             ("runtime.cgocall", APP),
+            ("main._Cfunc__CMalloc", APP),
+            ("example.com/svc/store._Cfunc_strdup", APP),
             ("runtime.mallocgc", APP),
             ("runtime.mallocgcSmallNoscan", APP),
             ("runtime.newobject", APP),
