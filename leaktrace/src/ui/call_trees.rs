@@ -4,7 +4,7 @@
 //! (`draw/call_tree.rs`), no I/O.
 use std::collections::HashSet;
 
-use super::app::Cursor;
+use super::cursor::Cursor;
 use crate::model::{CallTree, StackCost, TreeDirection};
 use crate::schema::Frame;
 

@@ -8,6 +8,7 @@
 //! and restore it on every exit path, panics included. docs/dashboard.md shows the loop.
 mod app;
 mod call_trees;
+mod cursor;
 mod draw;
 mod history;
 mod layout;
