@@ -374,8 +374,14 @@ fn functions_match_the_schema() {
         .as_array()
         .expect("functions");
     assert_eq!(functions.len(), 3);
-    assert_eq!(functions[0]["function"], "xmalloc");
-    assert_eq!(functions[0]["self_bytes"], 640);
+    // Equal cumulative bytes: callers first, so main, remember, then xmalloc (the leaf).
+    let names: Vec<&str> = functions
+        .iter()
+        .map(|f| f["function"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(names, ["main", "remember", "xmalloc"]);
+    assert_eq!(functions[2]["self_bytes"], 640);
+    assert_eq!(functions[0]["cumulative_bytes"], 640);
     validate_schema(&value);
     value["processes"][0]["functions"][0]["unexpected"] = json!(1);
     let bad = value.clone();

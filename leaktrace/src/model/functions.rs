@@ -45,12 +45,17 @@ fn function_key<F: StackFrame>(frame: &F) -> (String, Option<String>) {
 }
 
 /// Every function on the stacks with its self and cumulative bytes and blocks, largest
-/// cumulative first (then largest self, then by name), functions holding nothing left out.
+/// cumulative first; among equals, callers before their callees (the function seen farthest
+/// from a leaf first: in a chain that holds the same bytes all along, the user's function
+/// comes before the library frames under it), then by name. Functions holding nothing are
+/// left out.
 pub fn function_totals<'a, F: StackFrame + 'a>(
     stacks: impl IntoIterator<Item = StackCost<'a, F>>,
 ) -> Vec<FunctionReport> {
     let mut by_key: HashMap<(String, Option<String>), FunctionReport> = HashMap::new();
     let mut seen: HashSet<(String, Option<String>)> = HashSet::new();
+    // Per function, the largest distance from a leaf it was seen at.
+    let mut outermost: HashMap<(String, Option<String>), usize> = HashMap::new();
     for stack in stacks {
         if stack.bytes == 0 && stack.count == 0 {
             continue;
@@ -67,6 +72,8 @@ pub fn function_totals<'a, F: StackFrame + 'a>(
                 entry.self_bytes = entry.self_bytes.saturating_add(stack.bytes);
                 entry.self_count = entry.self_count.saturating_add(stack.count);
             }
+            let distance = outermost.entry(key.clone()).or_default();
+            *distance = (*distance).max(depth);
             // Recursion: a function appears once per stack in its cumulative numbers.
             if seen.insert(key) {
                 entry.cumulative_bytes = entry.cumulative_bytes.saturating_add(stack.bytes);
@@ -74,15 +81,18 @@ pub fn function_totals<'a, F: StackFrame + 'a>(
             }
         }
     }
-    let mut functions: Vec<FunctionReport> = by_key.into_values().collect();
-    functions.sort_by(|a, b| {
+    let mut functions: Vec<(usize, FunctionReport)> = by_key
+        .into_iter()
+        .map(|(key, f)| (outermost.get(&key).copied().unwrap_or(0), f))
+        .collect();
+    functions.sort_by(|(a_out, a), (b_out, b)| {
         b.cumulative_bytes
             .cmp(&a.cumulative_bytes)
-            .then(b.self_bytes.cmp(&a.self_bytes))
+            .then(b_out.cmp(a_out))
             .then_with(|| a.function.cmp(&b.function))
             .then_with(|| a.module.cmp(&b.module))
     });
-    functions
+    functions.into_iter().map(|(_, f)| f).collect()
 }
 
 /// Which way a call tree reads.
@@ -356,8 +366,10 @@ mod tests {
         };
         let frames = [unnamed, frame("main", EXE, None)];
         let functions = function_totals([cost(&frames, 10, 1)]);
-        assert_eq!(functions[0].function, "libcrypto.so.3+0xfff3c");
-        assert_eq!(functions[0].self_bytes, 10);
+        // Equal cumulative bytes: the caller first.
+        assert_eq!(functions[0].function, "main");
+        assert_eq!(functions[1].function, "libcrypto.so.3+0xfff3c");
+        assert_eq!(functions[1].self_bytes, 10);
     }
 
     #[test]

@@ -386,7 +386,7 @@ mod tests {
             .collect();
         assert_eq!(
             functions,
-            [("libfoo.so+0x1000", 100, 100), ("main", 0, 100)]
+            [("main", 0, 100), ("libfoo.so+0x1000", 100, 100)]
         );
     }
 
