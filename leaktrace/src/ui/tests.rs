@@ -357,6 +357,18 @@ fn enter_drills_into_a_site_and_escape_comes_back() {
     assert_eq!(app.screen(), Screen::Sites);
 }
 
+#[test]
+fn the_detail_screen_is_titled_by_the_sites_label() {
+    let mut app = app_with(snapshot(vec![process(42, "leaky", sites())]), 120, 40);
+    // The first row (largest) is the plateau reached through libc's strdup.
+    app.handle(Event::Key(Key::Enter));
+    let screen = text(&draw(&app, 120, 40));
+    assert!(
+        screen.contains(" load_config (config.c:12) via strdup · pid 42 (leaky) · site b-2 "),
+        "{screen}"
+    );
+}
+
 fn system_wide_snapshot() -> Snapshot {
     let mut nginx = process(100, "nginx", Vec::new());
     nginx.exact = false;
