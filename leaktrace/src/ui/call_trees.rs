@@ -96,7 +96,9 @@ impl TreeView {
             .get(node)
             .is_some_and(|n| !n.children.is_empty());
         let by_default = self.tree.share(node) >= AUTO_OPEN_SHARE;
-        has_children && (by_default != self.flipped.contains(&self.tree.path(node)))
+        // The path is only built when something was flipped: this runs for every row drawn.
+        let flipped = !self.flipped.is_empty() && self.flipped.contains(&self.tree.path(node));
+        has_children && (by_default != flipped)
     }
 
     pub fn selected(&self) -> Option<usize> {

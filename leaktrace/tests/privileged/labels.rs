@@ -110,6 +110,33 @@ fn labels_skip_the_programs_own_xmalloc_and_main_holds_exactly_the_leak() {
         .find(|l| l.contains(" main  [labels"))
         .expect("main in the call tree");
     assert!(main_line.contains("49.5 KiB 100.0%"), "{text}");
+
+    // The exports end each stack at the first frame past the plumbing: remember, not xmalloc.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("snapshot.json");
+    std::fs::write(&file, serde_json::to_vec(&snapshot).expect("serializes")).expect("write");
+    let folded = succeed(&[
+        "export",
+        file.to_str().expect("utf-8 path"),
+        "--format",
+        "folded",
+        "-o",
+        "-",
+    ]);
+    let under_main: Vec<&str> = folded.lines().filter(|l| l.contains(";main;")).collect();
+    assert!(
+        under_main
+            .iter()
+            .any(|l| l.ends_with(";main;remember 50000")),
+        "{folded}"
+    );
+    assert!(
+        under_main
+            .iter()
+            .any(|l| l.ends_with(";main;keep_direct 640")),
+        "{folded}"
+    );
+    assert!(!folded.contains("xmalloc"), "{folded}");
 }
 
 #[test]
