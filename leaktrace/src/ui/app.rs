@@ -396,8 +396,8 @@ impl App {
         self.callees.rebuild(stacks.iter().copied(), page);
     }
 
-    /// Keys of a call tree; `None` when the key is not the tree's.
-    fn tree_key(&mut self, key: Key) -> Option<()> {
+    /// Keys of a call tree; false when the key is not the tree's (the general keys apply).
+    fn tree_key(&mut self, key: Key) -> bool {
         let page = self.tree_page();
         let step = page as isize;
         let next = match key {
@@ -407,9 +407,11 @@ impl App {
         };
         if let Some(view) = next {
             self.view = view;
-            return Some(());
+            return true;
         }
-        let tree = self.tree_view_mut()?;
+        let Some(tree) = self.tree_view_mut() else {
+            return false;
+        };
         match key {
             Key::Up | Key::Char('k') => tree.move_by(-1, page),
             Key::Down | Key::Char('j') => tree.move_by(1, page),
@@ -420,9 +422,9 @@ impl App {
             Key::Enter => tree.toggle(page),
             Key::Right | Key::Char('l') => tree.open(page),
             Key::Left | Key::Char('h') => tree.close(page),
-            _ => return None,
+            _ => return false,
         }
-        Some(())
+        true
     }
 
     /// Apply one event; returns what the session must do, if anything. Redraw after every
@@ -759,7 +761,7 @@ impl App {
             self.filter_key(key);
             return None;
         }
-        if self.tree_view().is_some() && self.tree_key(key).is_some() {
+        if self.tree_view().is_some() && self.tree_key(key) {
             return None;
         }
         let page = self.page() as isize;
