@@ -628,10 +628,16 @@ impl App {
         }
     }
 
+    /// Recompute the site table rows and the call trees (new data, focus or filter).
+    fn rebuild_sites(&mut self) {
+        self.rebuild_site_rows();
+        self.rebuild_trees();
+    }
+
     /// Recompute the site table rows. A selection on the first row stays on the first row
     /// (the top of a live table is what matters, as with `tail -f`); a selection further
     /// down follows its site, so what the user is reading does not move away.
-    fn rebuild_sites(&mut self) {
+    fn rebuild_site_rows(&mut self) {
         let keep = match self.sites.selected {
             0 => None,
             _ => self.selected_site().map(|(p, s)| (p.pid, s.id.clone())),
@@ -651,7 +657,6 @@ impl App {
         }
         let (len, page) = (self.site_rows.len(), self.site_page());
         self.sites.follow(len, page);
-        self.rebuild_trees();
     }
 
     /// As for sites: the first row stays first, a selection further down follows its pid.
@@ -816,7 +821,8 @@ impl App {
             }
             Screen::Sites => {
                 self.sort = self.sort.cycle(direction);
-                self.rebuild_sites();
+                // The same sites in another order: the trees stay as they are.
+                self.rebuild_site_rows();
             }
             // The table's order is not on screen there.
             Screen::SiteDetail => {}
