@@ -380,8 +380,20 @@ impl App {
         layout::table_rows(layout::tree(self.area(), self.banner()).tree)
     }
 
-    /// Rebuild both call trees from the site table's sites.
+    /// Mark both call trees out of date and rebuild the one on screen, if any: a tree is
+    /// built only while it is looked at (10,000 sites make a tree of 80,000 nodes, several
+    /// times the cost of the rest of an update), once per snapshot.
     fn rebuild_trees(&mut self) {
+        self.callers.stale = true;
+        self.callees.stale = true;
+        self.build_shown_tree();
+    }
+
+    /// Build the call tree on screen from the site table's sites, when it is out of date.
+    fn build_shown_tree(&mut self) {
+        if !self.tree_view().is_some_and(|t| t.stale) {
+            return;
+        }
         let page = self.tree_page();
         let snapshot = self.shown.as_ref().map(|s| &s.snapshot);
         let stacks: Vec<StackCost<'_, Frame>> = self
@@ -392,8 +404,12 @@ impl App {
                 Some(site.stack_cost())
             })
             .collect();
-        self.callers.rebuild(stacks.iter().copied(), page);
-        self.callees.rebuild(stacks.iter().copied(), page);
+        let tree = match self.view {
+            SiteView::Callers => &mut self.callers,
+            SiteView::Callees => &mut self.callees,
+            SiteView::Sites => return,
+        };
+        tree.rebuild(stacks.iter().copied(), page);
     }
 
     /// Keys of a call tree; false when the key is not the tree's (the general keys apply).
@@ -407,6 +423,7 @@ impl App {
         };
         if let Some(view) = next {
             self.view = view;
+            self.build_shown_tree();
             return true;
         }
         let Some(tree) = self.tree_view_mut() else {
@@ -777,7 +794,10 @@ impl App {
             Key::Char('p') => self.toggle_pause(),
             Key::Char('s') | Key::Tab => self.cycle_sort(Direction::Forward),
             Key::Char('S') | Key::BackTab => self.cycle_sort(Direction::Backward),
-            Key::Char('v') if self.screen == Screen::Sites => self.view = self.view.next(),
+            Key::Char('v') if self.screen == Screen::Sites => {
+                self.view = self.view.next();
+                self.build_shown_tree();
+            }
             Key::Char('/') if self.screen == Screen::Sites => {
                 self.filter_input = Some(self.filter.clone());
             }

@@ -52,6 +52,8 @@ pub(crate) struct TreeView {
     /// Visible node ids, in display order.
     pub rows: Vec<usize>,
     pub cursor: Cursor,
+    /// The sites changed since the tree was built (it is rebuilt when next shown).
+    pub stale: bool,
 }
 
 impl TreeView {
@@ -62,6 +64,7 @@ impl TreeView {
             flipped: HashSet::new(),
             rows: Vec::new(),
             cursor: Cursor::default(),
+            stale: true,
         }
     }
 
@@ -74,6 +77,7 @@ impl TreeView {
     ) {
         let selected = self.selected().map(|n| self.tree.path(n));
         self.tree = CallTree::build(stacks, self.direction);
+        self.stale = false;
         self.refresh_rows();
         if let Some(node) = selected.and_then(|p| self.tree.find(&p)) {
             if let Some(row) = self.rows.iter().position(|&r| r == node) {

@@ -909,3 +909,29 @@ fn tree_views_handle_empty_data_and_tiny_terminals() {
     }
     assert!(empty.tree_view().expect("tree").selected().is_none());
 }
+
+#[test]
+fn trees_are_built_only_while_shown_once_per_snapshot() {
+    let mut app = app_with(snapshot(vec![process(42, "leaky", sites())]), 100, 30);
+    assert!(app.callers.stale && app.callers.tree.nodes.is_empty());
+    app.handle(key('v'));
+    assert!(!app.callers.stale && !app.callers.tree.nodes.is_empty());
+    assert!(
+        app.callees.stale,
+        "the callees tree waits until it is shown"
+    );
+    // A new snapshot rebuilds the tree on screen only.
+    app.handle(update(snapshot_at(
+        13.0,
+        vec![process(42, "leaky", sites())],
+    )));
+    assert!(!app.callers.stale && app.callees.stale);
+    app.handle(key('v'));
+    assert!(!app.callees.stale);
+    app.handle(key('v'));
+    app.handle(update(snapshot_at(
+        14.0,
+        vec![process(42, "leaky", sites())],
+    )));
+    assert!(app.callers.stale && app.callees.stale);
+}
