@@ -128,7 +128,9 @@ fn dashboard_shows_the_leak_sorts_and_quits_cleanly() {
     // v: the callers tree (main over the leak), then the callees tree (the leak first);
     // Esc: back to the table as it was.
     tmux.send("v");
-    let screen = tmux.wait_for("callers (top-down)", Duration::from_secs(5));
+    tmux.wait_for("callers (top-down)", Duration::from_secs(5));
+    // The leak opens by itself once it holds 10% of the tree (it grows every interval).
+    let screen = tmux.wait_for("steady_leak", Duration::from_secs(20));
     let line_of = |screen: &str, needle: &str| {
         screen
             .lines()
