@@ -1,6 +1,6 @@
 //! How long the dashboard takes to draw a frame with 10,000 allocation sites (the goal is
 //! under 20 ms), and how long an update with that many sites takes (sorting, filtering and
-//! history happen there, not while drawing).
+//! history happen there, not while drawing), also with the callers tree on screen.
 //!
 //! `cargo bench -p leaktrace --bench ui_draw` prints medians; it asserts nothing.
 use std::time::{Duration, Instant};
@@ -138,6 +138,21 @@ fn main() {
             bench_draw(&mut app, width, height)
         );
     }
+    // The callers tree on screen: each update rebuilds it (80,000 nodes here, every frame a
+    // distinct function).
+    app.handle(Event::Key(Key::Char('v')));
+    let mut tree_times = Vec::with_capacity(UPDATES);
+    for round in 1..=UPDATES as u64 {
+        let event = update(round + 100);
+        let start = Instant::now();
+        app.handle(event);
+        tree_times.push(start.elapsed());
+    }
+    println!(
+        "ui update with {SITES} sites and the callers tree on screen: median {:?} over {UPDATES}",
+        median(tree_times)
+    );
+    app.handle(Event::Key(Key::Esc));
     let mut sort_times = Vec::new();
     for _ in 0..14 {
         let start = Instant::now();

@@ -180,6 +180,11 @@ pub struct ReportArgs {
     /// text for a terminal, markdown for pasting into a ticket.
     #[arg(long, value_enum, default_value_t = ReportFormat::Text)]
     pub format: ReportFormat,
+
+    /// Also print outstanding bytes by function (cumulative and self) and the call tree,
+    /// callers first, pruned to the subtrees holding at least 1% of them.
+    #[arg(long)]
+    pub tree: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -18,6 +18,8 @@ pub const DASH: &str = "-";
 pub const NOT_AVAILABLE: &str = "n/a";
 /// The name of a site without frames (its stack was not captured).
 pub const NO_FRAMES: &str = "(no frames)";
+/// The name of a frame of which nothing is known, not even its address.
+pub const UNKNOWN_FRAME: &str = "[unknown]";
 
 /// The ellipsis used when a name is cut in the middle.
 const ELLIPSIS: char = '…';
@@ -226,15 +228,16 @@ pub fn contains_lowercase(haystack: &str, needle: &str) -> bool {
 }
 
 /// What to call a frame when only one name fits: its function, else `module+0xoffset`, else
-/// its address, else `module+?`, else `?`.
+/// `module@0xaddress`, else its address, else `module`, else `[unknown]`; never `?`.
 pub fn frame_name(frame: &impl StackFrame) -> String {
     if let Some(function) = frame.function() {
         return function.to_string();
     }
-    module_offset(frame).unwrap_or_else(|| match (frame.addr(), frame.module()) {
-        (Some(addr), _) => format!("{addr:#x}"),
-        (None, Some(module)) => format!("{}+?", basename(module)),
-        (None, None) => "?".to_string(),
+    module_offset(frame).unwrap_or_else(|| match (frame.module(), frame.addr()) {
+        (Some(module), Some(addr)) => format!("{}@{addr:#x}", basename(module)),
+        (None, Some(addr)) => format!("{addr:#x}"),
+        (Some(module), None) => basename(module).to_string(),
+        (None, None) => UNKNOWN_FRAME.to_string(),
     })
 }
 
@@ -262,37 +265,46 @@ pub fn frame_label(frame: &impl StackFrame) -> String {
     }
 }
 
-/// A frame in `width` characters: `name (file:line)` when it all fits, else the name alone,
-/// cut in the middle if it has to be.
-pub fn frame_in_width(frame: &impl StackFrame, width: usize) -> String {
-    let full = frame_label(frame);
+/// The name of a site in one line, by the rule of [`frames::label_frames`]: its lead frame with
+/// its source location, then `via` the library function it called when there is one
+/// (`verify_request (app.c:14) via X509_STORE_CTX_new`).
+pub fn site_label<F: StackFrame>(frames: &[F]) -> String {
+    let Some(label) = frames::label_frames(frames) else {
+        return NO_FRAMES.to_string();
+    };
+    let mut text = frame_label(&frames[label.lead]);
+    if let Some(via) = label.via {
+        text.push_str(" via ");
+        text.push_str(&frame_name(&frames[via]));
+    }
+    text
+}
+
+/// The name of a site in one word: its lead frame's name (the first frame past the allocator
+/// plumbing, by [`frames::label_frames`]), for a metric label or a title.
+pub fn site_name<F: StackFrame>(frames: &[F]) -> String {
+    frames::label_frames(frames)
+        .map_or_else(|| NO_FRAMES.to_string(), |l| frame_name(&frames[l.lead]))
+}
+
+/// [`site_label`] in `width` characters: whole when it fits, else without the source location,
+/// else the lead's name alone, cut in the middle.
+pub fn site_label_in_width<F: StackFrame>(frames: &[F], width: usize) -> String {
+    let full = site_label(frames);
     if full.chars().count() <= width {
         return full;
     }
-    truncate_middle(&frame_name(frame), width)
-}
-
-/// The name of a site in one line: its first user frame with its source location, then up to
-/// two named callers (`leak_exactly (alloc_patterns.c:31) <- main`).
-pub fn site_label<F: StackFrame>(frames: &[F]) -> String {
-    let Some(first) = frames::label_frame_index(frames) else {
-        return NO_FRAMES.to_string();
+    let Some(label) = frames::label_frames(frames) else {
+        return truncate_middle(&full, width);
     };
-    let mut label = frame_label(&frames[first]);
-    for caller in frames[first + 1..]
-        .iter()
-        .filter_map(StackFrame::function)
-        .take(2)
-    {
-        label.push_str(" <- ");
-        label.push_str(caller);
+    let lead = frame_name(&frames[label.lead]);
+    if let Some(via) = label.via {
+        let short = format!("{lead} via {}", frame_name(&frames[via]));
+        if short.chars().count() <= width {
+            return short;
+        }
     }
-    label
-}
-
-/// The name of a site in one word: the name of its first user frame.
-pub fn site_name<F: StackFrame>(frames: &[F]) -> String {
-    frames::label_frame(frames).map_or_else(|| NO_FRAMES.to_string(), frame_name)
+    truncate_middle(&lead, width)
 }
 
 #[cfg(test)]
@@ -409,20 +421,23 @@ mod tests {
             module: Some("/usr/bin/app".into()),
             ..RecordedFrame::default()
         };
-        assert_eq!(frame_name(&recorded), "app+?");
-        assert_eq!(frame_name(&RecordedFrame::default()), "?");
+        assert_eq!(frame_name(&recorded), "app");
+        let recorded_at = RecordedFrame {
+            addr: Some(0x7f00_1234),
+            ..recorded
+        };
+        assert_eq!(frame_name(&recorded_at), "app@0x7f001234");
+        assert_eq!(frame_name(&RecordedFrame::default()), "[unknown]");
         let located = Frame {
             file: Some("/src/leaky.c".into()),
             line: Some(42),
             ..frame(Some("leak"), "/usr/bin/leaky")
         };
         assert_eq!(frame_label(&located), "leak (leaky.c:42)");
-        assert_eq!(frame_in_width(&located, 17), "leak (leaky.c:42)");
-        assert_eq!(frame_in_width(&located, 10), "leak");
     }
 
     #[test]
-    fn a_site_is_named_by_its_first_user_frame_and_two_callers() {
+    fn a_site_is_named_by_its_first_user_frame_via_the_library_it_called() {
         let frames = vec![
             frame(Some("strdup"), "/lib/libc.so.6"),
             Frame {
@@ -435,12 +450,40 @@ mod tests {
             frame(Some("__libc_start_call_main"), "/lib/libc.so.6"),
             frame(Some("_start"), "/usr/bin/app"),
         ];
+        assert_eq!(site_label(&frames), "load_config (config.c:12) via strdup");
+        assert_eq!(site_label_in_width(&frames, 24), "load_config via strdup");
+        assert_eq!(site_label_in_width(&frames, 8), "loa…nfig");
+        assert_eq!(site_label::<Frame>(&[]), "(no frames)");
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::*;
+    use crate::synthetic::frame;
+
+    #[test]
+    fn unnamed_frames_are_module_and_offset_in_every_label() {
+        let unnamed = crate::schema::Frame {
+            function: None,
+            file: None,
+            line: None,
+            offset: Some(0xfff3c),
+            ..frame("x", "/usr/lib/x86_64-linux-gnu/libcrypto.so.3", None)
+        };
+        let frames = vec![
+            frame(
+                "CRYPTO_zalloc",
+                "/usr/lib/x86_64-linux-gnu/libcrypto.so.3",
+                None,
+            ),
+            unnamed,
+            frame("verify_request", "/usr/bin/app", Some(("app.c", 14))),
+        ];
         assert_eq!(
             site_label(&frames),
-            "load_config (config.c:12) <- main <- __libc_start_call_main"
+            "verify_request (app.c:14) via libcrypto.so.3+0xfff3c"
         );
-        assert_eq!(site_name(&frames), "load_config");
-        assert_eq!(site_label::<Frame>(&[]), "(no frames)");
-        assert_eq!(site_name::<Frame>(&[]), "(no frames)");
+        assert!(!site_label(&frames).contains('?'));
     }
 }

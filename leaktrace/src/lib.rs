@@ -60,6 +60,7 @@ pub mod fuzzing {
             pid: None,
             min_age: None,
             style: text::ReportStyle::Text,
+            tree: true,
         };
         let _ = text::render_report(&snapshot, "fuzz.json", &options);
         let _ = export::folded(&snapshot, "fuzz.json");

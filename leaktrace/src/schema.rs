@@ -209,6 +209,10 @@ pub struct ProcessReport {
     /// process's memory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub go: Option<GoReport>,
+    /// Outstanding bytes by function over the reported sites (`model::function_totals`):
+    /// largest cumulative first. Absent from older snapshots: read back as computed from sites.
+    #[serde(default)]
+    pub functions: Vec<FunctionReport>,
 }
 
 /// Growth mode's bursts of exact tracing on one process (`--overhead-budget`).
@@ -387,6 +391,21 @@ pub struct GoHeapSite {
     pub alloc_objects: u64,
     /// Innermost first (the first frame is the allocating function's caller of mallocgc).
     pub frames: Vec<Frame>,
+}
+
+/// One function's share of a process's outstanding memory, as pprof counts it: `self` from
+/// the stacks whose innermost frame it is, `cumulative` from the stacks it is on (once per
+/// stack, recursion or not).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FunctionReport {
+    /// The function's name, or `module+0xoffset` when it has none.
+    pub function: String,
+    /// The module's path, when known.
+    pub module: Option<String>,
+    pub self_bytes: u64,
+    pub self_count: u64,
+    pub cumulative_bytes: u64,
+    pub cumulative_count: u64,
 }
 
 /// Per-process heap state (`leaktrace/1`, `heap` object).

@@ -29,7 +29,7 @@ use crate::{
     privileges, procfs, report,
     schema::{
         self, BurstReport, EstimatedSite, ExitStatus, Mode, ProbeCost, ProcessReport, Processed,
-        SiteHeap, Snapshot, SCHEMA,
+        SiteHeap, SiteReport, Snapshot, SCHEMA,
     },
     serve,
     symbolize::Symbols,
@@ -1396,6 +1396,7 @@ impl Session {
             bytes_processed: t.work.grown(),
             heap,
             counters: totals.counters,
+            functions: model::function_totals(sites.iter().map(SiteReport::stack_cost)),
             sites,
             bursts,
             estimated_sites,

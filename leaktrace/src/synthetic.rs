@@ -102,6 +102,7 @@ pub fn process(pid: u32, comm: &str, sites: Vec<SiteReport>) -> ProcessReport {
         bytes_processed: Some(3 << 20),
         heap: None,
         counters: Counters::default(),
+        functions: crate::model::function_totals(sites.iter().map(SiteReport::stack_cost)),
         sites,
         bursts: None,
         estimated_sites: Vec::new(),

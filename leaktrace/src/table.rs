@@ -384,10 +384,7 @@ mod tests {
             table.contains("pid 42 (leaky): 48.8 KiB outstanding in 500 blocks"),
             "{table}"
         );
-        assert!(
-            table.contains("leak_exactly (leaky.c:42) <- main"),
-            "{table}"
-        );
+        assert!(table.contains("  leak_exactly (leaky.c:42)\n"), "{table}");
         assert!(table.contains("unknown frees 3"), "{table}");
         assert!(
             table.contains("allocator glibc 2.36 in /usr/lib/x86_64-linux-gnu/libc.so.6 · container docker 4f3c2b1a4f3c"),

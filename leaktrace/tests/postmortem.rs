@@ -190,7 +190,7 @@ fn report_names_the_leak_with_its_frames() {
     assert!(out.contains("exited with status 0"), "{out}");
     assert!(out.contains("counters         all zero"), "{out}");
     assert!(
-        out.contains("#1 leak_exactly: 48.8 KiB (50000 bytes) outstanding in 500 blocks"),
+        out.contains("#1 leak_exactly (alloc_patterns.c:31): 48.8 KiB (50000 bytes) outstanding in 500 blocks"),
         "{out}"
     );
     // Its frames, innermost first, with source locations.
@@ -229,7 +229,7 @@ fn report_of_a_growth_mode_snapshot_speaks_of_heap_growth() {
     let file = write_json(dir.path(), "growth.json", &snapshot);
     let out = succeed(&["report", &file]);
     assert!(
-        out.contains("#1 leak_exactly: 4.0 MiB (4194304 bytes) of heap growth still mapped (3 growth events)"),
+        out.contains("#1 leak_exactly (alloc_patterns.c:31): 4.0 MiB (4194304 bytes) of heap growth still mapped (3 growth events)"),
         "{out}"
     );
     assert!(
@@ -255,11 +255,11 @@ fn report_in_markdown_is_a_table_with_code_blocks() {
     let out = succeed(&["report", &data("leak-run1.json"), "--format", "markdown"]);
     assert!(out.starts_with("## leaktrace report: `"), "{out}");
     assert!(
-        out.contains("| 1 | 48.8 KiB (50000 bytes) | 500 | n/a | +0 B | - / - | unknown | 1.3s | `leak_exactly (alloc_patterns.c:31) <- main <- __libc_start_call_main` |"),
+        out.contains("| 1 | 48.8 KiB (50000 bytes) | 500 | n/a | +0 B | - / - | unknown | 1.3s | `leak_exactly (alloc_patterns.c:31)` |"),
         "{out}"
     );
     assert!(
-        out.contains("#### #1 `leak_exactly`: 48.8 KiB (50000 bytes) outstanding in 500 blocks"),
+        out.contains("#### #1 `leak_exactly (alloc_patterns.c:31)`: 48.8 KiB (50000 bytes) outstanding in 500 blocks"),
         "{out}"
     );
     assert!(
@@ -281,7 +281,7 @@ fn report_shows_growth_and_filters_by_age_rank_and_pid() {
     let file = data("steady-final.json");
     let out = succeed(&["report", &file]);
     assert!(
-        out.contains("#1 steady_leak: 58.6 KiB (60000 bytes) outstanding in 600 blocks"),
+        out.contains("#1 steady_leak (alloc_patterns.c:133): 58.6 KiB (60000 bytes) outstanding in 600 blocks"),
         "{out}"
     );
     assert!(out.contains("+1.7 GiB per MiB processed (R² 0.26), +523.2 KiB per minute (R² 0.99), class leak_suspect, oldest block 7.3s"), "{out}");
@@ -307,6 +307,85 @@ fn report_shows_growth_and_filters_by_age_rank_and_pid() {
         &["report", &file, "--pid", "1"],
         "has no process with pid 1 (it has 19878 (alloc_patterns))",
     );
+}
+
+/// `--tree` on a snapshot written before `functions[]`: the tree is computed from the sites,
+/// and `main` holds exactly what the fixture leaked under it (steady_leak's 600 x 100 bytes).
+#[test]
+fn report_tree_puts_the_fixtures_leak_under_main() {
+    let file = data("steady-final.json");
+    assert!(load_json("steady-final.json")["processes"][0]
+        .get("functions")
+        .is_none());
+    let out = succeed(&["report", &file, "--tree"]);
+    assert!(
+        out.contains("Call tree, callers first (70.7 KiB in all"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n       58.6 KiB         0 B  main  [alloc_patterns]\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n       58.6 KiB  82.8%    main  [alloc_patterns]\n"),
+        "{out}"
+    );
+    assert!(
+        out.contains("\n       58.6 KiB  82.8%      steady_leak  [alloc_patterns]\n"),
+        "{out}"
+    );
+    let snapshot = read_snapshot(Path::new(&file)).expect("reads");
+    let main = snapshot.processes[0]
+        .functions()
+        .iter()
+        .find(|f| f.function == "main")
+        .expect("main");
+    assert_eq!((main.cumulative_bytes, main.self_bytes), (60_000, 0));
+    let markdown = succeed(&["report", &file, "--tree", "--format", "markdown"]);
+    assert!(
+        markdown.contains("#### Call tree\n\n```text\n"),
+        "{markdown}"
+    );
+    let plain = succeed(&["report", &file]);
+    assert!(!plain.contains("Call tree"), "{plain}");
+}
+
+/// What a snapshot writes for `functions[]` is what docs/leaktrace-1.schema.json says, field
+/// by field (the schema allows no other field there).
+#[test]
+fn functions_match_the_schema() {
+    use leaktrace::synthetic::{self, frame, EXE};
+    let mut site = synthetic::site(
+        "s",
+        640,
+        10,
+        synthetic::growth(None, None, leaktrace::schema::GrowthClass::Unknown),
+        None,
+        vec![
+            frame("xmalloc", EXE, None),
+            frame("remember", EXE, Some(("app.c", 9))),
+            frame("main", EXE, None),
+        ],
+    );
+    site.leak_rank = 1;
+    let snapshot = synthetic::snapshot(1.0, vec![synthetic::process(7, "app", vec![site])]);
+    let mut value = serde_json::to_value(&snapshot).expect("serializes");
+    let functions = value["processes"][0]["functions"]
+        .as_array()
+        .expect("functions");
+    assert_eq!(functions.len(), 3);
+    // Equal cumulative bytes: callers first, so main, remember, then xmalloc (the leaf).
+    let names: Vec<&str> = functions
+        .iter()
+        .map(|f| f["function"].as_str().expect("a name"))
+        .collect();
+    assert_eq!(names, ["main", "remember", "xmalloc"]);
+    assert_eq!(functions[2]["self_bytes"], 640);
+    assert_eq!(functions[0]["cumulative_bytes"], 640);
+    validate_schema(&value);
+    value["processes"][0]["functions"][0]["unexpected"] = json!(1);
+    let bad = value.clone();
+    assert!(std::panic::catch_unwind(move || validate_schema(&bad)).is_err());
 }
 
 #[test]
@@ -917,6 +996,7 @@ fn use_every_way(snapshot: &RecordedSnapshot, other: &RecordedSnapshot) {
                 top: 3,
                 pid,
                 min_age,
+                tree: pid.is_none(),
                 style,
             };
             let _ = render_report(snapshot, "f.json", &options);

@@ -11,17 +11,21 @@
 //! - `dashboard`: what the dashboard derives from snapshots (rates, sums, fallback sites);
 //! - `estimate`, `burst_plan`: growth mode's leak estimate from short exact bursts (sampled
 //!   blocks that survive), and when bursts run within the overhead budget;
+//! - `functions`: outstanding bytes by function (self and cumulative) and call trees, for
+//!   `functions[]`, `report --tree` and the dashboard's tree views;
 //! - `process`: work processed, RSS growth and its explained share, the heap object, the
 //!   order of system-wide rows, the probe cost.
 mod burst_plan;
 pub mod dashboard;
 mod estimate;
+pub mod functions;
 mod process;
 mod sites;
 mod totals;
 
 pub use burst_plan::BurstPlan;
 pub use estimate::{estimated_site, BurstWindow, SiteEstimate, SurvivalWatch};
+pub use functions::{function_totals, CallTree, StackCost, TreeDirection};
 pub use process::{
     by_heap_growth, growth_event_ns, heap_growth_bytes, heap_report, process_slopes, work_done,
     ProcessMemory, SinceStart,

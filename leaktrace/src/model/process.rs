@@ -258,6 +258,7 @@ mod tests {
             bursts: None,
             estimated_sites: Vec::new(),
             go: None,
+            functions: Vec::new(),
         }
     }
 

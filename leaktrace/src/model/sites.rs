@@ -167,6 +167,15 @@ pub fn site_reports(
 }
 
 impl SiteReport {
+    /// What the site adds to its process's functions and call trees.
+    pub fn stack_cost(&self) -> super::StackCost<'_, Frame> {
+        super::StackCost {
+            frames: &self.frames,
+            bytes: self.counters.outstanding_bytes,
+            count: self.counters.outstanding_count,
+        }
+    }
+
     /// A site that made heap syscalls but holds no allocations of the malloc family (the
     /// program's own mmaps, or allocator calls whose only effect was a syscall).
     pub fn heap_only(id: String, heap: SiteHeap, leak_rank: u32, frames: Vec<Frame>) -> Self {

@@ -64,7 +64,7 @@ impl ProcessName {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SiteChange {
     pub key: SiteKey,
-    /// `leak_exactly (alloc_patterns.c:31) <- main`
+    /// `verify_request (app.c:14) via X509_STORE_CTX_new` (`format::site_label`)
     pub label: String,
     pub old_bytes: u64,
     pub old_count: u64,
@@ -556,6 +556,29 @@ mod tests {
         assert_eq!(process.new_sites[0].label, "fresh");
         assert_eq!(process.vanished_sites[0].label, "gone");
         assert_eq!(process.bytes_change(), 500);
+    }
+
+    #[test]
+    fn a_diff_names_sites_past_the_plumbing_via_the_library_called() {
+        let crypto = "/usr/lib/x86_64-linux-gnu/libcrypto.so.3";
+        let stack = |bytes| {
+            site(
+                bytes,
+                vec![
+                    frame(Some("CRYPTO_zalloc"), crypto, 0x2333e9, 0x10),
+                    frame(None, crypto, 0x2e4e09, 0x20),
+                    frame(Some("verify_request"), "/a/app", 0x1100, 0x30),
+                    frame(Some("main"), "/a/app", 0x1200, 0x40),
+                ],
+            )
+        };
+        let old = snapshot(vec![process(1, "/a/app", vec![stack(100)])]);
+        let new = snapshot(vec![process(1, "/a/app", vec![stack(300)])]);
+        let diff = diff(&old, &new);
+        assert_eq!(
+            diff.processes[0].changed[0].label,
+            "verify_request via libcrypto.so.3+0x2e4e09"
+        );
     }
 
     #[test]

@@ -12,7 +12,11 @@
 //!   alloc_objects.
 //!
 //! Only sites with outstanding memory are exported. With several processes, each stack starts
-//! with a `comm (pid N)` frame so their memory stays apart.
+//! with a `comm (pid N)` frame so their memory stays apart. Each stack ends where its label
+//! starts looking: the allocator plumbing at its innermost end (`CRYPTO_zalloc`, `xmalloc`,
+//! `operator new`, ... see `frames::FUNCTIONS`) is left out, so the flamegraph's tips and
+//! pprof's `self` are the code that asked for memory; a stack of plumbing only is kept whole.
+//! Frames without a symbol are named `module+0xoffset` as everywhere else.
 use std::{
     collections::{BTreeMap, HashMap},
     io::Write as _,
@@ -63,6 +67,11 @@ fn check_not_empty(snapshot: &RecordedSnapshot, file: &str) -> Result<(), Export
     }
 }
 
+/// A site's frames as exported: without the leading allocator plumbing.
+fn exported_frames(site: &RecordedSite) -> &[RecordedFrame] {
+    &site.frames[crate::frames::leading_plumbing(&site.frames)..]
+}
+
 fn process_frame(process: &RecordedProcess) -> String {
     format!("{} (pid {})", process.comm, process.pid)
 }
@@ -99,7 +108,7 @@ pub fn folded(snapshot: &RecordedSnapshot, file: &str) -> Result<String, ExportE
                 ..RecordedFrame::default()
             }));
         }
-        frames.extend(site.frames.iter().rev().map(folded_name));
+        frames.extend(exported_frames(site).iter().rev().map(folded_name));
         if frames.is_empty() {
             frames.push("[no frames]".to_string());
         }
@@ -416,7 +425,7 @@ fn build_profile(
             let Some(value) = values.of(site) else {
                 continue;
             };
-            let location_id: Vec<u64> = frames_by_address(&site.frames)
+            let location_id: Vec<u64> = frames_by_address(exported_frames(site))
                 .iter()
                 .map(|group| b.location(group))
                 .filter(|&id| id != 0)
@@ -677,5 +686,43 @@ mod tests {
         f.inlined = false;
         f.function = None;
         assert_eq!(folded_name(&f), "x+0x10");
+    }
+
+    #[test]
+    fn exported_stacks_start_after_the_allocator_plumbing() {
+        let site = RecordedSite {
+            counters: SiteCounters {
+                outstanding_bytes: 640,
+                outstanding_count: 10,
+                ..SiteCounters::default()
+            },
+            frames: vec![
+                frame("CRYPTO_zalloc", false),
+                frame("X509_STORE_CTX_new", false),
+                frame("main", false),
+            ],
+            ..RecordedSite::default()
+        };
+        let plumbing_only = RecordedSite {
+            frames: vec![frame("xmalloc", false)],
+            ..site.clone()
+        };
+        let snapshot = RecordedSnapshot {
+            processes: vec![RecordedProcess {
+                sites: vec![site, plumbing_only],
+                ..RecordedProcess::default()
+            }],
+            ..RecordedSnapshot::default()
+        };
+        let folded = folded(&snapshot, "x.json").expect("folded");
+        assert_eq!(folded, "main;X509_STORE_CTX_new 640\nxmalloc 640\n");
+        let profile = pprof_profile(&snapshot, "x.json").expect("pprof");
+        assert_eq!(profile.sample[0].location_id.len(), 2);
+        let names: Vec<&str> = profile
+            .function
+            .iter()
+            .map(|f| profile.string_table[f.name as usize].as_str())
+            .collect();
+        assert!(!names.contains(&"CRYPTO_zalloc"), "{names:?}");
     }
 }

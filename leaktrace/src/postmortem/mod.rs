@@ -6,6 +6,7 @@ mod go_text;
 pub mod pprof;
 pub mod read;
 pub mod text;
+pub mod tree;
 
 use std::{
     io::{self, Write as _},
@@ -34,6 +35,7 @@ fn report(args: &ReportArgs) -> anyhow::Result<()> {
         top: args.top,
         pid: args.pid,
         min_age: args.min_age,
+        tree: args.tree,
         style: match args.format {
             ReportFormat::Text => text::ReportStyle::Text,
             ReportFormat::Markdown => text::ReportStyle::Markdown,

@@ -10,7 +10,10 @@ use std::{fs, io, path::Path};
 use serde::Deserialize;
 use serde_json::error::Category;
 
-use crate::schema::{Counters, ExitStatus, FallbackSummary, SiteCounters, SCHEMA};
+use crate::{
+    model::{self, StackCost},
+    schema::{Counters, ExitStatus, FallbackSummary, FunctionReport, SiteCounters, SCHEMA},
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReadError {
@@ -110,6 +113,10 @@ pub struct RecordedProcess {
     /// Go programs: the runtime's census, heap profile and statistics; absent for others.
     #[serde(default)]
     pub go: Option<RecordedGo>,
+    /// Outstanding bytes by function; absent from older snapshots, then computed from the
+    /// sites when the snapshot is read ([`parse_snapshot`]), so it is always there after.
+    #[serde(default)]
+    pub functions: Option<Vec<FunctionReport>>,
 }
 
 /// `processes[].go`, leniently: every field may be absent.
@@ -203,6 +210,29 @@ pub struct RecordedGoHeapSite {
     pub alloc_objects: u64,
     #[serde(default)]
     pub frames: Vec<RecordedFrame>,
+}
+
+impl RecordedProcess {
+    /// Outstanding bytes by function, largest cumulative first.
+    pub fn functions(&self) -> &[FunctionReport] {
+        self.functions.as_deref().unwrap_or_default()
+    }
+
+    /// What each site with frames adds to the process's functions and call trees.
+    pub fn stack_costs(&self) -> impl Iterator<Item = StackCost<'_, RecordedFrame>> {
+        self.sites.iter().map(|site| StackCost {
+            frames: &site.frames,
+            bytes: site.counters.outstanding_bytes,
+            count: site.counters.outstanding_count,
+        })
+    }
+
+    /// Fill in `functions` from the sites when the snapshot had none.
+    fn complete_functions(&mut self) {
+        if self.functions.is_none() {
+            self.functions = Some(model::function_totals(self.stack_costs()));
+        }
+    }
 }
 
 /// The `heap` object of a process. Every field is optional: shown where present.
@@ -358,11 +388,14 @@ pub fn parse_snapshot(bytes: &[u8], path: &str) -> Result<RecordedSnapshot, Read
             })
         }
     }
-    let snapshot: RecordedSnapshot =
+    let mut snapshot: RecordedSnapshot =
         serde_json::from_slice(bytes).map_err(|e| ReadError::Invalid {
             path: path.to_string(),
             detail: one_line(&e.to_string(), 200),
         })?;
+    for process in &mut snapshot.processes {
+        process.complete_functions();
+    }
     if snapshot.processes.is_empty() {
         return Err(ReadError::Empty {
             path: path.to_string(),
@@ -479,7 +512,33 @@ mod tests {
             crate::format::frame_name(&site.frames[0]),
             "libfoo.so+0x1000"
         );
-        assert_eq!(crate::format::site_label(&site.frames), "main (main.c:3)");
+        assert_eq!(
+            crate::format::site_label(&site.frames),
+            "main (main.c:3) via libfoo.so+0x1000"
+        );
+        // Written before `functions[]`: computed from the sites.
+        let functions: Vec<(&str, u64, u64)> = process
+            .functions()
+            .iter()
+            .map(|f| (f.function.as_str(), f.self_bytes, f.cumulative_bytes))
+            .collect();
+        assert_eq!(
+            functions,
+            [("main", 0, 100), ("libfoo.so+0x1000", 100, 100)]
+        );
+    }
+
+    #[test]
+    fn recorded_functions_are_read_as_written() {
+        let with = MINIMAL.replace(
+            "\"sites\": [",
+            r#""functions": [{"function": "f", "module": null, "self_bytes": 1, "self_count": 1,
+                "cumulative_bytes": 2, "cumulative_count": 1}], "sites": ["#,
+        );
+        let snapshot = parse_snapshot(with.as_bytes(), "x.json").expect("reads");
+        let functions = snapshot.processes[0].functions();
+        assert_eq!(functions.len(), 1);
+        assert_eq!(functions[0].cumulative_bytes, 2);
     }
 
     #[test]

@@ -22,6 +22,8 @@ pub struct ReportOptions {
     pub pid: Option<u32>,
     /// Only sites whose oldest outstanding block is at least this old.
     pub min_age: Option<Duration>,
+    /// Add outstanding bytes by function and the call tree (`--tree`).
+    pub tree: bool,
     pub style: ReportStyle,
 }
 
@@ -457,7 +459,7 @@ fn blocks(count: u64) -> String {
 }
 
 fn site_heading(site: &RecordedSite) -> String {
-    format::site_name(&site.frames)
+    format::site_label(&site.frames)
 }
 
 fn growth_line(site: &RecordedSite, words: Words) -> String {
@@ -558,6 +560,10 @@ fn text_process(
         for line in super::go_text::go_lines(go, options.top) {
             let _ = writeln!(out, "  {line}");
         }
+    }
+    if options.tree {
+        let _ = writeln!(out);
+        out.push_str(&super::tree::tree_section(process, "  "));
     }
 }
 
@@ -680,6 +686,11 @@ fn markdown_process(
         let lines = super::go_text::go_lines(go, options.top).join("\n");
         let fence = "`".repeat(longest_backtick_run(&lines).max(2) + 1);
         let _ = write!(out, "\n#### Go runtime\n\n{fence}text\n{lines}\n{fence}\n");
+    }
+    if options.tree {
+        let tree = super::tree::tree_section(process, "");
+        let fence = "`".repeat(longest_backtick_run(&tree).max(2) + 1);
+        let _ = write!(out, "\n#### Call tree\n\n{fence}text\n{tree}{fence}\n");
     }
 }
 

@@ -4,7 +4,10 @@ use std::{cmp::Ordering, collections::HashMap};
 
 use ratatui::layout::Rect;
 
+pub use super::call_trees::SiteView;
+pub(crate) use super::cursor::Cursor;
 use super::{
+    call_trees::TreeView,
     history::{GoroutineHistory, SiteHistory},
     layout,
     live::Live,
@@ -13,9 +16,9 @@ use crate::{
     format::contains_lowercase,
     model::{
         dashboard::{self, CallTotals, Rates, SiteHeapTotals},
-        heap_growth_bytes,
+        heap_growth_bytes, StackCost, TreeDirection,
     },
-    schema::{ProcessReport, SiteReport, Snapshot},
+    schema::{Frame, ProcessReport, SiteReport, Snapshot},
 };
 
 /// Rows the mouse wheel moves per notch.
@@ -264,46 +267,6 @@ pub(crate) struct SiteRef {
     pub site: usize,
 }
 
-/// A selection in a list and the first row on screen.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Cursor {
-    pub selected: usize,
-    pub offset: usize,
-}
-
-impl Cursor {
-    fn move_by(&mut self, delta: isize, len: usize, page: usize) {
-        let target = if delta < 0 {
-            self.selected.saturating_sub(delta.unsigned_abs())
-        } else {
-            self.selected.saturating_add(delta.unsigned_abs())
-        };
-        self.go_to(target, len, page);
-    }
-
-    fn go_to(&mut self, index: usize, len: usize, page: usize) {
-        self.selected = index.min(len.saturating_sub(1));
-        self.follow(len, page);
-    }
-
-    /// Keep the selection inside the list and on screen, and the screen full when it can be.
-    fn follow(&mut self, len: usize, page: usize) {
-        *self = self.window(len, page);
-    }
-
-    /// The cursor as it must be drawn in a list of `len` rows showing `page` of them.
-    pub(crate) fn window(self, len: usize, page: usize) -> Cursor {
-        let page = page.max(1);
-        let selected = self.selected.min(len.saturating_sub(1));
-        let mut offset = self.offset.min(selected);
-        if selected >= offset + page {
-            offset = selected + 1 - page;
-        }
-        offset = offset.min(len.saturating_sub(page));
-        Cursor { selected, offset }
-    }
-}
-
 /// The data on screen: one update and what was derived from it.
 #[derive(Clone, Debug)]
 pub(crate) struct Shown {
@@ -353,6 +316,11 @@ pub struct App {
     /// The site of the detail screen, by (pid, site id): it stays put while data changes.
     pub(crate) detail: Option<(u32, String)>,
     pub(crate) detail_scroll: usize,
+    /// Sites, callers tree or callees tree (`v`).
+    pub(crate) view: SiteView,
+    /// The call trees of the site table's sites (same focus, same filter).
+    pub(crate) callers: TreeView,
+    pub(crate) callees: TreeView,
 }
 
 impl Default for App {
@@ -387,7 +355,101 @@ impl App {
             processes: Cursor::default(),
             detail: None,
             detail_scroll: 0,
+            view: SiteView::Sites,
+            callers: TreeView::new(TreeDirection::CallersFirst),
+            callees: TreeView::new(TreeDirection::CalleesFirst),
         }
+    }
+
+    /// What the sites screen shows: the table or one of the call trees.
+    pub fn view(&self) -> SiteView {
+        self.view
+    }
+
+    /// The call tree on screen, when the sites screen shows one.
+    pub(crate) fn tree_view(&self) -> Option<&TreeView> {
+        match (self.screen, self.view) {
+            (Screen::Sites, SiteView::Callers) => Some(&self.callers),
+            (Screen::Sites, SiteView::Callees) => Some(&self.callees),
+            _ => None,
+        }
+    }
+
+    fn tree_view_mut(&mut self) -> Option<&mut TreeView> {
+        match (self.screen, self.view) {
+            (Screen::Sites, SiteView::Callers) => Some(&mut self.callers),
+            (Screen::Sites, SiteView::Callees) => Some(&mut self.callees),
+            _ => None,
+        }
+    }
+
+    /// Rows a page of a call tree holds at the current terminal size.
+    fn tree_page(&self) -> usize {
+        layout::table_rows(layout::tree(self.area(), self.banner()).tree)
+    }
+
+    /// Mark both call trees out of date and rebuild the one on screen, if any: a tree is
+    /// built only while it is looked at (10,000 sites make a tree of 80,000 nodes, several
+    /// times the cost of the rest of an update), once per snapshot.
+    fn rebuild_trees(&mut self) {
+        self.callers.stale = true;
+        self.callees.stale = true;
+        self.build_shown_tree();
+    }
+
+    /// Build the call tree on screen from the site table's sites, when it is out of date.
+    fn build_shown_tree(&mut self) {
+        if !self.tree_view().is_some_and(|t| t.stale) {
+            return;
+        }
+        let page = self.tree_page();
+        let snapshot = self.shown.as_ref().map(|s| &s.snapshot);
+        let stacks: Vec<StackCost<'_, Frame>> = self
+            .site_rows
+            .iter()
+            .filter_map(|r| {
+                let site = snapshot?.processes.get(r.process)?.sites.get(r.site)?;
+                Some(site.stack_cost())
+            })
+            .collect();
+        let tree = match self.view {
+            SiteView::Callers => &mut self.callers,
+            SiteView::Callees => &mut self.callees,
+            SiteView::Sites => return,
+        };
+        tree.rebuild(stacks.iter().copied(), page);
+    }
+
+    /// Keys of a call tree; false when the key is not the tree's (the general keys apply).
+    fn tree_key(&mut self, key: Key) -> bool {
+        let page = self.tree_page();
+        let step = page as isize;
+        let next = match key {
+            Key::Esc => Some(SiteView::Sites),
+            Key::Char('v') => Some(self.view.next()),
+            _ => None,
+        };
+        if let Some(view) = next {
+            self.view = view;
+            self.build_shown_tree();
+            return true;
+        }
+        let Some(tree) = self.tree_view_mut() else {
+            return false;
+        };
+        match key {
+            Key::Up | Key::Char('k') => tree.move_by(-1, page),
+            Key::Down | Key::Char('j') => tree.move_by(1, page),
+            Key::PageUp => tree.move_by(-step, page),
+            Key::PageDown | Key::Char(' ') => tree.move_by(step, page),
+            Key::Home | Key::Char('g') => tree.go_to(false, page),
+            Key::End | Key::Char('G') => tree.go_to(true, page),
+            Key::Enter => tree.toggle(page),
+            Key::Right | Key::Char('l') => tree.open(page),
+            Key::Left | Key::Char('h') => tree.close(page),
+            _ => return false,
+        }
+        true
     }
 
     /// Apply one event; returns what the session must do, if anything. Redraw after every
@@ -592,10 +654,16 @@ impl App {
         }
     }
 
+    /// Recompute the site table rows and the call trees (new data, focus or filter).
+    fn rebuild_sites(&mut self) {
+        self.rebuild_site_rows();
+        self.rebuild_trees();
+    }
+
     /// Recompute the site table rows. A selection on the first row stays on the first row
     /// (the top of a live table is what matters, as with `tail -f`); a selection further
     /// down follows its site, so what the user is reading does not move away.
-    fn rebuild_sites(&mut self) {
+    fn rebuild_site_rows(&mut self) {
         let keep = match self.sites.selected {
             0 => None,
             _ => self.selected_site().map(|(p, s)| (p.pid, s.id.clone())),
@@ -651,6 +719,9 @@ impl App {
         self.sites.follow(self.site_rows.len(), sites);
         self.processes.follow(self.process_rows.len(), processes);
         self.scroll_detail(0);
+        let page = self.tree_page();
+        self.callers.follow(page);
+        self.callees.follow(page);
     }
 
     fn detail_frames(&self) -> usize {
@@ -669,6 +740,13 @@ impl App {
 
     /// Move the current screen's selection (or the detail screen's stack) by `delta` rows.
     fn scroll(&mut self, delta: isize) {
+        if self.tree_view().is_some() {
+            let page = self.tree_page();
+            if let Some(tree) = self.tree_view_mut() {
+                tree.move_by(delta, page);
+            }
+            return;
+        }
         let page = self.page();
         match self.screen {
             Screen::Sites => self.sites.move_by(delta, self.site_rows.len(), page),
@@ -714,6 +792,9 @@ impl App {
             self.filter_key(key);
             return None;
         }
+        if self.tree_view().is_some() && self.tree_key(key) {
+            return None;
+        }
         let page = self.page() as isize;
         match key {
             Key::Char('q') => return Some(Action::Quit),
@@ -722,6 +803,10 @@ impl App {
             Key::Char('p') => self.toggle_pause(),
             Key::Char('s') | Key::Tab => self.cycle_sort(Direction::Forward),
             Key::Char('S') | Key::BackTab => self.cycle_sort(Direction::Backward),
+            Key::Char('v') if self.screen == Screen::Sites => {
+                self.view = self.view.next();
+                self.build_shown_tree();
+            }
             Key::Char('/') if self.screen == Screen::Sites => {
                 self.filter_input = Some(self.filter.clone());
             }
@@ -765,7 +850,8 @@ impl App {
             }
             Screen::Sites => {
                 self.sort = self.sort.cycle(direction);
-                self.rebuild_sites();
+                // The same sites in another order: the trees stay as they are.
+                self.rebuild_site_rows();
             }
             // The table's order is not on screen there.
             Screen::SiteDetail => {}

@@ -56,6 +56,24 @@ pub struct SitesLayout {
     pub footer: Option<Rect>,
 }
 
+/// The call-tree views: the tree takes the whole body.
+pub struct TreeLayout {
+    pub header: Rect,
+    pub banner: Option<Rect>,
+    pub tree: Rect,
+    pub footer: Option<Rect>,
+}
+
+pub fn tree(area: Rect, banner: bool) -> TreeLayout {
+    let (header, banner, tree, footer) = frame(area, banner);
+    TreeLayout {
+        header,
+        banner,
+        tree,
+        footer,
+    }
+}
+
 /// Smallest site table in the full layout: borders, column header, a few rows.
 const MIN_TABLE_HEIGHT: u16 = 6;
 

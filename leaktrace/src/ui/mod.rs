@@ -7,6 +7,8 @@
 //! [`Action`]s `App::handle` returns. [`Dashboard`] / [`run_terminal`] own the real terminal
 //! and restore it on every exit path, panics included. docs/dashboard.md shows the loop.
 mod app;
+mod call_trees;
+mod cursor;
 mod draw;
 mod history;
 mod layout;

@@ -3,7 +3,7 @@
 use ratatui::{backend::TestBackend, buffer::Buffer, style::Color, Terminal};
 
 use super::{
-    app::{ProcessSort, Screen, SiteSort},
+    app::{ProcessSort, Screen, SiteSort, SiteView},
     *,
 };
 use crate::model::dashboard::Rates;
@@ -357,6 +357,18 @@ fn enter_drills_into_a_site_and_escape_comes_back() {
     assert_eq!(app.screen(), Screen::Sites);
 }
 
+#[test]
+fn the_detail_screen_is_titled_by_the_sites_label() {
+    let mut app = app_with(snapshot(vec![process(42, "leaky", sites())]), 120, 40);
+    // The first row (largest) is the plateau reached through libc's strdup.
+    app.handle(Event::Key(Key::Enter));
+    let screen = text(&draw(&app, 120, 40));
+    assert!(
+        screen.contains(" load_config (config.c:12) via strdup · pid 42 (leaky) · site b-2 "),
+        "{screen}"
+    );
+}
+
 fn system_wide_snapshot() -> Snapshot {
     let mut nginx = process(100, "nginx", Vec::new());
     nginx.exact = false;
@@ -502,8 +514,8 @@ fn normal_data_at_80x24_shows_every_panel() {
             "sort: outstanding ▼",
             "OUTSTANDING▼",
             "remember_session",
-            // The plateau is named by its user frame, not by libc's strdup.
-            "load_config (config.c:12)",
+            // The plateau is named by its user frame, via libc's strdup that it called.
+            "load_config via strdup",
             "LEAK?",
             "stack",
             "heap · pid 42",
@@ -816,4 +828,176 @@ fn a_go_process_gets_the_go_panel_with_groups_profile_and_memstats() {
     // Tiny terminals still draw without panicking.
     let _ = draw(&app, 20, 6);
     let _ = draw(&app, 60, 18);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Call-tree views
+
+/// The function names of a tree view's visible rows, indented by depth.
+fn tree_rows(app: &App) -> Vec<String> {
+    let view = app.tree_view().expect("a tree view");
+    view.rows
+        .iter()
+        .map(|&n| {
+            let node = &view.tree.nodes[n];
+            format!("{}{}", "  ".repeat(node.depth), node.function)
+        })
+        .collect()
+}
+
+#[test]
+fn v_steps_through_sites_callers_and_callees() {
+    let mut app = app_with(snapshot(vec![process(42, "leaky", sites())]), 100, 30);
+    assert_eq!(app.view(), SiteView::Sites);
+    assert!(app.tree_view().is_none());
+    app.handle(key('v'));
+    assert_eq!(app.view(), SiteView::Callers);
+    // Roots are the outermost frames, largest first: the plateau's stack ends at main, the
+    // leak's at __libc_start_call_main; the churning Rust site (0.3%) is a closed root. Nodes
+    // holding 10% or more are open.
+    assert_eq!(
+        tree_rows(&app),
+        [
+            "main",
+            "  load_config",
+            "    strdup",
+            "__libc_start_call_main",
+            "  main",
+            "    handle_request",
+            "      remember_session",
+            LONG_RUST_NAME,
+        ]
+    );
+    app.handle(key('v'));
+    assert_eq!(app.view(), SiteView::Callees);
+    assert_eq!(tree_rows(&app)[0], "strdup");
+    app.handle(key('v'));
+    assert_eq!(app.view(), SiteView::Sites);
+    app.handle(key('v'));
+    app.handle(Event::Key(Key::Esc));
+    assert_eq!(app.view(), SiteView::Sites);
+}
+
+#[test]
+fn tree_nodes_open_and_close_and_stay_so_across_updates() {
+    let mut app = app_with(snapshot(vec![process(42, "leaky", sites())]), 100, 30);
+    app.handle(key('v'));
+    let open = tree_rows(&app).len();
+    // Left on the open root closes it; Left again stays on it (no parent).
+    app.handle(Event::Key(Key::Left));
+    assert_eq!(tree_rows(&app)[..2], ["main", "__libc_start_call_main"]);
+    app.handle(Event::Key(Key::Left));
+    assert_eq!(
+        app.tree_view().and_then(|t| t.selected()),
+        Some(app.tree_view().expect("tree").rows[0])
+    );
+    // A new snapshot keeps it closed.
+    app.handle(update(snapshot_at(
+        13.0,
+        vec![process(42, "leaky", sites())],
+    )));
+    assert_eq!(tree_rows(&app).len(), open - 2);
+    // Enter opens it again; Down, Down, Left on a leaf goes back to its parent.
+    app.handle(Event::Key(Key::Enter));
+    assert_eq!(tree_rows(&app).len(), open);
+    app.handle(key('j'));
+    app.handle(key('j'));
+    app.handle(key('h'));
+    let view = app.tree_view().expect("tree");
+    let selected = view.selected().expect("a selection");
+    assert_eq!(view.tree.nodes[selected].function, "load_config");
+    // The filter narrows the trees too.
+    app.handle(key('/'));
+    for c in "remember".chars() {
+        app.handle(key(c));
+    }
+    app.handle(Event::Key(Key::Enter));
+    assert_eq!(
+        tree_rows(&app),
+        [
+            "__libc_start_call_main",
+            "  main",
+            "    handle_request",
+            "      remember_session"
+        ]
+    );
+}
+
+#[test]
+fn callers_view_draws_cumulative_share_and_self() {
+    let mut app = app_with(snapshot(vec![process(42, "leaky", sites())]), 100, 30);
+    app.handle(key('v'));
+    let screen = text(&draw(&app, 100, 30));
+    assert_shows(
+        &screen,
+        &[
+            "callers (top-down) · 1.1 MiB in all · v: callees",
+            "CUMULATIVE▼  SHARE        SELF FUNCTION",
+            "▾ main  leaky-service",
+            "v next view",
+        ],
+    );
+    insta::assert_snapshot!("callers_100x30", screen);
+    app.handle(key('v'));
+    let screen = text(&draw(&app, 80, 24));
+    assert!(screen.contains("callees (bottom-up)"), "{screen}");
+    insta::assert_snapshot!("callees_80x24", screen);
+}
+
+#[test]
+fn tree_views_handle_empty_data_and_tiny_terminals() {
+    let mut empty = app_with(snapshot(vec![]), 80, 24);
+    empty.handle(key('v'));
+    let screen = text(&draw(&empty, 80, 24));
+    assert!(
+        screen.contains("no outstanding memory with a stack yet"),
+        "{screen}"
+    );
+    let mut app = app_with(snapshot(vec![process(42, "leaky", sites())]), 40, 12);
+    app.handle(key('v'));
+    let screen = text(&draw(&app, 40, 12));
+    assert!(screen.contains("main"), "{screen}");
+    assert!(!screen.contains("SELF"), "{screen}");
+    insta::assert_snapshot!("callers_40x12", screen);
+    let screen = text(&draw(&app, 19, 5));
+    assert!(screen.contains("too small"), "{screen}");
+    // Keys on an empty tree do nothing harmful.
+    for k in [
+        Key::Up,
+        Key::Down,
+        Key::Left,
+        Key::Right,
+        Key::Enter,
+        Key::End,
+        Key::PageDown,
+    ] {
+        empty.handle(Event::Key(k));
+    }
+    assert!(empty.tree_view().expect("tree").selected().is_none());
+}
+
+#[test]
+fn trees_are_built_only_while_shown_once_per_snapshot() {
+    let mut app = app_with(snapshot(vec![process(42, "leaky", sites())]), 100, 30);
+    assert!(app.callers.stale && app.callers.tree.nodes.is_empty());
+    app.handle(key('v'));
+    assert!(!app.callers.stale && !app.callers.tree.nodes.is_empty());
+    assert!(
+        app.callees.stale,
+        "the callees tree waits until it is shown"
+    );
+    // A new snapshot rebuilds the tree on screen only.
+    app.handle(update(snapshot_at(
+        13.0,
+        vec![process(42, "leaky", sites())],
+    )));
+    assert!(!app.callers.stale && app.callees.stale);
+    app.handle(key('v'));
+    assert!(!app.callees.stale);
+    app.handle(key('v'));
+    app.handle(update(snapshot_at(
+        14.0,
+        vec![process(42, "leaky", sites())],
+    )));
+    assert!(app.callers.stale && app.callees.stale);
 }

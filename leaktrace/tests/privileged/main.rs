@@ -17,6 +17,7 @@ mod growth;
 mod growth_mode;
 mod heap;
 mod hostile;
+mod labels;
 mod postmortem;
 mod privileges;
 mod trace;

@@ -125,6 +125,31 @@ fn dashboard_shows_the_leak_sorts_and_quits_cleanly() {
     assert!(screen.contains("COUNT▼"), "{screen}");
     assert!(!screen.contains("OUTSTANDING▼"), "{screen}");
 
+    // v: the callers tree (main over the leak), then the callees tree (the leak first);
+    // Esc: back to the table as it was.
+    tmux.send("v");
+    tmux.wait_for("callers (top-down)", Duration::from_secs(5));
+    // The leak opens by itself once it holds 10% of the tree (it grows every interval).
+    let screen = tmux.wait_for("steady_leak", Duration::from_secs(20));
+    let line_of = |screen: &str, needle: &str| {
+        screen
+            .lines()
+            .position(|l| l.contains(needle))
+            .unwrap_or_else(|| panic!("no {needle:?} on screen:\n{screen}"))
+    };
+    assert!(
+        line_of(&screen, "▾ main ") < line_of(&screen, "steady_leak"),
+        "{screen}"
+    );
+    tmux.send("v");
+    let screen = tmux.wait_for("callees (bottom-up)", Duration::from_secs(5));
+    assert!(
+        line_of(&screen, "steady_leak") < line_of(&screen, " main "),
+        "{screen}"
+    );
+    tmux.send("Escape");
+    tmux.wait_for("sort: count ▼", Duration::from_secs(5));
+
     tmux.send("q");
     let code = wait_for_file(&status, Duration::from_secs(15));
     assert_eq!(code.trim(), "0", "leaktrace's exit status");

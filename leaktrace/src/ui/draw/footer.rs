@@ -5,10 +5,12 @@ impl App {
     pub(super) fn draw_footer(&self, area: Rect, buf: &mut Buffer) {
         let hints = if self.filter_input.is_some() {
             "type a function or module · ⏎ apply · esc cancel · ^U clear"
+        } else if self.tree_view().is_some() {
+            "q quit  ↑↓ move  ⏎ open/close  → open  ← close  v next view  esc sites  ? help"
         } else {
             match self.screen {
                 Screen::Sites => {
-                    "q quit  ↑↓ move  ⏎ details  s sort  / filter  p pause  e snapshot  ? help"
+                    "q quit  ↑↓ move  ⏎ details  s sort  v trees  / filter  p pause  ? help"
                 }
                 Screen::Processes => {
                     "q quit  ↑↓ move  ⏎ trace  s sort  p pause  e snapshot  ? help"

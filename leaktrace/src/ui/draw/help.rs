@@ -8,6 +8,11 @@ const HELP: &[(&str, &str)] = &[
     ("Enter", "site: details, full stack; process: trace it"),
     ("Esc", "back; clear the filter"),
     ("s  S", "next / previous sort order"),
+    (
+        "v",
+        "view: sites, callers tree (top-down), callees tree (bottom-up)",
+    ),
+    ("→ ←  l h", "tree: open / close a node (Enter toggles)"),
     ("/", "filter sites by function or module"),
     ("", "(Enter keeps it, Esc cancels)"),
     ("p", "pause / resume the display (sampling goes on)"),

@@ -2,6 +2,7 @@
 //! never sorts or filters (the App keeps those results). One file per panel; this one lays the
 //! screens out and holds what the panels share (styles, messages, column titles).
 mod banner;
+mod call_tree;
 mod footer;
 mod go;
 mod header;
@@ -37,8 +38,8 @@ mod prelude {
     };
     pub(super) use crate::{
         format::{
-            self, count, cpu_share, frame_in_width, frame_location, frame_name, human_bytes,
-            optional_bytes, per_second, slope_cell, truncate_middle,
+            self, count, cpu_share, frame_location, frame_name, human_bytes, optional_bytes,
+            per_second, slope_cell, truncate_middle,
         },
         frames::{self, basename, StackFrame},
         schema::{
@@ -91,6 +92,10 @@ impl Widget for &App {
 
 impl App {
     pub(super) fn draw_sites(&self, area: Rect, buf: &mut Buffer) {
+        if self.tree_view().is_some() {
+            self.draw_tree_screen(area, buf);
+            return;
+        }
         let exited = self.exited_processes();
         let l = layout::sites(area, !exited.is_empty(), self.site_rows.len());
         self.draw_header(l.header, buf);

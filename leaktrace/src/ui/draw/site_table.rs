@@ -93,11 +93,10 @@ impl App {
                     .shown
                     .iter()
                     .map(|c| site_cell(*c, process, site))
-                    .chain(std::iter::once(Cell::from(
-                        frames::label_frame(&site.frames)
-                            .map(|f| frame_in_width(f, frame_width))
-                            .unwrap_or_else(|| "?".to_string()),
-                    )));
+                    .chain(std::iter::once(Cell::from(format::site_label_in_width(
+                        &site.frames,
+                        frame_width,
+                    ))));
                 let row = Row::new(cells);
                 Some(if window.offset + i == window.selected {
                     row.style(SELECTED)
@@ -119,7 +118,7 @@ impl App {
                         Align::Right,
                     )
                 })
-                .chain(std::iter::once(Cell::from("TOP FRAME (USER CODE)"))),
+                .chain(std::iter::once(Cell::from("SITE (USER CODE FIRST)"))),
         )
         .style(HEADING);
         let widths = columns

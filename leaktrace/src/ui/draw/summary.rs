@@ -16,9 +16,7 @@ pub(super) fn draw_summary(
         );
         return;
     };
-    let name = frames::label_frame(&site.frames)
-        .map(frame_name)
-        .unwrap_or_default();
+    let name = format::site_label(&site.frames);
     let title = Line::from(vec![
         Span::styled(format!(" {} ", truncate_middle(&name, 60)), TITLE),
         Span::raw(format!(
