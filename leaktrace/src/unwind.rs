@@ -20,7 +20,7 @@ use object::{Object as _, ObjectSection as _, ObjectSegment as _};
 use crate::{
     procfs,
     schema::UnwindStats,
-    target_files::{self, Elf, Unreadable},
+    target_files::{Elf, Unreadable},
     tracer::StackCopy,
 };
 
@@ -361,26 +361,9 @@ impl StackUnwinder {
 /// the plain path. A file that cannot be read (a FIFO, a huge or malformed file: see
 /// target_files) is said once, and the stacks through it stop there.
 fn read_module(pid: u32, mapping: &procfs::Mapping, path: &Path) -> Option<ModuleFile> {
-    let candidates = [
-        (procfs::mapped_file(pid, &mapping.range), None),
-        (procfs::path_in_root(pid, path), Some(path)),
-        (path.to_path_buf(), None),
-    ];
-    let mut last = None;
-    for (shown, in_root) in candidates {
-        let opened = match in_root {
-            Some(path) => target_files::open_in_root(pid, path),
-            None => target_files::open(&shown),
-        };
-        match opened.and_then(|file| ModuleFile::read(&Elf::new(&shown, file))) {
-            Ok(module) => return Some(module),
-            Err(err) => last = Some(err),
-        }
-    }
-    if let Some(err) = last {
-        log::warn!("pid {pid}: cannot unwind through {}: {err}", path.display());
-    }
-    None
+    crate::unwind_tables::read_module_as_mapped(pid, mapping, path, |elf| ModuleFile::read(&elf))
+        .map_err(|err| log::warn!("pid {pid}: cannot unwind through {}: {err}", path.display()))
+        .ok()
 }
 
 /// The registers here and up to 16 KiB of this thread's stack above the stack pointer, as the

@@ -282,6 +282,30 @@ impl ProfileBuilder {
         id
     }
 
+    /// One sample of `process`: the stack `frames` (innermost first) with `value`, labelled
+    /// with the process's pid and comm (pprof's own export and the Go heap profile alike).
+    fn push_sample(
+        &mut self,
+        process: &RecordedProcess,
+        frames: &[RecordedFrame],
+        value: Vec<i64>,
+    ) {
+        let location_id: Vec<u64> = frames_by_address(frames)
+            .iter()
+            .map(|group| self.location(group))
+            .filter(|&id| id != 0)
+            .collect();
+        let label = vec![
+            self.label("pid", None, i64::from(process.pid)),
+            self.label("comm", Some(&process.comm), 0),
+        ];
+        self.profile.sample.push(pprof::Sample {
+            location_id,
+            value,
+            label,
+        });
+    }
+
     fn label(&mut self, key: &str, text: Option<&str>, num: i64) -> pprof::Label {
         pprof::Label {
             key: self.string(key),
@@ -425,20 +449,7 @@ fn build_profile(
             let Some(value) = values.of(site) else {
                 continue;
             };
-            let location_id: Vec<u64> = frames_by_address(exported_frames(site))
-                .iter()
-                .map(|group| b.location(group))
-                .filter(|&id| id != 0)
-                .collect();
-            let label = vec![
-                b.label("pid", None, i64::from(process.pid)),
-                b.label("comm", Some(&process.comm), 0),
-            ];
-            b.profile.sample.push(pprof::Sample {
-                location_id,
-                value,
-                label,
-            });
+            b.push_sample(process, exported_frames(site), value);
         }
     }
     b.profile
@@ -525,25 +536,13 @@ pub fn go_heap_profile(
     };
     for (process, go) in go_processes {
         for site in &go.heap_profile.sites {
-            let location_id: Vec<u64> = frames_by_address(&site.frames)
-                .iter()
-                .map(|group| b.location(group))
-                .filter(|&id| id != 0)
-                .collect();
-            let label = vec![
-                b.label("pid", None, i64::from(process.pid)),
-                b.label("comm", Some(&process.comm), 0),
+            let value = vec![
+                value(site.alloc_objects)?,
+                value(site.alloc_bytes)?,
+                value(site.inuse_objects)?,
+                value(site.inuse_bytes)?,
             ];
-            b.profile.sample.push(pprof::Sample {
-                location_id,
-                value: vec![
-                    value(site.alloc_objects)?,
-                    value(site.alloc_bytes)?,
-                    value(site.inuse_objects)?,
-                    value(site.inuse_bytes)?,
-                ],
-                label,
-            });
+            b.push_sample(process, &site.frames, value);
         }
     }
     Ok(b.profile)

@@ -117,6 +117,39 @@ impl Tracer {
         Ok(attached)
     }
 
+    /// Attach `program` at `hook`'s placed entry in `file` (the allocator probes of a run and
+    /// of growth mode's bursts alike).
+    pub(super) fn attach_hook(
+        &mut self,
+        program: &'static str,
+        hook: &Hook,
+        cookie: Option<u64>,
+        file: &Path,
+        scope: UProbeScope,
+    ) -> anyhow::Result<UProbeLinkId> {
+        self.uprobe(program)?
+            .attach(
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(
+                        hook.file_offset + hook.placed_at,
+                    ),
+                    cookie,
+                },
+                file,
+                scope,
+            )
+            .map_err(|err| {
+                attach_error(
+                    err,
+                    format!(
+                        "failed to attach {program} to {} in {}",
+                        hook.symbol,
+                        file.display()
+                    ),
+                )
+            })
+    }
+
     fn attach_each(
         &mut self,
         scope: UProbeScope,
@@ -125,7 +158,6 @@ impl Tracer {
         attached: &mut AttachedProbes,
     ) -> anyhow::Result<()> {
         for hook in hooks {
-            let at = hook.file_offset + hook.placed_at;
             // The return probe shares the entry probe's instruction: one breakpoint, emulated,
             // instead of a second one single-stepped at +0 (2.6x cheaper for the memalign
             // family). The instructions skipped write neither rsp nor memory, so `[rsp]` is
@@ -138,26 +170,7 @@ impl Tracer {
                 HookKind::Free => (&[programs::FREE_ENTER], None),
             };
             for &program in programs {
-                let link = self
-                    .uprobe(program)?
-                    .attach(
-                        UProbeAttachPoint {
-                            location: UProbeAttachLocation::AbsoluteOffset(at),
-                            cookie,
-                        },
-                        file,
-                        scope,
-                    )
-                    .map_err(|err| {
-                        attach_error(
-                            err,
-                            format!(
-                                "failed to attach {program} to {} in {}",
-                                hook.symbol,
-                                file.display()
-                            ),
-                        )
-                    })?;
+                let link = self.attach_hook(program, hook, cookie, file, scope)?;
                 attached.links.push((program, link));
             }
             attached.hooked.push(hook.symbol.clone());

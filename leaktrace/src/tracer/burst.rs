@@ -8,16 +8,14 @@ use std::{num::NonZeroU32, path::Path};
 use anyhow::anyhow;
 use aya::{
     maps::{HashMap as BpfHashMap, MapData},
-    programs::uprobe::{
-        UProbeAttachLocation, UProbeAttachPoint, UProbeLink, UProbeLinkId, UProbeScope,
-    },
+    programs::uprobe::{UProbeLink, UProbeLinkId, UProbeScope},
 };
 use leaktrace_common::{
     names::{maps, programs},
     AllocFn, AllocInfo, AllocKey, InflightCall,
 };
 
-use super::{attach::attach_error, monotonic_ns, Tracer};
+use super::{monotonic_ns, Tracer};
 use crate::allocator::{Allocator, HookKind};
 
 /// Detach every link at once, each on a thread of its own: each close waits for an RCU grace
@@ -156,29 +154,7 @@ impl Tracer {
                 }
                 continue;
             };
-            let attached = self.uprobe(program).and_then(|uprobe| {
-                uprobe
-                    .attach(
-                        UProbeAttachPoint {
-                            location: UProbeAttachLocation::AbsoluteOffset(
-                                hook.file_offset + hook.placed_at,
-                            ),
-                            cookie: function.map(|f| f as u64),
-                        },
-                        file,
-                        scope,
-                    )
-                    .map_err(|err| {
-                        attach_error(
-                            err,
-                            format!(
-                                "failed to attach {program} to {} in {}",
-                                hook.symbol,
-                                file.display()
-                            ),
-                        )
-                    })
-            });
+            let attached = self.attach_hook(program, hook, function.map(|f| f as u64), file, scope);
             match attached {
                 Ok(link) => links.push((program, link)),
                 Err(err) => return Err((err, links)),

@@ -155,6 +155,19 @@ fn merge_mappings(mut entries: Vec<(ExecMapping, FileId)>) -> Vec<ExecMapping> {
 /// A module file opened as process `pid` maps it (through the mapping, else its path in the
 /// process's root, else the plain path).
 fn open_module(pid: u32, mapping: &procfs::Mapping, path: &Path) -> Result<Elf, Unreadable> {
+    read_module_as_mapped(pid, mapping, path, Ok)
+}
+
+/// `read` the module file of `mapping` as process `pid` maps it: through the mapping itself
+/// (right even for a deleted or replaced file, and inside containers), else by its path inside
+/// the process's root, else by the plain path; the first way that opens and reads wins, else
+/// the last error. Exact mode's tables and growth mode's unwinder read modules this way.
+pub fn read_module_as_mapped<T>(
+    pid: u32,
+    mapping: &procfs::Mapping,
+    path: &Path,
+    read: impl Fn(Elf) -> Result<T, Unreadable>,
+) -> Result<T, Unreadable> {
     let candidates = [
         (procfs::mapped_file(pid, &mapping.range), None),
         (procfs::path_in_root(pid, path), Some(path)),
@@ -166,8 +179,8 @@ fn open_module(pid: u32, mapping: &procfs::Mapping, path: &Path) -> Result<Elf, 
             Some(path) => target_files::open_in_root(pid, path),
             None => target_files::open(&shown),
         };
-        match opened {
-            Ok(file) => return Ok(Elf::new(&shown, file)),
+        match opened.and_then(|file| read(Elf::new(&shown, file))) {
+            Ok(read) => return Ok(read),
             Err(err) => last = Some(err),
         }
     }
