@@ -441,7 +441,10 @@ mod tests {
             assert_eq!(AllocFn::try_from(function as u32), Ok(function));
             assert_eq!(AllocFn::from_cookie(function as u64), Some(function));
         }
-        assert_eq!(AllocFn::try_from(9), Err(UnknownKind(9)));
+        // The first value past every kind (kinds are numbered from 1 without gaps).
+        let unknown = AllocFn::ALL.len() as u32 + 1;
+        assert!(AllocFn::ALL.iter().all(|f| (*f as u32) < unknown));
+        assert_eq!(AllocFn::try_from(unknown), Err(UnknownKind(unknown)));
         assert_eq!(AllocFn::from_cookie(1 << 32), None);
         for kind in HeapEventKind::ALL {
             assert_eq!(HeapEventKind::try_from(kind as u32), Ok(kind));
