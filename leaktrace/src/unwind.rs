@@ -15,7 +15,7 @@ use framehop::{
     x86_64::{CacheX86_64, UnwindRegsX86_64, UnwinderX86_64},
     ExplicitModuleSectionInfo, Module, Unwinder as _,
 };
-use object::{Object as _, ObjectSection as _, ObjectSegment as _};
+use object::{Object as _, ObjectSection as _};
 
 use crate::{
     procfs,
@@ -97,13 +97,7 @@ impl ModuleFile {
         if eh_frame.is_none() && debug_frame.is_none() {
             log::debug!("{} has no unwind sections", elf.path().display());
         }
-        let loads = file
-            .segments()
-            .map(|s| {
-                let (offset, size) = s.file_range();
-                (offset, s.address(), size)
-            })
-            .collect();
+        let loads = crate::unwind_tables::load_segments(&file);
         Ok(Self {
             text_svma,
             text,
@@ -119,19 +113,7 @@ impl ModuleFile {
 
     /// `avma - svma` for a mapping of this file that starts at `start` with `file_offset`.
     fn bias(&self, start: u64, file_offset: u64) -> Option<u64> {
-        // A mapping starts where its segment starts, page-aligned; the previous segment's last
-        // page may hold the same file offset (lld packs segments), so an exact start wins.
-        let &(offset, vaddr, _) = self
-            .loads
-            .iter()
-            .find(|(offset, _, _)| *offset & !0xfff == file_offset)
-            .or_else(|| {
-                self.loads.iter().find(|(offset, _, size)| {
-                    *offset & !0xfff <= file_offset && file_offset < offset + size
-                })
-            })?;
-        let svma = vaddr.wrapping_sub(offset).wrapping_add(file_offset);
-        Some(start.wrapping_sub(svma))
+        crate::unwind_tables::load_bias(&self.loads, start, file_offset)
     }
 
     fn section_info(&self) -> ExplicitModuleSectionInfo<Data> {

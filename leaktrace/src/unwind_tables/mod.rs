@@ -58,13 +58,7 @@ impl ModuleCfi {
         };
         let is_go = file.section_by_name(".gopclntab").is_some()
             || file.section_by_name(".go.buildinfo").is_some();
-        let loads = file
-            .segments()
-            .map(|s| {
-                let (offset, size) = s.file_range();
-                (offset, s.address(), size)
-            })
-            .collect();
+        let loads = load_segments(&file);
         Ok(Self {
             sections: CfiSections {
                 eh_frame,
@@ -78,8 +72,21 @@ impl ModuleCfi {
     }
 }
 
+/// (file offset, virtual address, file size) of each loadable segment of `file`: what
+/// [`load_bias`] maps a mapping back through (exact mode's tables and growth mode's unwinder).
+pub fn load_segments(file: &target_files::ElfView<'_>) -> Vec<(u64, u64, u64)> {
+    file.segments()
+        .map(|s| {
+            let (offset, size) = s.file_range();
+            (offset, s.address(), size)
+        })
+        .collect()
+}
+
 /// `avma - svma` for a mapping of a file with these PT_LOAD segments that starts at `start`
-/// with `file_offset` (as `unwind.rs` computes it for framehop).
+/// with `file_offset`. A mapping starts where its segment starts, page-aligned; the previous
+/// segment's last page may hold the same file offset (lld packs segments), so an exact start
+/// wins.
 pub fn load_bias(loads: &[(u64, u64, u64)], start: u64, file_offset: u64) -> Option<u64> {
     let &(offset, vaddr, _) = loads
         .iter()
