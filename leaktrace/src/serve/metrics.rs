@@ -77,24 +77,17 @@ struct ProcessLabels {
 /// the process's life) and the name of its first user frame.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct SiteLabels {
-    pid: u32,
-    comm: String,
-    exe: String,
-    cgroup: String,
-    container_id: String,
+    #[prometheus(flatten)]
+    process: ProcessLabels,
     site: String,
     function: String,
 }
 
+/// A site's labels and its leak class.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ClassLabels {
-    pid: u32,
-    comm: String,
-    exe: String,
-    cgroup: String,
-    container_id: String,
-    site: String,
-    function: String,
+    #[prometheus(flatten)]
+    site: SiteLabels,
     class: &'static str,
 }
 
@@ -294,11 +287,7 @@ impl SiteFamilies {
     fn fill(&self, process: &ProcessReport, site: &SiteReport) {
         let process_labels = process_labels(process);
         let labels = SiteLabels {
-            pid: process.pid,
-            comm: process_labels.comm,
-            exe: process_labels.exe,
-            cgroup: process_labels.cgroup,
-            container_id: process_labels.container_id,
+            process: process_labels,
             site: site.id.clone(),
             function: format::truncate_middle(&format::site_name(&site.frames), MAX_FUNCTION_LABEL),
         };
@@ -328,13 +317,7 @@ impl SiteFamilies {
             }
         }
         let class = ClassLabels {
-            pid: labels.pid,
-            comm: labels.comm,
-            exe: labels.exe,
-            cgroup: labels.cgroup,
-            container_id: labels.container_id,
-            site: labels.site,
-            function: labels.function,
+            site: labels,
             class: class_name(g.class),
         };
         self.class.get_or_create(&class).set(1);
