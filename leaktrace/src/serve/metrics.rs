@@ -279,7 +279,7 @@ impl SiteFamilies {
             class: family(
                 r,
                 "site_leak_class",
-                "1 for the site's growth class: leak_suspect, plateau, churn or unknown",
+                "1 for the site's growth class: leak_suspect, plateau, churn, unknown, or heap_growth (growth mode: what grew the heap)",
             ),
         }
     }
