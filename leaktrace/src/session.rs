@@ -568,8 +568,12 @@ impl Session {
     async fn finish(mut self, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
         self.end_launched_commands().await;
         let last = self.snapshot(Taken::Final);
+        let saved = self.save(&last);
         print!("{}", crate::table::render_table(&last, self.config.top));
-        self.save(&last)?;
+        // The snapshot is written first; then the probes go without the run waiting for the
+        // kernel to unregister each of them.
+        self.tracer.release_in_background();
+        saved?;
         outcome
     }
 }

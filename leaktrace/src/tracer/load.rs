@@ -81,7 +81,11 @@ impl Tracer {
             ebpf.take_map(maps::HEAP_EVENTS)
                 .ok_or_else(|| missing_map(maps::HEAP_EVENTS))?,
         )?;
-        let mut tracer = Self { ebpf, heap_events };
+        let mut tracer = Self {
+            ebpf,
+            heap_events,
+            links: Vec::new(),
+        };
         if capacity.sample_bytes > 0 {
             tracer.start_stack_sampling(capacity.sample_bytes)?;
         }
@@ -142,9 +146,14 @@ impl Tracer {
                 .with_context(|| format!("the kernel refused the eBPF program {program}"))?;
             for syscall in HEAP_SYSCALLS {
                 let name = format!("{prefix}{syscall}");
-                tracepoint
+                let link = tracepoint
                     .attach("syscalls", &name)
                     .with_context(|| format!("cannot attach to tracepoint syscalls:{name}"))?;
+                self.links.push(super::AttachedLink {
+                    pid: None,
+                    program,
+                    id: super::LinkId::TracePoint(link),
+                });
             }
         }
         Ok(())
