@@ -20,7 +20,8 @@ pub struct Symbols {
     symbolizer: Symbolizer,
     maps: HashMap<u32, procfs::Maps>,
     frames: HashMap<(u32, u64), Vec<Frame>>,
-    build_ids: HashMap<PathBuf, Option<String>>,
+    /// By file, not path: a path through each process's root would grow with process churn.
+    build_ids: HashMap<FileId, Option<String>>,
     /// Module files already said to be unreadable: said once, retried quietly.
     said_unreadable: HashSet<FileId>,
 }
@@ -96,13 +97,15 @@ impl Symbols {
             .collect()
     }
 
-    /// A frame whose module could not be read: module and offset only.
+    /// A frame whose module could not be symbolized: module, offset and (when the file was
+    /// read once) build id, enough to name it later with the same binary.
     fn unresolved(&self, pid: u32, addr: u64) -> Vec<Frame> {
         let mapping = self.mapping(pid, addr);
         vec![Frame {
             addr,
             module: mapping.map(|(path, _, _)| path.display().to_string()),
             offset: mapping.map(|(_, offset, _)| offset),
+            build_id: mapping.and_then(|(_, _, file)| self.build_ids.get(&file).cloned().flatten()),
             ..Frame::default()
         }]
     }
@@ -169,7 +172,7 @@ impl Symbols {
                         continue;
                     }
                 };
-                let build_id = self.build_id(readable, vetted);
+                let build_id = self.build_id(file_id, readable, vetted);
                 let source = Source::Elf(Elf::new(readable));
                 match self
                     .symbolizer
@@ -217,9 +220,9 @@ impl Symbols {
 
     /// The build id of the module at `path`, read from `vetted` (that very file, already
     /// opened) the first time.
-    fn build_id(&mut self, path: &Path, vetted: std::fs::File) -> Option<String> {
+    fn build_id(&mut self, file: FileId, path: &Path, vetted: std::fs::File) -> Option<String> {
         self.build_ids
-            .entry(path.to_path_buf())
+            .entry(file)
             .or_insert_with(|| read_build_id(path, vetted))
             .clone()
     }
