@@ -17,12 +17,15 @@ use tokio::{
 
 use crate::{
     cli::Cli,
-    cost::HitRate,
+    cost::{HitRate, OwnMeter},
     heap::{AllocatorCalls, HeapTracker},
     model::{self, GrowthClock, ProcessMemory, ProcessTotals, SinceStart, SiteSeries},
     output::{self, Access},
     procfs, report,
-    schema::{ExitStatus, Mode, ProbeCost, ProcessReport, Processed, SiteHeap, Snapshot, SCHEMA},
+    schema::{
+        ExitStatus, Mode, OtherProcesses, ProbeCost, ProcessReport, Processed, SiteHeap, Snapshot,
+        SCHEMA,
+    },
     symbolize::Symbols,
     target::{self, TargetProcess},
     tracer::{self, Capacity, MapsReading, Scope, Tracer},
@@ -40,7 +43,12 @@ const SERIES_CAPACITY: usize = 128;
 
 /// System-wide mode: how long a process that exited stays listed (its heap state, sites and
 /// series are then dropped, so a run of days on a busy host does not grow with process churn).
-const EXITED_KEPT: Duration = Duration::from_secs(600);
+/// A process that exited with no heap growth is dropped at once: it has nothing to say.
+const EXITED_KEPT: Duration = Duration::from_secs(60);
+
+/// System-wide mode: at most this many exited processes are remembered (those gone longest
+/// are dropped first): a build starts thousands of compilers a minute.
+const EXITED_MAX: usize = 64;
 
 /// System-wide mode: sites listed per process (at least; `--top` if more), by leak rank.
 const SYSTEM_WIDE_SITES: usize = 20;
@@ -99,6 +107,8 @@ pub struct Config {
     pub processed: Processed,
     pub min_age: Duration,
     pub top: usize,
+    /// `--top-processes`: system-wide processes reported in full.
+    pub top_processes: usize,
     pub max_allocations: u32,
     pub max_stacks: u32,
     /// `--sample-bytes` (0: every stack).
@@ -142,6 +152,7 @@ impl Config {
             processed: cli.processed,
             min_age: cli.min_age,
             top: cli.top,
+            top_processes: usize::try_from(cli.top_processes).unwrap_or(usize::MAX),
             max_allocations: cli.max_allocations,
             max_stacks: cli.max_stacks,
             sample_bytes: cli.sample_bytes.unwrap_or(0),
@@ -471,6 +482,8 @@ struct Session {
     /// Cost of one probe hit, from the calibration at start.
     ns_per_hit: Option<f64>,
     hit_rate: HitRate,
+    /// leaktrace's own CPU, for the snapshot's `self`.
+    own: OwnMeter,
 }
 
 /// Which snapshot is taken: one of an interval (its live sites get a growth sample), or the
@@ -536,6 +549,7 @@ impl Session {
             last_series_write: None,
             ns_per_hit,
             hit_rate: HitRate::starting_at(Instant::now(), hits),
+            own: OwnMeter::starting_at(Instant::now()),
         };
         session.refresh_liveness();
         Ok(session)
@@ -914,12 +928,19 @@ impl Session {
                     .last_series_write
                     .is_none_or(|last| last.elapsed() >= *every);
             if due {
-                let bytes = report::snapshot_json(snapshot)?;
                 series
-                    .write(&snapshot.generated_at, &bytes)
+                    .write_with(&snapshot.generated_at, |file| {
+                        report::write_json(file, snapshot)
+                    })
                     .context("cannot write the rolling snapshot")?;
                 self.last_series_write = Some(Instant::now());
             }
+        }
+        if self.config.system_wide() {
+            // Building a system-wide snapshot allocates and frees much in many sizes: give the
+            // freed memory back rather than let the heap keep its peak.
+            // SAFETY: glibc's malloc_trim only walks its own free lists.
+            unsafe { libc::malloc_trim(0) };
         }
         Ok(())
     }
@@ -956,9 +977,19 @@ impl Session {
             processes.push(self.sample_process(t, sampling, at, &reading, usize::MAX));
         }
         self.traced = traced;
+        let mut other_processes = None;
         if self.config.system_wide() {
-            processes.extend(self.system_wide_rows(taken, at, &reading));
+            let (rows, others) = self.system_wide_rows(taken, at, &reading);
+            processes.extend(rows);
+            other_processes = Some(others);
         }
+        // System-wide, every program on the host passes through: nothing stays open between
+        // snapshots (the frames named are cached; only new addresses pay for reopening).
+        self.symbols.bound(if self.config.system_wide() {
+            0
+        } else {
+            crate::symbolize::MODULES_OPEN
+        });
         log::debug!(
             "snapshot of {} processes built in {:?}",
             processes.len(),
@@ -976,7 +1007,13 @@ impl Session {
             processed: self.config.processed,
             complete: taken == Taken::Final,
             cost: Some(self.cost()),
+            own_usage: Some(self.own.update(
+                Instant::now(),
+                procfs::own_cpu_seconds(),
+                procfs::own_memory(),
+            )),
             processes,
+            other_processes,
         }
     }
 
@@ -1122,13 +1159,15 @@ impl Session {
     }
 
     /// System-wide mode: one row per other process seen making heap syscalls, largest heap
-    /// growth first; in growth mode with its sites.
+    /// growth first, in growth mode with its sites: the `--top-processes` largest in full, the
+    /// others summed up (neither symbolized nor sampled, so that a busy host costs what N
+    /// processes cost).
     fn system_wide_rows(
         &mut self,
         taken: Taken,
         at: Moment,
         reading: &MapsReading,
-    ) -> Vec<ProcessReport> {
+    ) -> (Vec<ProcessReport>, OtherProcesses) {
         let exact: std::collections::HashSet<u32> =
             self.traced.iter().map(|t| t.process.pid).collect();
         let pids: Vec<u32> = self
@@ -1138,12 +1177,27 @@ impl Session {
             .copied()
             .filter(|p| !exact.contains(p))
             .collect();
-        let mut rows = Vec::with_capacity(pids.len());
+        let mut ranked: Vec<(u64, u32)> = pids
+            .into_iter()
+            .filter_map(|pid| self.keep_system_wide(pid).map(|growth| (growth, pid)))
+            .collect();
+        self.forget_exited_beyond(EXITED_MAX);
+        ranked.retain(|(_, pid)| self.others.contains_key(pid));
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let top = self.config.top_processes.min(ranked.len());
+        let mut others = OtherProcesses::default();
+        for &(growth, pid) in &ranked[top..] {
+            let alive = self.others.get(&pid).is_some_and(|r| r.alive);
+            others.processes += 1;
+            others.alive += u64::from(alive);
+            others.exited += u64::from(!alive);
+            others.heap_growth_bytes = others.heap_growth_bytes.saturating_add(growth);
+            others.heap_events += self.heap.get(pid).map_or(0, |h| h.events);
+        }
+        let mut rows = Vec::with_capacity(top);
         let mut last_drain = Instant::now();
-        for pid in pids {
-            if let Some(row) = self.system_wide_row(pid, taken, at, reading) {
-                rows.push(row);
-            }
+        for &(_, pid) in &ranked[..top] {
+            rows.push(self.system_wide_row(pid, taken, at, reading));
             // Naming new stacks of many processes takes a while: keep the ring buffer drained
             // (and short-lived processes' mappings read) meanwhile.
             if last_drain.elapsed() >= LIVENESS_PERIOD {
@@ -1152,18 +1206,13 @@ impl Session {
             }
         }
         rows.sort_by(model::by_heap_growth);
-        rows
+        (rows, others)
     }
 
-    /// The row of one process seen only through its heap syscalls; `None` once it has been
-    /// gone for [`EXITED_KEPT`].
-    fn system_wide_row(
-        &mut self,
-        pid: u32,
-        taken: Taken,
-        at: Moment,
-        reading: &MapsReading,
-    ) -> Option<ProcessReport> {
+    /// Note whether a process seen only through its heap syscalls lives; returns its heap
+    /// growth, or `None` once it is forgotten: gone for [`EXITED_KEPT`], or gone with no
+    /// growth (nothing to say).
+    fn keep_system_wide(&mut self, pid: u32) -> Option<u64> {
         let alive = procfs::is_alive(pid);
         let reused = alive && self.others.get(&pid).is_some_and(|r| !r.alive);
         let expired = self
@@ -1178,7 +1227,12 @@ impl Session {
                 return None;
             }
         }
-        let mut row = self.others.remove(&pid).unwrap_or_else(|| {
+        let growth = self.heap.get(pid).map_or(0, model::process_heap_growth);
+        if !alive && growth == 0 {
+            self.forget_process(pid);
+            return None;
+        }
+        if !self.others.contains_key(&pid) {
             let comm = self
                 .heap
                 .get(pid)
@@ -1191,20 +1245,63 @@ impl Session {
                 libc: PathBuf::new(),
                 libc_host_path: PathBuf::new(),
             };
+            self.others
+                .insert(pid, Traced::new(process, Origin::Found, &[]));
+        }
+        if let Some(row) = self.others.get_mut(&pid) {
+            if !alive && row.alive {
+                row.alive = false;
+                row.gone_since = Some(Instant::now());
+                self.unwinder.forget(pid);
+            }
+        }
+        Some(growth)
+    }
+
+    /// Forget the exited system-wide processes gone longest, beyond `max` of them.
+    fn forget_exited_beyond(&mut self, max: usize) {
+        let mut exited: Vec<(Instant, u32)> = self
+            .others
+            .iter()
+            .filter_map(|(pid, r)| r.gone_since.map(|since| (since, *pid)))
+            .collect();
+        if exited.len() <= max {
+            return;
+        }
+        exited.sort_unstable();
+        let excess = exited.len() - max;
+        for (_, pid) in exited.into_iter().take(excess) {
+            self.forget_process(pid);
+        }
+    }
+
+    /// The full row of one process seen only through its heap syscalls (known to
+    /// [`Session::keep_system_wide`]).
+    fn system_wide_row(
+        &mut self,
+        pid: u32,
+        taken: Taken,
+        at: Moment,
+        reading: &MapsReading,
+    ) -> ProcessReport {
+        let mut row = self.others.remove(&pid).unwrap_or_else(|| {
+            let process = TargetProcess {
+                pid,
+                comm: String::new(),
+                exe: PathBuf::new(),
+                libc: PathBuf::new(),
+                libc_host_path: PathBuf::new(),
+            };
             Traced::new(process, Origin::Found, &[])
         });
-        let sampling = taken == Taken::Interval && alive && row.alive;
+        let sampling = taken == Taken::Interval && row.alive;
         if sampling {
             row.sample_processed(self.config.processed);
-        } else if !alive && row.alive {
-            row.alive = false;
-            row.gone_since = Some(Instant::now());
-            self.unwinder.forget(pid);
         }
         let max_sites = self.config.top.max(SYSTEM_WIDE_SITES);
         let report = self.sample_process(&row, sampling, at, reading, max_sites);
         self.others.insert(pid, row);
-        Some(report)
+        report
     }
 }
 

@@ -24,7 +24,15 @@ pub struct Symbols {
     build_ids: HashMap<FileId, Option<String>>,
     /// Module files already said to be unreadable: said once, retried quietly.
     said_unreadable: HashSet<FileId>,
+    /// Module files the symbolizer opened (it keeps each mapped, with its parsed symbols and
+    /// DWARF, until it is dropped).
+    opened: HashSet<FileId>,
 }
+
+/// Module files the symbolizer keeps open before it is started afresh ([`Symbols::bound`]): a
+/// debug build's DWARF alone is hundreds of MB mapped. Frames already named stay cached, so
+/// only new addresses pay for the reopening.
+pub const MODULES_OPEN: usize = 32;
 
 /// A module file, whatever path or namespace it is reached by: (device, inode).
 type FileId = (procfs::Device, u64);
@@ -43,6 +51,16 @@ impl Symbols {
             frames: HashMap::new(),
             build_ids: HashMap::new(),
             said_unreadable: HashSet::new(),
+            opened: HashSet::new(),
+        }
+    }
+
+    /// Keep the symbolizer's caches bounded: past `max_open` module files, it starts afresh
+    /// (closing their mappings and freeing their parsed symbols).
+    pub fn bound(&mut self, max_open: usize) {
+        if self.opened.len() > max_open {
+            self.symbolizer = Symbolizer::new();
+            self.opened.clear();
         }
     }
 
@@ -173,6 +191,7 @@ impl Symbols {
                     }
                 };
                 let build_id = self.build_id(file_id, readable, vetted);
+                self.opened.insert(file_id);
                 let source = Source::Elf(Elf::new(readable));
                 match self
                     .symbolizer

@@ -29,6 +29,9 @@ type Data = Arc<[u8]>;
 
 /// Frames kept per stack (the kernel's frame-pointer walk keeps 127).
 const MAX_FRAMES: usize = 127;
+/// Module files whose unwind sections are cached (see [`StackUnwinder::forget`]).
+const FILES_CACHED: usize = 256;
+
 /// A process's modules are re-read at most this often when a stack leads outside them (a
 /// library loaded since they were read).
 const MODULES_REFRESH: Duration = Duration::from_millis(250);
@@ -221,9 +224,15 @@ impl StackUnwinder {
         })
     }
 
-    /// Drop a process that has exited.
+    /// Drop a process that has exited. Module files stay cached for the next process of the
+    /// same program (a build starts the same compiler thousands of times), up to
+    /// [`FILES_CACHED`] of them; beyond, the cache starts empty again (live processes keep the
+    /// sections they use: their unwinders hold them).
     pub fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
+        if self.files.len() > FILES_CACHED {
+            self.files.clear();
+        }
     }
 
     fn walk(&mut self, pid: u32, copy: &StackCopy<'_>) -> Vec<u64> {

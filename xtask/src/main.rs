@@ -14,6 +14,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod deps;
+mod soak;
 mod system;
 
 /// Toolchain pinned in rust-toolchain.toml, and the LLVM its rustc ships.
@@ -68,6 +69,13 @@ enum Task {
         #[arg(long, value_name = "NAMES", value_delimiter = ',')]
         only: Vec<String>,
     },
+    /// Run system-wide leaktrace (headless, --json) under a load of short gcc/python3/sh
+    /// processes, sampling its RSS and CPU; print a summary (and write target/soak/summary.txt).
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+    },
     /// Print the import cycles between leaktrace's modules (from their `use` paths); fail if any.
     Deps {
         /// The source directory of the crate to check (its `lib.rs` is the root).
@@ -90,6 +98,14 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
     match xtask.command {
         Task::Setup => setup(),
         Task::Deps { src } => deps::run(&src),
+        Task::Soak { minutes } => {
+            cargo(&["build", "--release", "--package", "leaktrace"])?;
+            soak::run(
+                &root.join("target/release/leaktrace"),
+                &soak::out_dir(&root),
+                minutes,
+            )
+        }
         Task::Test { cargo_test_args } => {
             setup()?;
             cargo(&["fmt", "--all", "--check"])?;

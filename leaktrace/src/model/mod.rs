@@ -17,8 +17,8 @@ mod sites;
 mod totals;
 
 pub use process::{
-    by_heap_growth, growth_event_ns, heap_growth_bytes, heap_report, work_done, ProcessMemory,
-    SinceStart,
+    by_heap_growth, growth_event_ns, heap_growth_bytes, heap_report, process_heap_growth,
+    work_done, ProcessMemory, SinceStart,
 };
 pub use sites::{site_reports, SiteSeries};
 pub use totals::{growth_totals, process_totals, GrowthClock, ProcessTotals, SiteAges};

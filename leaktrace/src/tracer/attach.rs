@@ -29,12 +29,16 @@ impl Tracer {
     /// free must be there.
     pub fn attach(&mut self, pid: u32, libc: &Path) -> anyhow::Result<Vec<&'static str>> {
         let attached = self.attach_probes(pid, libc, &AllocFn::ALL)?;
-        self.links
-            .extend(attached.links.into_iter().map(|(program, id)| AttachedLink {
-                pid: Some(pid),
-                program,
-                id: LinkId::UProbe(id),
-            }));
+        self.links.extend(
+            attached
+                .links
+                .into_iter()
+                .map(|(program, id)| AttachedLink {
+                    pid: Some(pid),
+                    program,
+                    id: LinkId::UProbe(id),
+                }),
+        );
         self.trace_heap_of(pid)?;
         Ok(attached.hooked)
     }

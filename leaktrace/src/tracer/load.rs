@@ -47,6 +47,10 @@ pub enum Scope {
 /// heap-growth event (a user stack copy), drained every 100 ms.
 const HEAP_EVENTS_BYTES: u32 = 4 << 20;
 const GROWTH_EVENTS_BYTES: u32 = 32 << 20;
+/// System-wide growth mode: half as much. The ring buffer's pages are mapped twice (for
+/// records that wrap), so it counts twice in leaktrace's RSS; 16 MiB still holds 1,000 stack
+/// copies per 100 ms drain, and what overflows is counted as lost.
+const SYSTEM_WIDE_EVENTS_BYTES: u32 = 16 << 20;
 
 /// The heap syscalls traced through `syscalls:sys_enter_*` / `sys_exit_*`.
 const HEAP_SYSCALLS: [&str; 5] = ["brk", "mmap", "munmap", "mremap", "mprotect"];
@@ -60,10 +64,11 @@ impl Tracer {
         let max_sites = capacity.max_stacks.saturating_mul(2);
         let trace_all = u32::from(scope == Scope::SystemWide);
         let growth_mode = u32::from(mode == Mode::Growth);
-        let ring_bytes = match mode {
+        let ring_bytes = match (mode, scope) {
+            (Mode::Exact, _) => HEAP_EVENTS_BYTES,
+            (_, Scope::SystemWide) => SYSTEM_WIDE_EVENTS_BYTES,
             // SystemWide names only old snapshots' mode; a run is never loaded with it.
-            Mode::Growth | Mode::SystemWide => GROWTH_EVENTS_BYTES,
-            Mode::Exact => HEAP_EVENTS_BYTES,
+            (Mode::Growth | Mode::SystemWide, Scope::Targets) => GROWTH_EVENTS_BYTES,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::PAGE_SIZE, &page_size, true)

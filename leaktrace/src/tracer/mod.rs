@@ -148,7 +148,8 @@ fn kernel_object_fds() -> Vec<i32> {
         .filter(|entry| {
             std::fs::read_link(entry.path()).is_ok_and(|target| {
                 let target = target.to_string_lossy();
-                target.starts_with("anon_inode:[perf_event]") || target.starts_with("anon_inode:bpf")
+                target.starts_with("anon_inode:[perf_event]")
+                    || target.starts_with("anon_inode:bpf")
             })
         })
         .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
