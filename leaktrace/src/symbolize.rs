@@ -24,6 +24,9 @@ pub struct Symbols {
     build_ids: HashMap<FileId, Option<String>>,
     /// Module files already said to be unreadable: said once, retried quietly.
     said_unreadable: HashSet<FileId>,
+    /// Frames by module file and offset, whatever process they were seen in: the thousandth
+    /// run of a compiler is named without opening anything (bounded by [`FRAMES_BY_FILE`]).
+    by_file: HashMap<(FileId, u64), Vec<Frame>>,
     /// Module files the symbolizer opened (it keeps each mapped, with its parsed symbols and
     /// DWARF, until it is dropped).
     opened: HashSet<FileId>,
@@ -33,6 +36,10 @@ pub struct Symbols {
 /// debug build's DWARF alone is hundreds of MB mapped. Frames already named stay cached, so
 /// only new addresses pay for the reopening.
 pub const MODULES_OPEN: usize = 32;
+
+/// Frames kept by module file and offset (about 200 bytes each); past it the cache starts
+/// empty again.
+const FRAMES_BY_FILE: usize = 100_000;
 
 /// A module file, whatever path or namespace it is reached by: (device, inode).
 type FileId = (procfs::Device, u64);
@@ -52,6 +59,7 @@ impl Symbols {
             build_ids: HashMap::new(),
             said_unreadable: HashSet::new(),
             opened: HashSet::new(),
+            by_file: HashMap::new(),
         }
     }
 
@@ -143,6 +151,18 @@ impl Symbols {
         let mut by_module: HashMap<PathBuf, (FileId, Vec<(u64, u64)>)> = HashMap::new();
         for &addr in addrs {
             match self.mapping(pid, addr) {
+                Some((path, offset, file_id)) if self.by_file.contains_key(&(file_id, offset)) => {
+                    let module = path.display().to_string();
+                    let frames = self.by_file[&(file_id, offset)]
+                        .iter()
+                        .map(|frame| Frame {
+                            addr,
+                            module: Some(module.clone()),
+                            ..frame.clone()
+                        })
+                        .collect();
+                    self.frames.insert((pid, addr), frames);
+                }
                 Some((path, offset, file_id)) => by_module
                     .entry(path.to_path_buf())
                     .or_insert_with(|| (file_id, Vec::new()))
@@ -231,7 +251,11 @@ impl Symbols {
                 }
                 continue;
             };
-            for ((addr, _), frames) in entries.iter().zip(frames) {
+            if self.by_file.len() + entries.len() > FRAMES_BY_FILE {
+                self.by_file.clear();
+            }
+            for ((addr, offset), frames) in entries.iter().zip(frames) {
+                self.by_file.insert((file_id, *offset), frames.clone());
                 self.frames.insert((pid, *addr), frames);
             }
         }
