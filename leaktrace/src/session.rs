@@ -384,6 +384,12 @@ fn attach(
                 return Err(err);
             }
         };
+        // The command may exec again (`env`, `sh -c 'exec ...'`): the kernel stops it at each
+        // exec until the new program's state is set up (Session::on_exec).
+        if let Err(err) = tracer.stop_on_exec(child.pid) {
+            child.abort();
+            return Err(err);
+        }
         child.release()?;
         register_heap(&mut heap, child.pid);
         let comm = procfs::read_comm(child.pid).unwrap_or_else(|_| {
@@ -806,6 +812,91 @@ impl Session {
                 AllocatorCalls::Untraced
             };
             self.heap.apply(&event, calls);
+            if event.kind == leaktrace_common::HeapEventKind::Exec as u32 {
+                self.on_exec(event.tgid, &crate::heap::comm_of(&event));
+            }
+        }
+    }
+
+    /// A process exec'd: everything known of the old program goes (mappings, frames, stacks,
+    /// series, the kernel's blocks and sites, the RSS baseline), the process is named after the
+    /// new program, and in exact mode the allocator probes follow it to the new program's C
+    /// library. A launched command was stopped by the kernel at the exec: it continues now.
+    fn on_exec(&mut self, pid: u32, comm: &str) {
+        self.symbols.forget(pid);
+        self.unwinder.forget(pid);
+        self.series.forget(pid);
+        let stacks = &mut self.stacks;
+        self.interned.retain(|(owner, _), id| {
+            if *owner == pid {
+                stacks.remove(id);
+            }
+            *owner != pid
+        });
+        if self.others.remove(&pid).is_some() {
+            // A system-wide row: the new program gets a row of its own from its next event.
+            return;
+        }
+        let Some(index) = self.traced.iter().position(|t| t.process.pid == pid) else {
+            return;
+        };
+        if self.traced[index].exact() {
+            self.tracer.forget_old_program(pid);
+            self.follow_exec_exactly(index);
+        }
+        let t = &mut self.traced[index];
+        t.process.comm = procfs::read_comm(pid).unwrap_or_else(|_| comm.to_string());
+        if let Ok(exe) = procfs::read_exe(pid) {
+            t.process.exe = exe;
+        }
+        t.memory = ProcessMemory::launched();
+        t.work = SinceStart::default();
+        self.symbols.refresh_maps(pid);
+        if t.launched() {
+            // SAFETY: our own child, stopped by the kernel at its exec; not yet reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+        }
+        log::info!(
+            "pid {pid} exec'd {} ({})",
+            self.traced[index].process.exe.display(),
+            self.traced[index].process.comm
+        );
+    }
+
+    /// Exact mode, after an exec: keep the probes when the new program uses the same C library
+    /// (uprobes are set on the library file, for this process), move them otherwise.
+    fn follow_exec_exactly(&mut self, index: usize) {
+        let pid = self.traced[index].process.pid;
+        let exe = procfs::read_exe(pid).unwrap_or_default();
+        // The new program's libraries are not mapped yet at its exec: its libc is found from
+        // its file, through the process's root.
+        let libc = target::libc_for_executable(&procfs::path_in_root(pid, &exe));
+        let t = &mut self.traced[index];
+        match libc {
+            Ok(libc) if libc == t.process.libc_host_path => {}
+            Ok(libc) => {
+                if let Err(err) = self.tracer.detach_process(pid) {
+                    log::warn!("pid {pid}: {err:#}");
+                }
+                match self.tracer.attach(pid, &libc) {
+                    Ok(hooked) => {
+                        t.hooked = hooked.iter().map(|s| s.to_string()).collect();
+                        t.process.libc = libc.clone();
+                        t.process.libc_host_path = libc;
+                    }
+                    Err(err) => {
+                        log::warn!("pid {pid}: cannot hook its new program: {err:#}");
+                        t.hooked.clear();
+                    }
+                }
+            }
+            Err(err) => {
+                log::warn!("pid {pid}: its new program cannot be hooked: {err}");
+                if let Err(err) = self.tracer.detach_process(pid) {
+                    log::warn!("pid {pid}: {err:#}");
+                }
+                t.hooked.clear();
+            }
         }
     }
 
@@ -888,8 +979,12 @@ impl Session {
             return;
         }
         for pid in &launched {
-            // SAFETY: our own child, not yet reaped, so the pid cannot have been reused.
-            unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+            // SAFETY: our own child, not yet reaped, so the pid cannot have been reused. A child
+            // stopped at an exec would not act on SIGTERM until continued.
+            unsafe {
+                libc::kill(*pid as i32, libc::SIGTERM);
+                libc::kill(*pid as i32, libc::SIGCONT);
+            }
         }
         let deadline = Instant::now() + GRACE;
         loop {

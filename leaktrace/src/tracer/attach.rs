@@ -9,7 +9,8 @@ use aya::{
 };
 use leaktrace_common::{
     names::{maps, programs},
-    AllocFn, AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats,
+    AllocFn, AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats, STOP_ON_EXEC,
+    TRACED,
 };
 
 use super::{AttachedLink, LinkId, Tracer};
@@ -46,11 +47,28 @@ impl Tracer {
     /// Report this process's heap syscalls (exact mode, and growth mode's targets; system-wide
     /// mode reports every process's).
     pub fn trace_heap_of(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.register_pid(pid, TRACED)
+    }
+
+    /// Have the kernel stop `pid` when it execs, until userspace continues it (SIGCONT): for a
+    /// command leaktrace launched, so that the program it becomes is traced from its first
+    /// instruction (`STOP_ON_EXEC`).
+    pub fn stop_on_exec(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.register_pid(pid, TRACED | STOP_ON_EXEC)
+    }
+
+    fn register_pid(&mut self, pid: u32, flags: u32) -> anyhow::Result<()> {
         let mut traced: BpfHashMap<&mut MapData, u32, u32> =
             BpfHashMap::try_from(self.map_mut(maps::TRACED_PIDS)?)?;
         traced
-            .insert(pid, 1, 0)
+            .insert(pid, flags, 0)
             .with_context(|| format!("cannot register pid {pid} for heap tracing"))
+    }
+
+    /// Delete the kernel's entries of a process that exec'd: its blocks, sites and counters
+    /// belonged to the old program.
+    pub fn forget_old_program(&mut self, pid: u32) {
+        self.forget_process(pid);
     }
 
     /// Attach the allocator probes for `pid`, keeping their links so that they can be detached.

@@ -161,6 +161,25 @@ impl Tracer {
                 });
             }
         }
+        let exec: &mut TracePoint = self
+            .ebpf
+            .program_mut(programs::PROCESS_EXEC)
+            .ok_or_else(|| anyhow!("eBPF object lacks program {}", programs::PROCESS_EXEC))?
+            .try_into()?;
+        exec.load().with_context(|| {
+            format!(
+                "the kernel refused the eBPF program {}",
+                programs::PROCESS_EXEC
+            )
+        })?;
+        let link = exec
+            .attach("sched", "sched_process_exec")
+            .context("cannot attach to tracepoint sched:sched_process_exec")?;
+        self.links.push(super::AttachedLink {
+            pid: None,
+            program: programs::PROCESS_EXEC,
+            id: super::LinkId::TracePoint(link),
+        });
         Ok(())
     }
 }
