@@ -39,7 +39,7 @@ pub const MODULES_OPEN: usize = 32;
 
 /// Frames kept by module file and offset (about 200 bytes each); past it the cache starts
 /// empty again.
-const FRAMES_BY_FILE: usize = 100_000;
+const FRAMES_BY_FILE: usize = 20_000;
 
 /// A module file, whatever path or namespace it is reached by: (device, inode).
 type FileId = (procfs::Device, u64);

@@ -29,8 +29,10 @@ type Data = Arc<[u8]>;
 
 /// Frames kept per stack (the kernel's frame-pointer walk keeps 127).
 const MAX_FRAMES: usize = 127;
-/// Module files whose unwind sections are cached (see [`StackUnwinder::forget`]).
+/// Module files whose unwind sections are cached, and their bytes at most (see
+/// [`StackUnwinder::forget`]): a debug build's .eh_frame alone is several MiB.
 const FILES_CACHED: usize = 256;
+const FILES_CACHED_BYTES: usize = 24 << 20;
 
 /// A process's modules are re-read at most this often when a stack leads outside them (a
 /// library loaded since they were read).
@@ -108,6 +110,15 @@ impl ModuleFile {
             debug_frame,
             loads,
         })
+    }
+
+    /// The bytes of unwind sections held.
+    fn bytes(&self) -> usize {
+        [&self.text, &self.eh_frame, &self.eh_frame_hdr, &self.debug_frame]
+            .into_iter()
+            .flatten()
+            .map(|data| data.len())
+            .sum()
     }
 
     /// `avma - svma` for a mapping of this file that starts at `start` with `file_offset`.
@@ -226,11 +237,12 @@ impl StackUnwinder {
 
     /// Drop a process that has exited. Module files stay cached for the next process of the
     /// same program (a build starts the same compiler thousands of times), up to
-    /// [`FILES_CACHED`] of them; beyond, the cache starts empty again (live processes keep the
-    /// sections they use: their unwinders hold them).
+    /// [`FILES_CACHED`] files and [`FILES_CACHED_BYTES`]; beyond, the cache starts empty again
+    /// (live processes keep the sections they use: their unwinders hold them).
     pub fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
-        if self.files.len() > FILES_CACHED {
+        let bytes: usize = self.files.values().flatten().map(|f| f.bytes()).sum();
+        if self.files.len() > FILES_CACHED || bytes > FILES_CACHED_BYTES {
             self.files.clear();
         }
     }
