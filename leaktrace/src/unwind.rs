@@ -114,11 +114,16 @@ impl ModuleFile {
 
     /// The bytes of unwind sections held.
     fn bytes(&self) -> usize {
-        [&self.text, &self.eh_frame, &self.eh_frame_hdr, &self.debug_frame]
-            .into_iter()
-            .flatten()
-            .map(|data| data.len())
-            .sum()
+        [
+            &self.text,
+            &self.eh_frame,
+            &self.eh_frame_hdr,
+            &self.debug_frame,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|data| data.len())
+        .sum()
     }
 
     /// `avma - svma` for a mapping of this file that starts at `start` with `file_offset`.

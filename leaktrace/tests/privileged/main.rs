@@ -8,6 +8,7 @@ mod common;
 
 mod cli;
 mod cost;
+mod exec;
 mod files;
 mod growth;
 mod growth_mode;
