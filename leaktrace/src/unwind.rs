@@ -112,6 +112,14 @@ impl ModuleFile {
         })
     }
 
+    /// Whether a process's unwinder holds these sections (they are shared, not copied).
+    fn in_use(&self) -> bool {
+        [&self.text, &self.eh_frame, &self.eh_frame_hdr, &self.debug_frame]
+            .into_iter()
+            .flatten()
+            .any(|data| Arc::strong_count(data) > 1)
+    }
+
     /// The bytes of unwind sections held.
     fn bytes(&self) -> usize {
         [
@@ -241,14 +249,19 @@ impl StackUnwinder {
     }
 
     /// Drop a process that has exited. Module files stay cached for the next process of the
-    /// same program (a build starts the same compiler thousands of times), up to
-    /// [`FILES_CACHED`] files and [`FILES_CACHED_BYTES`]; beyond, the cache starts empty again
-    /// (live processes keep the sections they use: their unwinders hold them).
+    /// same program (a build starts the same compiler thousands of times). Those no live
+    /// process uses go once they exceed [`FILES_CACHED`] files or [`FILES_CACHED_BYTES`]; those
+    /// in use stay (dropping them would only make the next process read a second copy).
     pub fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
-        let bytes: usize = self.files.values().flatten().map(|f| f.bytes()).sum();
-        if self.files.len() > FILES_CACHED || bytes > FILES_CACHED_BYTES {
-            self.files.clear();
+        let unused = |file: &Option<Arc<ModuleFile>>| file.as_ref().is_none_or(|f| !f.in_use());
+        let (count, bytes) = self
+            .files
+            .values()
+            .filter(|f| unused(f))
+            .fold((0, 0), |(n, b), f| (n + 1, b + f.as_ref().map_or(0, |f| f.bytes())));
+        if count > FILES_CACHED || bytes > FILES_CACHED_BYTES {
+            self.files.retain(|_, file| !unused(file));
         }
     }
 
