@@ -114,10 +114,15 @@ impl ModuleFile {
 
     /// Whether a process's unwinder holds these sections (they are shared, not copied).
     fn in_use(&self) -> bool {
-        [&self.text, &self.eh_frame, &self.eh_frame_hdr, &self.debug_frame]
-            .into_iter()
-            .flatten()
-            .any(|data| Arc::strong_count(data) > 1)
+        [
+            &self.text,
+            &self.eh_frame,
+            &self.eh_frame_hdr,
+            &self.debug_frame,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|data| Arc::strong_count(data) > 1)
     }
 
     /// The bytes of unwind sections held.
@@ -259,7 +264,9 @@ impl StackUnwinder {
             .files
             .values()
             .filter(|f| unused(f))
-            .fold((0, 0), |(n, b), f| (n + 1, b + f.as_ref().map_or(0, |f| f.bytes())));
+            .fold((0, 0), |(n, b), f| {
+                (n + 1, b + f.as_ref().map_or(0, |f| f.bytes()))
+            });
         if count > FILES_CACHED || bytes > FILES_CACHED_BYTES {
             self.files.retain(|_, file| !unused(file));
         }

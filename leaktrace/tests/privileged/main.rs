@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod churn;
 mod cli;
 mod cost;
 mod exec;
