@@ -175,6 +175,12 @@ impl ProcessHeap {
             .sum()
     }
 
+    /// Whether the heap has anything to report besides its size: failed brk calls or malloc's
+    /// mmap fallbacks (an exited process with neither, and no growth left, has nothing to say).
+    pub fn has_findings(&self) -> bool {
+        self.brk_failures > 0 || !self.fallbacks.is_empty()
+    }
+
     pub fn fallbacks(&self) -> FallbackSummary {
         let mut summary = FallbackSummary::default();
         for f in &self.fallbacks {

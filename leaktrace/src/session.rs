@@ -1306,7 +1306,7 @@ impl Session {
 
     /// Note whether a process seen only through its heap syscalls lives; returns its heap
     /// growth, or `None` once it is forgotten: gone for [`EXITED_KEPT`], or gone with no
-    /// growth (nothing to say).
+    /// growth, no failed brk and no mmap fallback (nothing to say).
     fn keep_system_wide(&mut self, pid: u32) -> Option<u64> {
         let alive = procfs::is_alive(pid);
         let reused = alive && self.others.get(&pid).is_some_and(|r| !r.alive);
@@ -1323,7 +1323,8 @@ impl Session {
             }
         }
         let growth = self.heap.get(pid).map_or(0, model::process_heap_growth);
-        if !alive && growth == 0 {
+        let findings = self.heap.get(pid).is_some_and(|h| h.has_findings());
+        if !alive && growth == 0 && !findings {
             self.forget_process(pid);
             return None;
         }
