@@ -46,9 +46,10 @@ const SERIES_CAPACITY: usize = 128;
 /// A process that exited with no heap growth is dropped at once: it has nothing to say.
 const EXITED_KEPT: Duration = Duration::from_secs(60);
 
-/// System-wide mode: at most this many exited processes are remembered (those gone longest
-/// are dropped first): a build starts thousands of compilers a minute.
-const EXITED_MAX: usize = 64;
+/// System-wide mode: at most this many exited processes are remembered (those with the least
+/// to say are dropped first: no findings, then the least heap growth, then gone longest): a
+/// build starts thousands of compilers a minute.
+const EXITED_MAX: usize = 128;
 
 /// System-wide mode: sites listed per process (at least; `--top` if more), by leak rank.
 const SYSTEM_WIDE_SITES: usize = 20;
@@ -850,7 +851,10 @@ impl Session {
             t.process.exe = exe;
         }
         t.memory = ProcessMemory::launched();
+        // The work baseline now, before the new program reads anything (a launched command is
+        // stopped here; /proc/PID/io counts on across the exec).
         t.work = SinceStart::default();
+        t.sample_processed(self.config.processed);
         self.symbols.refresh_maps(pid);
         if t.launched() {
             // SAFETY: our own child, stopped by the kernel at its exec; not yet reaped.
@@ -1354,19 +1358,29 @@ impl Session {
         Some(growth)
     }
 
-    /// Forget the exited system-wide processes gone longest, beyond `max` of them.
+    /// Forget the exited system-wide processes with the least to say, beyond `max` of them.
     fn forget_exited_beyond(&mut self, max: usize) {
-        let mut exited: Vec<(Instant, u32)> = self
+        let heap = &self.heap;
+        let mut exited: Vec<(bool, u64, Instant, u32)> = self
             .others
             .iter()
-            .filter_map(|(pid, r)| r.gone_since.map(|since| (since, *pid)))
+            .filter_map(|(pid, r)| {
+                let since = r.gone_since?;
+                let state = heap.get(*pid);
+                Some((
+                    state.is_some_and(|h| h.has_findings()),
+                    state.map_or(0, model::process_heap_growth),
+                    since,
+                    *pid,
+                ))
+            })
             .collect();
         if exited.len() <= max {
             return;
         }
         exited.sort_unstable();
         let excess = exited.len() - max;
-        for (_, pid) in exited.into_iter().take(excess) {
+        for (.., pid) in exited.into_iter().take(excess) {
             self.forget_process(pid);
         }
     }
