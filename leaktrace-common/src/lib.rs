@@ -297,8 +297,20 @@ kind_enum! {
         /// Names the site of an allocator call which made heap syscalls (sent at the call's
         /// return, when its stack is known).
         CallSite = 1000,
+        /// The process exec'd a new program (`sched:sched_process_exec`): everything known of
+        /// its address space is void. Only `tgid`, `tid`, `timestamp_ns` and `comm` (the new
+        /// program's) are set.
+        Exec = 1001,
     }
 }
+
+/// `TRACED_PIDS` values: flags. The process's heap syscalls (and exec) are reported.
+pub const TRACED: u32 = 1;
+/// The process is stopped (SIGSTOP, from the kernel) when it execs, before the new program runs
+/// its first instruction, until userspace has started its state afresh and continues it
+/// (SIGCONT): nothing of the new program is missed or mixed with the old one's. Only for
+/// commands leaktrace launched (their lifetime is the run's).
+pub const STOP_ON_EXEC: u32 = 2;
 
 /// A heap syscall's arguments between its entry and exit tracepoints, by thread.
 #[repr(C)]

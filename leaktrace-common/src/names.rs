@@ -75,5 +75,7 @@ pub mod programs {
         HEAP_SYS_ENTER = "heap_sys_enter",
         /// Tracepoint `syscalls:sys_exit_*` of the heap syscalls.
         HEAP_SYS_EXIT = "heap_sys_exit",
+        /// Tracepoint `sched:sched_process_exec`.
+        PROCESS_EXEC = "process_exec",
     }
 }

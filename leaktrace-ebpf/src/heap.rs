@@ -85,7 +85,7 @@ fn try_heap_sys_exit(ctx: &TracePointContext) {
     // SAFETY: offset from the tracepoint format.
     let ret = unsafe { ctx.read_at::<i64>(ARGS_OFFSET) }.unwrap_or(-1);
     let kind = match HeapEventKind::try_from(call.nr) {
-        Ok(HeapEventKind::CallSite) | Err(_) => return,
+        Ok(HeapEventKind::CallSite | HeapEventKind::Exec) | Err(_) => return,
         Ok(kind) => kind,
     };
     if kind != HeapEventKind::Brk && ret < 0 {
@@ -155,7 +155,7 @@ fn grows_heap(tgid: u32, kind: HeapEventKind, call: &SyscallArgs, ret: i64) -> b
         }
         HeapEventKind::Mmap | HeapEventKind::Mprotect => ret >= 0 && call.args[2] & PROT_WRITE != 0,
         HeapEventKind::Mremap => ret >= 0 && call.args[2] > call.args[1],
-        HeapEventKind::Munmap | HeapEventKind::CallSite => false,
+        HeapEventKind::Munmap | HeapEventKind::CallSite | HeapEventKind::Exec => false,
     }
 }
 

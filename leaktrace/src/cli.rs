@@ -73,6 +73,11 @@ pub struct Cli {
     #[arg(long, value_name = "N", default_value_t = 10)]
     pub top: usize,
 
+    /// System-wide mode: how many processes, by heap growth, are reported in full (sites and
+    /// stacks) in each snapshot and table; the others are summarized in one line.
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..))]
+    pub top_processes: u64,
+
     /// Capacity of the outstanding-allocation map (allocations beyond it are counted as dropped).
     #[arg(long, value_name = "N", default_value_t = 1_000_000, value_parser = clap::value_parser!(u32).range(1024..))]
     pub max_allocations: u32,

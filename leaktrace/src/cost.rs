@@ -3,6 +3,48 @@
 //! in growth mode by [`crate::tracer::Tracer::calibrate_growth`] on a child of it).
 use std::time::{Duration, Instant};
 
+use crate::schema::OwnUsage;
+
+/// leaktrace's own CPU use: since start and over the latest interval.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnMeter {
+    started: Instant,
+    last: Option<(Instant, f64)>,
+}
+
+impl OwnMeter {
+    pub fn starting_at(started: Instant) -> Self {
+        Self {
+            started,
+            last: None,
+        }
+    }
+
+    /// The usage at `now`, given the CPU seconds used so far and the memory read now.
+    pub fn update(
+        &mut self,
+        now: Instant,
+        cpu_seconds: f64,
+        memory: Option<(u64, u64)>,
+    ) -> OwnUsage {
+        let pct = |cpu: f64, wall: Duration| {
+            let wall = wall.as_secs_f64();
+            (wall > 0.0).then(|| (cpu / wall * 100.0).max(0.0))
+        };
+        let cpu_pct = self
+            .last
+            .and_then(|(at, cpu)| pct(cpu_seconds - cpu, now.saturating_duration_since(at)));
+        self.last = Some((now, cpu_seconds));
+        OwnUsage {
+            rss_bytes: memory.map(|m| m.0),
+            peak_rss_bytes: memory.map(|m| m.1),
+            cpu_seconds,
+            cpu_pct,
+            cpu_pct_since_start: pct(cpu_seconds, now.saturating_duration_since(self.started)),
+        }
+    }
+}
+
 /// One calibration round: the same allocation loop timed without and with the probes, and the
 /// probe hits the traced run caused.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -152,5 +194,35 @@ mod tests {
         // A counter that went backwards (cannot happen, but) reads as no hits.
         let mut rate = HitRate::starting_at(t0, 100);
         assert_eq!(rate.update(t0 + Duration::from_secs(1), 50), Some(0.0));
+    }
+}
+
+#[cfg(test)]
+mod own_meter_tests {
+    use super::*;
+
+    #[test]
+    fn own_cpu_is_a_share_of_wall_time_per_interval_and_since_start() {
+        let start = Instant::now();
+        let mut meter = OwnMeter::starting_at(start);
+        let first = meter.update(start + Duration::from_secs(10), 0.5, Some((100, 200)));
+        assert_eq!(first.cpu_pct, None);
+        assert_eq!(first.cpu_pct_since_start, Some(5.0));
+        assert_eq!(
+            (first.rss_bytes, first.peak_rss_bytes),
+            (Some(100), Some(200))
+        );
+        // 0.25 s of CPU over the next 5 s: 5% of a core; 0.75 s in 15 s overall: 5%.
+        let second = meter.update(start + Duration::from_secs(15), 0.75, None);
+        assert!((second.cpu_pct.expect("an interval") - 5.0).abs() < 1e-9);
+        assert!((second.cpu_pct_since_start.expect("elapsed") - 5.0).abs() < 1e-9);
+        assert_eq!(second.rss_bytes, None);
+        // No time elapsed: no percentage rather than a division by zero.
+        assert_eq!(
+            meter
+                .update(start + Duration::from_secs(15), 0.8, None)
+                .cpu_pct,
+            None
+        );
     }
 }

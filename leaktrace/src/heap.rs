@@ -175,6 +175,12 @@ impl ProcessHeap {
             .sum()
     }
 
+    /// Whether the heap has anything to report besides its size: failed brk calls or malloc's
+    /// mmap fallbacks (an exited process with neither, and no growth left, has nothing to say).
+    pub fn has_findings(&self) -> bool {
+        self.brk_failures > 0 || !self.fallbacks.is_empty()
+    }
+
     pub fn fallbacks(&self) -> FallbackSummary {
         let mut summary = FallbackSummary::default();
         for f in &self.fallbacks {
@@ -261,6 +267,8 @@ impl ProcessHeap {
             HeapEventKind::Mprotect => self.mprotect(&syscall),
             HeapEventKind::Mremap => self.mremap(&syscall, calls),
             HeapEventKind::CallSite => self.name_call_site(event),
+            // Handled by HeapTracker::apply (the whole process starts afresh).
+            HeapEventKind::Exec => {}
         }
     }
 
@@ -467,6 +475,16 @@ impl ProcessHeap {
 }
 
 /// Heaps of every process heap events were seen for.
+/// The command name an event carries.
+pub fn comm_of(event: &HeapEvent) -> String {
+    let len = event
+        .comm
+        .iter()
+        .position(|&b| b == 0)
+        .unwrap_or(event.comm.len());
+    String::from_utf8_lossy(&event.comm[..len]).into_owned()
+}
+
 #[derive(Debug, Default)]
 pub struct HeapTracker {
     pub processes: HashMap<u32, ProcessHeap>,
@@ -494,14 +512,19 @@ impl HeapTracker {
 
     /// Apply one event of a process whose allocator `calls` are traced or not.
     pub fn apply(&mut self, event: &HeapEvent, calls: AllocatorCalls) {
+        if event.kind == HeapEventKind::Exec as u32 {
+            // A new program: its heap starts at its own first break (its first brk call), and
+            // nothing of the old address space carries over.
+            let fresh = ProcessHeap {
+                comm: comm_of(event),
+                ..ProcessHeap::default()
+            };
+            self.processes.insert(event.tgid, fresh);
+            return;
+        }
         let heap = self.processes.entry(event.tgid).or_default();
         if heap.comm.is_empty() {
-            let len = event
-                .comm
-                .iter()
-                .position(|&b| b == 0)
-                .unwrap_or(event.comm.len());
-            heap.comm = String::from_utf8_lossy(&event.comm[..len]).into_owned();
+            heap.comm = comm_of(event);
         }
         heap.apply(event, self.page_size, calls);
     }
@@ -570,6 +593,31 @@ mod tests {
             t.apply(e, calls);
         }
         t.get(100).cloned().unwrap_or_default()
+    }
+
+    #[test]
+    fn exec_starts_the_heap_afresh_at_the_new_program_s_own_break() {
+        // The old program's heap sat near 0x5555_0000_0000; the new one's starts at 0x4000_0000
+        // and grows 3 pages: 3 pages, not the distance between the two images.
+        let old = 0x5555_0000_0000;
+        let new = 0x4000_0000;
+        let mut exec = event(HeapEventKind::Exec, 1, 0, [0; 5], 0);
+        exec.comm[..4].copy_from_slice(b"prog");
+        let heap = tracker(
+            &[
+                brk(1, 0, 0, old),
+                brk(1, 0, old + 50 * PAGE, old + 50 * PAGE),
+                mmap(1, 0, 0x7000_0000, 10 * PAGE, RW),
+                exec,
+                brk(1, 0, 0, new),
+                brk(1, 0, new + 3 * PAGE, new + 3 * PAGE),
+            ],
+            AllocatorCalls::Untraced,
+        );
+        assert_eq!(heap.brk_bytes(), 3 * PAGE);
+        assert_eq!(heap.anon_committed_bytes(), 0);
+        assert_eq!(heap.comm, "prog");
+        assert_eq!(heap.brk_calls, 2);
     }
 
     #[test]

@@ -22,7 +22,7 @@ use std::{
     ffi::{OsStr, OsString},
     fs::File,
     hash::{BuildHasher as _, Hasher as _},
-    io::{self, Write as _},
+    io::{self, Write},
     os::{
         fd::{AsFd, OwnedFd},
         unix::ffi::OsStrExt as _,
@@ -245,12 +245,22 @@ impl TrustedDir {
         Ok(())
     }
 
-    /// Write `name` here atomically: an exclusive temporary file, flushed, renamed over it.
-    fn write_file(&self, name: &OsStr, bytes: &[u8], access: Access) -> Result<(), OutputError> {
+    /// Write `name` here atomically: an exclusive temporary file, filled by `fill` (through a
+    /// buffer: a large snapshot is streamed, never held whole in memory), flushed, renamed over
+    /// it.
+    fn write_file(
+        &self,
+        name: &OsStr,
+        access: Access,
+        fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<(), OutputError> {
         let (temp, file) = self.create_temp(name, access)?;
         let written = (|| -> io::Result<()> {
-            let mut file = File::from(file);
-            file.write_all(bytes)?;
+            let mut buffered = io::BufWriter::with_capacity(64 << 10, File::from(file));
+            fill(&mut buffered)?;
+            let file = buffered
+                .into_inner()
+                .map_err(io::IntoInnerError::into_error)?;
             file.sync_all()?;
             rfs::renameat(&self.fd, &temp, &self.fd, name)?;
             Ok(())
@@ -329,8 +339,17 @@ fn random_u64() -> u64 {
 /// Write `bytes` to `path` so that a reader sees either the old file or the new one, whole:
 /// an exclusive temporary file in the same directory, flushed, then renamed over the target.
 pub fn write_atomically(path: &Path, bytes: &[u8], access: Access) -> Result<(), OutputError> {
+    write_atomically_with(path, access, |file| file.write_all(bytes))
+}
+
+/// [`write_atomically`] with the contents written by `fill` straight into the temporary file.
+pub fn write_atomically_with(
+    path: &Path,
+    access: Access,
+    fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+) -> Result<(), OutputError> {
     let destination = Destination::resolve(path)?;
-    destination.dir.write_file(&destination.name, bytes, access)
+    destination.dir.write_file(&destination.name, access, fill)
 }
 
 /// Check before tracing starts that files can be written to `path`, under the same rules.
@@ -368,14 +387,19 @@ impl SnapshotSeries {
 
     /// Write one snapshot (atomically) named by its RFC 3339 time, then delete the oldest
     /// beyond `keep`. Returns the path written.
-    pub fn write(&self, generated_at: &str, bytes: &[u8]) -> Result<PathBuf, OutputError> {
+    /// `fill` writes the contents straight into the file.
+    pub fn write_with(
+        &self,
+        generated_at: &str,
+        fill: impl FnOnce(&mut dyn Write) -> io::Result<()>,
+    ) -> Result<PathBuf, OutputError> {
         // "2026-11-23T18:00:00.123Z" -> "20261123T180000.123Z": sorts by time, no colons.
         let stamp: String = generated_at
             .chars()
             .filter(|c| !matches!(c, '-' | ':' | '/'))
             .collect();
         let name = OsString::from(format!("{SERIES_PREFIX}{stamp}.json"));
-        self.dir.write_file(&name, bytes, self.access)?;
+        self.dir.write_file(&name, self.access, fill)?;
         let listing = rfs::openat(
             &self.dir.fd,
             ".",
@@ -546,7 +570,11 @@ mod tests {
         let mut written = Vec::new();
         for second in 0..5 {
             let stamp = format!("2026-11-23T18:00:0{second}.000Z");
-            written.push(series.write(&stamp, stamp.as_bytes()).expect("write"));
+            written.push(
+                series
+                    .write_with(&stamp, |f| f.write_all(stamp.as_bytes()))
+                    .expect("write"),
+            );
         }
         assert_eq!(mode_of(&dir.path().join("series")) & 0o7022, 0);
         let mut left: Vec<PathBuf> = fs::read_dir(dir.path().join("series/nested"))

@@ -376,6 +376,32 @@ fn parse_memory(status: &str) -> Option<(u64, u64)> {
     Some((bytes("VmRSS")?, bytes("VmData")?))
 }
 
+/// Our own resident memory now and at its peak (VmRSS, VmHWM of /proc/self/status), in bytes.
+pub fn own_memory() -> Option<(u64, u64)> {
+    let status = fs::read_to_string(proc_path("self", "status")).ok()?;
+    let bytes = |name: &str| {
+        field(&status, name)?
+            .split_whitespace()
+            .next()?
+            .parse::<u64>()
+            .ok()
+            .map(|kib| kib * 1024)
+    };
+    Some((bytes("VmRSS")?, bytes("VmHWM")?))
+}
+
+/// Our own CPU time so far (user + system, every thread), in seconds.
+pub fn own_cpu_seconds() -> f64 {
+    let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+    // SAFETY: getrusage fills the rusage it is given; zeroed is a valid rusage either way.
+    let usage = unsafe {
+        libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr());
+        usage.assume_init()
+    };
+    let seconds = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    seconds(usage.ru_utime) + seconds(usage.ru_stime)
+}
+
 /// Our own effective capabilities (CapEff of /proc/self/status), one bit per capability.
 pub fn own_effective_capabilities() -> Option<u64> {
     let status = fs::read_to_string(proc_path("self", "status")).ok()?;

@@ -1,22 +1,25 @@
 //! Writing the JSON snapshot (schema `leaktrace/1`: its types are in `schema`, documented in
 //! docs/json-schema.md and docs/leaktrace-1.schema.json).
-use std::{io, path::Path};
+use std::{
+    io::{self, Write},
+    path::Path,
+};
 
 use crate::{
-    output::{write_atomically, Access, OutputError},
+    output::{write_atomically_with, Access, OutputError},
     schema::Snapshot,
 };
 
-/// The snapshot as written to disk: pretty JSON and a final newline.
-pub fn snapshot_json(snapshot: &Snapshot) -> io::Result<Vec<u8>> {
-    let mut json = serde_json::to_vec_pretty(snapshot).map_err(io::Error::other)?;
-    json.push(b'\n');
-    Ok(json)
+/// The snapshot as written to disk (pretty JSON and a final newline), streamed to `out` (a system-wide snapshot is large: it is
+/// never held whole in memory).
+pub fn write_json(out: &mut dyn Write, snapshot: &Snapshot) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, snapshot).map_err(io::Error::other)?;
+    out.write_all(b"\n")
 }
 
 /// Write a snapshot atomically (crate::output's rules).
 pub fn write_snapshot(path: &Path, snapshot: &Snapshot, access: Access) -> Result<(), OutputError> {
-    write_atomically(path, &snapshot_json(snapshot)?, access)
+    write_atomically_with(path, access, |file| write_json(file, snapshot))
 }
 
 #[cfg(test)]

@@ -71,7 +71,42 @@ pub struct Snapshot {
     /// What the probes cost the traced programs; absent from snapshots of older versions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost: Option<ProbeCost>,
+    /// leaktrace's own memory and CPU (`self`); absent from snapshots of older versions.
+    #[serde(rename = "self", default, skip_serializing_if = "Option::is_none")]
+    pub own_usage: Option<OwnUsage>,
     pub processes: Vec<ProcessReport>,
+    /// System-wide mode: the processes beyond `--top-processes`, summarized.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub other_processes: Option<OtherProcesses>,
+}
+
+/// What leaktrace itself uses (`self` in the JSON).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OwnUsage {
+    /// Resident memory now (VmRSS).
+    pub rss_bytes: Option<u64>,
+    /// The most resident memory so far (VmHWM).
+    pub peak_rss_bytes: Option<u64>,
+    /// CPU time (user + system) since start.
+    pub cpu_seconds: f64,
+    /// CPU over the latest interval, in percent of one core (null before the first one).
+    pub cpu_pct: Option<f64>,
+    /// CPU since start, in percent of one core.
+    pub cpu_pct_since_start: Option<f64>,
+}
+
+/// System-wide mode: the processes left out of `processes` (beyond `--top-processes` by heap
+/// growth), in one line.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct OtherProcesses {
+    pub processes: u64,
+    pub alive: u64,
+    /// Exited ones still remembered (see docs/architecture.md, "Bounds").
+    pub exited: u64,
+    /// Their heap growth (program break plus writable anonymous mappings), summed.
+    pub heap_growth_bytes: u64,
+    /// Their heap syscalls seen, summed.
+    pub heap_events: u64,
 }
 
 /// What unwinding cost, for the report: growth mode must keep up with the events it is sent.

@@ -19,7 +19,7 @@ use crate::{
     allocator::Discovery,
     bursts::Bursts,
     cli::Cli,
-    cost::HitRate,
+    cost::{HitRate, OwnMeter},
     golang::{self, GoTracker},
     heap::{AllocatorCalls, HeapTracker},
     model::{
@@ -28,8 +28,8 @@ use crate::{
     output::{self, Access},
     privileges, procfs, report,
     schema::{
-        self, BurstReport, EstimatedSite, ExitStatus, Mode, ProbeCost, ProcessReport, Processed,
-        SiteHeap, SiteReport, Snapshot, SCHEMA,
+        self, BurstReport, EstimatedSite, ExitStatus, Mode, OtherProcesses, ProbeCost,
+        ProcessReport, Processed, SiteHeap, SiteReport, Snapshot, SCHEMA,
     },
     serve,
     symbolize::Symbols,
@@ -50,7 +50,13 @@ const SERIES_CAPACITY: usize = 128;
 
 /// System-wide mode: how long a process that exited stays listed (its heap state, sites and
 /// series are then dropped, so a run of days on a busy host does not grow with process churn).
-const EXITED_KEPT: Duration = Duration::from_secs(600);
+/// A process that exited with no heap growth is dropped at once: it has nothing to say.
+const EXITED_KEPT: Duration = Duration::from_secs(60);
+
+/// System-wide mode: at most this many exited processes are remembered (those with the least
+/// to say are dropped first: no findings, then the least heap growth, then gone longest): a
+/// build starts thousands of compilers a minute.
+const EXITED_MAX: usize = 128;
 
 /// System-wide mode: sites listed per process (at least; `--top` if more), by leak rank.
 const SYSTEM_WIDE_SITES: usize = 20;
@@ -114,6 +120,8 @@ pub struct Config {
     pub processed: Processed,
     pub min_age: Duration,
     pub top: usize,
+    /// `--top-processes`: system-wide processes reported in full.
+    pub top_processes: usize,
     pub max_allocations: u32,
     pub max_stacks: u32,
     /// `--sample-bytes` (0: every stack).
@@ -164,6 +172,7 @@ impl Config {
             processed: cli.processed,
             min_age: cli.min_age,
             top: cli.top,
+            top_processes: usize::try_from(cli.top_processes).unwrap_or(usize::MAX),
             max_allocations: cli.max_allocations,
             max_stacks: cli.max_stacks,
             sample_bytes: cli.sample_bytes.unwrap_or(0),
@@ -245,6 +254,9 @@ struct Traced {
     /// /proc/PID/io counter (per `--processed`) since tracing started.
     work: SinceStart,
     memory: ProcessMemory,
+    /// A launched command's exec events up to this time (CLOCK_MONOTONIC) are its first exec,
+    /// already set up for at launch (it was held at its entry point instead).
+    set_up_until_ns: u64,
 }
 
 impl Traced {
@@ -267,6 +279,7 @@ impl Traced {
                 Origin::Launched => ProcessMemory::launched(),
                 Origin::Found => ProcessMemory::default(),
             },
+            set_up_until_ns: 0,
         }
     }
 
@@ -531,11 +544,22 @@ fn attach(
             }
         };
         // Exact mode: the child stops at its entry point (its libraries are mapped by then)
-        // until their unwind tables are loaded.
+        // until their unwind tables are loaded; every later exec (`env`, `sh -c 'exec ...'`)
+        // is stopped by the kernel until the new program's state is set up
+        // (Session::on_exec). Without an entry stop, the first exec is stopped too.
         let entry_stop = tables.and_then(|_| tracer.stop_at_entry(child.pid, &path));
+        if entry_stop.is_none() {
+            if let Err(err) = tracer.stop_on_exec(child.pid) {
+                child.abort();
+                return Err(err);
+            }
+        }
         child.release()?;
+        let mut set_up_until_ns = 0;
         if let (Some(tables), Some(link)) = (tables, entry_stop) {
             load_tables_at_entry(tracer, tables, child.pid, link);
+            // Its first exec happened before the entry point: already set up for.
+            set_up_until_ns = crate::tracer::monotonic_ns();
         }
         register_heap(&mut heap, child.pid);
         let comm = procfs::read_comm(child.pid).unwrap_or_else(|_| {
@@ -544,7 +568,9 @@ fn attach(
                 .unwrap_or_default()
         });
         let process = TargetProcess { comm, ..process };
-        traced.push(Traced::new(process, Origin::Launched, &hooked));
+        let mut launched = Traced::new(process, Origin::Launched, &hooked);
+        launched.set_up_until_ns = set_up_until_ns;
+        traced.push(launched);
     }
     // The work baseline is taken before announcing the run: what the targets process from then
     // on is what the per-MiB slopes measure.
@@ -578,6 +604,10 @@ fn load_tables_at_entry(
     };
     if !tables.refresh_and_wait(pid, TABLES_AT_START) {
         log::warn!("pid {pid}: its unwind tables took too long to load; it goes on without them");
+    }
+    // Every later exec stops it (registered while it is stopped: its first exec was not).
+    if let Err(err) = tracer.stop_on_exec(pid) {
+        log::warn!("pid {pid}: its later execs will not be stopped: {err:#}");
     }
     tracer.remove_entry_stop(link);
     if stopped {
@@ -685,6 +715,8 @@ struct Session {
     bursts: Option<Bursts>,
     /// Go targets: their runtime, read from their memory.
     go: HashMap<u32, GoTracker>,
+    /// leaktrace's own CPU, for the snapshot's `self`.
+    own: OwnMeter,
 }
 
 /// Which snapshot is taken: one of an interval (its live sites get a growth sample), or the
@@ -754,6 +786,7 @@ impl Session {
             publisher: None,
             bursts: None,
             go: HashMap::new(),
+            own: OwnMeter::starting_at(Instant::now()),
         };
         for t in &session.traced {
             let pid = t.process.pid;
@@ -822,8 +855,12 @@ impl Session {
     async fn finish(mut self, outcome: anyhow::Result<()>) -> anyhow::Result<()> {
         self.end_launched_commands().await;
         let last = self.snapshot(Taken::Final);
+        let saved = self.save(&last);
         print!("{}", crate::table::render_table(&last, self.config.top));
-        self.save(&last)?;
+        // The snapshot is written first; then the probes go without the run waiting for the
+        // kernel to unregister each of them.
+        self.tracer.release_in_background();
+        saved?;
         outcome
     }
 }
@@ -1056,6 +1093,142 @@ impl Session {
                 AllocatorCalls::Untraced
             };
             self.heap.apply(&event, calls);
+            if event.kind == leaktrace_common::HeapEventKind::Exec as u32 {
+                self.on_exec(
+                    event.tgid,
+                    &crate::heap::comm_of(&event),
+                    event.timestamp_ns,
+                );
+            }
+        }
+    }
+
+    /// A process exec'd: everything known of the old program goes (mappings, frames, stacks,
+    /// series, the kernel's blocks and sites, the RSS baseline), the process is named after the
+    /// new program, and in exact mode the allocator probes follow it to the new program's C
+    /// library. A launched command was stopped by the kernel at the exec: it continues now.
+    fn on_exec(&mut self, pid: u32, comm: &str, at_ns: u64) {
+        if self
+            .traced
+            .iter()
+            .any(|t| t.process.pid == pid && at_ns <= t.set_up_until_ns)
+        {
+            return;
+        }
+        self.symbols.forget(pid);
+        self.unwinder.forget(pid);
+        self.series.forget(pid);
+        let stacks = &mut self.stacks;
+        self.interned.retain(|(owner, _), id| {
+            if *owner == pid {
+                stacks.remove(id);
+            }
+            *owner != pid
+        });
+        if self.others.remove(&pid).is_some() {
+            // A system-wide row: the new program gets a row of its own from its next event.
+            return;
+        }
+        let Some(index) = self.traced.iter().position(|t| t.process.pid == pid) else {
+            return;
+        };
+        if self.traced[index].exact() {
+            self.tracer.forget_old_program(pid);
+            self.follow_exec_exactly(index);
+        }
+        let t = &mut self.traced[index];
+        t.process.comm = procfs::read_comm(pid).unwrap_or_else(|_| comm.to_string());
+        if let Ok(exe) = procfs::read_exe(pid) {
+            t.process.exe = exe;
+        }
+        t.memory = ProcessMemory::launched();
+        // The work baseline now, before the new program reads anything (a launched command is
+        // stopped here; /proc/PID/io counts on across the exec).
+        t.work = SinceStart::default();
+        t.sample_processed(self.config.processed);
+        self.symbols.refresh_maps(pid);
+        if t.launched() {
+            // Its new program's libraries load once it runs: with unwind tables, it is held
+            // again at its entry point until their tables are in.
+            let exe = procfs::path_in_root(pid, &t.process.exe);
+            let entry_stop = self
+                .tables
+                .as_ref()
+                .and_then(|_| self.tracer.stop_at_entry(pid, &exe));
+            // SAFETY: our own child, stopped by the kernel at its exec; not yet reaped.
+            unsafe { libc::kill(pid as i32, libc::SIGCONT) };
+            if let (Some(tables), Some(link)) = (&self.tables, entry_stop) {
+                load_tables_at_entry(&mut self.tracer, tables, pid, link);
+            }
+        }
+        log::info!(
+            "pid {pid} exec'd {} ({})",
+            self.traced[index].process.exe.display(),
+            self.traced[index].process.comm
+        );
+    }
+
+    /// Exact mode, after an exec: keep the probes when the new program uses the same allocator
+    /// files (uprobes are set on a file, for this process), move them otherwise; a program
+    /// that cannot be hooked is said so and traced in growth mode.
+    fn follow_exec_exactly(&mut self, index: usize) {
+        let pid = self.traced[index].process.pid;
+        let exe = procfs::read_exe(pid).unwrap_or_default();
+        // The new program's libraries are not mapped yet at its exec: its allocators are found
+        // from its file, through the process's root, in its loader's search order.
+        let found = target::allocators_for_exec(pid, &procfs::path_in_root(pid, &exe))
+            .map_err(|err| err.to_string())
+            .and_then(|found| match &found.unhookable {
+                Some(why) => Err(why.clone()),
+                None => Ok(found),
+            });
+        let files =
+            |d: &Discovery| -> Vec<PathBuf> { d.hookable().map(|a| a.file.clone()).collect() };
+        let t = &mut self.traced[index];
+        match found {
+            Ok(found) if files(&found) == files(&t.process.allocators) => {
+                t.process.libc = found
+                    .primary()
+                    .map(|a| a.module.clone())
+                    .unwrap_or_default();
+                t.process.allocators = found;
+            }
+            Ok(found) => {
+                if let Err(err) = self.tracer.detach_process(pid) {
+                    log::warn!("pid {pid}: {err:#}");
+                }
+                match self.tracer.attach(pid, &found) {
+                    Ok(hooked) => {
+                        t.hooked = hooked;
+                        t.process.libc = found
+                            .primary()
+                            .map(|a| a.module.clone())
+                            .unwrap_or_default();
+                        t.process.allocators = found;
+                    }
+                    Err(err) => {
+                        eprintln!(
+                            "leaktrace: pid {pid}: cannot hook its new program {}: {err:#}; \
+                             tracing its heap growth only",
+                            exe.display()
+                        );
+                        t.hooked.clear();
+                        t.mode = Mode::Growth;
+                    }
+                }
+            }
+            Err(why) => {
+                eprintln!(
+                    "leaktrace: pid {pid}: its new program {}: {why}; not hooked, tracing its \
+                     heap growth only",
+                    exe.display()
+                );
+                if let Err(err) = self.tracer.detach_process(pid) {
+                    log::warn!("pid {pid}: {err:#}");
+                }
+                t.hooked.clear();
+                t.mode = Mode::Growth;
+            }
         }
     }
 
@@ -1157,8 +1330,12 @@ impl Session {
             return;
         }
         for pid in &launched {
-            // SAFETY: our own child, not yet reaped, so the pid cannot have been reused.
-            unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+            // SAFETY: our own child, not yet reaped, so the pid cannot have been reused. A child
+            // stopped at an exec would not act on SIGTERM until continued.
+            unsafe {
+                libc::kill(*pid as i32, libc::SIGTERM);
+                libc::kill(*pid as i32, libc::SIGCONT);
+            }
         }
         let deadline = Instant::now() + GRACE;
         loop {
@@ -1197,12 +1374,19 @@ impl Session {
                     .last_series_write
                     .is_none_or(|last| last.elapsed() >= *every);
             if due {
-                let bytes = report::snapshot_json(snapshot)?;
                 series
-                    .write(&snapshot.generated_at, &bytes)
+                    .write_with(&snapshot.generated_at, |file| {
+                        report::write_json(file, snapshot)
+                    })
                     .context("cannot write the rolling snapshot")?;
                 self.last_series_write = Some(Instant::now());
             }
+        }
+        if self.config.system_wide() {
+            // Building a system-wide snapshot allocates and frees much in many sizes: give the
+            // freed memory back rather than let the heap keep its peak.
+            // SAFETY: glibc's malloc_trim only walks its own free lists.
+            unsafe { libc::malloc_trim(0) };
         }
         Ok(())
     }
@@ -1239,9 +1423,19 @@ impl Session {
             processes.push(self.sample_process(t, sampling, at, &reading, usize::MAX));
         }
         self.traced = traced;
+        let mut other_processes = None;
         if self.config.system_wide() {
-            processes.extend(self.system_wide_rows(taken, at, &reading));
+            let (rows, others) = self.system_wide_rows(taken, at, &reading);
+            processes.extend(rows);
+            other_processes = Some(others);
         }
+        // System-wide, every program on the host passes through: nothing stays open between
+        // snapshots (the frames named are cached; only new addresses pay for reopening).
+        self.symbols.bound(if self.config.system_wide() {
+            0
+        } else {
+            crate::symbolize::MODULES_OPEN
+        });
         log::debug!(
             "snapshot of {} processes built in {:?}",
             processes.len(),
@@ -1260,7 +1454,13 @@ impl Session {
             processed: self.config.processed,
             complete: taken == Taken::Final,
             cost: Some(self.cost()),
+            own_usage: Some(self.own.update(
+                Instant::now(),
+                procfs::own_cpu_seconds(),
+                procfs::own_memory(),
+            )),
             processes,
+            other_processes,
         };
         if let Some(publisher) = &mut self.publisher {
             publisher.publish(snapshot.clone());
@@ -1480,13 +1680,15 @@ impl Session {
     }
 
     /// System-wide mode: one row per other process seen making heap syscalls, largest heap
-    /// growth first; in growth mode with its sites.
+    /// growth first, in growth mode with its sites: the `--top-processes` largest in full, the
+    /// others summed up (neither symbolized nor sampled, so that a busy host costs what N
+    /// processes cost).
     fn system_wide_rows(
         &mut self,
         taken: Taken,
         at: Moment,
         reading: &MapsReading,
-    ) -> Vec<ProcessReport> {
+    ) -> (Vec<ProcessReport>, OtherProcesses) {
         let exact: std::collections::HashSet<u32> =
             self.traced.iter().map(|t| t.process.pid).collect();
         let pids: Vec<u32> = self
@@ -1496,12 +1698,27 @@ impl Session {
             .copied()
             .filter(|p| !exact.contains(p))
             .collect();
-        let mut rows = Vec::with_capacity(pids.len());
+        let mut ranked: Vec<(u64, u32)> = pids
+            .into_iter()
+            .filter_map(|pid| self.keep_system_wide(pid).map(|growth| (growth, pid)))
+            .collect();
+        self.forget_exited_beyond(EXITED_MAX);
+        ranked.retain(|(_, pid)| self.others.contains_key(pid));
+        ranked.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        let top = self.config.top_processes.min(ranked.len());
+        let mut others = OtherProcesses::default();
+        for &(growth, pid) in &ranked[top..] {
+            let alive = self.others.get(&pid).is_some_and(|r| r.alive);
+            others.processes += 1;
+            others.alive += u64::from(alive);
+            others.exited += u64::from(!alive);
+            others.heap_growth_bytes = others.heap_growth_bytes.saturating_add(growth);
+            others.heap_events += self.heap.get(pid).map_or(0, |h| h.events);
+        }
+        let mut rows = Vec::with_capacity(top);
         let mut last_drain = Instant::now();
-        for pid in pids {
-            if let Some(row) = self.system_wide_row(pid, taken, at, reading) {
-                rows.push(row);
-            }
+        for &(_, pid) in &ranked[..top] {
+            rows.push(self.system_wide_row(pid, taken, at, reading));
             // Naming new stacks of many processes takes a while: keep the ring buffer drained
             // (and short-lived processes' mappings read) meanwhile.
             if last_drain.elapsed() >= LIVENESS_PERIOD {
@@ -1510,18 +1727,13 @@ impl Session {
             }
         }
         rows.sort_by(model::by_heap_growth);
-        rows
+        (rows, others)
     }
 
-    /// The row of one process seen only through its heap syscalls; `None` once it has been
-    /// gone for [`EXITED_KEPT`].
-    fn system_wide_row(
-        &mut self,
-        pid: u32,
-        taken: Taken,
-        at: Moment,
-        reading: &MapsReading,
-    ) -> Option<ProcessReport> {
+    /// Note whether a process seen only through its heap syscalls lives; returns its heap
+    /// growth, or `None` once it is forgotten: gone for [`EXITED_KEPT`], or gone with no
+    /// growth, no failed brk and no mmap fallback (nothing to say).
+    fn keep_system_wide(&mut self, pid: u32) -> Option<u64> {
         let alive = procfs::is_alive(pid);
         let reused = alive && self.others.get(&pid).is_some_and(|r| !r.alive);
         let expired = self
@@ -1536,27 +1748,80 @@ impl Session {
                 return None;
             }
         }
-        let mut row = self.others.remove(&pid).unwrap_or_else(|| {
+        let growth = self.heap.get(pid).map_or(0, model::process_heap_growth);
+        let findings = self.heap.get(pid).is_some_and(|h| h.has_findings());
+        if !alive && growth == 0 && !findings {
+            self.forget_process(pid);
+            return None;
+        }
+        if !self.others.contains_key(&pid) {
             let comm = self
                 .heap
                 .get(pid)
                 .map(|h| h.comm.clone())
                 .unwrap_or_default();
             let process = TargetProcess::bare(pid, comm);
+            self.others
+                .insert(pid, Traced::new(process, Origin::Found, &[]));
+        }
+        if let Some(row) = self.others.get_mut(&pid) {
+            if !alive && row.alive {
+                row.alive = false;
+                row.gone_since = Some(Instant::now());
+                self.unwinder.forget(pid);
+            }
+        }
+        Some(growth)
+    }
+
+    /// Forget the exited system-wide processes with the least to say, beyond `max` of them.
+    fn forget_exited_beyond(&mut self, max: usize) {
+        let heap = &self.heap;
+        let mut exited: Vec<(bool, u64, Instant, u32)> = self
+            .others
+            .iter()
+            .filter_map(|(pid, r)| {
+                let since = r.gone_since?;
+                let state = heap.get(*pid);
+                Some((
+                    state.is_some_and(|h| h.has_findings()),
+                    state.map_or(0, model::process_heap_growth),
+                    since,
+                    *pid,
+                ))
+            })
+            .collect();
+        if exited.len() <= max {
+            return;
+        }
+        exited.sort_unstable();
+        let excess = exited.len() - max;
+        for (.., pid) in exited.into_iter().take(excess) {
+            self.forget_process(pid);
+        }
+    }
+
+    /// The full row of one process seen only through its heap syscalls (known to
+    /// [`Session::keep_system_wide`]).
+    fn system_wide_row(
+        &mut self,
+        pid: u32,
+        taken: Taken,
+        at: Moment,
+        reading: &MapsReading,
+    ) -> ProcessReport {
+        let mut row = self.others.remove(&pid).unwrap_or_else(|| {
+            let process = TargetProcess::bare(pid, String::new());
             Traced::new(process, Origin::Found, &[])
         });
-        let sampling = taken == Taken::Interval && alive && row.alive;
+        let sampling = taken == Taken::Interval && row.alive;
         if sampling {
             row.sample_processed(self.config.processed);
-        } else if !alive && row.alive {
-            row.alive = false;
-            row.gone_since = Some(Instant::now());
-            self.unwinder.forget(pid);
         }
         let max_sites = self.config.top.max(SYSTEM_WIDE_SITES);
         let report = self.sample_process(&row, sampling, at, reading, max_sites);
         self.others.insert(pid, row);
-        Some(report)
+        report
     }
 }
 

@@ -26,11 +26,27 @@ pub struct Symbols {
     symbolizer: Symbolizer,
     maps: HashMap<u32, procfs::Maps>,
     frames: HashMap<(u32, u64), Vec<Frame>>,
-    build_ids: HashMap<PathBuf, Option<String>>,
+    /// By file, not path: a path through each process's root would grow with process churn.
+    build_ids: HashMap<FileId, Option<String>>,
     /// Module files already said to be unreadable: said once, retried quietly.
     said_unreadable: HashSet<FileId>,
     pinned: PinnedFiles,
+    /// Frames by module file and offset, whatever process they were seen in: the thousandth
+    /// run of a compiler is named without opening anything (bounded by [`FRAMES_BY_FILE`]).
+    by_file: HashMap<(FileId, u64), Vec<Frame>>,
+    /// Module files the symbolizer opened (it keeps each mapped, with its parsed symbols and
+    /// DWARF, until it is dropped).
+    opened: HashSet<FileId>,
 }
+
+/// Module files the symbolizer keeps open before it is started afresh ([`Symbols::bound`]): a
+/// debug build's DWARF alone is hundreds of MB mapped. Frames already named stay cached, so
+/// only new addresses pay for the reopening.
+pub const MODULES_OPEN: usize = 32;
+
+/// Frames kept by module file and offset (about 200 bytes each); past it the cache starts
+/// empty again.
+const FRAMES_BY_FILE: usize = 20_000;
 
 /// A module file, whatever path or namespace it is reached by: (device, inode).
 type FileId = (procfs::Device, u64);
@@ -50,6 +66,19 @@ impl Symbols {
             build_ids: HashMap::new(),
             said_unreadable: HashSet::new(),
             pinned: PinnedFiles::default(),
+            opened: HashSet::new(),
+            by_file: HashMap::new(),
+        }
+    }
+
+    /// Keep the symbolizer's caches bounded: past `max_open` module files, it starts afresh
+    /// (closing their mappings and freeing their parsed symbols).
+    pub fn bound(&mut self, max_open: usize) {
+        if self.opened.len() > max_open {
+            self.symbolizer = Symbolizer::new();
+            self.opened.clear();
+            // The pinned descriptors (and sealed copies) go too: they are re-made on demand.
+            self.pinned = PinnedFiles::default();
         }
     }
 
@@ -104,13 +133,15 @@ impl Symbols {
             .collect()
     }
 
-    /// A frame whose module could not be read: module and offset only.
+    /// A frame whose module could not be symbolized: module, offset and (when the file was
+    /// read once) build id, enough to name it later with the same binary.
     fn unresolved(&self, pid: u32, addr: u64) -> Vec<Frame> {
         let mapping = self.mapping(pid, addr);
         vec![Frame {
             addr,
             module: mapping.map(|(path, _, _)| path.display().to_string()),
             offset: mapping.map(|(_, offset, _)| offset),
+            build_id: mapping.and_then(|(_, _, file)| self.build_ids.get(&file).cloned().flatten()),
             ..Frame::default()
         }]
     }
@@ -130,6 +161,18 @@ impl Symbols {
         let mut by_module: HashMap<PathBuf, (FileId, Vec<(u64, u64)>)> = HashMap::new();
         for &addr in addrs {
             match self.mapping(pid, addr) {
+                Some((path, offset, file_id)) if self.by_file.contains_key(&(file_id, offset)) => {
+                    let module = path.display().to_string();
+                    let frames = self.by_file[&(file_id, offset)]
+                        .iter()
+                        .map(|frame| Frame {
+                            addr,
+                            module: Some(module.clone()),
+                            ..frame.clone()
+                        })
+                        .collect();
+                    self.frames.insert((pid, addr), frames);
+                }
                 Some((path, offset, file_id)) => by_module
                     .entry(path.to_path_buf())
                     .or_insert_with(|| (file_id, Vec::new()))
@@ -185,7 +228,10 @@ impl Symbols {
                         continue;
                     }
                 };
-                let build_id = pinned.file.and_then(|file| self.build_id(readable, file));
+                let build_id = pinned
+                    .file
+                    .and_then(|file| self.build_id(file_id, readable, file));
+                self.opened.insert(file_id);
                 let source = Source::Elf(Elf::new(pinned.path));
                 match self
                     .symbolizer
@@ -225,7 +271,11 @@ impl Symbols {
                 }
                 continue;
             };
-            for ((addr, _), frames) in entries.iter().zip(frames) {
+            if self.by_file.len() + entries.len() > FRAMES_BY_FILE {
+                self.by_file.clear();
+            }
+            for ((addr, offset), frames) in entries.iter().zip(frames) {
+                self.by_file.insert((file_id, *offset), frames.clone());
                 self.frames.insert((pid, *addr), frames);
             }
         }
@@ -233,9 +283,9 @@ impl Symbols {
 
     /// The build id of the module at `path`, read from `vetted` (that very file, already
     /// opened) the first time.
-    fn build_id(&mut self, path: &Path, vetted: File) -> Option<String> {
+    fn build_id(&mut self, file: FileId, path: &Path, vetted: File) -> Option<String> {
         self.build_ids
-            .entry(path.to_path_buf())
+            .entry(file)
             .or_insert_with(|| read_build_id(path, vetted))
             .clone()
     }

@@ -125,7 +125,9 @@ pub fn snapshot(duration_s: f64, processes: Vec<ProcessReport>) -> Snapshot {
         processed: Processed::Both,
         complete: false,
         cost: None,
+        own_usage: None,
         processes,
+        other_processes: None,
     }
 }
 

@@ -175,6 +175,17 @@ pub fn render_table(snapshot: &Snapshot, top: usize) -> String {
             );
         }
     }
+    if let Some(others) = snapshot.other_processes.filter(|o| o.processes > 0) {
+        let _ = writeln!(
+            out,
+            "[{:>7.1}s] {} other processes ({} alive, {} exited): {} of heap growth",
+            snapshot.duration_s,
+            others.processes,
+            others.alive,
+            others.exited,
+            human_bytes(others.heap_growth_bytes),
+        );
+    }
     out
 }
 

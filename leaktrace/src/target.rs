@@ -140,6 +140,25 @@ pub fn resolve_program(program: &OsStr) -> Result<PathBuf, TargetError> {
 /// search order, LD_PRELOAD first). Scripts are followed to their interpreter; a static
 /// executable is searched alone.
 pub fn allocators_for_executable(exe: &Path) -> Result<Discovery, TargetError> {
+    allocators_for_executable_with(exe, std::env::var_os("LD_PRELOAD").as_deref())
+}
+
+/// [`allocators_for_executable`] for the program process `pid` just exec'd (`exe`, reached
+/// through its root): its loader is asked with the process's own LD_PRELOAD, not ours
+/// (`env LD_PRELOAD=... prog` preloads into `prog` only).
+pub fn allocators_for_exec(pid: u32, exe: &Path) -> Result<Discovery, TargetError> {
+    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let preload = environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"LD_PRELOAD="))
+        .map(OsStr::from_bytes);
+    allocators_for_executable_with(exe, preload)
+}
+
+fn allocators_for_executable_with(
+    exe: &Path,
+    preload: Option<&OsStr>,
+) -> Result<Discovery, TargetError> {
     let untraceable = |why: &str| TargetError::UntraceableCommand {
         path: exe.display().to_string(),
         why: why.to_string(),
@@ -155,20 +174,22 @@ pub fn allocators_for_executable(exe: &Path) -> Result<Discovery, TargetError> {
         if interpreter.is_empty() {
             return Err(untraceable("it is a script without an interpreter"));
         }
-        return allocators_for_executable(Path::new(interpreter));
+        return allocators_for_executable_with(Path::new(interpreter), preload);
     }
     let file =
         object::File::parse(&*data).map_err(|_| untraceable("it is not an ELF executable"))?;
     let loaded = match elf_interpreter(&file) {
         None => Vec::new(),
         Some(interpreter) => {
-            let output = Command::new(&interpreter)
-                .arg("--list")
-                .arg(exe)
-                .output()
-                .map_err(|e| {
-                    untraceable(&format!("its loader {} failed: {e}", interpreter.display()))
-                })?;
+            let mut list = Command::new(&interpreter);
+            list.arg("--list").arg(exe);
+            match preload {
+                Some(preload) => list.env("LD_PRELOAD", preload),
+                None => list.env_remove("LD_PRELOAD"),
+            };
+            let output = list.output().map_err(|e| {
+                untraceable(&format!("its loader {} failed: {e}", interpreter.display()))
+            })?;
             let listing = String::from_utf8_lossy(&output.stdout);
             listing
                 .lines()

@@ -29,6 +29,11 @@ type Data = Arc<[u8]>;
 
 /// Frames kept per stack (the kernel's frame-pointer walk keeps 127).
 const MAX_FRAMES: usize = 127;
+/// Module files whose unwind sections are cached, and their bytes at most (see
+/// [`StackUnwinder::forget`]): a debug build's .eh_frame alone is several MiB.
+const FILES_CACHED: usize = 256;
+const FILES_CACHED_BYTES: usize = 24 << 20;
+
 /// A process's modules are re-read at most this often when a stack leads outside them (a
 /// library loaded since they were read).
 const MODULES_REFRESH: Duration = Duration::from_millis(250);
@@ -109,6 +114,33 @@ impl ModuleFile {
             debug_frame,
             loads,
         })
+    }
+
+    /// Whether a process's unwinder holds these sections (they are shared, not copied).
+    fn in_use(&self) -> bool {
+        [
+            &self.text,
+            &self.eh_frame,
+            &self.eh_frame_hdr,
+            &self.debug_frame,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|data| Arc::strong_count(data) > 1)
+    }
+
+    /// The bytes of unwind sections held.
+    fn bytes(&self) -> usize {
+        [
+            &self.text,
+            &self.eh_frame,
+            &self.eh_frame_hdr,
+            &self.debug_frame,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|data| data.len())
+        .sum()
     }
 
     /// `avma - svma` for a mapping of this file that starts at `start` with `file_offset`.
@@ -249,9 +281,23 @@ impl StackUnwinder {
         })
     }
 
-    /// Drop a process that has exited.
+    /// Drop a process that has exited. Module files stay cached for the next process of the
+    /// same program (a build starts the same compiler thousands of times). Those no live
+    /// process uses go once they exceed [`FILES_CACHED`] files or [`FILES_CACHED_BYTES`]; those
+    /// in use stay (dropping them would only make the next process read a second copy).
     pub fn forget(&mut self, pid: u32) {
         self.processes.remove(&pid);
+        let unused = |file: &Option<Arc<ModuleFile>>| file.as_ref().is_none_or(|f| !f.in_use());
+        let (count, bytes) = self
+            .files
+            .values()
+            .filter(|f| unused(f))
+            .fold((0, 0), |(n, b), f| {
+                (n + 1, b + f.as_ref().map_or(0, |f| f.bytes()))
+            });
+        if count > FILES_CACHED || bytes > FILES_CACHED_BYTES {
+            self.files.retain(|_, file| !unused(file));
+        }
     }
 
     fn walk(&mut self, pid: u32, copy: &StackCopy<'_>) -> Vec<u64> {

@@ -15,6 +15,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod deps;
 mod fuzz;
+mod soak;
 mod system;
 
 /// Toolchain pinned in rust-toolchain.toml, and the LLVM its rustc ships.
@@ -79,6 +80,13 @@ enum Task {
         #[arg(value_name = "TARGET")]
         targets: Vec<String>,
     },
+    /// Run system-wide leaktrace (headless, --json) under a load of short gcc/python3/sh
+    /// processes, sampling its RSS and CPU; print a summary (and write target/soak/summary.txt).
+    Soak {
+        /// How long to run.
+        #[arg(long, default_value_t = 30.0)]
+        minutes: f64,
+    },
     /// Print the import cycles between leaktrace's modules (from their `use` paths); fail if any.
     Deps {
         /// The source directory of the crate to check (its `lib.rs` is the root).
@@ -111,6 +119,14 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
                 targets
             };
             fuzz::run(&root, &targets, seconds)
+        }
+        Task::Soak { minutes } => {
+            cargo(&["build", "--release", "--package", "leaktrace"])?;
+            soak::run(
+                &root.join("target/release/leaktrace"),
+                &soak::out_dir(&root),
+                minutes,
+            )
         }
         Task::Test { cargo_test_args } => {
             setup()?;

@@ -103,11 +103,28 @@ pub fn site_heap_totals(snapshot: &Snapshot) -> HashMap<u32, SiteHeapTotals> {
         .collect()
 }
 
+/// The processes the dashboard's header sums over: the focused one, else every traced one (in
+/// a system-wide run, those traced exactly; the others have the process table).
+pub fn header_processes(snapshot: &Snapshot, focus: Option<u32>) -> Vec<&ProcessReport> {
+    let system_wide = is_system_wide(snapshot);
+    snapshot
+        .processes
+        .iter()
+        .filter(|p| (p.exact || !system_wide) && focus.is_none_or(|f| f == p.pid))
+        .collect()
+}
+
 /// The header's sums over the processes it shows (saturating: a sum never wraps).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HeaderTotals {
+    /// Exact: bytes of outstanding blocks; growth mode: heap growth still mapped.
     pub outstanding_bytes: u64,
     pub outstanding_count: u64,
+    /// Growth mode (some shown process is traced through its heap syscalls only): heap growth
+    /// seen, and in how many growth events. The header then reads these, not blocks.
+    pub growth: bool,
+    pub grown_bytes: u64,
+    pub growth_events: u64,
     /// `None` when no shown process's /proc/PID/io was readable.
     pub bytes_processed: Option<u64>,
     /// `None` when no shown process's RSS is known.
@@ -126,6 +143,17 @@ impl HeaderTotals {
             .fold(HeaderTotals::default(), |t, p| HeaderTotals {
                 outstanding_bytes: t.outstanding_bytes.saturating_add(p.outstanding_bytes),
                 outstanding_count: t.outstanding_count.saturating_add(p.outstanding_count),
+                growth: t.growth || !p.exact,
+                grown_bytes: t.grown_bytes.saturating_add(if p.exact {
+                    0
+                } else {
+                    p.allocated_bytes
+                }),
+                growth_events: t.growth_events.saturating_add(if p.exact {
+                    0
+                } else {
+                    p.allocated_count
+                }),
                 bytes_processed: add(t.bytes_processed, p.bytes_processed),
                 rss_bytes: add(t.rss_bytes, p.heap.as_ref().and_then(|h| h.rss_bytes)),
                 counters: t.counters.saturating_add(&p.counters),
@@ -156,6 +184,27 @@ mod tests {
         assert_eq!(totals.rss_bytes, None);
         assert_eq!(totals.counters.lost_events, 2);
         assert_eq!(HeaderTotals::of([]), HeaderTotals::default());
+    }
+
+    #[test]
+    fn a_launched_command_in_growth_mode_is_in_the_header_with_its_growth() {
+        let mut growing = synthetic::process(7, "prog", vec![]);
+        growing.exact = false;
+        growing.outstanding_bytes = 330 << 20;
+        growing.allocated_bytes = 400 << 20;
+        growing.allocated_count = 12;
+        let snapshot = synthetic::snapshot(1.0, vec![growing]);
+        let shown = header_processes(&snapshot, None);
+        assert_eq!(shown.len(), 1, "a growth-mode target is a target");
+        let totals = HeaderTotals::of(shown);
+        assert!(totals.growth);
+        assert_eq!(totals.outstanding_bytes, 330 << 20);
+        assert_eq!((totals.grown_bytes, totals.growth_events), (400 << 20, 12));
+        // System-wide, the rows seen through heap syscalls belong to the process table.
+        let mut system = snapshot.clone();
+        system.system_wide = true;
+        assert!(header_processes(&system, None).is_empty());
+        assert!(header_processes(&snapshot, Some(8)).is_empty());
     }
 
     #[test]

@@ -27,8 +27,8 @@ pub use burst_plan::BurstPlan;
 pub use estimate::{estimated_site, BurstWindow, SiteEstimate, SurvivalWatch};
 pub use functions::{function_totals, CallTree, StackCost, TreeDirection};
 pub use process::{
-    by_heap_growth, growth_event_ns, heap_growth_bytes, heap_report, process_slopes, work_done,
-    ProcessMemory, SinceStart,
+    by_heap_growth, growth_event_ns, heap_growth_bytes, heap_report, process_heap_growth,
+    process_slopes, work_done, ProcessMemory, SinceStart,
 };
 pub use sites::{site_reports, SiteEvidence, SiteSeries};
 pub use totals::{growth_totals, process_totals, GrowthClock, ProcessTotals, SiteAges};

@@ -132,6 +132,12 @@ pub fn process_slopes(process: &ProcessReport) -> ProcessSlopes {
     }
 }
 
+/// [`heap_growth_bytes`] straight from the heap state, before any report is built (system-wide
+/// mode picks the processes it reports in full by it).
+pub fn process_heap_growth(heap: &crate::heap::ProcessHeap) -> u64 {
+    heap.brk_bytes().saturating_add(heap.anon_committed_bytes())
+}
+
 /// System-wide rows: largest heap growth first, then by pid.
 pub fn by_heap_growth(a: &ProcessReport, b: &ProcessReport) -> Ordering {
     let growth = |p: &ProcessReport| p.heap.as_ref().map_or(0, heap_growth_bytes);

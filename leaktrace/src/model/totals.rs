@@ -2,7 +2,7 @@
 //! the heap growth each stack made.
 use std::collections::HashMap;
 
-use leaktrace_common::{PidCounters, SiteKey, SiteStats, UNSAMPLED_STACK};
+use leaktrace_common::{PidCounters, SiteKey, SiteStats, NO_STACK, UNSAMPLED_STACK};
 
 use crate::{
     heap::ProcessHeap,
@@ -143,17 +143,21 @@ pub fn process_totals(
 /// proportion to what those stacks hold themselves (outstanding by outstanding, allocated by
 /// allocated): per caller every total stays exact, per stack it is an estimate. A caller with no
 /// sampled stack keeps its caller-only site.
+///
+/// Allocations whose stack walk failed (`NO_STACK`: `bpf_get_stackid` refused, which happens
+/// under load when another BPF program on the CPU holds the perf callchain buffer) are shared
+/// the same way: otherwise they form a caller-only site beside the full stack, and a view that
+/// picks that one shows the allocating function without its callers.
 fn share_unsampled(sites: &mut Vec<SiteTotals>) {
+    let callers_only = |key: &SiteKey| key.stack_id == UNSAMPLED_STACK || key.stack_id == NO_STACK;
     let unsampled: Vec<SiteTotals> = sites
         .iter()
-        .filter(|s| s.key.stack_id == UNSAMPLED_STACK)
+        .filter(|s| callers_only(&s.key))
         .copied()
         .collect();
     for rest in unsampled {
         let stacks: Vec<usize> = (0..sites.len())
-            .filter(|&i| {
-                sites[i].key.caller == rest.key.caller && sites[i].key.stack_id != UNSAMPLED_STACK
-            })
+            .filter(|&i| sites[i].key.caller == rest.key.caller && !callers_only(&sites[i].key))
             .collect();
         if stacks.is_empty() {
             continue;
@@ -433,6 +437,28 @@ mod tests {
             .iter()
             .all(|s| s.key.stack_id != UNSAMPLED_STACK || s.key.caller == 0x20));
         assert_eq!(totals.sites.len(), 3);
+    }
+
+    #[test]
+    fn allocations_whose_stack_walk_failed_join_their_caller_s_full_stack() {
+        let key = |stack_id, caller| SiteKey {
+            tgid: 1,
+            stack_id,
+            caller,
+        };
+        let sites = vec![
+            (key(7, 0x10), stats(1_000, 10, 0, 0)),
+            // Three blocks of the same call whose stack the kernel refused.
+            (key(NO_STACK, 0x10), stats(300, 3, 0, 0)),
+            // A caller never walked keeps its caller-only site.
+            (key(NO_STACK, 0x30), stats(64, 1, 0, 0)),
+        ];
+        let totals = process_totals(1, &sites, &HashMap::new(), &HashMap::new(), 0);
+        assert_eq!(totals.outstanding_bytes, 1_364);
+        let keys: Vec<SiteKey> = totals.sites.iter().map(|s| s.key).collect();
+        assert_eq!(keys, [key(7, 0x10), key(NO_STACK, 0x30)]);
+        assert_eq!(totals.sites[0].counters.outstanding_bytes, 1_300);
+        assert_eq!(totals.sites[0].counters.outstanding_count, 13);
     }
 
     #[test]

@@ -432,8 +432,9 @@ async fn snapshot_json(State(served): State<Served>) -> Response {
         Ok(latest) => latest,
         Err(refused) => return refused.into_response(),
     };
-    match report::snapshot_json(&snapshot) {
-        Ok(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
+    let mut json = Vec::new();
+    match report::write_json(&mut json, &snapshot) {
+        Ok(()) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
         Err(err) => refuse(
             StatusCode::INTERNAL_SERVER_ERROR,
             &format!("cannot serialize the snapshot: {err}"),

@@ -9,10 +9,10 @@ use aya::{
 };
 use leaktrace_common::{
     names::{maps, programs},
-    AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats,
+    AllocInfo, AllocKey, InflightCall, PidCounters, SiteKey, SiteStats, STOP_ON_EXEC, TRACED,
 };
 
-use super::Tracer;
+use super::{AttachedLink, LinkId, Tracer};
 use crate::allocator::{Discovery, Hook, HookKind};
 
 /// Probes attached for one process, with their links.
@@ -42,6 +42,12 @@ impl Tracer {
                 }
             }
         }
+        self.links
+            .extend(links.into_iter().map(|(program, id)| AttachedLink {
+                pid: Some(pid),
+                program,
+                id: LinkId::UProbe(id),
+            }));
         self.trace_heap_of(pid)?;
         Ok(hooked)
     }
@@ -79,11 +85,28 @@ impl Tracer {
     /// Report this process's heap syscalls (exact mode, and growth mode's targets; system-wide
     /// mode reports every process's).
     pub fn trace_heap_of(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.register_pid(pid, TRACED)
+    }
+
+    /// Have the kernel stop `pid` when it execs, until userspace continues it (SIGCONT): for a
+    /// command leaktrace launched, so that the program it becomes is traced from its first
+    /// instruction (`STOP_ON_EXEC`).
+    pub fn stop_on_exec(&mut self, pid: u32) -> anyhow::Result<()> {
+        self.register_pid(pid, TRACED | STOP_ON_EXEC)
+    }
+
+    fn register_pid(&mut self, pid: u32, flags: u32) -> anyhow::Result<()> {
         let mut traced: BpfHashMap<&mut MapData, u32, u32> =
             BpfHashMap::try_from(self.map_mut(maps::TRACED_PIDS)?)?;
         traced
-            .insert(pid, 1, 0)
+            .insert(pid, flags, 0)
             .with_context(|| format!("cannot register pid {pid} for heap tracing"))
+    }
+
+    /// Delete the kernel's entries of a process that exec'd: its blocks, sites and counters
+    /// belonged to the old program.
+    pub fn forget_old_program(&mut self, pid: u32) {
+        self.forget_process(pid);
     }
 
     /// Attach the probes of `hooks` (functions of the ELF file at `file`, a path reachable from
@@ -191,42 +214,73 @@ impl Tracer {
         }
     }
 
-    /// Detach probes, all at once: each detach waits for a grace period of its own (about
-    /// 100 ms here), and waits on separate threads overlap.
+    /// Detach probes, all at once (see [`detach_in_parallel`]).
     pub(super) fn detach_probes(
         &mut self,
         links: Vec<(&'static str, UProbeLinkId)>,
     ) -> anyhow::Result<()> {
-        use aya::programs::Link as _;
+        let links = links
+            .into_iter()
+            .map(|(program, id)| AttachedLink {
+                pid: None,
+                program,
+                id: LinkId::UProbe(id),
+            })
+            .collect();
+        self.detach_links(links)
+    }
+
+    /// Detach the allocator probes attached for `pid` (its program changed on exec, or it is
+    /// no longer traced).
+    pub fn detach_process(&mut self, pid: u32) -> anyhow::Result<()> {
+        let (ours, others) = std::mem::take(&mut self.links)
+            .into_iter()
+            .partition(|link| link.pid == Some(pid));
+        self.links = others;
+        self.detach_links(ours)
+    }
+
+    /// Detach every program, all at once: the end of a run takes one grace period, not one per
+    /// probe.
+    pub fn detach_all(&mut self) -> anyhow::Result<()> {
+        let links = std::mem::take(&mut self.links);
+        self.detach_links(links)
+    }
+
+    fn detach_links(&mut self, links: Vec<AttachedLink>) -> anyhow::Result<()> {
         let mut taken = Vec::with_capacity(links.len());
         let mut first_error = None;
-        for (program, link) in links {
-            match self
-                .uprobe(program)
-                .and_then(|p| p.take_link(link).map_err(anyhow::Error::from))
-            {
+        for link in links {
+            let program = link.program;
+            match self.take_link(link) {
                 Ok(link) => taken.push((program, link)),
                 Err(err) => {
                     first_error.get_or_insert(err.context(format!("cannot detach {program}")));
                 }
             }
         }
-        std::thread::scope(|scope| {
-            let detaching: Vec<_> = taken
-                .into_iter()
-                .map(|(program, link)| (program, scope.spawn(move || link.detach())))
-                .collect();
-            for (program, thread) in detaching {
-                let detached = match thread.join() {
-                    Ok(result) => result.map_err(anyhow::Error::from),
-                    Err(_) => Err(anyhow!("the detaching thread panicked")),
-                };
-                if let Err(err) = detached {
-                    first_error.get_or_insert(err.context(format!("cannot detach {program}")));
-                }
-            }
-        });
+        if let Err(err) = detach_in_parallel(taken) {
+            first_error.get_or_insert(err);
+        }
         first_error.map_or(Ok(()), Err)
+    }
+
+    /// Take a link out of its program, so that it can be detached on another thread.
+    fn take_link(&mut self, link: AttachedLink) -> anyhow::Result<TakenLink> {
+        let program = self
+            .ebpf
+            .program_mut(link.program)
+            .ok_or_else(|| anyhow!("eBPF object lacks program {}", link.program))?;
+        Ok(match link.id {
+            LinkId::UProbe(id) => {
+                let uprobe: &mut aya::programs::UProbe = program.try_into()?;
+                TakenLink::UProbe(uprobe.take_link(id)?)
+            }
+            LinkId::TracePoint(id) => {
+                let tracepoint: &mut aya::programs::TracePoint = program.try_into()?;
+                TakenLink::TracePoint(tracepoint.take_link(id)?)
+            }
+        })
     }
 
     /// Delete every map entry of process `tgid` (after its probes are gone).
@@ -262,6 +316,45 @@ impl Tracer {
             log::warn!("cannot clear pid {tgid}'s entries: {err:#}");
         }
     }
+}
+
+/// A link out of its program: detaching it is closing its perf event.
+pub enum TakenLink {
+    UProbe(aya::programs::uprobe::UProbeLink),
+    TracePoint(aya::programs::trace_point::TracePointLink),
+}
+
+impl TakenLink {
+    fn detach(self) -> Result<(), aya::programs::ProgramError> {
+        use aya::programs::Link as _;
+        match self {
+            TakenLink::UProbe(link) => link.detach(),
+            TakenLink::TracePoint(link) => link.detach(),
+        }
+    }
+}
+
+/// Detach links on a thread each. Closing a uprobe or tracepoint perf event waits for an RCU
+/// grace period (70-120 ms here, docs EBPF-NOTES.md); the waits overlap when they run on
+/// separate threads, so 29 links take about one grace period instead of 3 s.
+pub fn detach_in_parallel(links: Vec<(&'static str, TakenLink)>) -> anyhow::Result<()> {
+    let mut first_error = None;
+    std::thread::scope(|scope| {
+        let detaching: Vec<_> = links
+            .into_iter()
+            .map(|(program, link)| (program, scope.spawn(move || link.detach())))
+            .collect();
+        for (program, thread) in detaching {
+            let detached = match thread.join() {
+                Ok(result) => result.map_err(anyhow::Error::from),
+                Err(_) => Err(anyhow!("the detaching thread panicked")),
+            };
+            if let Err(err) = detached {
+                first_error.get_or_insert(err.context(format!("cannot detach {program}")));
+            }
+        }
+    });
+    first_error.map_or(Ok(()), Err)
 }
 
 /// `free+3 malloc+0 ...`: entry probe placements, for logs and the start-up line.

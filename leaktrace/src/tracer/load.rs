@@ -49,6 +49,10 @@ pub enum Scope {
 /// heap-growth event (a user stack copy), drained every 100 ms.
 const HEAP_EVENTS_BYTES: u32 = 4 << 20;
 const GROWTH_EVENTS_BYTES: u32 = 32 << 20;
+/// System-wide growth mode: half as much. The ring buffer's pages are mapped twice (for
+/// records that wrap), so it counts twice in leaktrace's RSS; 16 MiB still holds 1,000 stack
+/// copies per 100 ms drain, and what overflows is counted as lost.
+const SYSTEM_WIDE_EVENTS_BYTES: u32 = 16 << 20;
 
 /// The heap syscalls traced through `syscalls:sys_enter_*` / `sys_exit_*`.
 const HEAP_SYSCALLS: [&str; 5] = ["brk", "mmap", "munmap", "mremap", "mprotect"];
@@ -62,10 +66,11 @@ impl Tracer {
         let max_sites = capacity.max_stacks.saturating_mul(2);
         let trace_all = u32::from(scope == Scope::SystemWide);
         let growth_mode = u32::from(mode == Mode::Growth);
-        let ring_bytes = match mode {
+        let ring_bytes = match (mode, scope) {
+            (Mode::Exact, _) => HEAP_EVENTS_BYTES,
+            (_, Scope::SystemWide) => SYSTEM_WIDE_EVENTS_BYTES,
             // SystemWide names only old snapshots' mode; a run is never loaded with it.
-            Mode::Growth | Mode::SystemWide => GROWTH_EVENTS_BYTES,
-            Mode::Exact => HEAP_EVENTS_BYTES,
+            (Mode::Growth | Mode::SystemWide, Scope::Targets) => GROWTH_EVENTS_BYTES,
         };
         let mut ebpf = EbpfLoader::new()
             .override_global(globals::PAGE_SIZE, &page_size, true)
@@ -86,7 +91,11 @@ impl Tracer {
             ebpf.take_map(maps::HEAP_EVENTS)
                 .ok_or_else(|| missing_map(maps::HEAP_EVENTS))?,
         )?;
-        let mut tracer = Self { ebpf, heap_events };
+        let mut tracer = Self {
+            ebpf,
+            heap_events,
+            links: Vec::new(),
+        };
         if capacity.sample_bytes > 0 {
             tracer.start_stack_sampling(capacity.sample_bytes)?;
         }
@@ -148,11 +157,35 @@ impl Tracer {
                 .with_context(|| format!("the kernel refused the eBPF program {program}"))?;
             for syscall in HEAP_SYSCALLS {
                 let name = format!("{prefix}{syscall}");
-                tracepoint
+                let link = tracepoint
                     .attach("syscalls", &name)
                     .with_context(|| format!("cannot attach to tracepoint syscalls:{name}"))?;
+                self.links.push(super::AttachedLink {
+                    pid: None,
+                    program,
+                    id: super::LinkId::TracePoint(link),
+                });
             }
         }
+        let exec: &mut TracePoint = self
+            .ebpf
+            .program_mut(programs::PROCESS_EXEC)
+            .ok_or_else(|| anyhow!("eBPF object lacks program {}", programs::PROCESS_EXEC))?
+            .try_into()?;
+        exec.load().with_context(|| {
+            format!(
+                "the kernel refused the eBPF program {}",
+                programs::PROCESS_EXEC
+            )
+        })?;
+        let link = exec
+            .attach("sched", "sched_process_exec")
+            .context("cannot attach to tracepoint sched:sched_process_exec")?;
+        self.links.push(super::AttachedLink {
+            pid: None,
+            program: programs::PROCESS_EXEC,
+            id: super::LinkId::TracePoint(link),
+        });
         Ok(())
     }
 }

@@ -164,6 +164,9 @@ fn system_wide_runs_in_growth_mode_and_names_a_process_s_leaking_stack() {
         "3s",
         "--interval",
         "1s",
+        // Every process in full: on a busy machine the service need not be among the top 20.
+        "--top-processes",
+        "100000",
         "--json",
         json.to_str().expect("utf-8"),
     ]);

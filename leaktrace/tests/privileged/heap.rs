@@ -216,6 +216,9 @@ fn system_wide_mode_lists_a_process_started_later_and_marks_it_exited() {
     let mut run = Run::start(&[
         "--interval",
         "200ms",
+        // Every process in full: on a busy machine the fixture need not be among the top 20.
+        "--top-processes",
+        "100000",
         "--json",
         json.to_str().expect("utf-8"),
     ]);

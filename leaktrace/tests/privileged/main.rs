@@ -8,8 +8,10 @@ mod common;
 
 mod allocators;
 mod bursts;
+mod churn;
 mod cli;
 mod cost;
+mod exec;
 mod files;
 mod fleet;
 mod golang;

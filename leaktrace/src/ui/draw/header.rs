@@ -6,12 +6,7 @@ impl App {
     /// The processes the header sums over: the focused one, else every traced one.
     fn header_processes(&self) -> Vec<&ProcessReport> {
         self.snapshot()
-            .map(|s| {
-                s.processes
-                    .iter()
-                    .filter(|p| p.exact && self.focus_pid.is_none_or(|f| f == p.pid))
-                    .collect()
-            })
+            .map(|s| crate::model::dashboard::header_processes(s, self.focus_pid))
             .unwrap_or_default()
     }
 
@@ -51,17 +46,31 @@ impl App {
             optional_bytes(totals.rss_bytes),
             optional_bytes(totals.bytes_processed),
         )));
-        let second = Line::from(vec![
-            Span::raw("outstanding "),
-            Span::styled(human_bytes(totals.outstanding_bytes), HEADING),
-            Span::raw(format!(
-                " in {} blocks · alloc {} · free {} · probes {}",
-                count(totals.outstanding_count),
-                per_second(shown.rates.alloc_per_s),
-                per_second(shown.rates.free_per_s),
-                per_second(shown.live.probe_hits_per_s),
-            )),
-        ]);
+        let second = if totals.growth {
+            // Growth mode has no blocks: what grew the heap, and what of it is still mapped.
+            Line::from(vec![
+                Span::raw("heap growth still mapped "),
+                Span::styled(human_bytes(totals.outstanding_bytes), HEADING),
+                Span::raw(format!(
+                    " · grown {} in {} events · events {}",
+                    human_bytes(totals.grown_bytes),
+                    count(totals.growth_events),
+                    per_second(shown.live.probe_hits_per_s),
+                )),
+            ])
+        } else {
+            Line::from(vec![
+                Span::raw("outstanding "),
+                Span::styled(human_bytes(totals.outstanding_bytes), HEADING),
+                Span::raw(format!(
+                    " in {} blocks · alloc {} · free {} · probes {}",
+                    count(totals.outstanding_count),
+                    per_second(shown.rates.alloc_per_s),
+                    per_second(shown.rates.free_per_s),
+                    per_second(shown.live.probe_hits_per_s),
+                )),
+            ])
+        };
 
         let counter = |label: &'static str, value: u64| {
             let style = if value > 0 { WARN } else { DIM };

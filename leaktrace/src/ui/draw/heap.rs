@@ -91,7 +91,13 @@ fn heap_lines(
             };
             let name = frames::label_frame(&site.frames)
                 .map(frame_name)
-                .unwrap_or_else(|| site.id.clone());
+                .unwrap_or_else(|| {
+                    // No frame to name it by: its innermost address, never the internal id.
+                    site.frames.first().map_or_else(
+                        || "an unnamed site".to_string(),
+                        |f| format!("{:#x}", f.addr),
+                    )
+                });
             lines.push(Line::styled(
                 format!(
                     " {} = {} ← {}",

@@ -19,10 +19,7 @@ pub(super) fn draw_summary(
     let name = format::site_label(&site.frames);
     let title = Line::from(vec![
         Span::styled(format!(" {} ", truncate_middle(&name, 60)), TITLE),
-        Span::raw(format!(
-            "· pid {} ({}) · site {} ",
-            process.pid, process.comm, site.id
-        )),
+        Span::raw(format!("· pid {} ({}) ", process.pid, process.comm)),
     ]);
     let g = &site.growth;
     let lines = vec![

@@ -1,0 +1,56 @@
+//! A traced process exec'ing: its address space, program break and allocator are new. The
+//! event goes through the heap ring buffer, in order with the heap syscalls around it.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
+        generated::bpf_send_signal,
+    },
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use leaktrace_common::{HeapEvent, HeapEventKind, NO_STACK, STOP_ON_EXEC};
+
+use crate::{
+    events::send_heap_event,
+    globals::{self_tgid, trace_all},
+    maps::{BRK_TOPS, TRACED_PIDS},
+};
+
+const SIGSTOP: u32 = 19;
+
+#[tracepoint]
+pub fn process_exec(_ctx: TracePointContext) -> u32 {
+    try_process_exec();
+    0
+}
+
+#[inline(always)]
+fn try_process_exec() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if tgid == self_tgid() {
+        return;
+    }
+    // SAFETY: copied out at once.
+    let flags = unsafe { TRACED_PIDS.get(tgid) }.copied();
+    if flags.is_none() && !trace_all() {
+        return;
+    }
+    // The old program's break means nothing to the new one.
+    let _ = BRK_TOPS.remove(tgid);
+    send_heap_event(HeapEvent {
+        kind: HeapEventKind::Exec as u32,
+        tgid,
+        tid: pid_tgid as u32,
+        stack_id: NO_STACK,
+        // SAFETY: helper without preconditions.
+        timestamp_ns: unsafe { bpf_ktime_get_ns() },
+        comm: bpf_get_current_comm().unwrap_or_default(),
+        ..HeapEvent::default()
+    });
+    if flags.is_some_and(|f| f & STOP_ON_EXEC != 0) {
+        // SAFETY: signals the current process (now the new program, before its first
+        // instruction); userspace continues it once its state is started afresh.
+        unsafe { bpf_send_signal(SIGSTOP) };
+    }
+}
