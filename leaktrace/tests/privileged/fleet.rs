@@ -399,6 +399,8 @@ fn exited_processes_leave_metrics_after_the_grace_period() {
         "2s",
         "--metrics-top-sites",
         "2",
+        "--top-processes",
+        "100",
     ]);
     run.wait_for(
         "watching the heap syscalls of every process",
@@ -412,9 +414,11 @@ fn exited_processes_leave_metrics_after_the_grace_period() {
             Err(text)
         }
     });
-    // 200 short-lived processes, a few at a time, each growing its heap once.
+    // 40 short-lived processes, a few at a time, each growing its heap once (by 1 GiB of
+    // address space: the host's other exited processes, which a busy machine has plenty of,
+    // are dropped before them; see architecture.md, "Bounds").
     let mut pids = Vec::new();
-    for _ in 0..50 {
+    for _ in 0..10 {
         let children: Vec<_> = (0..4)
             .map(|_| {
                 Command::new(&fixture)
@@ -428,8 +432,6 @@ fn exited_processes_leave_metrics_after_the_grace_period() {
             assert!(child.wait().expect("wait").success());
         }
     }
-    // They are traced: the snapshot lists exited processes for 10 minutes, so it ends up naming
-    // (nearly) all of them, however late the session gets to them under load.
     let listed = |snapshot: &Value| -> usize {
         let listed: HashSet<u64> = snapshot["processes"]
             .as_array()
@@ -439,6 +441,14 @@ fn exited_processes_leave_metrics_after_the_grace_period() {
             .filter(|&&pid| listed.contains(&u64::from(pid)))
             .count()
     };
+    let ours = |text: &str| -> HashSet<u32> {
+        pids.iter()
+            .copied()
+            .filter(|pid| text.contains(&format!("pid=\"{pid}\"")))
+            .collect()
+    };
+    // They are traced: the snapshot lists exited processes with heap growth left for a while
+    // (60 s), so it names (nearly) all of them, however late the session gets to them.
     poll(
         "the short-lived processes in the snapshot",
         Duration::from_secs(180),
@@ -446,26 +456,24 @@ fn exited_processes_leave_metrics_after_the_grace_period() {
             let (_, text) = try_get(addr, "/snapshot.json", None)?;
             let snapshot: Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
             let seen = listed(&snapshot);
-            if seen >= 150 {
+            if seen >= 30 {
                 Ok(())
             } else {
-                Err(format!("{seen} of 200 listed"))
+                Err(format!("{seen} of 40 listed"))
             }
         },
     );
-    // ...while /metrics drops each one --metrics-grace after it was first seen exited. Every
-    // scrape has a bounded number of series per process: 17 of its own, 9 per top site.
-    let ours = |text: &str| -> HashSet<u32> {
-        pids.iter()
-            .copied()
-            .filter(|pid| text.contains(&format!("pid=\"{pid}\"")))
-            .collect()
-    };
+    // ...while /metrics drops each one --metrics-grace after it was first seen exited, and
+    // the snapshot served with it still lists them: they go from /metrics because of the grace
+    // period, not because the snapshot forgot them. Every scrape has a bounded number of
+    // series per process: 17 of its own, 9 per top site.
     let text = poll(
         "the exited processes' series to go",
         Duration::from_secs(120),
         || {
             // Under load a request may time out: the poll tries again.
+            let (_, snapshot) = try_get(addr, "/snapshot.json", None)?;
+            let snapshot: Value = serde_json::from_str(&snapshot).map_err(|e| e.to_string())?;
             let (status, text) = try_get(addr, "/metrics", None)?;
             if status != 200 {
                 return Err(format!("{status}: {text}"));
@@ -481,6 +489,11 @@ fn exited_processes_leave_metrics_after_the_grace_period() {
                     "{series} series for pid {pid}:\n{text}"
                 );
             }
+            let in_snapshot = listed(&snapshot);
+            assert!(
+                in_snapshot >= 30 || !seen.is_empty(),
+                "the snapshot forgot them ({in_snapshot} listed) before /metrics did"
+            );
             if seen.is_empty() {
                 Ok(text)
             } else {
@@ -489,11 +502,6 @@ fn exited_processes_leave_metrics_after_the_grace_period() {
         },
     );
     assert!(text.contains("leaktrace_processes "), "{text}");
-    // The snapshot served with that /metrics still lists them: they went from /metrics because
-    // of the grace period, not because the snapshot forgot them.
-    let (_, later) = try_get(addr, "/snapshot.json", None).expect("the snapshot");
-    let later: Value = serde_json::from_str(&later).expect("JSON");
-    assert!(listed(&later) >= 150, "{} listed", listed(&later));
     run.signal(libc::SIGINT);
     let (code, lines) = run.finish(Duration::from_secs(120));
     assert_eq!(code, 0, "{}", lines.join("\n"));
