@@ -92,7 +92,7 @@ fn asmcgocall_code(elf: &Elf, file: &target_files::ElfView<'_>) -> Option<(u64, 
         .size()
         .clamp(1, MAX_BYTES)
         .min(size.checked_sub(within)?);
-    let code = elf.bytes_at(offset + within, len).ok()?;
+    let code = elf.bytes_at(offset.checked_add(within)?, len).ok()?;
     Some((symbol.address(), code))
 }
 
