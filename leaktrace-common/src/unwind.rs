@@ -42,6 +42,18 @@ pub mod cfa {
     /// A rule the kernel side cannot follow (another register, another expression): the walk
     /// stops there and counts an unwinding error.
     pub const UNSUPPORTED: u8 = 8;
+    /// Code that keeps frame pointers and has no CFI the walk trusts (a Go binary's own code,
+    /// between the FDEs of the C objects cgo linked in): the caller's frame through rbp, not
+    /// counted as a missing table.
+    pub const FRAME_POINTER: u8 = 9;
+    /// The return from C into Go's `runtime.asmcgocall` when it keeps no frame pointer (Go
+    /// before 1.21): the walk is on the system stack, where asmcgocall stored the goroutine
+    /// (`g`) at `rsp + a` and the goroutine stack's depth at `rsp + param`; the goroutine's
+    /// stack pointer is `*(g + b) - depth` (`g.stack.hi - depth`), and the return address into
+    /// asmcgocall's caller is there. `cfa_offset` packs `a` in its low 16 bits and `b` in its
+    /// high 16 ([`deref_parts`]); rbp is unchanged (the C code preserved it, asmcgocall did not
+    /// touch it). Userspace takes the three offsets from asmcgocall's own machine code.
+    pub const GO_CGO_RETURN: u8 = 10;
 }
 
 /// A dereferencing rule's (offset, addend) from its packed `cfa_offset`.
@@ -83,7 +95,7 @@ pub struct UnwindRow {
 
 /// One executable mapping of a traced process: pcs in `start..end` are module address
 /// `pc - bias`, unwound with rows `first_row..first_row + rows` of `UNWIND_ROWS` (0 rows:
-/// the module has no table, or is Go code, which keeps frame pointers: walk those).
+/// the module has no table, or is pure Go code, which keeps frame pointers: walk those).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ExecMapping {

@@ -2,8 +2,9 @@
 //! module's `.eh_frame` / `.debug_frame` (the design of the OpenTelemetry eBPF profiler's "stack
 //! deltas" and parca-agent's DWARF unwinder): frame by frame with `bpf_loop`, each frame a
 //! binary search of the process's executable mappings, then of the module's rows. Frame pointers
-//! only where a module has no table (Go code, which keeps them; code with no CFI; a module
-//! userspace has not loaded yet, counted as `stack_no_table`).
+//! where a module has no table (pure Go code, which keeps them; code with no CFI; a module
+//! userspace has not loaded yet, counted as `stack_no_table`), and where a Go binary's rows say
+//! so (its Go code between the FDEs of its cgo C code).
 use core::ffi::c_void;
 
 use aya_ebpf::{
@@ -217,6 +218,8 @@ extern "C" fn step(_index: u64, _ctx: *mut c_void) -> i64 {
             state.flags |= UNWIND_NO_TABLE;
             return frame_pointer_step(state);
         }
+        cfa::FRAME_POINTER => return frame_pointer_step(state),
+        cfa::GO_CGO_RETURN => return go_cgo_return_step(state, &row),
         _ => return error(state),
     };
     let Some(return_address) = read_user(frame_cfa.wrapping_sub(8)) else {
@@ -272,6 +275,32 @@ fn frame_pointer_step(state: &mut leaktrace_common::unwind::UnwindState) -> i64 
     };
     state.bp = saved_bp;
     state.sp = bp.wrapping_add(16);
+    next_frame(state, return_address)
+}
+
+/// Back from C into Go's `runtime.asmcgocall` (a version that keeps no frame pointer): from
+/// the system stack to the goroutine's, the way asmcgocall itself returns. It stored the
+/// goroutine `g` and the stack's depth below `g.stack.hi` on the system stack before the call;
+/// the goroutine's stack pointer is `g.stack.hi - depth`, and there is the return address into
+/// asmcgocall's caller (`runtime.cgocall`). rbp is the Go caller's still.
+#[inline(always)]
+fn go_cgo_return_step(state: &mut leaktrace_common::unwind::UnwindState, row: &UnwindRow) -> i64 {
+    let (g_at, stack_hi_at) = deref_parts(row.cfa_offset);
+    let sp = state.sp;
+    let (Some(g), Some(depth)) = (
+        read_user(sp.wrapping_add(g_at as u64)),
+        read_user(sp.wrapping_add(row.param as i64 as u64)),
+    ) else {
+        return error(state);
+    };
+    let Some(stack_hi) = read_user(g.wrapping_add(stack_hi_at as u64)) else {
+        return error(state);
+    };
+    let goroutine_sp = stack_hi.wrapping_sub(depth);
+    let Some(return_address) = read_user(goroutine_sp) else {
+        return error(state);
+    };
+    state.sp = goroutine_sp.wrapping_add(8);
     next_frame(state, return_address)
 }
 

