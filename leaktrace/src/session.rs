@@ -557,9 +557,8 @@ fn attach(
         child.release()?;
         let mut set_up_until_ns = 0;
         if let (Some(tables), Some(link)) = (tables, entry_stop) {
-            load_tables_at_entry(tracer, tables, child.pid, link);
-            // Its first exec happened before the entry point: already set up for.
-            set_up_until_ns = crate::tracer::monotonic_ns();
+            // Its first exec happened before its entry point: already set up for.
+            set_up_until_ns = load_tables_at_entry(tracer, tables, child.pid, link);
         }
         register_heap(&mut heap, child.pid);
         let comm = procfs::read_comm(child.pid).unwrap_or_else(|_| {
@@ -585,13 +584,14 @@ fn attach(
 const TABLES_AT_START: Duration = Duration::from_secs(60);
 
 /// Wait for a launched child to stop at its entry point, load its unwind tables, and let it go
-/// on. A child that does not stop (it exits first, or is not ELF) is left running.
+/// on; returns when it was seen held there (CLOCK_MONOTONIC). A child that does not stop (it
+/// exits first, or is not ELF) is left running.
 fn load_tables_at_entry(
     tracer: &mut Tracer,
     tables: &TableWorker,
     pid: u32,
     link: aya::programs::uprobe::UProbeLinkId,
-) {
+) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     let stopped = loop {
         match procfs::read_stat(pid) {
@@ -602,6 +602,8 @@ fn load_tables_at_entry(
             _ => break false,
         }
     };
+    // Held at its entry point: any exec it makes from now on comes after this.
+    let held_at_ns = crate::tracer::monotonic_ns();
     if !tables.refresh_and_wait(pid, TABLES_AT_START) {
         log::warn!("pid {pid}: its unwind tables took too long to load; it goes on without them");
     }
@@ -614,6 +616,7 @@ fn load_tables_at_entry(
         // SAFETY: our own child, not yet reaped (it is stopped), so the pid is its.
         unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     }
+    held_at_ns
 }
 
 /// Hook a process's allocator (exact mode) or watch its heap syscalls (growth mode); returns
@@ -1158,7 +1161,7 @@ impl Session {
             // SAFETY: our own child, stopped by the kernel at its exec; not yet reaped.
             unsafe { libc::kill(pid as i32, libc::SIGCONT) };
             if let (Some(tables), Some(link)) = (&self.tables, entry_stop) {
-                load_tables_at_entry(&mut self.tracer, tables, pid, link);
+                let _ = load_tables_at_entry(&mut self.tracer, tables, pid, link);
             }
         }
         log::info!(
