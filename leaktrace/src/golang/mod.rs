@@ -43,8 +43,101 @@ pub struct GoRuntime {
     functions: Vec<(u64, String)>,
     /// Where the `runtime.g` fields come from: DWARF, a table, or why neither works.
     pub g_layout: Result<(GLayout, LayoutSource), String>,
-    pub stats_layout: Option<StatsLayout>,
+    /// Where the memory statistics' offsets come from, or why there are none.
+    pub stats_layout: Result<(StatsLayout, LayoutSource), String>,
     pub record_layout: RecordLayout,
+}
+
+/// The layouts of a Go binary's runtime structs: from its DWARF, else from the tables for its
+/// version, else why neither.
+struct Layouts {
+    g_layout: Result<(GLayout, LayoutSource), String>,
+    stats_layout: Result<(StatsLayout, LayoutSource), String>,
+    record_layout: RecordLayout,
+}
+
+impl Layouts {
+    fn of_file(elf: &Elf, view: &target_files::ElfView<'_>, build: &BuildInfo) -> Layouts {
+        let structs = layout::read_structs(|name| elf.section_data(view, name).ok().flatten())
+            .unwrap_or_else(|err| {
+                log::debug!("{}: {err}", elf.path().display());
+                layout::Structs::new()
+            });
+        let version = build.major_minor();
+        let no_table = |what: &str| match version {
+            Some(_) => format!(
+                "no {what}: the binary has no DWARF (built with -ldflags=-w) and leaktrace has \
+                 no table for {}",
+                build.version
+            ),
+            None => format!(
+                "no {what}: the binary has no DWARF and {} is no release version",
+                build.version
+            ),
+        };
+        let g_layout = match GLayout::from_dwarf(&structs) {
+            Some(layout) => Ok((layout, LayoutSource::Dwarf)),
+            None => version
+                .and_then(GLayout::for_version)
+                .map(|layout| (layout, LayoutSource::Table))
+                .ok_or_else(|| no_table("goroutine census")),
+        };
+        let stats_layout = match StatsLayout::from_dwarf(&structs) {
+            Some(layout) => Ok((layout, LayoutSource::Dwarf)),
+            None => version
+                .and_then(StatsLayout::for_version)
+                .map(|layout| (layout, LayoutSource::Table))
+                .ok_or_else(|| no_table("memory statistics")),
+        };
+        Layouts {
+            g_layout,
+            stats_layout,
+            record_layout: RecordLayout::new(&structs, version),
+        }
+    }
+}
+
+/// For the privileged tests: each table leaktrace has for the version of the Go binary at
+/// `path` against the binary's own DWARF. `Ok` holds the disagreements (none when the tables
+/// are right); `Err` when the binary has no DWARF layout or leaktrace no table to compare.
+#[doc(hidden)]
+pub fn tables_against_dwarf(path: &Path) -> Result<Vec<String>, String> {
+    let file = target_files::open(path).map_err(|e| e.to_string())?;
+    let elf = Elf::new(path, file);
+    let view = elf.parse().map_err(|e| e.to_string())?;
+    let section = elf
+        .section_data(&view, ".go.buildinfo")
+        .map_err(|e| e.to_string())?
+        .ok_or("no Go build information")?;
+    let build = BuildInfo::parse(&section).map_err(|e| e.to_string())?;
+    let version = build.major_minor().ok_or("no release version")?;
+    let structs = layout::read_structs(|name| elf.section_data(&view, name).ok().flatten())
+        .map_err(|e| e.to_string())?;
+    let mut disagreements = Vec::new();
+    let g = (GLayout::from_dwarf(&structs), GLayout::for_version(version));
+    let stats = (
+        StatsLayout::from_dwarf(&structs),
+        StatsLayout::for_version(version),
+    );
+    match g {
+        (Some(dwarf), Some(table)) if dwarf != table => {
+            disagreements.push(format!("runtime.g: DWARF {dwarf:?}, table {table:?}"));
+        }
+        (Some(_), Some(_)) => {}
+        other => return Err(format!("{}: runtime.g layouts {other:?}", build.version)),
+    }
+    match stats {
+        (Some(dwarf), Some(table)) if dwarf != table => {
+            disagreements.push(format!("memstats: DWARF {dwarf:?}, table {table:?}"));
+        }
+        (Some(_), Some(_)) => {}
+        other => return Err(format!("{}: memstats layouts {other:?}", build.version)),
+    }
+    let record = RecordLayout::new(&layout::Structs::new(), Some(version));
+    if RecordLayout::new(&structs, Some(version)) != record {
+        disagreements.push(format!("memRecordCycle: table {record:?}"));
+    }
+    Ok(disagreements)
 }
 
 /// Where a layout came from, for the report.
@@ -111,29 +204,11 @@ impl GoRuntime {
             }
         }
         functions.sort_unstable_by_key(|(addr, _)| *addr);
-        let structs = layout::read_structs(|name| elf.section_data(&view, name).ok().flatten())
-            .unwrap_or_else(|err| {
-                log::debug!("pid {pid}: {err}");
-                layout::Structs::new()
-            });
-        let g_layout = match (GLayout::from_dwarf(&structs), build.major_minor()) {
-            (Some(layout), _) => Ok((layout, LayoutSource::Dwarf)),
-            (None, Some(version)) => GLayout::for_version(version)
-                .map(|layout| (layout, LayoutSource::Table))
-                .ok_or_else(|| {
-                    format!(
-                        "no goroutine census: the binary has no DWARF (built with -ldflags=-w) and \
-                         leaktrace has no table for {}",
-                        build.version
-                    )
-                }),
-            (None, None) => Err(format!(
-                "no goroutine census: the binary has no DWARF and {} is no release version",
-                build.version
-            )),
-        };
-        let stats_layout = StatsLayout::from_dwarf(&structs);
-        let record_layout = RecordLayout::new(&structs, build.major_minor());
+        let Layouts {
+            g_layout,
+            stats_layout,
+            record_layout,
+        } = Layouts::of_file(&elf, &view, &build);
         Ok(Some(GoRuntime {
             build,
             bias,
@@ -304,7 +379,10 @@ impl GoTracker {
             }
         }
         report.heap_profile = heap_profile::read(&self.runtime, &self.memory, symbols, pid);
-        report.memstats = self.stats.read(&self.runtime, &self.memory, t_s, sampling);
+        match self.stats.read(&self.runtime, &self.memory, t_s, sampling) {
+            Ok(stats) => report.memstats = Some(stats),
+            Err(why) => report.memstats_error = Some(why),
+        }
         self.last = Some(report.clone());
         report
     }
@@ -341,7 +419,7 @@ mod tests {
                 (0x4000, "main.main".to_string()),
             ],
             g_layout: Err("none".to_string()),
-            stats_layout: None,
+            stats_layout: Err("none".to_string()),
             record_layout: RecordLayout::new(&layout::Structs::new(), Some((1, 22))),
         }
     }
