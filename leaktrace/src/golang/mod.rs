@@ -6,18 +6,19 @@
 //! torn read is retried or counted, never trusted silently.
 pub mod buildinfo;
 pub mod census;
+pub mod census_thread;
 pub mod heap_profile;
 pub mod layout;
 pub mod memory;
 pub mod memstats;
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 
 pub use self::{
     buildinfo::BuildInfo,
-    census::CensusTracker,
+    census_thread::{CensusThread, CENSUS_WAIT},
     heap_profile::LAG_NOTE,
     layout::{GLayout, RecordLayout, StatsLayout},
     memory::Memory,
@@ -302,11 +303,12 @@ fn load_bias(pid: u32, view: &target_files::ElfView<'_>) -> u64 {
         .map_or(0, |start| start.wrapping_sub(lowest_vaddr & !0xfff))
 }
 
-/// One Go process followed through the run: its runtime and the goroutine groups' series.
+/// One Go process followed through the run: its runtime, its census thread (which keeps the
+/// goroutine groups' series) and the memory statistics' series.
 pub struct GoTracker {
-    pub runtime: GoRuntime,
+    pub runtime: Arc<GoRuntime>,
     memory: Memory,
-    census: CensusTracker,
+    census: CensusThread,
     stats: memstats::StatsTracker,
     /// The latest report, kept for the snapshots taken after the process ended.
     last: Option<GoReport>,
@@ -315,12 +317,16 @@ pub struct GoTracker {
 impl GoTracker {
     /// `Ok(None)`: not a Go program.
     pub fn of_process(pid: u32) -> Result<Option<GoTracker>, GoError> {
-        Ok(GoRuntime::of_process(pid)?.map(|runtime| GoTracker {
-            runtime,
-            memory: Memory::new(pid),
-            census: CensusTracker::default(),
-            stats: memstats::StatsTracker::default(),
-            last: None,
+        Ok(GoRuntime::of_process(pid)?.map(|runtime| {
+            let runtime = Arc::new(runtime);
+            let memory = Memory::new(pid);
+            GoTracker {
+                census: CensusThread::spawn(Arc::clone(&runtime), memory),
+                runtime,
+                memory,
+                stats: memstats::StatsTracker::default(),
+                last: None,
+            }
         }))
     }
 
@@ -347,36 +353,41 @@ impl GoTracker {
             report.heap_profile.reason = Some("the process exited before it was read".to_string());
             return report;
         }
-        let reading = std::time::Instant::now();
-        let census = census::read(&self.runtime, &self.memory);
-        log::debug!(
-            "pid {pid}: goroutine census read in {:?}",
-            reading.elapsed()
-        );
-        match census {
-            Ok(census) => {
-                report.layout = Some(census.layout_source.as_str().to_string());
-                report.torn_reads = census.torn;
-                report.goroutines = Some(census.goroutines.len() as u64);
-                let grouping = std::time::Instant::now();
-                let groups = self.census.record(&self.runtime, &census, t_s, sampling);
-                log::debug!("pid {pid}: goroutines grouped in {:?}", grouping.elapsed());
-                report.groups = groups
-                    .into_iter()
-                    .map(|group| GoroutineGroupReport {
-                        count: group.count,
-                        state: group.state.to_string(),
-                        wait_reason: group.wait_reason,
-                        created_by: symbols.stack_frames(pid, alive, &[group.gopc]),
-                        frames: symbols.stack_frames(pid, alive, &group.pcs),
-                        oldest_wait_s: group.oldest_wait_s,
-                        growth: group.growth,
-                    })
-                    .collect();
-            }
-            Err(err) => {
-                report.census_error = Some(err.to_string());
-            }
+        match self.runtime.census_unavailable() {
+            Some(why) => report.census_error = Some(why),
+            None => match self.census.latest(t_s, sampling, CENSUS_WAIT) {
+                Ok(outcome) => {
+                    log::debug!(
+                        "pid {pid}: goroutine census of {:.1} s read and grouped in {:?}",
+                        outcome.t_s,
+                        outcome.took
+                    );
+                    report.census_s = Some(outcome.took.as_secs_f64());
+                    report.census_age_s = Some((t_s - outcome.t_s).max(0.0));
+                    match &outcome.result {
+                        Ok(census) => {
+                            report.layout = Some(census.layout_source.as_str().to_string());
+                            report.torn_reads = census.torn;
+                            report.goroutines = Some(census.goroutines);
+                            report.groups = census
+                                .groups
+                                .iter()
+                                .map(|group| GoroutineGroupReport {
+                                    count: group.count,
+                                    state: group.state.to_string(),
+                                    wait_reason: group.wait_reason.clone(),
+                                    created_by: symbols.stack_frames(pid, alive, &[group.gopc]),
+                                    frames: symbols.stack_frames(pid, alive, &group.pcs),
+                                    oldest_wait_s: group.oldest_wait_s,
+                                    growth: group.growth.clone(),
+                                })
+                                .collect();
+                        }
+                        Err(why) => report.census_error = Some(why.clone()),
+                    }
+                }
+                Err(why) => report.census_error = Some(why),
+            },
         }
         report.heap_profile = heap_profile::read(&self.runtime, &self.memory, symbols, pid);
         match self.stats.read(&self.runtime, &self.memory, t_s, sampling) {

@@ -347,6 +347,32 @@ fn a_stripped_binary_says_why_there_is_no_census() {
     );
 }
 
+/// 50,000 blocked senders (20 MB of g structs: more than one chunk of merged reads): counted
+/// whole, and the report says how long the census took and how old the one shown is (it runs on
+/// its own thread; a snapshot waits for it at most 0.3 s).
+#[test]
+fn a_large_census_counts_every_goroutine() {
+    if !privileged() {
+        return;
+    }
+    const MANY: u64 = 50_000;
+    let exe = go_fixture("1.22", "goroutines", "");
+    let (snapshot, lines) = trace_go(&exe, MANY);
+    let go = &only_process(&snapshot)["go"];
+    let senders = go["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| names(&g["created_by"]).contains(&"main.startSenders"))
+        .unwrap_or_else(|| panic!("no senders group: {go:#}\n{}", lines.join("\n")));
+    let count = senders["count"].as_u64().expect("count");
+    assert!(count.abs_diff(MANY) <= MANY / 100, "{count} of {MANY}");
+    assert_eq!(go["torn_reads"], 0, "{go:#}");
+    assert!(go["census_s"].as_f64().is_some_and(|s| s > 0.0), "{go:#}");
+    let age = go["census_age_s"].as_f64().expect("census age");
+    assert!(age >= 0.0, "{age}");
+}
+
 /// Senders that keep accumulating (20 more every 100 ms) make a group classed a goroutine leak,
 /// with a positive slope per minute.
 #[test]
