@@ -297,7 +297,7 @@ pub struct GoReport {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
     /// How long the census shown took to read and group, in seconds (it runs on its own
-    /// thread: a snapshot waits for it at most 0.3 s, then shows the previous one).
+    /// thread: a snapshot waits for it at most 0.1 s, then shows the previous one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub census_s: Option<f64>,
     /// How much older than this snapshot the census shown is, in seconds (0: read for it).

@@ -13,8 +13,9 @@ use crate::{
     schema::{GoroutineGrowth, GrowthClass},
 };
 
-/// Most goroutines read (a census of more would be a read of garbage, or too slow).
-pub const MAX_GOROUTINES: usize = 1_000_000;
+/// Most goroutines read (a census of more would be a read of garbage): their pointers are read
+/// at once (32 MB at most), their g structs in 16 MiB chunks, on the census's own thread.
+pub const MAX_GOROUTINES: usize = 4_000_000;
 /// Frames walked per goroutine.
 const MAX_FRAMES: usize = 32;
 /// Non-runtime frames that tell groups apart.

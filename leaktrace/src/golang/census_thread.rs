@@ -17,7 +17,7 @@ use super::{
 };
 
 /// How long a snapshot waits for the census it asked for before it uses the previous one.
-pub const CENSUS_WAIT: Duration = Duration::from_millis(300);
+pub const CENSUS_WAIT: Duration = Duration::from_millis(100);
 
 /// A census asked for: at `t_s` seconds into the run; `sampling` adds a point to the groups'
 /// series.

@@ -349,7 +349,7 @@ fn a_stripped_binary_says_why_there_is_no_census() {
 
 /// 50,000 blocked senders (20 MB of g structs: more than one chunk of merged reads): counted
 /// whole, and the report says how long the census took and how old the one shown is (it runs on
-/// its own thread; a snapshot waits for it at most 0.3 s).
+/// its own thread; a snapshot waits for it at most 0.1 s).
 #[test]
 fn a_large_census_counts_every_goroutine() {
     if !privileged() {
