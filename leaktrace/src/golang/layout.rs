@@ -327,8 +327,8 @@ impl StatsLayout {
     }
 
     /// Measured tables for binaries without DWARF, by (major, minor) Go version: 1.19 and
-    /// 1.21-1.25 each measured on that release's DWARF (1.19.8, 1.21.13, 1.22.10, 1.23.9,
-    /// 1.24.11, 1.25.5); none for 1.20 (no toolchain to measure) nor past 1.25 (unmeasured).
+    /// 1.21-1.27 each measured on that release's DWARF (1.19.8, 1.21.13, 1.22.10, 1.23.9,
+    /// 1.24.11, 1.25.5, 1.26.6, 1.27.3); none for 1.20 (no toolchain to measure) nor past 1.27.
     pub fn for_version(version: (u32, u32)) -> Option<StatsLayout> {
         // mstats: heapStats first (three heapStatsDelta generations), then the *_sys fields,
         // the pause rings (256 x 2 x 8 bytes), numgc, numforcedgc, gc_cpu_fraction.
@@ -382,7 +382,7 @@ impl StatsLayout {
         match version {
             (1, 19) => Some(GO_1_19),
             (1, 21..=24) => Some(GO_1_21),
-            (1, 25) => Some(GO_1_25),
+            (1, 25..=27) => Some(GO_1_25),
             _ => None,
         }
     }
@@ -436,12 +436,12 @@ mod tests {
 
     #[test]
     fn stats_tables_read_inside_their_structs() {
-        for minor in [19, 21, 22, 23, 24, 25] {
+        for minor in [19, 21, 22, 23, 24, 25, 26, 27] {
             let layout = StatsLayout::for_version((1, minor)).expect("measured");
             assert!(layout.is_within_reads(), "1.{minor}: {layout:?}");
             assert_eq!(layout.size_classes, 68, "1.{minor}");
         }
-        for unmeasured in [(1, 18), (1, 20), (1, 26), (2, 0)] {
+        for unmeasured in [(1, 18), (1, 20), (1, 28), (2, 0)] {
             assert_eq!(StatsLayout::for_version(unmeasured), None, "{unmeasured:?}");
         }
     }
