@@ -83,6 +83,9 @@ pub const RANK_STRENGTH_SCALE: f64 = 1_048_576.0;
 
 /// x of the work axis is in MiB, so its slope reads as bytes per MiB processed.
 const BYTES_PER_MIB: f64 = 1_048_576.0;
+/// Bytes a process must have read and written in all for a slope per MiB of that work to mean
+/// anything (below: null, shown `n/a`).
+pub const MIN_PROCESSED_BYTES: f64 = BYTES_PER_MIB;
 /// x of the time axis is in minutes, so its slope reads as bytes per minute.
 const SECONDS_PER_MINUTE: f64 = 60.0;
 /// Turns a median absolute deviation into a standard deviation for normal noise.
@@ -383,7 +386,7 @@ pub fn analyze(series: &[Sample], total_allocated_bytes: u64, window: usize) -> 
     // KiB would "grow" by TiB per MiB): the work axis is then unavailable, not a number.
     let processed_enough = series
         .last()
-        .is_some_and(|sample| sample.processed_bytes as f64 >= BYTES_PER_MIB);
+        .is_some_and(|sample| sample.processed_bytes as f64 >= MIN_PROCESSED_BYTES);
     let by_work = if processed_enough {
         AxisFits::new(&processed_mib, &outstanding, recent_start)
     } else {

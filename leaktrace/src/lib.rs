@@ -110,3 +110,10 @@ pub mod bench {
         unwind::{own_stack_copy, StackUnwinder},
     };
 }
+
+/// For the privileged Go tests: leaktrace's per-version layout tables against a Go binary's
+/// own DWARF.
+#[doc(hidden)]
+pub mod go_layouts {
+    pub use crate::golang::tables_against_dwarf;
+}

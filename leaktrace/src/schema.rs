@@ -331,15 +331,26 @@ pub struct GoReport {
     /// Where the `runtime.g` layout came from: `dwarf` or `table` (a `-w` binary).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layout: Option<String>,
+    /// How long the census shown took to read and group, in seconds (it runs on its own
+    /// thread: a snapshot waits for it at most 0.1 s, then shows the previous one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub census_s: Option<f64>,
+    /// How much older than this snapshot the census shown is, in seconds (0: read for it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub census_age_s: Option<f64>,
     /// Reads that changed under the census and were left out (or reused), this reading.
     #[serde(default)]
     pub torn_reads: u64,
     /// Goroutines grouped by creation site, state, wait reason and top frames; largest first.
     #[serde(default)]
     pub groups: Vec<GoroutineGroupReport>,
-    /// `None` when the binary has no DWARF for the statistics' layout.
+    /// `None` when they could not be read: `memstats_error` says why.
     #[serde(default)]
     pub memstats: Option<GoMemStats>,
+    /// Why there are no memory statistics, in one line (no DWARF and no table for the version,
+    /// a stripped symbol table, a failed read).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memstats_error: Option<String>,
     #[serde(default)]
     pub heap_profile: GoHeapProfile,
 }
@@ -378,6 +389,9 @@ pub struct GoroutineGrowth {
 /// The runtime's memory statistics (`runtime.MemStats` names, snake case).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct GoMemStats {
+    /// Where the offsets came from: `dwarf`, or `table` (a `-w` binary).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layout: Option<String>,
     pub heap_alloc: u64,
     pub heap_inuse: u64,
     pub heap_sys: u64,

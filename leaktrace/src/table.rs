@@ -301,6 +301,8 @@ fn go_lines(go: &crate::schema::GoReport) -> String {
             m.num_gc,
             human_bytes(m.next_gc)
         );
+    } else if let Some(why) = &go.memstats_error {
+        let _ = writeln!(out, "  go memstats: unavailable ({why})");
     }
     out
 }

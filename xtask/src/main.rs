@@ -69,6 +69,9 @@ enum Task {
         /// Run only these variants (comma-separated names, e.g. `untraced,leaktrace-growth`).
         #[arg(long, value_name = "NAMES", value_delimiter = ',')]
         only: Vec<String>,
+        /// go-census: another leaktrace binary measured beside this build (e.g. main's).
+        #[arg(long, value_name = "PATH")]
+        baseline: Option<PathBuf>,
     },
     /// Fuzz the readers of untrusted input (snapshots, target module files) with cargo-fuzz on
     /// the nightly toolchain, each target for a bounded time.
@@ -187,6 +190,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
             duration,
             warmup,
             only,
+            baseline,
         } => {
             setup()?;
             cargo(&["build", "--release", "--package", "leaktrace"])?;
@@ -203,6 +207,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
                     duration_secs: duration,
                     warmup_secs: warmup,
                     only,
+                    baseline,
                 },
             )
         }

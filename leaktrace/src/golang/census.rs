@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 
 use super::{
+    layout::GLayout,
     memory::{le_u32, le_u64, le_u8, Memory, ReadError},
     GoRuntime, LayoutSource,
 };
@@ -12,10 +13,9 @@ use crate::{
     schema::{GoroutineGrowth, GrowthClass},
 };
 
-/// Most goroutines read (a census of more would be a read of garbage, or too slow).
-pub const MAX_GOROUTINES: usize = 1_000_000;
-/// Goroutines read per batch of `process_vm_readv` calls.
-const READ_BATCH: usize = 4096;
+/// Most goroutines read (a census of more would be a read of garbage): their pointers are read
+/// at once (32 MB at most), their g structs in 16 MiB chunks, on the census's own thread.
+pub const MAX_GOROUTINES: usize = 4_000_000;
 /// Frames walked per goroutine.
 const MAX_FRAMES: usize = 32;
 /// Non-runtime frames that tell groups apart.
@@ -66,12 +66,16 @@ pub struct Goroutine {
     pub startpc: u64,
     /// Nanotime at which the GC found it blocked (0: not yet seen blocked by a GC).
     pub waitsince: i64,
-    /// Return addresses from its saved context, innermost first (empty while it runs).
-    pub pcs: Vec<u64>,
+    /// Its stack: an index into [`Census::stacks`] (0: none, while it runs).
+    pub stack: u32,
 }
 
 pub struct Census {
     pub goroutines: Vec<Goroutine>,
+    /// The distinct stacks, return addresses from the saved context, innermost first; the
+    /// first one is empty (running goroutines). Shared: 100,000 goroutines blocked at one
+    /// place have one stack.
+    pub stacks: Vec<Vec<u64>>,
     /// Goroutines whose read did not make sense (changed while read), left out.
     pub torn: u64,
     pub layout_source: LayoutSource,
@@ -86,7 +90,7 @@ pub fn read(runtime: &GoRuntime, memory: &Memory) -> Result<Census, CensusError>
         .symbol("runtime.allgs")
         .ok_or(CensusError::NoAllgs)?;
     let mut torn = 0;
-    let mut pointers = Vec::new();
+    let mut pointers: Vec<u64> = Vec::new();
     for attempt in 0..READ_ATTEMPTS {
         let header = memory.read(allgs, 24)?;
         let (ptr, len) = (
@@ -108,55 +112,222 @@ pub fn read(runtime: &GoRuntime, memory: &Memory) -> Result<Census, CensusError>
         }
     }
     let wait_reasons = read_wait_reasons(runtime, memory);
-    let mut goroutines = Vec::with_capacity(pointers.len());
     pointers.retain(|&g| g != 0);
+    // Goroutines are never freed: allgs only grows, and its g structs sit one after another in
+    // the runtime's spans. Read in address order, neighbours merged into one region (a few
+    // large reads instead of one iovec per goroutine).
+    pointers.sort_unstable();
+    pointers.dedup();
     let size = layout.read_bytes;
-    // Goroutines created at one place, parked at one pc at one stack depth have one stack:
-    // walked once (a service with 100,000 blocked goroutines has a handful of such stacks).
-    let mut walked: HashMap<(u64, u64, u64), Vec<u64>> = HashMap::new();
-    // Read a batch at a time: a million goroutines would otherwise be 300 MB of copies at once.
-    let mut batch = vec![0u8; READ_BATCH * size];
-    for addrs in pointers.chunks(READ_BATCH) {
-        let read_whole = memory.read_many(addrs, size, &mut batch);
-        for (buf, whole) in batch.chunks_exact(size).zip(read_whole) {
-            if !whole {
+    let mut goroutines = Vec::with_capacity(pointers.len());
+    let mut stacks = Stacks::default();
+    let mut buf = Vec::new();
+    let chunks = regions(&pointers, size);
+    log::debug!(
+        "pid {}: {} goroutines in {} regions of {} bytes in all",
+        memory.pid,
+        pointers.len(),
+        chunks.iter().map(|c| c.regions.len()).sum::<usize>(),
+        chunks
+            .iter()
+            .flat_map(|c| c.regions.iter().map(|(_, len)| len))
+            .sum::<usize>()
+    );
+    for chunk in chunks {
+        let read_whole = read_chunk(memory, &chunk, &pointers, size, &mut buf);
+        for (i, whole) in read_whole.into_iter().enumerate() {
+            let offset = chunk.offsets[i];
+            let Some(g) = buf.get(offset..offset + size).filter(|_| whole) else {
                 torn += 1;
                 continue;
-            }
-            let field = |offset| le_u64(buf, offset).unwrap_or(0);
-            let status = le_u32(buf, layout.atomicstatus).unwrap_or(u32::MAX) & !GSCAN;
-            if status >= G_MAX_STATE {
-                torn += 1;
-                continue;
-            }
-            if status == G_DEAD || status == G_IDLE {
-                continue;
-            }
-            let (lo, hi) = (field(layout.stack_lo), field(layout.stack_hi));
-            let (pc, sp) = (field(layout.sched_pc), field(layout.sched_sp));
-            let pcs = match status {
-                G_WAITING | G_RUNNABLE | G_PREEMPTED => walked
-                    .entry((field(layout.gopc), pc, hi.wrapping_sub(sp)))
-                    .or_insert_with(|| walk_frames(memory, pc, field(layout.sched_bp), lo..hi))
-                    .clone(),
-                _ => Vec::new(),
             };
-            goroutines.push(Goroutine {
-                goid: field(layout.goid),
-                status,
-                wait_reason: le_u8(buf, layout.waitreason).unwrap_or(0),
-                gopc: field(layout.gopc),
-                startpc: field(layout.startpc),
-                waitsince: field(layout.waitsince) as i64,
-                pcs,
-            });
+            match parse_goroutine(g, &layout, memory, &mut stacks) {
+                Parsed::Live(goroutine) => goroutines.push(goroutine),
+                Parsed::Gone => {}
+                Parsed::Torn => torn += 1,
+            }
         }
     }
     Ok(Census {
         goroutines,
+        stacks: stacks.list,
         torn,
         layout_source,
         wait_reasons,
+    })
+}
+
+/// Bytes between two goroutines' reads merged into one region (a span's other objects).
+const MERGE_GAP: u64 = 4096;
+/// The largest region read at once, and the most bytes one chunk of regions holds (a million
+/// goroutines are 400 MB: read a chunk at a time, never all at once).
+const MAX_REGION_BYTES: u64 = 1 << 20;
+const CHUNK_BYTES: usize = 16 << 20;
+/// Regions per `process_vm_readv` (the kernel's IOV_MAX).
+const IOV_MAX: usize = 1024;
+
+/// Regions read together, and where each goroutine of theirs lands in the chunk's buffer.
+struct Chunk {
+    /// (address, length) of each region, laid one after another in the buffer.
+    regions: Vec<(u64, usize)>,
+    /// Indices into the sorted pointers of the goroutines this chunk holds.
+    goroutines: std::ops::Range<usize>,
+    /// Each goroutine's offset in the buffer.
+    offsets: Vec<usize>,
+}
+
+/// Group sorted goroutine addresses into merged regions, and the regions into chunks of at
+/// most [`CHUNK_BYTES`].
+fn regions(pointers: &[u64], size: usize) -> Vec<Chunk> {
+    let size64 = size as u64;
+    let mut chunks = Vec::new();
+    let mut chunk = Chunk {
+        regions: Vec::new(),
+        goroutines: 0..0,
+        offsets: Vec::new(),
+    };
+    let mut chunk_bytes = 0usize;
+    for (i, &g) in pointers.iter().enumerate() {
+        let merged = chunk.regions.last_mut().is_some_and(|(start, len)| {
+            let end = *start + *len as u64;
+            let new_len = g
+                .saturating_add(size64)
+                .saturating_sub(*start)
+                .max(*len as u64);
+            if g >= *start && g <= end + MERGE_GAP && new_len <= MAX_REGION_BYTES {
+                chunk_bytes += (new_len - *len as u64) as usize;
+                *len = new_len as usize;
+                true
+            } else {
+                false
+            }
+        });
+        if !merged {
+            if chunk_bytes + size > CHUNK_BYTES && !chunk.regions.is_empty() {
+                let next = Chunk {
+                    regions: Vec::new(),
+                    goroutines: i..i,
+                    offsets: Vec::new(),
+                };
+                chunks.push(std::mem::replace(&mut chunk, next));
+                chunk_bytes = 0;
+            }
+            chunk.regions.push((g, size));
+            chunk_bytes += size;
+        }
+        let (start, len) = chunk.regions.last().copied().unwrap_or((g, size));
+        chunk.offsets.push(chunk_bytes - len + (g - start) as usize);
+        chunk.goroutines.end = i + 1;
+    }
+    if !chunk.regions.is_empty() {
+        chunks.push(chunk);
+    }
+    chunks
+}
+
+/// Read a chunk's regions into `buf`; which of its goroutines were read whole. A region that
+/// fails is read again goroutine by goroutine.
+fn read_chunk(
+    memory: &Memory,
+    chunk: &Chunk,
+    pointers: &[u64],
+    size: usize,
+    buf: &mut Vec<u8>,
+) -> Vec<bool> {
+    let total: usize = chunk.regions.iter().map(|(_, len)| len).sum();
+    // Grown once, never cleared: every byte used is read (or its goroutine counted torn).
+    if buf.len() < total {
+        buf.resize(total, 0);
+    }
+    let mut regions_read = Vec::with_capacity(chunk.regions.len());
+    let mut at = 0;
+    for batch in chunk.regions.chunks(IOV_MAX) {
+        let batch_bytes: usize = batch.iter().map(|(_, len)| len).sum();
+        regions_read.extend(memory.read_regions(batch, &mut buf[at..at + batch_bytes]));
+        at += batch_bytes;
+    }
+    // Each goroutine's region: the last region starting at or before its offset.
+    let mut region_ends = Vec::with_capacity(chunk.regions.len());
+    let mut end = 0;
+    for (_, len) in &chunk.regions {
+        end += len;
+        region_ends.push(end);
+    }
+    let mut whole = Vec::with_capacity(chunk.offsets.len());
+    for (i, &offset) in chunk.offsets.iter().enumerate() {
+        let region = region_ends.partition_point(|&end| end <= offset);
+        if regions_read.get(region).copied().unwrap_or(false) {
+            whole.push(true);
+        } else {
+            let g = pointers[chunk.goroutines.start + i];
+            whole.push(memory.read_into(g, &mut buf[offset..offset + size]).is_ok());
+        }
+    }
+    whole
+}
+
+/// What one g struct's bytes say.
+enum Parsed {
+    Live(Goroutine),
+    /// Dead or idle: not a goroutine of the program's now.
+    Gone,
+    /// Changed under the read (a state that does not exist).
+    Torn,
+}
+
+/// Distinct stacks, walked once each: goroutines created at one place, parked at one pc at one
+/// stack depth have one stack (a service with 100,000 blocked goroutines has a handful).
+struct Stacks {
+    list: Vec<Vec<u64>>,
+    by_context: HashMap<(u64, u64, u64), u32>,
+}
+
+impl Default for Stacks {
+    fn default() -> Self {
+        Stacks {
+            list: vec![Vec::new()],
+            by_context: HashMap::new(),
+        }
+    }
+}
+
+fn parse_goroutine(g: &[u8], layout: &GLayout, memory: &Memory, stacks: &mut Stacks) -> Parsed {
+    let field = |offset| le_u64(g, offset).unwrap_or(0);
+    let status = le_u32(g, layout.atomicstatus).unwrap_or(u32::MAX) & !GSCAN;
+    if status >= G_MAX_STATE {
+        return Parsed::Torn;
+    }
+    if status == G_DEAD || status == G_IDLE {
+        return Parsed::Gone;
+    }
+    let (lo, hi) = (field(layout.stack_lo), field(layout.stack_hi));
+    let (pc, sp) = (field(layout.sched_pc), field(layout.sched_sp));
+    let gopc = field(layout.gopc);
+    let stack = match status {
+        G_WAITING | G_RUNNABLE | G_PREEMPTED => {
+            let context = (gopc, pc, hi.wrapping_sub(sp));
+            match stacks.by_context.get(&context) {
+                Some(&index) => index,
+                None => {
+                    let index = u32::try_from(stacks.list.len()).unwrap_or(0);
+                    stacks
+                        .list
+                        .push(walk_frames(memory, pc, field(layout.sched_bp), lo..hi));
+                    stacks.by_context.insert(context, index);
+                    index
+                }
+            }
+        }
+        _ => 0,
+    };
+    Parsed::Live(Goroutine {
+        goid: field(layout.goid),
+        status,
+        wait_reason: le_u8(g, layout.waitreason).unwrap_or(0),
+        gopc,
+        startpc: field(layout.startpc),
+        waitsince: field(layout.waitsince) as i64,
+        stack,
     })
 }
 
@@ -277,54 +448,75 @@ impl CensusTracker {
         sampling: bool,
     ) -> Vec<Group> {
         let now_ns = monotonic_ns();
-        let mut groups: HashMap<GroupKey, Group> = HashMap::new();
-        // Stacks repeat across goroutines: their non-runtime frames are found once per stack.
-        let mut user_frames: HashMap<&[u64], Vec<u64>> = HashMap::new();
-        for g in &census.goroutines {
-            let user_pcs = user_frames
-                .entry(g.pcs.as_slice())
-                .or_insert_with(|| {
-                    g.pcs
-                        .iter()
-                        .copied()
-                        .filter(|pc| !runtime.is_runtime_pc(*pc))
-                        .take(KEY_FRAMES)
-                        .collect()
+        // Per stack, its first non-runtime frames, as an id: goroutines are then grouped by
+        // small integers, not by a vector each (100,000 goroutines share a few stacks).
+        let mut user_ids: HashMap<Vec<u64>, u32> = HashMap::new();
+        let mut user_keys: Vec<Vec<u64>> = Vec::new();
+        let stack_user: Vec<u32> = census
+            .stacks
+            .iter()
+            .map(|pcs| {
+                let user: Vec<u64> = pcs
+                    .iter()
+                    .copied()
+                    .filter(|pc| !runtime.is_runtime_pc(*pc))
+                    .take(KEY_FRAMES)
+                    .collect();
+                *user_ids.entry(user.clone()).or_insert_with(|| {
+                    user_keys.push(user);
+                    u32::try_from(user_keys.len() - 1).unwrap_or(0)
                 })
-                .clone();
-            let key = GroupKey {
-                gopc: g.gopc,
-                status: g.status,
-                wait_reason: if g.status == G_WAITING {
-                    g.wait_reason
-                } else {
-                    0
-                },
-                user_pcs,
+            })
+            .collect();
+        let mut by_key: HashMap<(u64, u32, u8, u32), Group> = HashMap::new();
+        for g in &census.goroutines {
+            let wait_reason = if g.status == G_WAITING {
+                g.wait_reason
+            } else {
+                0
             };
+            let stack = usize::try_from(g.stack).unwrap_or(0);
+            let user = stack_user.get(stack).copied().unwrap_or(0);
             let waited_s = (g.status == G_WAITING && g.waitsince > 0 && now_ns > g.waitsince)
                 .then(|| (now_ns - g.waitsince) as f64 / 1e9);
-            let group = groups.entry(key.clone()).or_insert_with(|| Group {
-                count: 0,
-                state: state_name(g.status),
-                wait_reason: (g.status == G_WAITING).then(|| {
-                    census
-                        .wait_reasons
-                        .get(usize::from(g.wait_reason))
-                        .filter(|s| !s.is_empty())
-                        .cloned()
-                        .unwrap_or_else(|| format!("reason {}", g.wait_reason))
-                }),
-                gopc: g.gopc,
-                pcs: g.pcs.clone(),
-                oldest_wait_s: None,
-                growth: GoroutineGrowth::default(),
-            });
+            let group = by_key
+                .entry((g.gopc, g.status, wait_reason, user))
+                .or_insert_with(|| Group {
+                    count: 0,
+                    state: state_name(g.status),
+                    wait_reason: (g.status == G_WAITING).then(|| {
+                        census
+                            .wait_reasons
+                            .get(usize::from(g.wait_reason))
+                            .filter(|s| !s.is_empty())
+                            .cloned()
+                            .unwrap_or_else(|| format!("reason {}", g.wait_reason))
+                    }),
+                    gopc: g.gopc,
+                    pcs: census.stacks.get(stack).cloned().unwrap_or_default(),
+                    oldest_wait_s: None,
+                    growth: GoroutineGrowth::default(),
+                });
             group.count += 1;
             if let Some(waited) = waited_s {
                 group.oldest_wait_s = Some(group.oldest_wait_s.map_or(waited, |w| w.max(waited)));
             }
         }
+        let groups: HashMap<GroupKey, Group> = by_key
+            .into_iter()
+            .map(|((gopc, status, wait_reason, user), group)| {
+                let key = GroupKey {
+                    gopc,
+                    status,
+                    wait_reason,
+                    user_pcs: user_keys
+                        .get(usize::try_from(user).unwrap_or(0))
+                        .cloned()
+                        .unwrap_or_default(),
+                };
+                (key, group)
+            })
+            .collect();
         if sampling {
             for series in self.series.values_mut() {
                 series.absent += 1;
@@ -436,6 +628,86 @@ mod tests {
             group_growth(&[(0.0, 1.0)], true).class,
             GrowthClass::Unknown
         );
+    }
+
+    #[test]
+    fn neighbouring_goroutines_are_read_as_one_region() {
+        // Three in one span (416 bytes apart), one far away, read 320 bytes each.
+        let pointers = [0x1000, 0x11a0, 0x1340, 0x9_0000];
+        let chunks = regions(&pointers, 320);
+        assert_eq!(chunks.len(), 1);
+        let chunk = &chunks[0];
+        assert_eq!(chunk.regions, vec![(0x1000, 0x340 + 320), (0x9_0000, 320)]);
+        assert_eq!(chunk.offsets, vec![0, 0x1a0, 0x340, 0x340 + 320]);
+        assert_eq!(chunk.goroutines, 0..4);
+        // A million goroutines spread apart: chunks stay bounded.
+        let spread: Vec<u64> = (0..100_000u64).map(|i| 0x10_0000 + i * 8192).collect();
+        let chunks = regions(&spread, 320);
+        assert!(chunks.len() > 1);
+        for chunk in &chunks {
+            let bytes: usize = chunk.regions.iter().map(|(_, len)| len).sum();
+            assert!(bytes <= CHUNK_BYTES + MAX_REGION_BYTES as usize);
+            assert_eq!(chunk.offsets.len(), chunk.goroutines.len());
+        }
+        assert_eq!(chunks.last().map(|c| c.goroutines.end), Some(100_000));
+    }
+
+    #[test]
+    fn a_census_of_our_own_fake_goroutines_reads_each_once() {
+        // Fake g structs in our own memory: status at 0, gopc at 8; one dead, one waiting.
+        let layout = GLayout {
+            read_bytes: 64,
+            stack_lo: 16,
+            stack_hi: 24,
+            sched_sp: 32,
+            sched_pc: 40,
+            sched_bp: 48,
+            atomicstatus: 0,
+            goid: 56,
+            waitsince: 56,
+            waitreason: 4,
+            gopc: 8,
+            startpc: 8,
+        };
+        let mut gs = vec![0u64; 8 * 300];
+        for i in 0..300 {
+            gs[i * 8] = if i == 7 {
+                u64::from(G_DEAD)
+            } else {
+                u64::from(G_RUNNING)
+            };
+            gs[i * 8 + 1] = 0x4000 + (i as u64 % 3);
+            gs[i * 8 + 7] = i as u64;
+        }
+        let base = gs.as_ptr() as u64;
+        let mut pointers: Vec<u64> = (0..300).rev().map(|i| base + i * 64).collect();
+        pointers.sort_unstable();
+        let memory = Memory::new(std::process::id());
+        let mut stacks = Stacks::default();
+        let mut buf = Vec::new();
+        let mut live = Vec::new();
+        for chunk in regions(&pointers, 64) {
+            let whole = read_chunk(&memory, &chunk, &pointers, 64, &mut buf);
+            assert!(whole.iter().all(|w| *w));
+            for &offset in &chunk.offsets {
+                if let Parsed::Live(g) =
+                    parse_goroutine(&buf[offset..offset + 64], &layout, &memory, &mut stacks)
+                {
+                    live.push(g);
+                }
+            }
+        }
+        assert_eq!(
+            chunks_goids(&live),
+            (0..300).filter(|i| *i != 7).collect::<Vec<u64>>()
+        );
+        // 100 created at 0x4001, the dead one (7) among them.
+        assert_eq!(live.iter().filter(|g| g.gopc == 0x4001).count(), 99);
+        std::hint::black_box(&mut gs);
+    }
+
+    fn chunks_goids(live: &[Goroutine]) -> Vec<u64> {
+        live.iter().map(|g| g.goid).collect()
     }
 
     #[test]

@@ -263,7 +263,9 @@ impl RecordLayout {
     }
 }
 
-/// Offsets of the memory statistics leaktrace reads (DWARF only: no tables).
+/// Offsets of the memory statistics leaktrace reads: `runtime.memstats` (`mstats`, whose
+/// `heapStats` holds the counts `ReadMemStats` sums) and `runtime.gcController`
+/// (`gcControllerState`: in-use, free and released heap, the GOGC goal).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StatsLayout {
     pub numgc: usize,
@@ -320,7 +322,91 @@ impl StatsLayout {
             controller_bytes: usize::try_from(controller.size).ok()?,
             mstats_bytes: mstats.member("gc_cpu_fraction")? + 8,
         };
-        (layout.size_classes <= 256 && layout.controller_bytes <= 4096).then_some(layout)
+        (layout.size_classes <= 256 && layout.controller_bytes <= 4096 && layout.is_within_reads())
+            .then_some(layout)
+    }
+
+    /// Measured tables for binaries without DWARF, by (major, minor) Go version: 1.19 and
+    /// 1.21-1.27 each measured on that release's DWARF (1.19.8, 1.21.13, 1.22.10, 1.23.9,
+    /// 1.24.11, 1.25.5, 1.26.6, 1.27.3); none for 1.20 (no toolchain to measure) nor past 1.27.
+    pub fn for_version(version: (u32, u32)) -> Option<StatsLayout> {
+        // mstats: heapStats first (three heapStatsDelta generations), then the *_sys fields,
+        // the pause rings (256 x 2 x 8 bytes), numgc, numforcedgc, gc_cpu_fraction.
+        const GO_1_19: StatsLayout = StatsLayout {
+            numgc: 7704,
+            gc_cpu_fraction: 7712,
+            heap_stats: 0,
+            delta_size: 1176,
+            tiny_alloc_count: 48,
+            large_alloc_count: 64,
+            small_alloc_count: 72,
+            large_free_count: 624,
+            small_free_count: 632,
+            size_classes: 68,
+            heap_in_use: 304,
+            heap_free: 320,
+            heap_released: 312,
+            total_alloc: 328,
+            total_free: 336,
+            heap_goal: 104,
+            heap_live: 136,
+            controller_bytes: 424,
+            mstats_bytes: 7720,
+        };
+        // 1.21 shrank gcControllerState (consMarkController gone, lastConsMark added).
+        const GO_1_21: StatsLayout = StatsLayout {
+            heap_in_use: 272,
+            heap_free: 288,
+            heap_released: 280,
+            total_alloc: 296,
+            total_free: 304,
+            heap_goal: 72,
+            heap_live: 104,
+            controller_bytes: 392,
+            ..GO_1_19
+        };
+        // 1.25 dropped heapStatsDelta.inPtrScalarBits: the deltas are 8 bytes shorter, and
+        // everything in mstats after its three copies 24 bytes earlier.
+        const GO_1_25: StatsLayout = StatsLayout {
+            numgc: 7680,
+            gc_cpu_fraction: 7688,
+            delta_size: 1168,
+            tiny_alloc_count: 40,
+            large_alloc_count: 56,
+            small_alloc_count: 64,
+            large_free_count: 616,
+            small_free_count: 624,
+            mstats_bytes: 7696,
+            ..GO_1_21
+        };
+        match version {
+            (1, 19) => Some(GO_1_19),
+            (1, 21..=24) => Some(GO_1_21),
+            (1, 25..=27) => Some(GO_1_25),
+            _ => None,
+        }
+    }
+
+    /// Whether every field read lies inside the bytes read (a table or DWARF gone wrong would
+    /// read past them and give zeros).
+    pub fn is_within_reads(&self) -> bool {
+        let generations_end = self.heap_stats + 3 * self.delta_size;
+        let delta_end = self.small_free_count + self.size_classes * 8;
+        delta_end <= self.delta_size
+            && generations_end <= self.mstats_bytes
+            && self.numgc + 4 <= self.mstats_bytes
+            && self.gc_cpu_fraction + 8 <= self.mstats_bytes
+            && [
+                self.heap_in_use,
+                self.heap_free,
+                self.heap_released,
+                self.total_alloc,
+                self.total_free,
+                self.heap_goal,
+                self.heap_live,
+            ]
+            .iter()
+            .all(|&offset| offset + 8 <= self.controller_bytes)
     }
 }
 
@@ -346,6 +432,18 @@ mod tests {
         }
         assert_eq!(GLayout::for_version((1, 12)), None);
         assert_eq!(GLayout::for_version((1, 20)), None);
+    }
+
+    #[test]
+    fn stats_tables_read_inside_their_structs() {
+        for minor in [19, 21, 22, 23, 24, 25, 26, 27] {
+            let layout = StatsLayout::for_version((1, minor)).expect("measured");
+            assert!(layout.is_within_reads(), "1.{minor}: {layout:?}");
+            assert_eq!(layout.size_classes, 68, "1.{minor}");
+        }
+        for unmeasured in [(1, 18), (1, 20), (1, 28), (2, 0)] {
+            assert_eq!(StatsLayout::for_version(unmeasured), None, "{unmeasured:?}");
+        }
     }
 
     #[test]

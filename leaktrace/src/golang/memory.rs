@@ -78,53 +78,57 @@ impl Memory {
         Ok(())
     }
 
-    /// Read `len` bytes at each of `addrs` into consecutive `len`-byte slots of `buf`, as few
-    /// syscalls as the kernel allows (IOV_MAX regions each). Returns which slots were read
-    /// whole; a region that fails is retried alone, then reported unread.
-    pub fn read_many(&self, addrs: &[u64], len: usize, buf: &mut [u8]) -> Vec<bool> {
-        const IOV_MAX: usize = 1024;
-        let mut read = vec![false; addrs.len()];
-        if len == 0 || buf.len() < addrs.len().saturating_mul(len) {
-            return read;
+    /// Read regions of any lengths, laid one after another in `buf`, in one syscall (the caller
+    /// passes at most IOV_MAX of them). Returns which were read whole; after a region the
+    /// kernel could not read, each following one is retried alone.
+    pub fn read_regions(&self, regions: &[(u64, usize)], buf: &mut [u8]) -> Vec<bool> {
+        let total: usize = regions.iter().map(|(_, len)| len).sum();
+        if total > buf.len() || total > MAX_READ_BYTES {
+            return vec![false; regions.len()];
         }
-        for (batch, chunk) in addrs.chunks(IOV_MAX).enumerate() {
-            let first = batch * IOV_MAX;
-            let local: Vec<libc::iovec> = buf[first * len..(first + chunk.len()) * len]
-                .chunks_exact_mut(len)
-                .map(|slot| libc::iovec {
-                    iov_base: slot.as_mut_ptr().cast(),
-                    iov_len: len,
-                })
-                .collect();
-            let remote: Vec<libc::iovec> = chunk
-                .iter()
-                .map(|&addr| libc::iovec {
-                    iov_base: addr as *mut libc::c_void,
-                    iov_len: len,
-                })
-                .collect();
-            // SAFETY: every local iovec describes a distinct `len`-byte slot of `buf`, which we
-            // own mutably for the call; the remote ones are only read by the kernel, in the
-            // target's address space.
-            let got = unsafe {
-                libc::process_vm_readv(
-                    self.pid as i32,
-                    local.as_ptr(),
-                    local.len() as libc::c_ulong,
-                    remote.as_ptr(),
-                    remote.len() as libc::c_ulong,
-                    0,
-                )
-            };
-            // The kernel stops at the first region it cannot read: the ones before are whole.
-            let whole = if got < 0 { 0 } else { got as usize / len };
-            for ok in &mut read[first..first + whole.min(chunk.len())] {
-                *ok = true;
+        let mut local = Vec::with_capacity(regions.len());
+        let mut rest = &mut buf[..total];
+        for (_, len) in regions {
+            let (slot, tail) = std::mem::take(&mut rest).split_at_mut(*len);
+            local.push(libc::iovec {
+                iov_base: slot.as_mut_ptr().cast(),
+                iov_len: *len,
+            });
+            rest = tail;
+        }
+        let remote: Vec<libc::iovec> = regions
+            .iter()
+            .map(|&(addr, len)| libc::iovec {
+                iov_base: addr as *mut libc::c_void,
+                iov_len: len,
+            })
+            .collect();
+        // SAFETY: every local iovec describes a distinct slice of `buf` (split above), which we
+        // own mutably for the call; the remote ones are only read by the kernel, in the
+        // target's address space.
+        let got = unsafe {
+            libc::process_vm_readv(
+                self.pid as i32,
+                local.as_ptr(),
+                local.len() as libc::c_ulong,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        let mut whole_bytes = if got < 0 { 0 } else { got as usize };
+        let mut read = Vec::with_capacity(regions.len());
+        let mut at = 0;
+        for &(addr, len) in regions {
+            if whole_bytes >= len {
+                whole_bytes -= len;
+                read.push(true);
+            } else {
+                // The kernel stopped inside or before this region: the rest alone.
+                whole_bytes = 0;
+                read.push(self.read_into(addr, &mut buf[at..at + len]).is_ok());
             }
-            for i in first + whole..first + chunk.len() {
-                let slot = &mut buf[i * len..(i + 1) * len];
-                read[i] = self.read_into(addrs[i], slot).is_ok();
-            }
+            at += len;
         }
         read
     }
@@ -201,22 +205,19 @@ mod tests {
     }
 
     #[test]
-    fn many_regions_in_one_call_and_the_unreadable_ones_named() {
-        let values: Vec<u64> = (0..2500).map(|i| i * 3).collect();
-        let mut addrs: Vec<u64> = values
-            .iter()
-            .map(|v| std::ptr::from_ref(v) as u64)
-            .collect();
-        addrs[1500] = 8; // unmapped
+    fn regions_of_any_length_in_one_call_and_the_unreadable_ones_named() {
+        let values: Vec<u64> = (0..64).collect();
+        let base = values.as_ptr() as u64;
+        let regions = [(base, 16), (8, 8), (base + 80, 24), (base + 8, 8)];
         let memory = Memory::new(std::process::id());
-        let mut buf = vec![0u8; addrs.len() * 8];
-        let read = memory.read_many(&addrs, 8, &mut buf);
-        for (i, ok) in read.iter().enumerate() {
-            assert_eq!(*ok, i != 1500, "{i}");
-            if *ok {
-                assert_eq!(le_u64(&buf, i * 8), Some(values[i]));
-            }
-        }
+        let mut buf = vec![0u8; 56];
+        let read = memory.read_regions(&regions, &mut buf);
+        assert_eq!(read, vec![true, false, true, true]);
+        assert_eq!(le_u64(&buf, 8), Some(1));
+        assert_eq!(le_u64(&buf, 24), Some(10));
+        assert_eq!(le_u64(&buf, 40), Some(12));
+        assert_eq!(le_u64(&buf, 48), Some(1));
+        assert_eq!(memory.read_regions(&regions, &mut [0u8; 8]), vec![false; 4]);
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! every P's local counts first (it stops the world); a reader from outside sees them as of each
 //! P's latest flush, so HeapAlloc and HeapObjects can trail by what the Ps hold locally.
 use super::{
-    memory::{le_u32, le_u64, Memory},
+    memory::{le_u32, le_u64, Memory, ReadError},
     GoRuntime,
 };
 use crate::{growth::least_squares, schema::GoMemStats};
@@ -26,7 +26,7 @@ impl StatsTracker {
         memory: &Memory,
         t_s: f64,
         sampling: bool,
-    ) -> Option<GoMemStats> {
+    ) -> Result<GoMemStats, String> {
         let mut stats = read_once(runtime, memory)?;
         if sampling {
             if self.points.len() >= SERIES_POINTS {
@@ -40,23 +40,33 @@ impl StatsTracker {
         let objects: Vec<f64> = self.points.iter().map(|p| p.2).collect();
         stats.heap_alloc_per_min = least_squares(&minutes, &bytes).map(|f| f.slope);
         stats.heap_objects_per_min = least_squares(&minutes, &objects).map(|f| f.slope);
-        Some(stats)
+        Ok(stats)
     }
 }
 
-fn read_once(runtime: &GoRuntime, memory: &Memory) -> Option<GoMemStats> {
-    let layout = runtime.stats_layout?;
-    let (mstats_at, _) = runtime.symbol("runtime.memstats")?;
-    let (controller_at, _) = runtime.symbol("runtime.gcController")?;
-    let (sizes_at, sizes_len) = runtime
-        .symbol("runtime.class_to_size")
-        .or_else(|| runtime.symbol("internal/runtime/gc.SizeClassToSize"))?;
-    let mstats = memory.read(mstats_at, layout.mstats_bytes).ok()?;
-    let controller = memory.read(controller_at, layout.controller_bytes).ok()?;
+/// Why there are no statistics, in one line.
+fn read_once(runtime: &GoRuntime, memory: &Memory) -> Result<GoMemStats, String> {
+    let (layout, source) = runtime.stats_layout.clone()?;
+    let symbol = |name: &str| {
+        runtime.symbol(name).ok_or_else(|| {
+            format!("no memory statistics: {name} is not in the symbol table (stripped binary)")
+        })
+    };
+    let (mstats_at, _) = symbol("runtime.memstats")?;
+    let (controller_at, _) = symbol("runtime.gcController")?;
+    let (sizes_at, sizes_len) = symbol("runtime.class_to_size")
+        .or_else(|_| symbol("internal/runtime/gc.SizeClassToSize"))?;
+    let unreadable = |err: ReadError| format!("no memory statistics: {err}");
+    let mstats = memory
+        .read(mstats_at, layout.mstats_bytes)
+        .map_err(unreadable)?;
+    let controller = memory
+        .read(controller_at, layout.controller_bytes)
+        .map_err(unreadable)?;
     let classes = layout
         .size_classes
-        .min(usize::try_from(sizes_len / 2).ok()?);
-    let sizes = memory.read(sizes_at, classes * 2).ok()?;
+        .min(usize::try_from(sizes_len / 2).unwrap_or(0));
+    let sizes = memory.read(sizes_at, classes * 2).map_err(unreadable)?;
     let class_size = |i: usize| {
         u64::from(u16::from_le_bytes([
             sizes.get(2 * i).copied().unwrap_or(0),
@@ -85,7 +95,8 @@ fn read_once(runtime: &GoRuntime, memory: &Memory) -> Option<GoMemStats> {
     let controller_field = |offset: usize| le_u64(&controller, offset).unwrap_or(0);
     let heap_inuse = controller_field(layout.heap_in_use);
     let heap_idle = controller_field(layout.heap_free) + controller_field(layout.heap_released);
-    Some(GoMemStats {
+    Ok(GoMemStats {
+        layout: Some(source.as_str().to_string()),
         heap_alloc: allocated.saturating_sub(freed),
         heap_inuse,
         heap_sys: heap_inuse + heap_idle,

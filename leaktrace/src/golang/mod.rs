@@ -6,18 +6,19 @@
 //! torn read is retried or counted, never trusted silently.
 pub mod buildinfo;
 pub mod census;
+pub mod census_thread;
 pub mod heap_profile;
 pub mod layout;
 pub mod memory;
 pub mod memstats;
 
-use std::{collections::HashMap, path::Path};
+use std::{collections::HashMap, path::Path, sync::Arc};
 
 use object::{Object as _, ObjectSection as _, ObjectSymbol as _, SymbolKind};
 
 pub use self::{
     buildinfo::BuildInfo,
-    census::CensusTracker,
+    census_thread::{CensusThread, CENSUS_WAIT},
     heap_profile::LAG_NOTE,
     layout::{GLayout, RecordLayout, StatsLayout},
     memory::Memory,
@@ -43,8 +44,101 @@ pub struct GoRuntime {
     functions: Vec<(u64, String)>,
     /// Where the `runtime.g` fields come from: DWARF, a table, or why neither works.
     pub g_layout: Result<(GLayout, LayoutSource), String>,
-    pub stats_layout: Option<StatsLayout>,
+    /// Where the memory statistics' offsets come from, or why there are none.
+    pub stats_layout: Result<(StatsLayout, LayoutSource), String>,
     pub record_layout: RecordLayout,
+}
+
+/// The layouts of a Go binary's runtime structs: from its DWARF, else from the tables for its
+/// version, else why neither.
+struct Layouts {
+    g_layout: Result<(GLayout, LayoutSource), String>,
+    stats_layout: Result<(StatsLayout, LayoutSource), String>,
+    record_layout: RecordLayout,
+}
+
+impl Layouts {
+    fn of_file(elf: &Elf, view: &target_files::ElfView<'_>, build: &BuildInfo) -> Layouts {
+        let structs = layout::read_structs(|name| elf.section_data(view, name).ok().flatten())
+            .unwrap_or_else(|err| {
+                log::debug!("{}: {err}", elf.path().display());
+                layout::Structs::new()
+            });
+        let version = build.major_minor();
+        let no_table = |what: &str| match version {
+            Some(_) => format!(
+                "no {what}: the binary has no DWARF (built with -ldflags=-w) and leaktrace has \
+                 no table for {}",
+                build.version
+            ),
+            None => format!(
+                "no {what}: the binary has no DWARF and {} is no release version",
+                build.version
+            ),
+        };
+        let g_layout = match GLayout::from_dwarf(&structs) {
+            Some(layout) => Ok((layout, LayoutSource::Dwarf)),
+            None => version
+                .and_then(GLayout::for_version)
+                .map(|layout| (layout, LayoutSource::Table))
+                .ok_or_else(|| no_table("goroutine census")),
+        };
+        let stats_layout = match StatsLayout::from_dwarf(&structs) {
+            Some(layout) => Ok((layout, LayoutSource::Dwarf)),
+            None => version
+                .and_then(StatsLayout::for_version)
+                .map(|layout| (layout, LayoutSource::Table))
+                .ok_or_else(|| no_table("memory statistics")),
+        };
+        Layouts {
+            g_layout,
+            stats_layout,
+            record_layout: RecordLayout::new(&structs, version),
+        }
+    }
+}
+
+/// For the privileged tests: each table leaktrace has for the version of the Go binary at
+/// `path` against the binary's own DWARF. `Ok` holds the disagreements (none when the tables
+/// are right); `Err` when the binary has no DWARF layout or leaktrace no table to compare.
+#[doc(hidden)]
+pub fn tables_against_dwarf(path: &Path) -> Result<Vec<String>, String> {
+    let file = target_files::open(path).map_err(|e| e.to_string())?;
+    let elf = Elf::new(path, file);
+    let view = elf.parse().map_err(|e| e.to_string())?;
+    let section = elf
+        .section_data(&view, ".go.buildinfo")
+        .map_err(|e| e.to_string())?
+        .ok_or("no Go build information")?;
+    let build = BuildInfo::parse(&section).map_err(|e| e.to_string())?;
+    let version = build.major_minor().ok_or("no release version")?;
+    let structs = layout::read_structs(|name| elf.section_data(&view, name).ok().flatten())
+        .map_err(|e| e.to_string())?;
+    let mut disagreements = Vec::new();
+    let g = (GLayout::from_dwarf(&structs), GLayout::for_version(version));
+    let stats = (
+        StatsLayout::from_dwarf(&structs),
+        StatsLayout::for_version(version),
+    );
+    match g {
+        (Some(dwarf), Some(table)) if dwarf != table => {
+            disagreements.push(format!("runtime.g: DWARF {dwarf:?}, table {table:?}"));
+        }
+        (Some(_), Some(_)) => {}
+        other => return Err(format!("{}: runtime.g layouts {other:?}", build.version)),
+    }
+    match stats {
+        (Some(dwarf), Some(table)) if dwarf != table => {
+            disagreements.push(format!("memstats: DWARF {dwarf:?}, table {table:?}"));
+        }
+        (Some(_), Some(_)) => {}
+        other => return Err(format!("{}: memstats layouts {other:?}", build.version)),
+    }
+    let record = RecordLayout::new(&layout::Structs::new(), Some(version));
+    if RecordLayout::new(&structs, Some(version)) != record {
+        disagreements.push(format!("memRecordCycle: table {record:?}"));
+    }
+    Ok(disagreements)
 }
 
 /// Where a layout came from, for the report.
@@ -111,29 +205,11 @@ impl GoRuntime {
             }
         }
         functions.sort_unstable_by_key(|(addr, _)| *addr);
-        let structs = layout::read_structs(|name| elf.section_data(&view, name).ok().flatten())
-            .unwrap_or_else(|err| {
-                log::debug!("pid {pid}: {err}");
-                layout::Structs::new()
-            });
-        let g_layout = match (GLayout::from_dwarf(&structs), build.major_minor()) {
-            (Some(layout), _) => Ok((layout, LayoutSource::Dwarf)),
-            (None, Some(version)) => GLayout::for_version(version)
-                .map(|layout| (layout, LayoutSource::Table))
-                .ok_or_else(|| {
-                    format!(
-                        "no goroutine census: the binary has no DWARF (built with -ldflags=-w) and \
-                         leaktrace has no table for {}",
-                        build.version
-                    )
-                }),
-            (None, None) => Err(format!(
-                "no goroutine census: the binary has no DWARF and {} is no release version",
-                build.version
-            )),
-        };
-        let stats_layout = StatsLayout::from_dwarf(&structs);
-        let record_layout = RecordLayout::new(&structs, build.major_minor());
+        let Layouts {
+            g_layout,
+            stats_layout,
+            record_layout,
+        } = Layouts::of_file(&elf, &view, &build);
         Ok(Some(GoRuntime {
             build,
             bias,
@@ -227,11 +303,12 @@ fn load_bias(pid: u32, view: &target_files::ElfView<'_>) -> u64 {
         .map_or(0, |start| start.wrapping_sub(lowest_vaddr & !0xfff))
 }
 
-/// One Go process followed through the run: its runtime and the goroutine groups' series.
+/// One Go process followed through the run: its runtime, its census thread (which keeps the
+/// goroutine groups' series) and the memory statistics' series.
 pub struct GoTracker {
-    pub runtime: GoRuntime,
+    pub runtime: Arc<GoRuntime>,
     memory: Memory,
-    census: CensusTracker,
+    census: CensusThread,
     stats: memstats::StatsTracker,
     /// The latest report, kept for the snapshots taken after the process ended.
     last: Option<GoReport>,
@@ -240,12 +317,16 @@ pub struct GoTracker {
 impl GoTracker {
     /// `Ok(None)`: not a Go program.
     pub fn of_process(pid: u32) -> Result<Option<GoTracker>, GoError> {
-        Ok(GoRuntime::of_process(pid)?.map(|runtime| GoTracker {
-            runtime,
-            memory: Memory::new(pid),
-            census: CensusTracker::default(),
-            stats: memstats::StatsTracker::default(),
-            last: None,
+        Ok(GoRuntime::of_process(pid)?.map(|runtime| {
+            let runtime = Arc::new(runtime);
+            let memory = Memory::new(pid);
+            GoTracker {
+                census: CensusThread::spawn(Arc::clone(&runtime), memory),
+                runtime,
+                memory,
+                stats: memstats::StatsTracker::default(),
+                last: None,
+            }
         }))
     }
 
@@ -272,39 +353,47 @@ impl GoTracker {
             report.heap_profile.reason = Some("the process exited before it was read".to_string());
             return report;
         }
-        let reading = std::time::Instant::now();
-        let census = census::read(&self.runtime, &self.memory);
-        log::debug!(
-            "pid {pid}: goroutine census read in {:?}",
-            reading.elapsed()
-        );
-        match census {
-            Ok(census) => {
-                report.layout = Some(census.layout_source.as_str().to_string());
-                report.torn_reads = census.torn;
-                report.goroutines = Some(census.goroutines.len() as u64);
-                let grouping = std::time::Instant::now();
-                let groups = self.census.record(&self.runtime, &census, t_s, sampling);
-                log::debug!("pid {pid}: goroutines grouped in {:?}", grouping.elapsed());
-                report.groups = groups
-                    .into_iter()
-                    .map(|group| GoroutineGroupReport {
-                        count: group.count,
-                        state: group.state.to_string(),
-                        wait_reason: group.wait_reason,
-                        created_by: symbols.stack_frames(pid, alive, &[group.gopc]),
-                        frames: symbols.stack_frames(pid, alive, &group.pcs),
-                        oldest_wait_s: group.oldest_wait_s,
-                        growth: group.growth,
-                    })
-                    .collect();
-            }
-            Err(err) => {
-                report.census_error = Some(err.to_string());
-            }
+        match self.runtime.census_unavailable() {
+            Some(why) => report.census_error = Some(why),
+            None => match self.census.latest(t_s, sampling, CENSUS_WAIT) {
+                Ok(outcome) => {
+                    log::debug!(
+                        "pid {pid}: goroutine census of {:.1} s read and grouped in {:?}",
+                        outcome.t_s,
+                        outcome.took
+                    );
+                    report.census_s = Some(outcome.took.as_secs_f64());
+                    report.census_age_s = Some((t_s - outcome.t_s).max(0.0));
+                    match &outcome.result {
+                        Ok(census) => {
+                            report.layout = Some(census.layout_source.as_str().to_string());
+                            report.torn_reads = census.torn;
+                            report.goroutines = Some(census.goroutines);
+                            report.groups = census
+                                .groups
+                                .iter()
+                                .map(|group| GoroutineGroupReport {
+                                    count: group.count,
+                                    state: group.state.to_string(),
+                                    wait_reason: group.wait_reason.clone(),
+                                    created_by: symbols.stack_frames(pid, alive, &[group.gopc]),
+                                    frames: symbols.stack_frames(pid, alive, &group.pcs),
+                                    oldest_wait_s: group.oldest_wait_s,
+                                    growth: group.growth.clone(),
+                                })
+                                .collect();
+                        }
+                        Err(why) => report.census_error = Some(why.clone()),
+                    }
+                }
+                Err(why) => report.census_error = Some(why),
+            },
         }
         report.heap_profile = heap_profile::read(&self.runtime, &self.memory, symbols, pid);
-        report.memstats = self.stats.read(&self.runtime, &self.memory, t_s, sampling);
+        match self.stats.read(&self.runtime, &self.memory, t_s, sampling) {
+            Ok(stats) => report.memstats = Some(stats),
+            Err(why) => report.memstats_error = Some(why),
+        }
         self.last = Some(report.clone());
         report
     }
@@ -341,7 +430,7 @@ mod tests {
                 (0x4000, "main.main".to_string()),
             ],
             g_layout: Err("none".to_string()),
-            stats_layout: None,
+            stats_layout: Err("none".to_string()),
             record_layout: RecordLayout::new(&layout::Structs::new(), Some((1, 22))),
         }
     }

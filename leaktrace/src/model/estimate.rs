@@ -348,8 +348,10 @@ impl SurvivalWatch {
                     interval: poisson_interval(tally.blocks, rate),
                     recent_surviving_bytes_per_s: recent_rate,
                     recent_samples: tally.recent_blocks,
+                    // Below 1 MiB read and written in all, a rate per MiB divides by almost
+                    // nothing: unavailable, as the sites' slopes per MiB (growth.rs).
                     surviving_bytes_per_mib: processed_per_s
-                        .filter(|p| *p > 0.0)
+                        .filter(|p| *p > 0.0 && p * now_s >= crate::growth::MIN_PROCESSED_BYTES)
                         .map(|p| rate / (p / 1_048_576.0)),
                     estimated_surviving_bytes: (rate * now_s.max(0.0)) as u64,
                 }
@@ -540,6 +542,9 @@ mod tests {
         assert!((rate - 4.0 * 31.0 * 100.0 / 0.12).abs() < 1.0, "{rate}");
         assert!(leak.interval.0 < rate && rate < leak.interval.1);
         assert_eq!(leak.surviving_bytes_per_mib, Some(rate));
+        // 5 s at 200 KiB/s is less than 1 MiB of work in all: no rate per MiB.
+        let little = watch.estimates(5.0, Some(200.0 * 1024.0), &seen);
+        assert_eq!(little[0].surviving_bytes_per_mib, None);
         let churn = &estimates[1];
         assert_eq!(churn.key, site(0xb));
         assert_eq!((churn.samples, churn.class), (0, GrowthClass::Churn));

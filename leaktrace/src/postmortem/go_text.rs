@@ -112,7 +112,10 @@ pub fn go_lines(go: &RecordedGo, top: usize) -> Vec<String> {
             ),
         ));
     } else {
-        lines.push("memstats: unavailable (the binary has no DWARF for their layout)".to_string());
+        lines.push(format!(
+            "memstats: unavailable ({})",
+            go.memstats_error.as_deref().unwrap_or("reason unknown")
+        ));
     }
     lines
 }
@@ -188,6 +191,7 @@ mod tests {
                 ..RecordedGoHeapProfile::default()
             },
             census_error: Some("no goroutine census: stripped".to_string()),
+            memstats_error: Some("no memory statistics: no table for go1.20.1".to_string()),
             ..RecordedGo::default()
         };
         let text = go_lines(&off, 5).join("\n");
@@ -196,6 +200,9 @@ mod tests {
             text.contains("heap profile: unavailable (the linker disabled"),
             "{text}"
         );
-        assert!(text.contains("memstats: unavailable"), "{text}");
+        assert!(
+            text.contains("memstats: unavailable (no memory statistics: no table for go1.20.1)"),
+            "{text}"
+        );
     }
 }

@@ -135,6 +135,8 @@ pub struct RecordedGo {
     #[serde(default)]
     pub memstats: Option<RecordedGoMemStats>,
     #[serde(default)]
+    pub memstats_error: Option<String>,
+    #[serde(default)]
     pub heap_profile: RecordedGoHeapProfile,
 }
 

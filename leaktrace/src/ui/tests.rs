@@ -680,6 +680,26 @@ fn paused_marker_and_help_overlay() {
     );
 }
 
+/// A process that read and wrote less than 1 MiB has no slope per MiB: the detail screen's
+/// sentence says `n/a` (issue 15, section 7), the table's narrow cell `-`.
+#[test]
+fn detail_screen_says_n_a_for_a_slope_per_mib_of_almost_no_work() {
+    let mut snapshot = fallback_snapshot();
+    for site in &mut snapshot.processes[0].sites {
+        site.growth.bytes_per_mib_processed = None;
+        site.growth.recent_bytes_per_mib_processed = None;
+        site.growth.r2_processed = None;
+    }
+    let mut app = app_with(snapshot, 100, 30);
+    app.handle(key('j'));
+    app.handle(Event::Key(Key::Enter));
+    let screen = text(&draw(&app, 100, 30));
+    assert_shows(
+        &screen,
+        &["growth per MiB processed n/a (R² -)", "recent: per MiB n/a"],
+    );
+}
+
 #[test]
 fn detail_screen_shows_numbers_and_every_frame() {
     let mut app = app_with(fallback_snapshot(), 100, 30);

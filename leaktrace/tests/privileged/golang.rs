@@ -83,14 +83,16 @@ fn trace_go(exe: &Path, arg: u64) -> (Value, Vec<String>) {
     trace_go_with(exe, &[&arg.to_string()])
 }
 
+/// The fixture's `ready` line is kept in the snapshot as `fixture_ready` (it carries
+/// `runtime.ReadMemStats`'s numbers).
 fn trace_go_with(exe: &Path, args: &[&str]) -> (Value, Vec<String>) {
     let started = std::time::Instant::now();
     let mut command = Command::new(exe);
     command.args(args);
     let mut fixture = Supervised::spawn("go fixture", &mut command, Input::Piped).expect("start");
-    fixture
+    let ready = fixture
         .wait_line(Duration::from_secs(60), "ready", Lines::Stdout, |l| {
-            l.starts_with("ready").then_some(())
+            l.starts_with("ready").then(|| l.to_string())
         })
         .expect("fixture ready");
     let dir = tempfile::tempdir().expect("tempdir");
@@ -121,7 +123,53 @@ fn trace_go_with(exe: &Path, args: &[&str]) -> (Value, Vec<String>) {
     // The longest a goroutine can have been blocked: the fixture's whole life.
     let mut snapshot = snapshot;
     snapshot["fixture_lifetime_s"] = started.elapsed().as_secs_f64().into();
+    snapshot["fixture_ready"] = ready.into();
     (snapshot, lines)
+}
+
+/// A `key=value` number of the fixture's `ready` line.
+fn ready_value(snapshot: &Value, key: &str) -> f64 {
+    let line = snapshot["fixture_ready"].as_str().expect("ready line");
+    line.split_whitespace()
+        .find_map(|word| word.strip_prefix(&format!("{key}=")))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in {line:?}"))
+}
+
+/// leaktrace's memstats against what `runtime.ReadMemStats` printed in the fixture just before
+/// it went idle (its last allocations, the ready line's and the stdin reader's, come after).
+/// Counters that only grow are held close; the GC's numbers exactly, unless a GC ran since.
+fn memstats_match_read_mem_stats(go: &Value, snapshot: &Value, layout: &str) {
+    let stats = &go["memstats"];
+    assert_eq!(stats["layout"], layout, "{go:#}");
+    let read = |key: &str| {
+        stats[key]
+            .as_f64()
+            .unwrap_or_else(|| panic!("no memstats.{key}: {go:#}"))
+    };
+    let truth = |key: &str| ready_value(snapshot, key);
+    let within = |key: &str, fraction: f64, slack: f64| {
+        let (got, want) = (read(key), truth(key));
+        assert!(
+            (got - want).abs() <= want * fraction + slack,
+            "memstats.{key} {got}, runtime.ReadMemStats {want}\n{stats:#}"
+        );
+    };
+    within("heap_alloc", 0.05, 256.0 * 1024.0);
+    within("heap_objects", 0.05, 200.0);
+    within("heap_inuse", 0.05, 1024.0 * 1024.0);
+    within("heap_sys", 0.05, 4.0 * 1024.0 * 1024.0);
+    let num_gc = read("num_gc");
+    assert!(
+        num_gc >= truth("num_gc") && num_gc <= truth("num_gc") + 1.0,
+        "NumGC {num_gc}, ReadMemStats {}",
+        truth("num_gc")
+    );
+    assert!(truth("num_gc") >= 2.0, "the fixtures force GCs");
+    if num_gc == truth("num_gc") {
+        within("next_gc", 0.0, 0.0);
+        within("gc_cpu_fraction", 1e-9, 1e-12);
+    }
 }
 
 fn names(frames: &Value) -> Vec<&str> {
@@ -177,6 +225,7 @@ fn goroutine_leak(version: &str, ldflags: &str, layout: &str) {
     );
     let total = go["goroutines"].as_u64().expect("goroutines");
     assert!((SENDERS..SENDERS + 50).contains(&total), "{total}");
+    memstats_match_read_mem_stats(go, &snapshot, layout);
     let profile = &go["heap_profile"];
     assert_eq!(profile["available"], false, "{profile:#}");
     assert!(
@@ -189,9 +238,11 @@ fn goroutine_leak(version: &str, ldflags: &str, layout: &str) {
 
 /// A program linking runtime/pprof keeps BLOCKS x 4096 bytes in a map: the heap profile's site
 /// for that line is within 20% of the true in-use bytes (sampled one per 64 KiB, unsampled as
-/// pprof does), and memstats' HeapAlloc holds at least those bytes.
-fn heap_profile(version: &str) {
-    let exe = go_fixture(version, "heapmap", "");
+/// pprof does), and memstats' HeapAlloc holds at least those bytes and matches what
+/// `runtime.ReadMemStats` said. With `-w` ("table") the profile and the statistics are read
+/// through the per-version tables.
+fn heap_profile(version: &str, ldflags: &str, layout: &str) {
+    let exe = go_fixture(version, "heapmap", ldflags);
     let (snapshot, _) = trace_go(&exe, BLOCKS);
     let go = &only_process(&snapshot)["go"];
     let profile = &go["heap_profile"];
@@ -228,6 +279,7 @@ fn heap_profile(version: &str) {
         stats["heap_objects"].as_u64().expect("objects") >= BLOCKS,
         "{stats:#}"
     );
+    memstats_match_read_mem_stats(go, &snapshot, layout);
     exported_profile_reads_in_go_tool_pprof(version, &snapshot, inuse);
 }
 
@@ -283,6 +335,9 @@ fn a_stripped_binary_says_why_there_is_no_census() {
     assert_eq!(go["goroutines"], Value::Null, "{go:#}");
     let why = go["census_error"].as_str().expect("a reason");
     assert!(why.contains("stripped"), "{why}");
+    assert_eq!(go["memstats"], Value::Null, "{go:#}");
+    let no_stats = go["memstats_error"].as_str().expect("a reason");
+    assert!(no_stats.contains("stripped"), "{no_stats}");
     assert!(
         lines
             .iter()
@@ -290,6 +345,32 @@ fn a_stripped_binary_says_why_there_is_no_census() {
         "{}",
         lines.join("\n")
     );
+}
+
+/// 50,000 blocked senders (20 MB of g structs: more than one chunk of merged reads): counted
+/// whole, and the report says how long the census took and how old the one shown is (it runs on
+/// its own thread; a snapshot waits for it at most 0.1 s).
+#[test]
+fn a_large_census_counts_every_goroutine() {
+    if !privileged() {
+        return;
+    }
+    const MANY: u64 = 50_000;
+    let exe = go_fixture("1.22", "goroutines", "");
+    let (snapshot, lines) = trace_go(&exe, MANY);
+    let go = &only_process(&snapshot)["go"];
+    let senders = go["groups"]
+        .as_array()
+        .expect("groups")
+        .iter()
+        .find(|g| names(&g["created_by"]).contains(&"main.startSenders"))
+        .unwrap_or_else(|| panic!("no senders group: {go:#}\n{}", lines.join("\n")));
+    let count = senders["count"].as_u64().expect("count");
+    assert!(count.abs_diff(MANY) <= MANY / 100, "{count} of {MANY}");
+    assert_eq!(go["torn_reads"], 0, "{go:#}");
+    assert!(go["census_s"].as_f64().is_some_and(|s| s > 0.0), "{go:#}");
+    let age = go["census_age_s"].as_f64().expect("census age");
+    assert!(age >= 0.0, "{age}");
 }
 
 /// Senders that keep accumulating (20 more every 100 ms) make a group classed a goroutine leak,
@@ -431,7 +512,27 @@ macro_rules! go_release {
                 if !crate::common::privileged() {
                     return;
                 }
-                super::heap_profile($version);
+                super::heap_profile($version, "", "dwarf");
+            }
+
+            #[test]
+            fn a_w_binary_s_heap_profile_and_memstats_work_through_the_tables() {
+                if !crate::common::privileged() {
+                    return;
+                }
+                super::heap_profile($version, "-w", "table");
+            }
+
+            /// leaktrace's tables for this release against its own DWARF.
+            #[test]
+            fn layout_tables_match_the_release_s_dwarf() {
+                if !crate::common::privileged() {
+                    return;
+                }
+                let exe = super::go_fixture($version, "goroutines", "");
+                let disagreements = leaktrace::go_layouts::tables_against_dwarf(&exe)
+                    .unwrap_or_else(|why| panic!("{why}"));
+                assert!(disagreements.is_empty(), "{disagreements:#?}");
             }
         }
     };

@@ -44,6 +44,7 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use self::peers::Peers;
 use crate::system::find_program;
 
+mod go_census;
 mod malloc_loop;
 mod nginx;
 mod peers;
@@ -60,6 +61,9 @@ pub enum Scenario {
     DeepLoop,
     /// nginx serving a 612-byte file on loopback to wrk: requests per second.
     Nginx,
+    /// A Go program with `--iterations` blocked goroutines traced by pid: what its goroutine
+    /// census costs the session loop, per snapshot.
+    GoCensus,
 }
 
 pub struct BenchArgs {
@@ -73,6 +77,8 @@ pub struct BenchArgs {
     pub warmup_secs: u64,
     /// Run only these variants (by name); empty: all of the scenario's variants.
     pub only: Vec<String>,
+    /// go-census: another leaktrace binary to measure beside this build (e.g. main's).
+    pub baseline: Option<std::path::PathBuf>,
 }
 
 /// Longest wait for a tracer to attach (and for the loop to print `ready`).
@@ -118,6 +124,7 @@ pub fn run(root: &Path, leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) 
             malloc_loop::Fixture::Deep,
         ),
         Scenario::Nginx => nginx::run(leaktrace_bin, out_dir, args),
+        Scenario::GoCensus => go_census::run(root, leaktrace_bin, out_dir, args),
     }
 }
 

@@ -99,6 +99,8 @@ impl App {
                 count(stats.num_gc),
                 human_bytes(stats.next_gc),
             )));
+        } else if let Some(why) = &go.memstats_error {
+            lines.push(Line::styled(truncate_middle(why, width), DIM));
         }
         Paragraph::new(lines).block(block).render(area, buf);
     }

@@ -55,14 +55,16 @@ pub(super) fn draw_summary(
         ]),
         Line::raw(format!(
             "growth per MiB processed {} (R² {}) · per min {} (R² {})",
-            slope_cell(g.bytes_per_mib_processed),
+            // A sentence, not a narrow cell: below 1 MiB of work the slope is `n/a`, as in
+            // the reports.
+            format::slope(g.bytes_per_mib_processed),
             format::r2(g.r2_processed),
             slope_cell(g.bytes_per_min),
             format::r2(g.r2_time)
         )),
         Line::raw(format!(
             "recent: per MiB {} · per min {} · {} samples",
-            slope_cell(g.recent_bytes_per_mib_processed),
+            format::slope(g.recent_bytes_per_mib_processed),
             slope_cell(g.recent_bytes_per_min),
             g.samples
         )),
