@@ -118,19 +118,16 @@ impl ModuleFile {
 
     /// Whether a process's unwinder holds these sections (they are shared, not copied).
     fn in_use(&self) -> bool {
-        [
-            &self.text,
-            &self.eh_frame,
-            &self.eh_frame_hdr,
-            &self.debug_frame,
-        ]
-        .into_iter()
-        .flatten()
-        .any(|data| Arc::strong_count(data) > 1)
+        self.sections().any(|data| Arc::strong_count(data) > 1)
     }
 
     /// The bytes of unwind sections held.
     fn bytes(&self) -> usize {
+        self.sections().map(|data| data.len()).sum()
+    }
+
+    /// The sections held.
+    fn sections(&self) -> impl Iterator<Item = &Data> {
         [
             &self.text,
             &self.eh_frame,
@@ -139,8 +136,6 @@ impl ModuleFile {
         ]
         .into_iter()
         .flatten()
-        .map(|data| data.len())
-        .sum()
     }
 
     /// `avma - svma` for a mapping of this file that starts at `start` with `file_offset`.

@@ -23,6 +23,22 @@ fn launched_through(options: &[&str], wrapper: &[&str]) -> Value {
     .0
 }
 
+/// Named after the fixture's file (alloc_patterns-HASH), its comm and exe, never env's or sh's.
+fn assert_is_the_fixture(process: &Value, wrapper: &[&str]) {
+    assert!(
+        process["comm"]
+            .as_str()
+            .is_some_and(|c| c.starts_with("alloc_patterns")),
+        "{wrapper:?}: {process:#}"
+    );
+    assert!(
+        process["exe"]
+            .as_str()
+            .is_some_and(|e| e.contains("/alloc_patterns")),
+        "{wrapper:?}: {process:#}"
+    );
+}
+
 const WRAPPERS: [&[&str]; 2] = [
     &["env", "LEAKTRACE_EXEC_TEST=1"],
     &["sh", "-c", "exec \"$0\" \"$1\""],
@@ -36,19 +52,7 @@ fn a_launched_command_that_execs_is_the_program_it_became_exactly() {
     for wrapper in WRAPPERS {
         let snapshot = launched_through(&[], wrapper);
         let process = only_process(&snapshot);
-        // The fixture's file (alloc_patterns-HASH), never env's or sh's.
-        assert!(
-            process["comm"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("alloc_patterns")),
-            "{wrapper:?}: {process:#}"
-        );
-        assert!(
-            process["exe"]
-                .as_str()
-                .is_some_and(|e| e.contains("/alloc_patterns")),
-            "{wrapper:?}: {process:#}"
-        );
+        assert_is_the_fixture(process, wrapper);
         // Exactly the fixture's leak, nothing of the wrapper's allocations.
         let (bytes, blocks, allocated, freed) = totals_for(process, "leak_exactly");
         assert_eq!(
@@ -83,12 +87,7 @@ fn a_launched_command_that_execs_is_the_program_it_became_in_growth_mode() {
     for wrapper in WRAPPERS {
         let snapshot = launched_through(&["--mode", "growth"], wrapper);
         let process = only_process(&snapshot);
-        assert!(
-            process["comm"]
-                .as_str()
-                .is_some_and(|c| c.starts_with("alloc_patterns")),
-            "{wrapper:?}: {process:#}"
-        );
+        assert_is_the_fixture(process, wrapper);
         let brk = process["heap"]["brk_bytes"].as_u64().expect("brk_bytes");
         assert!(brk > 0 && brk < 64 << 20, "{wrapper:?}: brk {brk}");
         assert!(
