@@ -1070,6 +1070,11 @@ impl Session {
         let mut drained = Vec::new();
         let unwinder = &mut self.unwinder;
         self.tracer.drain_heap_events(|record| {
+            // The modules read before an exec are the old program's: the events after it are
+            // unwound with the new program's (read once, not first tried with the old ones).
+            if record.event.kind == leaktrace_common::HeapEventKind::Exec as u32 {
+                unwinder.forget(record.event.tgid);
+            }
             let unwound = record
                 .stack
                 .map(|copy| unwinder.unwind(record.event.tgid, &copy));
@@ -1115,8 +1120,8 @@ impl Session {
         {
             return;
         }
+        // (The unwinder forgot the old program at the exec record.)
         self.symbols.forget(pid);
-        self.unwinder.forget(pid);
         self.series.forget(pid);
         let stacks = &mut self.stacks;
         self.interned.retain(|(owner, _), id| {
@@ -1276,9 +1281,11 @@ impl Session {
         }
         self.unwound_ids = self.unwound_ids.wrapping_add(1) & 0x3fff_ffff;
         let id = FIRST_UNWOUND_ID | self.unwound_ids;
-        // The mappings are read now, while the process surely lives: a short-lived process may
-        // be gone by the next snapshot, and the frames are named from module and offset then.
-        self.symbols.keep_maps_for(pid, &stack);
+        // The mappings are kept now, while the process surely lives: a short-lived process may
+        // be gone by the next snapshot, and the frames are named from module and offset then
+        // (growth mode's unwinder has just read them: not read twice).
+        let seen = self.unwinder.maps_seen(pid);
+        self.symbols.keep_maps_for(pid, &stack, seen);
         self.interned.insert((pid, key), id);
         self.stacks.insert(id, stack);
         id
@@ -1429,13 +1436,10 @@ impl Session {
             processes.extend(rows);
             other_processes = Some(others);
         }
-        // System-wide, every program on the host passes through: nothing stays open between
-        // snapshots (the frames named are cached; only new addresses pay for reopening).
-        self.symbols.bound(if self.config.system_wide() {
-            0
-        } else {
-            crate::symbolize::MODULES_OPEN
-        });
+        self.symbols.bound(
+            crate::symbolize::MODULES_OPEN,
+            crate::symbolize::MODULES_OPEN_BYTES,
+        );
         log::debug!(
             "snapshot of {} processes built in {:?}",
             processes.len(),
