@@ -133,16 +133,21 @@ fn a_target_killed_while_leaktrace_reads_it_keeps_its_figures_and_frames() {
     }
 }
 
-/// The pid of leaktrace's launched child (from /proc/PID/task/*/children).
-fn launched_child(leaktrace: u32, within: Duration) -> libc::pid_t {
+/// The pid of leaktrace's launched child (from /proc/PID/task/*/children): the one whose
+/// name starts with one of `comms` (its calibration children come and go before it, and a
+/// child not yet exec'd is named after leaktrace).
+fn launched_child(leaktrace: u32, comms: &[&str], within: Duration) -> libc::pid_t {
     let deadline = Instant::now() + within;
     loop {
         let tasks = std::fs::read_dir(format!("/proc/{leaktrace}/task")).expect("tasks");
         for task in tasks.flatten() {
             let children =
                 std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            if let Some(pid) = children.split_whitespace().next() {
-                return pid.parse().expect("pid");
+            for pid in children.split_whitespace() {
+                let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                if comms.iter().any(|c| comm.trim_end().starts_with(c)) {
+                    return pid.parse().expect("pid");
+                }
             }
         }
         assert!(Instant::now() < deadline, "leaktrace launched nothing");
@@ -174,12 +179,13 @@ fn a_target_killed_while_leaktrace_sets_it_up_ends_the_run_cleanly() {
         ];
         args.extend_from_slice(command);
         let run = Run::start(&args);
-        let child = launched_child(run.pid(), Duration::from_secs(60));
+        let child = launched_child(run.pid(), &["faults", "sh"], Duration::from_secs(60));
         // Killed at its first stop by leaktrace (or, if that was missed, as soon as seen).
         let deadline = Instant::now() + Duration::from_secs(30);
+        let mut state = None;
         while Instant::now() < deadline {
             let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
-            let state = stat
+            state = stat
                 .rsplit(')')
                 .next()
                 .and_then(|s| s.trim().chars().next());
@@ -188,6 +194,7 @@ fn a_target_killed_while_leaktrace_sets_it_up_ends_the_run_cleanly() {
             }
             std::thread::yield_now();
         }
+        eprintln!("{command:?}: killed in state {state:?}");
         kill(child);
         let (code, lines) = run.finish(Duration::from_secs(60));
         assert_eq!(
