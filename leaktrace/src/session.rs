@@ -557,9 +557,8 @@ fn attach(
         child.release()?;
         let mut set_up_until_ns = 0;
         if let (Some(tables), Some(link)) = (tables, entry_stop) {
-            load_tables_at_entry(tracer, tables, child.pid, link);
             // Its first exec happened before the entry point: already set up for.
-            set_up_until_ns = crate::tracer::monotonic_ns();
+            set_up_until_ns = load_tables_at_entry(tracer, tables, child.pid, link);
         }
         register_heap(&mut heap, child.pid);
         let comm = procfs::read_comm(child.pid).unwrap_or_else(|_| {
@@ -585,13 +584,16 @@ fn attach(
 const TABLES_AT_START: Duration = Duration::from_secs(60);
 
 /// Wait for a launched child to stop at its entry point, load its unwind tables, and let it go
-/// on. A child that does not stop (it exits first, or is not ELF) is left running.
+/// on. A child that does not stop (it exits first, or is not ELF) is left running. Returns the
+/// moment just before it goes on: its execs up to then are set up for, every later one is
+/// not (taken after the SIGCONT, an exec made meanwhile by a wrapper would be taken for the
+/// first and its process left stopped).
 fn load_tables_at_entry(
     tracer: &mut Tracer,
     tables: &TableWorker,
     pid: u32,
     link: aya::programs::uprobe::UProbeLinkId,
-) {
+) -> u64 {
     let deadline = Instant::now() + Duration::from_secs(10);
     let stopped = loop {
         match procfs::read_stat(pid) {
@@ -610,10 +612,12 @@ fn load_tables_at_entry(
         log::warn!("pid {pid}: its later execs will not be stopped: {err:#}");
     }
     tracer.remove_entry_stop(link);
+    let set_up_until_ns = crate::tracer::monotonic_ns();
     if stopped {
         // SAFETY: our own child, not yet reaped (it is stopped), so the pid is its.
         unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     }
+    set_up_until_ns
 }
 
 /// Hook a process's allocator (exact mode) or watch its heap syscalls (growth mode); returns

@@ -58,7 +58,7 @@ struct OpenModule {
 /// single larger file is named, then dropped). Frames already named stay cached, so only new
 /// addresses in a dropped file pay for opening it again.
 pub const MODULES_OPEN: usize = 32;
-pub const MODULES_OPEN_BYTES: u64 = 64 << 20;
+pub const MODULES_OPEN_BYTES: u64 = 32 << 20;
 
 /// Frames kept by module file and offset (about 200 bytes each); past it the cache starts
 /// empty again.
