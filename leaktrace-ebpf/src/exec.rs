@@ -1,6 +1,7 @@
 //! A traced process exec'ing: its address space, program break and allocator are new. The
 //! event goes through the heap ring buffer, in order with the heap syscalls around it.
 use aya_ebpf::{
+    bindings::BPF_RB_NO_WAKEUP,
     helpers::{
         bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns,
         generated::bpf_send_signal,
@@ -11,9 +12,9 @@ use aya_ebpf::{
 use leaktrace_common::{HeapEvent, HeapEventKind, NO_STACK, STOP_ON_EXEC};
 
 use crate::{
-    events::send_heap_event,
+    counters::bump_lost,
     globals::{self_tgid, trace_all},
-    maps::{BRK_TOPS, TRACED_PIDS},
+    maps::{BRK_TOPS, HEAP_EVENTS, TRACED_PIDS},
 };
 
 const SIGSTOP: u32 = 19;
@@ -38,7 +39,19 @@ fn try_process_exec() {
     }
     // The old program's break means nothing to the new one.
     let _ = BRK_TOPS.remove(tgid);
-    send_heap_event(HeapEvent {
+    let Some(mut entry) = HEAP_EVENTS.reserve::<HeapEvent>(0) else {
+        // Not stopped without its record: nothing would ever continue it.
+        bump_lost(tgid);
+        return;
+    };
+    // Stopped before the record is sent: userspace continues it (SIGCONT) once it has read the
+    // record, and a SIGSTOP queued after that SIGCONT would hold it stopped for good.
+    if flags.is_some_and(|f| f & STOP_ON_EXEC != 0) {
+        // SAFETY: signals the current process (now the new program, before its first
+        // instruction); userspace continues it once its state is started afresh.
+        unsafe { bpf_send_signal(SIGSTOP) };
+    }
+    entry.write(HeapEvent {
         kind: HeapEventKind::Exec as u32,
         tgid,
         tid: pid_tgid as u32,
@@ -48,9 +61,5 @@ fn try_process_exec() {
         comm: bpf_get_current_comm().unwrap_or_default(),
         ..HeapEvent::default()
     });
-    if flags.is_some_and(|f| f & STOP_ON_EXEC != 0) {
-        // SAFETY: signals the current process (now the new program, before its first
-        // instruction); userspace continues it once its state is started afresh.
-        unsafe { bpf_send_signal(SIGSTOP) };
-    }
+    entry.submit(u64::from(BPF_RB_NO_WAKEUP));
 }

@@ -252,6 +252,16 @@ impl Mapping {
     }
 }
 
+/// What a reader of a process's mappings found when it last read them.
+#[derive(Clone, Copy, Debug)]
+pub enum MapsSeen<'a> {
+    /// Not read.
+    Unknown,
+    /// The process was gone.
+    Gone,
+    Read(&'a Maps),
+}
+
 /// A process's mappings, in address order.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Maps {

@@ -557,7 +557,7 @@ fn attach(
         child.release()?;
         let mut set_up_until_ns = 0;
         if let (Some(tables), Some(link)) = (tables, entry_stop) {
-            // Its first exec happened before its entry point: already set up for.
+            // Its first exec happened before the entry point: already set up for.
             set_up_until_ns = load_tables_at_entry(tracer, tables, child.pid, link);
         }
         register_heap(&mut heap, child.pid);
@@ -584,8 +584,10 @@ fn attach(
 const TABLES_AT_START: Duration = Duration::from_secs(60);
 
 /// Wait for a launched child to stop at its entry point, load its unwind tables, and let it go
-/// on; returns when it was seen held there (CLOCK_MONOTONIC). A child that does not stop (it
-/// exits first, or is not ELF) is left running.
+/// on. A child that does not stop (it exits first, or is not ELF) is left running. Returns the
+/// moment just before it goes on: its execs up to then are set up for, every later one is
+/// not (taken after the SIGCONT, an exec made meanwhile by a wrapper would be taken for the
+/// first and its process left stopped).
 fn load_tables_at_entry(
     tracer: &mut Tracer,
     tables: &TableWorker,
@@ -602,8 +604,6 @@ fn load_tables_at_entry(
             _ => break false,
         }
     };
-    // Held at its entry point: any exec it makes from now on comes after this.
-    let held_at_ns = crate::tracer::monotonic_ns();
     if !tables.refresh_and_wait(pid, TABLES_AT_START) {
         log::warn!("pid {pid}: its unwind tables took too long to load; it goes on without them");
     }
@@ -612,11 +612,12 @@ fn load_tables_at_entry(
         log::warn!("pid {pid}: its later execs will not be stopped: {err:#}");
     }
     tracer.remove_entry_stop(link);
+    let set_up_until_ns = crate::tracer::monotonic_ns();
     if stopped {
         // SAFETY: our own child, not yet reaped (it is stopped), so the pid is its.
         unsafe { libc::kill(pid as i32, libc::SIGCONT) };
     }
-    held_at_ns
+    set_up_until_ns
 }
 
 /// Hook a process's allocator (exact mode) or watch its heap syscalls (growth mode); returns
@@ -1073,6 +1074,11 @@ impl Session {
         let mut drained = Vec::new();
         let unwinder = &mut self.unwinder;
         self.tracer.drain_heap_events(|record| {
+            // The modules read before an exec are the old program's: the events after it are
+            // unwound with the new program's (read once, not first tried with the old ones).
+            if record.event.kind == leaktrace_common::HeapEventKind::Exec as u32 {
+                unwinder.forget(record.event.tgid);
+            }
             let unwound = record
                 .stack
                 .map(|copy| unwinder.unwind(record.event.tgid, &copy));
@@ -1118,8 +1124,8 @@ impl Session {
         {
             return;
         }
+        // (The unwinder forgot the old program at the exec record.)
         self.symbols.forget(pid);
-        self.unwinder.forget(pid);
         self.series.forget(pid);
         let stacks = &mut self.stacks;
         self.interned.retain(|(owner, _), id| {
@@ -1279,9 +1285,11 @@ impl Session {
         }
         self.unwound_ids = self.unwound_ids.wrapping_add(1) & 0x3fff_ffff;
         let id = FIRST_UNWOUND_ID | self.unwound_ids;
-        // The mappings are read now, while the process surely lives: a short-lived process may
-        // be gone by the next snapshot, and the frames are named from module and offset then.
-        self.symbols.keep_maps_for(pid, &stack);
+        // The mappings are kept now, while the process surely lives: a short-lived process may
+        // be gone by the next snapshot, and the frames are named from module and offset then
+        // (growth mode's unwinder has just read them: not read twice).
+        let seen = self.unwinder.maps_seen(pid);
+        self.symbols.keep_maps_for(pid, &stack, seen);
         self.interned.insert((pid, key), id);
         self.stacks.insert(id, stack);
         id
@@ -1432,13 +1440,10 @@ impl Session {
             processes.extend(rows);
             other_processes = Some(others);
         }
-        // System-wide, every program on the host passes through: nothing stays open between
-        // snapshots (the frames named are cached; only new addresses pay for reopening).
-        self.symbols.bound(if self.config.system_wide() {
-            0
-        } else {
-            crate::symbolize::MODULES_OPEN
-        });
+        self.symbols.bound(
+            crate::symbolize::MODULES_OPEN,
+            crate::symbolize::MODULES_OPEN_BYTES,
+        );
         log::debug!(
             "snapshot of {} processes built in {:?}",
             processes.len(),

@@ -23,7 +23,6 @@ use blazesym::symbolize::{
 use crate::{procfs, schema::Frame, target_files::Unreadable};
 
 pub struct Symbols {
-    symbolizer: Symbolizer,
     maps: HashMap<u32, procfs::Maps>,
     frames: HashMap<(u32, u64), Vec<Frame>>,
     /// By file, not path: a path through each process's root would grow with process churn.
@@ -34,15 +33,32 @@ pub struct Symbols {
     /// Frames by module file and offset, whatever process they were seen in: the thousandth
     /// run of a compiler is named without opening anything (bounded by [`FRAMES_BY_FILE`]).
     by_file: HashMap<(FileId, u64), Vec<Frame>>,
-    /// Module files the symbolizer opened (it keeps each mapped, with its parsed symbols and
-    /// DWARF, until it is dropped).
-    opened: HashSet<FileId>,
+    /// One symbolizer per module file, each keeping its file mapped with its parsed symbols
+    /// and DWARF until it is dropped: kept across snapshots (parsing a module again costs far
+    /// more than naming an address in it), the least recently used dropped first past
+    /// [`MODULES_OPEN`] files or [`MODULES_OPEN_BYTES`] ([`Symbols::bound`]).
+    open: HashMap<FileId, OpenModule>,
+    /// Counts symbolizer uses: which open module was used least recently.
+    uses: u64,
 }
 
-/// Module files the symbolizer keeps open before it is started afresh ([`Symbols::bound`]): a
-/// debug build's DWARF alone is hundreds of MB mapped. Frames already named stay cached, so
-/// only new addresses pay for the reopening.
+/// A module file's own symbolizer.
+struct OpenModule {
+    symbolizer: Symbolizer,
+    /// The file's size: what it may cost mapped.
+    bytes: u64,
+    /// [`Symbols::uses`] at its last use.
+    used: u64,
+    /// Its [`PinnedFiles`] key: unpinned with it.
+    pinned: (u64, u64),
+}
+
+/// Module files kept open between uses, and their bytes at most ([`Symbols::bound`]): a debug
+/// build's DWARF alone is hundreds of MB mapped. Past either the least recently used go (a
+/// single larger file is named, then dropped). Frames already named stay cached, so only new
+/// addresses in a dropped file pay for opening it again.
 pub const MODULES_OPEN: usize = 32;
+pub const MODULES_OPEN_BYTES: u64 = 32 << 20;
 
 /// Frames kept by module file and offset (about 200 bytes each); past it the cache starts
 /// empty again.
@@ -60,25 +76,47 @@ impl Default for Symbols {
 impl Symbols {
     pub fn new() -> Self {
         Self {
-            symbolizer: Symbolizer::new(),
             maps: HashMap::new(),
             frames: HashMap::new(),
             build_ids: HashMap::new(),
             said_unreadable: HashSet::new(),
             pinned: PinnedFiles::default(),
-            opened: HashSet::new(),
+            open: HashMap::new(),
+            uses: 0,
             by_file: HashMap::new(),
         }
     }
 
-    /// Keep the symbolizer's caches bounded: past `max_open` module files, it starts afresh
-    /// (closing their mappings and freeing their parsed symbols).
-    pub fn bound(&mut self, max_open: usize) {
-        if self.opened.len() > max_open {
-            self.symbolizer = Symbolizer::new();
-            self.opened.clear();
-            // The pinned descriptors (and sealed copies) go too: they are re-made on demand.
-            self.pinned = PinnedFiles::default();
+    /// Keep the symbolizers bounded: past `max_open` module files or `max_bytes` of them, the
+    /// least recently used are dropped (closing their mappings, freeing their parsed symbols
+    /// and their pinned descriptor or sealed copy).
+    pub fn bound(&mut self, max_open: usize, max_bytes: u64) {
+        // A file larger than the whole budget goes first, alone: it must not flush the others.
+        let huge: Vec<FileId> = self
+            .open
+            .iter()
+            .filter(|(_, m)| m.bytes > max_bytes)
+            .map(|(file, _)| *file)
+            .collect();
+        for file in huge {
+            if let Some(module) = self.open.remove(&file) {
+                self.pinned.unpin(module.pinned);
+            }
+        }
+        let mut bytes: u64 = self.open.values().map(|m| m.bytes).sum();
+        while self.open.len() > max_open || (bytes > max_bytes && !self.open.is_empty()) {
+            let Some(oldest) = self
+                .open
+                .iter()
+                .min_by_key(|(_, m)| m.used)
+                .map(|(file, _)| *file)
+            else {
+                break;
+            };
+            if let Some(module) = self.open.remove(&oldest) {
+                bytes = bytes.saturating_sub(module.bytes);
+                self.pinned.unpin(module.pinned);
+            }
         }
     }
 
@@ -94,10 +132,23 @@ impl Symbols {
     }
 
     /// Make sure the mappings of `addrs` are known (read while the process lives), so that a
-    /// short-lived process's stacks can still be named after it exits.
-    pub fn keep_maps_for(&mut self, pid: u32, addrs: &[u64]) {
-        if addrs.iter().any(|a| self.mapping(pid, *a).is_none()) {
-            self.refresh_maps(pid);
+    /// short-lived process's stacks can still be named after it exits. `seen`: the mappings
+    /// the caller read just before (growth mode's unwinder), taken instead of reading them
+    /// again, or that the process was already gone then (nothing to read).
+    pub fn keep_maps_for(&mut self, pid: u32, addrs: &[u64], seen: procfs::MapsSeen<'_>) {
+        if addrs.iter().all(|a| self.mapping(pid, *a).is_some()) {
+            return;
+        }
+        match seen {
+            procfs::MapsSeen::Gone => {}
+            procfs::MapsSeen::Read(maps)
+                if addrs
+                    .iter()
+                    .all(|a| maps.containing(*a).is_some_and(|m| m.path().is_some())) =>
+            {
+                self.maps.insert(pid, maps.clone());
+            }
+            procfs::MapsSeen::Read(_) | procfs::MapsSeen::Unknown => self.refresh_maps(pid),
         }
     }
 
@@ -231,9 +282,16 @@ impl Symbols {
                 let build_id = pinned
                     .file
                     .and_then(|file| self.build_id(file_id, readable, file));
-                self.opened.insert(file_id);
+                self.uses += 1;
+                let open = self.open.entry(file_id).or_insert_with(|| OpenModule {
+                    symbolizer: Symbolizer::new(),
+                    bytes: pinned.bytes,
+                    used: 0,
+                    pinned: pinned.key,
+                });
+                open.used = self.uses;
                 let source = Source::Elf(Elf::new(pinned.path));
-                match self
+                match open
                     .symbolizer
                     .symbolize(&source, Input::FileOffset(&lookups))
                 {
@@ -359,6 +417,9 @@ struct PinnedFiles {
 struct Pinned {
     path: PathBuf,
     file: Option<File>,
+    /// The file's size, and its key among the pinned files.
+    bytes: u64,
+    key: (u64, u64),
 }
 
 impl PinnedFiles {
@@ -387,7 +448,16 @@ impl PinnedFiles {
         Ok(Pinned {
             path: PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())),
             file: file.try_clone().ok(),
+            bytes: meta.len(),
+            key,
         })
+    }
+
+    /// Close a pinned file (its symbolizer is gone).
+    fn unpin(&mut self, key: (u64, u64)) {
+        if self.files.remove(&key).is_some() {
+            self.order.retain(|k| *k != key);
+        }
     }
 }
 
@@ -590,6 +660,36 @@ mod tests {
             name_at(&mut symbols, second).as_deref(),
             Some("second_function_to_find")
         );
+    }
+
+    /// Open modules past the count or the bytes: the least recently used go; a file larger
+    /// than the whole budget goes alone, without flushing the others.
+    #[test]
+    fn bound_drops_the_least_recently_used_and_a_file_over_the_budget_alone() {
+        let device = procfs::Device { major: 8, minor: 1 };
+        let mut symbols = Symbols::new();
+        for (inode, bytes, used) in [(1, 10, 3), (2, 10, 1), (3, 10, 2), (4, 1000, 4)] {
+            symbols.open.insert(
+                (device, inode),
+                OpenModule {
+                    symbolizer: Symbolizer::new(),
+                    bytes,
+                    used,
+                    pinned: (0, inode),
+                },
+            );
+        }
+        let left = |symbols: &Symbols| {
+            let mut inodes: Vec<u64> = symbols.open.keys().map(|(_, inode)| *inode).collect();
+            inodes.sort_unstable();
+            inodes
+        };
+        symbols.bound(2, 100);
+        assert_eq!(left(&symbols), [1, 3]);
+        symbols.bound(8, 15);
+        assert_eq!(left(&symbols), [1]);
+        symbols.bound(8, 15);
+        assert_eq!(left(&symbols), [1]);
     }
 
     /// A FIFO planted at a module's path: refused without blocking, said once however often

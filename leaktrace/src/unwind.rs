@@ -211,10 +211,15 @@ fn is_libc(path: &Path) -> bool {
 
 struct ProcessUnwinder {
     unwinder: UnwinderX86_64<Data>,
-    cache: CacheX86_64,
+    /// Made at the first walk: a process found gone has no modules to walk through (its
+    /// stacks are the instruction pointer alone).
+    cache: Option<CacheX86_64>,
     code: Vec<Range<u64>>,
     libc: Vec<Range<u64>>,
     read_at: Instant,
+    /// The mappings read at `read_at`; `None`: the process was gone (its events are drained
+    /// after it exits), which is not read again before [`MODULES_REFRESH`].
+    maps: Option<procfs::Maps>,
 }
 
 impl ProcessUnwinder {
@@ -252,9 +257,13 @@ impl StackUnwinder {
         // binary): outside the modules read, the process has exec'd since (a fork's heap
         // events can be seen before its exec), so they are read again at once. Other frames
         // outside them (a library loaded since, or JIT code) wait for MODULES_REFRESH.
+        // A process found gone is not looked for again before MODULES_REFRESH: a busy host's
+        // short processes are mostly gone by the time their events are drained, and each
+        // failed lookup of /proc/PID costs a path walk.
         let stale = self.processes.get(&pid).is_some_and(|p| {
-            !p.covers(copy.ip)
-                || (frames.iter().any(|a| !p.covers(*a)) && p.read_at.elapsed() >= MODULES_REFRESH)
+            let due = p.read_at.elapsed() >= MODULES_REFRESH;
+            (!p.covers(copy.ip) && (p.maps.is_some() || due))
+                || (frames.iter().any(|a| !p.covers(*a)) && due)
         });
         if stale {
             self.load_process(pid);
@@ -264,6 +273,17 @@ impl StackUnwinder {
         self.stats.frames += frames.len() as u64;
         self.stats.nanos += u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         (frames, in_libc)
+    }
+
+    /// The mappings of `pid` as they were last read to unwind its stacks.
+    pub fn maps_seen(&self, pid: u32) -> procfs::MapsSeen<'_> {
+        match self.processes.get(&pid) {
+            None => procfs::MapsSeen::Unknown,
+            Some(ProcessUnwinder { maps: None, .. }) => procfs::MapsSeen::Gone,
+            Some(ProcessUnwinder {
+                maps: Some(maps), ..
+            }) => procfs::MapsSeen::Read(maps),
+        }
     }
 
     /// How many of the first `frames` are in the process's C library.
@@ -296,7 +316,7 @@ impl StackUnwinder {
     }
 
     fn walk(&mut self, pid: u32, copy: &StackCopy<'_>) -> Vec<u64> {
-        let Some(process) = self.processes.get_mut(&pid) else {
+        let Some(process) = self.processes.get_mut(&pid).filter(|p| p.maps.is_some()) else {
             return vec![copy.ip];
         };
         let mut read_stack = |addr: u64| -> Result<u64, ()> {
@@ -311,10 +331,10 @@ impl StackUnwinder {
         };
         let regs = UnwindRegsX86_64::new(copy.ip, copy.sp, copy.bp);
         let mut frames = Vec::new();
-        let mut iter =
-            process
-                .unwinder
-                .iter_frames(copy.ip, regs, &mut process.cache, &mut read_stack);
+        let cache = process.cache.get_or_insert_with(CacheX86_64::new);
+        let mut iter = process
+            .unwinder
+            .iter_frames(copy.ip, regs, cache, &mut read_stack);
         // An error ends the stack where it is: what was unwound so far is kept.
         loop {
             let frame = match iter.next() {
@@ -339,11 +359,12 @@ impl StackUnwinder {
 
     /// (Re)build a process's unwinder from its executable mappings.
     fn load_process(&mut self, pid: u32) {
-        let maps = procfs::read_maps(pid).unwrap_or_default();
+        let maps = procfs::read_maps(pid).ok();
         let mut unwinder = UnwinderX86_64::new();
         let mut code = Vec::new();
         let mut libc = Vec::new();
-        for (mapping, path) in code_mappings(&maps) {
+        let empty = procfs::Maps::default();
+        for (mapping, path) in code_mappings(maps.as_ref().unwrap_or(&empty)) {
             let file = self
                 .files
                 .entry(mapping.file_id())
@@ -370,10 +391,11 @@ impl StackUnwinder {
             pid,
             ProcessUnwinder {
                 unwinder,
-                cache: CacheX86_64::new(),
+                cache: None,
                 code,
                 libc,
                 read_at: Instant::now(),
+                maps,
             },
         );
     }

@@ -89,6 +89,10 @@ enum Task {
         /// How long to run.
         #[arg(long, default_value_t = 30.0)]
         minutes: f64,
+        /// Soak this leaktrace binary instead of building the release one (to compare two
+        /// builds in the same hour, e.g. a copy of main's).
+        #[arg(long, value_name = "PATH")]
+        leaktrace: Option<PathBuf>,
     },
     /// Print the import cycles between leaktrace's modules (from their `use` paths); fail if any.
     Deps {
@@ -123,13 +127,15 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
             };
             fuzz::run(&root, &targets, seconds)
         }
-        Task::Soak { minutes } => {
-            cargo(&["build", "--release", "--package", "leaktrace"])?;
-            soak::run(
-                &root.join("target/release/leaktrace"),
-                &soak::out_dir(&root),
-                minutes,
-            )
+        Task::Soak { minutes, leaktrace } => {
+            let leaktrace = match leaktrace {
+                Some(path) => path,
+                None => {
+                    cargo(&["build", "--release", "--package", "leaktrace"])?;
+                    root.join("target/release/leaktrace")
+                }
+            };
+            soak::run(&leaktrace, &soak::out_dir(&root), minutes)
         }
         Task::Test { cargo_test_args } => {
             setup()?;

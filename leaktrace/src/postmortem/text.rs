@@ -419,7 +419,10 @@ fn counters_warning(c: &Counters) -> Option<String> {
         ));
     }
     if c.lost_events > 0 {
-        reasons.push(format!("{} probe events did not pair up", c.lost_events));
+        reasons.push(format!(
+            "{} events were lost (heap-syscall records when the ring buffer was full, probes that did not pair up): the figures they touch may be off by that much",
+            c.lost_events
+        ));
     }
     if c.unknown_frees > 0 {
         reasons.push(format!(

@@ -12,6 +12,7 @@ mod churn;
 mod cli;
 mod cost;
 mod exec;
+mod faults;
 mod files;
 mod fleet;
 mod golang;
