@@ -132,7 +132,7 @@ impl Bursts {
                     cpu_ns.unwrap_or(f64::NAN) / 1e6
                 );
                 p.plan.record(now_s, duration_s, hits);
-                p.plan.record_target_cpu(p.cpu.cost_ns());
+                p.plan.record_target_cpu(cpu_ns, hits);
             }
         }
         let next = self

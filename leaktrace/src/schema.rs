@@ -237,7 +237,8 @@ pub struct BurstReport {
     pub measured_overhead_pct: f64,
     /// The bursts' cost measured on the target itself, over the run's duration, in percent of
     /// one CPU: its CPU time from each burst's attaching to its detaching, beyond what its rates
-    /// between bursts account for. Absent before one burst could be measured. The budget
+    /// between bursts account for, each burst counted at no less than its hits × `ns_per_hit`.
+    /// Absent before one burst could be measured. The budget
     /// holds the larger of this and `measured_overhead_pct`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub target_cpu_overhead_pct: Option<f64>,
