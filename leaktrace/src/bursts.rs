@@ -13,7 +13,7 @@ use leaktrace_common::SiteKey;
 
 use crate::{
     allocator::{Allocator, Discovery},
-    model::{BurstPlan, BurstWindow, SiteEstimate, SurvivalWatch},
+    model::{BurstCpu, BurstPlan, BurstWindow, CpuReading, SiteEstimate, SurvivalWatch},
     procfs,
     schema::BurstReport,
     tracer::{RunningBurst, Tracer},
@@ -27,6 +27,8 @@ struct ProcessBursts {
     /// The allocator whose probes a burst attaches (None: nothing leaktrace can hook).
     allocator: Option<Allocator>,
     plan: BurstPlan,
+    /// What the bursts cost, measured on the process's own CPU time.
+    cpu: BurstCpu,
     watch: SurvivalWatch,
     /// Heap events of the process when its latest burst started (growth since then makes the
     /// next burst due sooner).
@@ -39,6 +41,16 @@ struct ProcessBursts {
 struct Running {
     burst: RunningBurst,
     hits_before: u64,
+}
+
+/// `pid`'s CPU time now.
+fn cpu_reading(pid: u32) -> Option<CpuReading> {
+    let cpu = procfs::read_cpu_time(pid)?;
+    Some(CpuReading {
+        at_ns: crate::tracer::monotonic_ns(),
+        user_ns: cpu.user_ns,
+        system_ns: cpu.system_ns,
+    })
 }
 
 /// Every growth-mode target's bursts.
@@ -74,6 +86,7 @@ impl Bursts {
             ProcessBursts {
                 allocator,
                 plan: BurstPlan::new(self.budget_pct, self.ns_per_hit),
+                cpu: BurstCpu::starting(cpu_reading(pid)),
                 watch: SurvivalWatch::default(),
                 heap_events_at_burst: 0,
                 unavailable,
@@ -112,8 +125,14 @@ impl Bursts {
                     Err(err) => log::warn!("cannot read the blocks of pid {pid}'s burst: {err:#}"),
                 }
                 let duration_s = ended_ns.saturating_sub(window.attached_ns) as f64 / 1e9;
-                log::debug!("burst on pid {pid}: {hits} probe hits in {duration_s:.3} s of burst");
+                let cpu_ns = p.cpu.window_ended(cpu_reading(pid));
+                log::debug!(
+                    "burst on pid {pid}: {hits} probe hits in {duration_s:.3} s of burst; \
+                     {:.1} ms of the target's CPU from attaching to detached",
+                    cpu_ns.unwrap_or(f64::NAN) / 1e6
+                );
                 p.plan.record(now_s, duration_s, hits);
+                p.plan.record_target_cpu(cpu_ns, hits);
             }
         }
         let next = self
@@ -135,13 +154,16 @@ impl Bursts {
         };
         let hits_before = tracer.probe_hits();
         let duration = p.plan.burst_duration();
+        p.cpu.window_started(cpu_reading(pid));
         match tracer.start_burst(pid, allocator, duration) {
             Ok(burst) => {
+                let attach_hits = tracer.probe_hits().saturating_sub(hits_before);
                 log::debug!(
-                    "burst on pid {pid} for {duration:?} (attached in {:?}, {} hits meanwhile)",
+                    "burst on pid {pid} for {duration:?} (attached in {:?}, {attach_hits} hits \
+                     meanwhile)",
                     burst.attach_took,
-                    tracer.probe_hits().saturating_sub(hits_before)
                 );
+                p.plan.record_attaching(attach_hits);
                 p.heap_events_at_burst = heap_events(pid);
                 self.running = Some(Running { burst, hits_before });
             }
@@ -176,8 +198,10 @@ impl Bursts {
             sampled_s: p.watch.sampled_s(),
             watched_blocks: p.watch.watched() as u64,
             probe_hits: p.plan.hits(),
+            attach_probe_hits: p.plan.attach_hits(),
             ns_per_hit: p.plan.ns_per_hit(),
             measured_overhead_pct: p.plan.overhead_pct(now_s),
+            target_cpu_overhead_pct: p.plan.target_cpu_overhead_pct(now_s),
             budget_pct: p.plan.budget_pct(),
             unavailable: p.unavailable.clone().filter(|why| why != EXITED),
         };

@@ -322,17 +322,47 @@ pub struct Stat {
     pub state: char,
     /// Start of the heap (field 47; Linux 3.5 and later).
     pub start_brk: Option<u64>,
+    /// CPU time of all the process's threads in user and in system mode, in clock ticks
+    /// (fields 14 and 15).
+    pub user_ticks: u64,
+    pub system_ticks: u64,
 }
 
 impl Stat {
     fn parse(text: &str) -> Option<Self> {
         // The command name (field 2) is in parentheses and may hold spaces and parentheses: the
-        // fields are counted from the last ')'.
-        let mut fields = text.rsplit_once(')')?.1.split_whitespace();
-        let state = fields.next()?.chars().next()?;
-        let start_brk = fields.nth(47 - 4).and_then(|v| v.parse().ok());
-        Some(Stat { state, start_brk })
+        // fields are counted from the last ')', where field 3 (the state) is the first.
+        let fields: Vec<&str> = text.rsplit_once(')')?.1.split_whitespace().collect();
+        let field = |n: usize| fields.get(n - 3).copied();
+        let state = field(3)?.chars().next()?;
+        let start_brk = field(47).and_then(|v| v.parse().ok());
+        let ticks = |n| field(n).and_then(|v| v.parse().ok()).unwrap_or(0);
+        Some(Stat {
+            state,
+            start_brk,
+            user_ticks: ticks(14),
+            system_ticks: ticks(15),
+        })
     }
+}
+
+/// CPU time a process used so far, in ns, user and system apart.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuTime {
+    pub user_ns: u64,
+    pub system_ns: u64,
+}
+
+/// The CPU time of all of `pid`'s threads so far (/proc/PID/stat, clock-tick resolution).
+pub fn read_cpu_time(pid: u32) -> Option<CpuTime> {
+    let stat = read_stat(pid).ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ns_per_tick = 1_000_000_000 / u64::try_from(hz).ok().filter(|hz| *hz > 0)?;
+    Some(CpuTime {
+        user_ns: stat.user_ticks.saturating_mul(ns_per_tick),
+        system_ns: stat.system_ticks.saturating_mul(ns_per_tick),
+    })
 }
 
 pub fn read_stat(pid: u32) -> io::Result<Stat> {
@@ -669,18 +699,36 @@ mod tests {
             Stat::parse(&stat),
             Some(Stat {
                 state: 'S',
-                start_brk: Some(47)
+                start_brk: Some(47),
+                user_ticks: 14,
+                system_ticks: 15,
             })
         );
         assert_eq!(
             Stat::parse("1 (old kernel) Z 0 1"),
             Some(Stat {
                 state: 'Z',
-                start_brk: None
+                start_brk: None,
+                user_ticks: 0,
+                system_ticks: 0,
             })
         );
         assert_eq!(Stat::parse("1 (no state)"), None);
         assert_eq!(Stat::parse("no parentheses"), None);
+    }
+
+    #[test]
+    fn our_own_cpu_time_is_read_and_grows() {
+        let before = read_cpu_time(std::process::id()).expect("our own stat");
+        let started = std::time::Instant::now();
+        let mut spin = 0u64;
+        // Spin for 100 ms of wall clock, at least 10 ticks of CPU once scheduled.
+        while started.elapsed() < std::time::Duration::from_millis(100) {
+            spin = std::hint::black_box(spin.wrapping_add(1));
+        }
+        let after = read_cpu_time(std::process::id()).expect("our own stat");
+        assert!(after.user_ns + after.system_ns >= before.user_ns + before.system_ns);
+        assert!(after.user_ns + after.system_ns > 0, "{after:?}");
     }
 
     #[test]

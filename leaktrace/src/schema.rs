@@ -261,11 +261,22 @@ pub struct BurstReport {
     pub watched_blocks: u64,
     /// Probe hits of all the bursts.
     pub probe_hits: u64,
+    /// Of `probe_hits`, those while a burst's probes were still being attached (they buy no
+    /// sample: what attaching costs).
+    #[serde(default)]
+    pub attach_probe_hits: u64,
     /// The cost of one hit used (measured at start; a default when that failed).
     pub ns_per_hit: f64,
-    /// `probe_hits × ns_per_hit` over the run's duration, in percent of one CPU: the overhead
-    /// the bursts actually cost, measured.
+    /// `probe_hits × ns_per_hit` over the run's duration, in percent of one CPU: the bursts'
+    /// cost from their measured hits and the measured cost of one.
     pub measured_overhead_pct: f64,
+    /// The bursts' cost measured on the target itself, over the run's duration, in percent of
+    /// one CPU: its CPU time from each burst's attaching to its detaching, beyond what its rates
+    /// between bursts account for, each burst counted at no less than its hits × `ns_per_hit`.
+    /// Absent before one burst could be measured. The budget
+    /// holds the larger of this and `measured_overhead_pct`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target_cpu_overhead_pct: Option<f64>,
     /// `--overhead-budget`.
     pub budget_pct: f64,
     /// Why no (more) bursts run on this process (e.g. no C library to hook); absent when they do.

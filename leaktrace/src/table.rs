@@ -197,10 +197,13 @@ fn estimate_lines(process: &ProcessReport, top: usize) -> String {
     };
     let _ = writeln!(
         out,
-        "  leak estimate from {} bursts ({:.2} s of allocations sampled, {:.2}% CPU measured, budget {}%){}:",
+        "  leak estimate from {} bursts ({:.2} s of allocations sampled; cost {:.2}% of a CPU from probe hits, {} on the target's CPU time; budget {}%){}:",
         bursts.bursts,
         bursts.sampled_s,
         bursts.measured_overhead_pct,
+        bursts
+            .target_cpu_overhead_pct
+            .map_or_else(|| "not yet measured".to_string(), |pct| format!("{pct:.2}%")),
         bursts.budget_pct,
         bursts
             .unavailable

@@ -251,6 +251,56 @@ fn report_of_a_growth_mode_snapshot_speaks_of_heap_growth() {
 }
 
 #[test]
+fn report_shows_the_bursts_estimate_as_estimated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut snapshot = load_json("leak-run1.json");
+    snapshot["mode"] = json!("growth");
+    let process = &mut snapshot["processes"][0];
+    process["exact"] = json!(false);
+    let frames = process["sites"][0]["frames"].clone();
+    process["bursts"] = json!({
+        "bursts": 5, "sampled_s": 0.75, "watched_blocks": 120, "probe_hits": 90000,
+        "attach_probe_hits": 300, "ns_per_hit": 1300.0, "measured_overhead_pct": 0.25,
+        "target_cpu_overhead_pct": 0.8, "budget_pct": 1.0
+    });
+    process["estimated_sites"] = json!([{
+        "id": "1-2-est", "estimated": true, "estimate_rank": 1, "class": "leak_suspect",
+        "samples": 400, "freed_samples": 3, "allocations_seen": 5000,
+        "surviving_sampled_bytes": 72000, "surviving_bytes_per_s": 96000.0,
+        "surviving_bytes_per_s_interval": {"low": 86800.0, "high": 105800.0},
+        "recent_surviving_bytes_per_s": 95000.0, "recent_samples": 200,
+        "surviving_bytes_per_mib_processed": null,
+        "surviving_bytes_per_mib_processed_interval": null,
+        "estimated_surviving_bytes": 2880000, "frames": frames
+    }]);
+    let file = write_json(dir.path(), "growth.json", &snapshot);
+    let markdown = succeed(&["report", &file, "--format", "markdown"]);
+    assert!(
+        markdown.contains("#### Leak estimate from bursts of exact tracing (estimated)"),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains(
+            "5 bursts, 0.75 s of allocations sampled; cost 0.25% of a CPU from 90000 probe hits, \
+             0.80% on the target's own CPU time; budget 1%."
+        ),
+        "{markdown}"
+    );
+    assert!(
+        markdown.contains(
+            "| 1 | LEAK? | ~96000 | 86800..105800 | 95000 | 400 | 5000 | `leak_exactly (alloc_patterns.c:31)` |"
+        ),
+        "{markdown}"
+    );
+    let text = succeed(&["report", &file]);
+    assert!(
+        text.contains("#1 leak_exactly: ~96000 B/s surviving (95%: 86800..105800), 400 samples of 5000 allocations seen, LEAK?"),
+        "{text}"
+    );
+    assert!(text.contains("bursts           5 bursts, 0.75 s"), "{text}");
+}
+
+#[test]
 fn report_in_markdown_is_a_table_with_code_blocks() {
     let out = succeed(&["report", &data("leak-run1.json"), "--format", "markdown"]);
     assert!(out.starts_with("## leaktrace report: `"), "{out}");

@@ -54,6 +54,10 @@ enum Task {
         /// What to measure.
         #[arg(long, value_enum, default_value_t = bench::Scenario::MallocLoop)]
         scenario: bench::Scenario,
+        /// What each measurement is: wall-clock (ns per pair, requests/s) or the target's own
+        /// CPU time per unit of work (what the overhead targets are stated in).
+        #[arg(long, value_enum, default_value_t = bench::Metric::Wall)]
+        metric: bench::Metric,
         /// malloc-loop: malloc+free pairs per run.
         #[arg(long, default_value_t = 5_000_000)]
         iterations: u64,
@@ -191,6 +195,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
         }
         Task::Bench {
             scenario,
+            metric,
             iterations,
             repeats,
             duration,
@@ -208,6 +213,7 @@ fn run(xtask: Xtask) -> anyhow::Result<()> {
                 &out_dir,
                 &bench::BenchArgs {
                     scenario,
+                    metric,
                     iterations,
                     repeats,
                     duration_secs: duration,

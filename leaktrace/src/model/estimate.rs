@@ -87,6 +87,8 @@ impl BurstWindow {
 #[derive(Clone, Copy, Debug)]
 struct Harvested {
     sampled_s: f64,
+    /// When the burst ended (CLOCK_MONOTONIC ns): "recent" is by time, not by burst count.
+    ended_ns: u64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -133,7 +135,7 @@ pub struct SiteEstimate {
     pub surviving_bytes_per_s: f64,
     /// 95% interval of `surviving_bytes_per_s`.
     pub interval: (f64, f64),
-    /// Over the newer half of the bursts.
+    /// Over the bursts of the newer half of the time the bursts span.
     pub recent_surviving_bytes_per_s: f64,
     pub recent_samples: u64,
     /// `surviving_bytes_per_s` over the process's bytes processed per second, per MiB.
@@ -206,6 +208,7 @@ impl SurvivalWatch {
         );
         self.bursts.push(Harvested {
             sampled_s: window.sampled_s(),
+            ended_ns: window.ended_ns,
         });
         self.settle_oldest(&mut forget);
         forget
@@ -282,6 +285,22 @@ impl SurvivalWatch {
         self.watched.len()
     }
 
+    /// The first of the recent bursts: those of the newer half of the time the confirmable
+    /// bursts span (at least the newest one). By time, not by count: bursts come often while a
+    /// heap grows and rarely once it stops, so the newer half of the bursts of a cache that
+    /// filled early could all date from its filling, and call it a leak.
+    fn recent_from(&self, confirmable: usize) -> usize {
+        let Some(newest) = confirmable.checked_sub(1) else {
+            return 0;
+        };
+        let first = self.bursts[0].ended_ns;
+        let middle = first + self.bursts[newest].ended_ns.saturating_sub(first) / 2;
+        self.bursts[..confirmable]
+            .iter()
+            .position(|b| b.ended_ns >= middle)
+            .map_or(newest, |i| i.min(newest))
+    }
+
     /// The estimate of every site seen, ranked. `now_s`: seconds into the run;
     /// `processed_per_s`: the process's bytes processed per second (None: unknown);
     /// `allocations_seen`: allocations the bursts saw per site (the per-site totals map).
@@ -294,8 +313,7 @@ impl SurvivalWatch {
         // A burst's samples can be confirmed only by a later burst: the latest one waits.
         let confirmable = self.bursts.len().saturating_sub(1);
         let sampled_s: f64 = self.bursts[..confirmable].iter().map(|b| b.sampled_s).sum();
-        // The newer half of the confirmable bursts (at least the newest one).
-        let recent_from = confirmable / 2;
+        let recent_from = self.recent_from(confirmable);
         let recent_sampled_s: f64 = self.bursts[recent_from..confirmable]
             .iter()
             .map(|b| b.sampled_s)
@@ -571,6 +589,40 @@ mod tests {
         assert_eq!(estimates[0].class, GrowthClass::Plateau);
         assert_eq!(estimates[0].recent_samples, 0);
         assert!(estimates[0].samples > 0);
+    }
+
+    #[test]
+    fn a_cache_sampled_often_while_it_filled_is_still_a_plateau() {
+        // Six bursts a second apart while the cache fills (the heap grows: bursts come often),
+        // then four 5 s apart once it is full: by count, the newer half of the nine
+        // confirmable bursts starts during the filling; by time, after it.
+        let mut watch = SurvivalWatch::default();
+        let mut kept = Vec::new();
+        let starts_s = [0, 1, 2, 3, 4, 5, 10, 15, 20, 25];
+        for (n, start_s) in starts_s.into_iter().enumerate() {
+            let start = start_s * 1000 * MS;
+            let blocks = if n < 6 {
+                let mut blocks = Vec::new();
+                for ms in 0..40 {
+                    kept.push((
+                        0x10_0000 + n as u64 * 0x1_0000 + ms * 0x100,
+                        block(0xa, 100, start + ms * MS),
+                    ));
+                }
+                blocks.extend(kept.iter().copied());
+                blocks
+            } else {
+                kept.clone()
+            };
+            let window = BurstWindow {
+                attached_ns: start,
+                ended_ns: start + 40 * MS,
+            };
+            watch.harvest(window, &blocks);
+        }
+        let estimates = watch.estimates(26.0, None, &HashMap::new());
+        assert_eq!(estimates[0].class, GrowthClass::Plateau);
+        assert_eq!(estimates[0].recent_samples, 0);
     }
 
     #[test]

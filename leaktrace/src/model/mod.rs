@@ -23,7 +23,7 @@ mod process;
 mod sites;
 mod totals;
 
-pub use burst_plan::BurstPlan;
+pub use burst_plan::{BurstCpu, BurstPlan, CpuReading};
 pub use estimate::{estimated_site, BurstWindow, SiteEstimate, SurvivalWatch};
 pub use functions::{function_totals, CallTree, StackCost, TreeDirection};
 pub use process::{

@@ -110,6 +110,9 @@ pub struct RecordedProcess {
     /// Growth mode: the bursts' leak estimate per site; absent from older snapshots.
     #[serde(default)]
     pub estimated_sites: Vec<crate::schema::EstimatedSite>,
+    /// Growth mode: the bursts behind `estimated_sites` and what they cost.
+    #[serde(default)]
+    pub bursts: Option<crate::schema::BurstReport>,
     /// Go programs: the runtime's census, heap profile and statistics; absent for others.
     #[serde(default)]
     pub go: Option<RecordedGo>,

@@ -570,8 +570,31 @@ fn text_process(
     }
 }
 
+/// Growth mode: how many bursts ran, what they sampled, and what they cost against the budget.
+fn bursts_line(bursts: &crate::schema::BurstReport) -> String {
+    let mut line = format!(
+        "{} bursts, {:.2} s of allocations sampled; cost {:.2}% of a CPU from {} probe hits, {} on \
+         the target's own CPU time; budget {}%",
+        bursts.bursts,
+        bursts.sampled_s,
+        bursts.measured_overhead_pct,
+        bursts.probe_hits,
+        bursts
+            .target_cpu_overhead_pct
+            .map_or_else(|| "not measured".to_string(), |pct| format!("{pct:.2}%")),
+        bursts.budget_pct
+    );
+    if let Some(why) = &bursts.unavailable {
+        let _ = write!(line, " (no bursts: {why})");
+    }
+    line
+}
+
 /// Growth mode: the bursts' estimate, by estimate rank.
 fn text_estimate(out: &mut String, process: &RecordedProcess, options: &ReportOptions) {
+    if let Some(bursts) = &process.bursts {
+        let _ = writeln!(out, "  {:<16} {}", "bursts", bursts_line(bursts));
+    }
     if process.estimated_sites.is_empty() {
         return;
     }
@@ -639,6 +662,7 @@ fn markdown_process(
     if let Some(warning) = counters_warning(&process.counters) {
         let _ = writeln!(out, "\n> **{}**", cell(&warning));
     }
+    markdown_estimate(out, process, options);
     if sites.shown.is_empty() {
         let _ = writeln!(out, "\nNo sites to show.");
     } else {
@@ -694,6 +718,48 @@ fn markdown_process(
         let tree = super::tree::tree_section(process, "");
         let fence = "`".repeat(longest_backtick_run(&tree).max(2) + 1);
         let _ = write!(out, "\n#### Call tree\n\n{fence}text\n{tree}{fence}\n");
+    }
+}
+
+/// Growth mode: the bursts' estimate as a table, by estimate rank. Every number in it is
+/// estimated from samples, and says so.
+fn markdown_estimate(out: &mut String, process: &RecordedProcess, options: &ReportOptions) {
+    if process.bursts.is_none() && process.estimated_sites.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "\n#### Leak estimate from bursts of exact tracing (estimated)\n"
+    );
+    if let Some(bursts) = &process.bursts {
+        let _ = writeln!(out, "{}.\n", cell(&bursts_line(bursts)));
+    }
+    if process.estimated_sites.is_empty() {
+        let _ = writeln!(out, "No sampled allocation yet.");
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "| estimate rank | class | surviving B/s | 95% interval | recent B/s | samples | allocations seen | site |"
+    );
+    let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---|");
+    let mut estimated: Vec<_> = process.estimated_sites.iter().collect();
+    estimated.sort_by_key(|e| e.estimate_rank);
+    for site in estimated.into_iter().take(options.top) {
+        let interval = &site.surviving_bytes_per_s_interval;
+        let _ = writeln!(
+            out,
+            "| {} | {} | ~{:.0} | {:.0}..{:.0} | {:.0} | {} | {} | {} |",
+            site.estimate_rank,
+            cell(crate::format::class_label(site.class)),
+            site.surviving_bytes_per_s,
+            interval.low,
+            interval.high,
+            site.recent_surviving_bytes_per_s,
+            site.samples,
+            site.allocations_seen,
+            code(&crate::format::site_label(&site.frames)),
+        );
     }
 }
 

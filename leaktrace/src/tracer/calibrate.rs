@@ -133,9 +133,23 @@ impl Drop for GrowthLoop {
     }
 }
 
-/// Time `pairs` x `malloc(64)` + `free` in this thread, in ns.
+/// This thread's CPU time (user + system), in ns: a probe hit runs in the thread's system time,
+/// and unlike the wall clock this does not count the time the thread waited for a CPU (on a
+/// loaded machine that doubled the calibrated cost, and with it what the budget thought bursts
+/// cost).
+fn thread_cpu_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
+}
+
+/// The CPU time of `pairs` x `malloc(64)` + `free` in this thread, in ns.
 fn time_allocation_pairs(pairs: u32) -> u64 {
-    let started = std::time::Instant::now();
+    let started = thread_cpu_ns();
     for _ in 0..pairs {
         // SAFETY: the block malloc returns (or NULL) is only handed back to free, once.
         unsafe {
@@ -144,7 +158,7 @@ fn time_allocation_pairs(pairs: u32) -> u64 {
             libc::free(std::hint::black_box(block));
         }
     }
-    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    thread_cpu_ns().saturating_sub(started)
 }
 
 impl Tracer {

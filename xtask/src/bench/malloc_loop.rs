@@ -15,14 +15,14 @@ use leaktrace_supervisor::{Input, Supervised};
 use crate::system::{find_program, tail_of};
 
 use super::{
-    bin_of, growth_variant, memleak_variant, names,
+    bin_of, growth_no_bursts_variant, growth_variant, memleak_variant, names,
     peers::{packages_for, prepare_peers, spawn_memleak, BCC_PACKAGE, BPFTRACE_PACKAGE},
     proc::{go, libc_path_of},
     report::{finish, Report},
     run_rounds, select_variants,
     stats::summarize,
-    BenchArgs, Kind, Unit, Variant, ATTACH_TIMEOUT, BPFTRACE, EXIT_TIMEOUT, GROWTH_ARGS, LEAKTRACE,
-    LEAKTRACE_SAMPLED, MEMLEAK, SAMPLED_ARGS, SETTLE, UNTRACED,
+    BenchArgs, Kind, Metric, Unit, Variant, ATTACH_TIMEOUT, BPFTRACE, EXIT_TIMEOUT, GROWTH_ARGS,
+    GROWTH_NO_BURSTS_ARGS, LEAKTRACE, LEAKTRACE_SAMPLED, MEMLEAK, SAMPLED_ARGS, SETTLE, UNTRACED,
 };
 
 /// Which loop fixture a run measures.
@@ -56,6 +56,7 @@ pub(super) fn run(
         Variant::new(LEAKTRACE, Kind::Leaktrace),
         Variant::new(LEAKTRACE_SAMPLED, Kind::LeaktraceSampled),
         growth_variant(leaktrace_bin),
+        growth_no_bursts_variant(leaktrace_bin),
     ];
     let mut bpftrace = Variant::new(BPFTRACE, Kind::Bpftrace);
     match find_program(BPFTRACE) {
@@ -73,25 +74,41 @@ pub(super) fn run(
 
     let n = args.iterations;
     println!(
-        "bench: {} x malloc(64)+free, {} round(s); variants: {}",
+        "bench: {} x malloc(64)+free, {} round(s), {}; variants: {}",
         n,
         args.repeats,
+        match args.metric {
+            Metric::Wall => "wall-clock ns per pair",
+            Metric::Cpu => "the loop's CPU time (user + system) per pair",
+        },
         names(&variants)
     );
     let unit = Unit {
-        label: "ns/pair",
+        label: match args.metric {
+            Metric::Wall => "ns/pair",
+            Metric::Cpu => "cpu ns/pair",
+        },
         decimals: 1,
     };
-    run_rounds(&mut variants, args.repeats, unit, |v| match v.kind {
-        Kind::Untraced => run_untraced(&loop_bin, n),
-        Kind::Leaktrace => run_leaktrace(leaktrace_bin, &[], &loop_bin, n),
-        Kind::LeaktraceGrowth => run_leaktrace(leaktrace_bin, &GROWTH_ARGS, &loop_bin, n),
-        Kind::LeaktraceSampled => run_leaktrace(leaktrace_bin, &SAMPLED_ARGS, &loop_bin, n),
-        Kind::Bpftrace => run_bpftrace(bin_of(v)?, &loop_bin, n),
-        Kind::Memleak => {
-            let headers = peers.headers.as_ref().map_err(|e| anyhow!("{e}"))?;
-            run_memleak(bin_of(v)?, headers, &loop_bin, n)
-        }
+    run_rounds(&mut variants, args.repeats, unit, |v| {
+        let pair = match v.kind {
+            Kind::Untraced => run_untraced(&loop_bin, n),
+            Kind::Leaktrace => run_leaktrace(leaktrace_bin, &[], &loop_bin, n),
+            Kind::LeaktraceGrowth => run_leaktrace(leaktrace_bin, &GROWTH_ARGS, &loop_bin, n),
+            Kind::LeaktraceGrowthNoBursts => {
+                run_leaktrace(leaktrace_bin, &GROWTH_NO_BURSTS_ARGS, &loop_bin, n)
+            }
+            Kind::LeaktraceSampled => run_leaktrace(leaktrace_bin, &SAMPLED_ARGS, &loop_bin, n),
+            Kind::Bpftrace => run_bpftrace(bin_of(v)?, &loop_bin, n),
+            Kind::Memleak => {
+                let headers = peers.headers.as_ref().map_err(|e| anyhow!("{e}"))?;
+                run_memleak(bin_of(v)?, headers, &loop_bin, n)
+            }
+        }?;
+        Ok(match args.metric {
+            Metric::Wall => pair.wall_ns,
+            Metric::Cpu => pair.cpu_ns,
+        })
     })?;
 
     let (scenario, depth) = match fixture {
@@ -101,13 +118,17 @@ pub(super) fn run(
             " 12 calls deep (exe + library, -O2 -fomit-frame-pointer)",
         ),
     };
+    let (what, unit) = match args.metric {
+        Metric::Wall => ("ns", "ns_per_pair"),
+        Metric::Cpu => ("CPU ns (the loop's user + system time)", "cpu_ns_per_pair"),
+    };
     let report = Report {
         scenario,
         title: format!(
-            "ns per malloc(64)+free pair{depth}, {n} pairs, {} round(s):",
+            "{what} per malloc(64)+free pair{depth}, {n} pairs, {} round(s):",
             args.repeats
         ),
-        unit: "ns_per_pair",
+        unit,
         decimals: 1,
         params: vec![("iterations", n)],
         repeats: args.repeats,
@@ -117,9 +138,11 @@ pub(super) fn run(
         &report,
         &summarize(&variants, report.baselines),
         out_dir,
-        match fixture {
-            Fixture::Shallow => "bench.json",
-            Fixture::Deep => "bench-deep.json",
+        match (fixture, args.metric) {
+            (Fixture::Shallow, Metric::Wall) => "bench.json",
+            (Fixture::Shallow, Metric::Cpu) => "bench-cpu.json",
+            (Fixture::Deep, Metric::Wall) => "bench-deep.json",
+            (Fixture::Deep, Metric::Cpu) => "bench-deep-cpu.json",
         },
     )
 }
@@ -196,9 +219,37 @@ fn loop_timeout(n: u64) -> Duration {
     Duration::from_secs(60) + Duration::from_nanos(n.saturating_mul(50_000))
 }
 
+/// What one run of the loop measured.
+struct PairCost {
+    /// Wall-clock ns per pair.
+    wall_ns: f64,
+    /// The loop's CPU time (user + system, from getrusage) per pair, in ns: what the probes
+    /// cost the loop itself (they run in its system time), whatever else the machine runs.
+    cpu_ns: f64,
+}
+
 fn parse_ns_per_pair(line: &str) -> Option<f64> {
-    let v: f64 = line.strip_prefix("ns_per_pair ")?.trim().parse().ok()?;
+    parse_value(line, "ns_per_pair ")
+}
+
+fn parse_cpu_ns_per_pair(line: &str) -> Option<f64> {
+    parse_value(line, "cpu_ns_per_pair ")
+}
+
+fn parse_value(line: &str, prefix: &str) -> Option<f64> {
+    let v: f64 = line.strip_prefix(prefix)?.trim().parse().ok()?;
     (v.is_finite() && v >= 0.0).then_some(v)
+}
+
+/// The loop's two result lines, `ns_per_pair` then `cpu_ns_per_pair`.
+fn read_pair_cost(lp: &mut Supervised, n: u64) -> Result<PairCost> {
+    let wall_ns = lp.wait_stdout(loop_timeout(n), "`ns_per_pair` line", parse_ns_per_pair)?;
+    let cpu_ns = lp.wait_stdout(
+        EXIT_TIMEOUT,
+        "`cpu_ns_per_pair` line",
+        parse_cpu_ns_per_pair,
+    )?;
+    Ok(PairCost { wall_ns, cpu_ns })
 }
 
 fn is_ready(line: &str) -> bool {
@@ -206,11 +257,11 @@ fn is_ready(line: &str) -> bool {
 }
 
 /// After `ready`: sends the go line, then reads the loop's result and checks it exits cleanly.
-fn go_and_measure(lp: &mut Supervised, n: u64) -> Result<f64> {
+fn go_and_measure(lp: &mut Supervised, n: u64) -> Result<PairCost> {
     go(lp)?;
-    let ns = lp.wait_stdout(loop_timeout(n), "`ns_per_pair` line", parse_ns_per_pair)?;
+    let cost = read_pair_cost(lp, n)?;
     lp.wait_exit_ok(EXIT_TIMEOUT)?;
-    Ok(ns)
+    Ok(cost)
 }
 
 fn spawn_loop(loop_bin: &Path, n: u64) -> Result<Supervised> {
@@ -223,13 +274,18 @@ fn spawn_loop(loop_bin: &Path, n: u64) -> Result<Supervised> {
     Ok(lp)
 }
 
-fn run_untraced(loop_bin: &Path, n: u64) -> Result<f64> {
+fn run_untraced(loop_bin: &Path, n: u64) -> Result<PairCost> {
     let mut lp = spawn_loop(loop_bin, n)?;
     go_and_measure(&mut lp, n)
 }
 
 /// `mode_args`: extra leaktrace arguments (e.g. `--mode growth`), before the command.
-fn run_leaktrace(leaktrace_bin: &Path, mode_args: &[&str], loop_bin: &Path, n: u64) -> Result<f64> {
+fn run_leaktrace(
+    leaktrace_bin: &Path,
+    mode_args: &[&str],
+    loop_bin: &Path,
+    n: u64,
+) -> Result<PairCost> {
     let mut cmd = Command::new(leaktrace_bin);
     cmd.args(mode_args)
         .args(["--interval", "1h", "--"])
@@ -244,21 +300,17 @@ fn run_leaktrace(leaktrace_bin: &Path, mode_args: &[&str], loop_bin: &Path, n: u
         |l| is_ready(l).then_some(()),
     )?;
     go(&mut lt)?;
-    let ns = lt.wait_stdout(
-        loop_timeout(n),
-        "`ns_per_pair` line from the loop",
-        parse_ns_per_pair,
-    )?;
+    let cost = read_pair_cost(&mut lt, n)?;
     let status = lt
         .wait_exit(EXIT_TIMEOUT)
         .context("leaktrace did not exit by itself after the traced loop exited")?;
     if !status.success() {
         bail!("leaktrace exited with {status}; last output: {}", lt.tail());
     }
-    Ok(ns)
+    Ok(cost)
 }
 
-fn run_bpftrace(bpftrace_bin: &Path, loop_bin: &Path, n: u64) -> Result<f64> {
+fn run_bpftrace(bpftrace_bin: &Path, loop_bin: &Path, n: u64) -> Result<PairCost> {
     let mut lp = spawn_loop(loop_bin, n)?;
     let pid = lp.pid();
     let libc = libc_path_of(pid)?;
@@ -283,7 +335,7 @@ fn run_bpftrace(bpftrace_bin: &Path, loop_bin: &Path, n: u64) -> Result<f64> {
         |l| (l.trim_end() == MARK).then_some(()),
     )?;
     thread::sleep(SETTLE);
-    let ns = go_and_measure(&mut lp, n)?;
+    let cost = go_and_measure(&mut lp, n)?;
     // bpftrace -p usually exits by itself when the process exits; SIGINT it if not.
     bt.interrupt(EXIT_TIMEOUT)?;
     let count_of = |map: &str| {
@@ -303,13 +355,13 @@ fn run_bpftrace(bpftrace_bin: &Path, loop_bin: &Path, n: u64) -> Result<f64> {
             bt.tail()
         );
     }
-    Ok(ns)
+    Ok(cost)
 }
 
-fn run_memleak(memleak_bin: &Path, headers: &Path, loop_bin: &Path, n: u64) -> Result<f64> {
+fn run_memleak(memleak_bin: &Path, headers: &Path, loop_bin: &Path, n: u64) -> Result<PairCost> {
     let mut lp = spawn_loop(loop_bin, n)?;
     let mut ml = spawn_memleak(memleak_bin, headers, lp.pid())?;
-    let ns = go_and_measure(&mut lp, n)?;
+    let cost = go_and_measure(&mut lp, n)?;
     if let Some(status) = ml.try_status()? {
         bail!(
             "memleak-bpfcc exited ({status}) while the loop ran; last output: {}",
@@ -317,5 +369,5 @@ fn run_memleak(memleak_bin: &Path, headers: &Path, loop_bin: &Path, n: u64) -> R
         );
     }
     ml.interrupt(EXIT_TIMEOUT)?;
-    Ok(ns)
+    Ok(cost)
 }

@@ -66,8 +66,22 @@ pub enum Scenario {
     GoCensus,
 }
 
+/// What one measurement is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Metric {
+    /// Wall-clock: ns per pair (loops), requests/s (nginx).
+    Wall,
+    /// The target's own CPU time (user + system) per unit of work: ns per pair (the loop's
+    /// getrusage), µs per request (the nginx worker's /proc/PID/stat over the measurement).
+    /// Probes run in the target's system time, so this is what tracing costs the target,
+    /// whatever else the machine runs (wall-clock figures on a shared VM move by more than
+    /// the overhead a budget of 1% allows).
+    Cpu,
+}
+
 pub struct BenchArgs {
     pub scenario: Scenario,
+    pub metric: Metric,
     /// malloc-loop: pairs per run.
     pub iterations: u64,
     pub repeats: u32,
@@ -91,6 +105,7 @@ const EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const UNTRACED: &str = "untraced";
 const LEAKTRACE: &str = "leaktrace";
 const LEAKTRACE_GROWTH: &str = "leaktrace-growth";
+const LEAKTRACE_GROWTH_NO_BURSTS: &str = "leaktrace-growth-no-bursts";
 const LEAKTRACE_SAMPLED: &str = "leaktrace-sampled";
 const BPFTRACE: &str = "bpftrace";
 const MEMLEAK: &str = "memleak-bpfcc";
@@ -131,6 +146,10 @@ pub fn run(root: &Path, leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) 
 /// The leaktrace arguments that select growth mode.
 const GROWTH_ARGS: [&str; 2] = ["--mode", "growth"];
 
+/// Growth mode without its bursts (`--overhead-budget 0`): what the bursts cost is the
+/// difference with `leaktrace-growth` (default budget, 1%).
+const GROWTH_NO_BURSTS_ARGS: [&str; 4] = ["--mode", "growth", "--overhead-budget", "0"];
+
 /// Exact mode walking the stack of about one allocation per 512 KiB (pprof's default rate).
 const SAMPLED_ARGS: [&str; 2] = ["--sample-bytes", "524288"];
 
@@ -151,10 +170,30 @@ fn growth_variant(leaktrace_bin: &Path) -> Variant {
     v
 }
 
+/// `leaktrace-growth-no-bursts`, skipped when this leaktrace has no `--overhead-budget`.
+fn growth_no_bursts_variant(leaktrace_bin: &Path) -> Variant {
+    let mut v = Variant::new(LEAKTRACE_GROWTH_NO_BURSTS, Kind::LeaktraceGrowthNoBursts);
+    let help = Command::new(leaktrace_bin)
+        .arg("--help")
+        .stdin(Stdio::null())
+        .output();
+    match help {
+        Ok(out) if help_mentions(&String::from_utf8_lossy(&out.stdout), "--overhead-budget") => {}
+        Ok(_) => v.skip("this leaktrace has no --overhead-budget flag (no bursts)".to_string()),
+        Err(e) => v.skip(format!("cannot run `leaktrace --help`: {e}")),
+    }
+    v
+}
+
 /// Whether a `--help` text offers the `--mode` flag (a whole word: not `--model`).
 fn help_mentions_mode(help: &str) -> bool {
+    help_mentions(help, "--mode")
+}
+
+/// Whether a `--help` text offers `flag` (a whole word).
+fn help_mentions(help: &str, flag: &str) -> bool {
     help.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-' || c == '_'))
-        .any(|word| word == "--mode")
+        .any(|word| word == flag)
 }
 
 /// `memleak-bpfcc`, skipped with the reason when it or its kernel headers are missing.
@@ -224,7 +263,7 @@ fn run_rounds(
             match measure(v) {
                 Ok(value) => {
                     println!(
-                        "  round {}/{} {:<16} {:>12.*} {}  ({:.1} s)",
+                        "  round {}/{} {:<26} {:>12.*} {}  ({:.1} s)",
                         round + 1,
                         repeats,
                         v.name,
@@ -276,6 +315,7 @@ enum Kind {
     Untraced,
     Leaktrace,
     LeaktraceGrowth,
+    LeaktraceGrowthNoBursts,
     LeaktraceSampled,
     Bpftrace,
     Memleak,

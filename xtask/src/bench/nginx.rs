@@ -28,13 +28,13 @@ use leaktrace_supervisor::{Input, Supervised};
 use crate::system::{find_program, is_root, tail_of, Apt};
 
 use super::{
-    bin_of, growth_variant, help_mentions_mode, memleak_variant, names,
+    bin_of, growth_no_bursts_variant, growth_variant, help_mentions_mode, memleak_variant, names,
     peers::{packages_for, prepare_peers, spawn_memleak, BCC_PACKAGE},
     report::{finish, first_line, Report},
     run_rounds, select_variants,
     stats::summarize,
-    write_file, BenchArgs, Kind, Unit, Variant, ATTACH_TIMEOUT, EXIT_TIMEOUT, GROWTH_ARGS,
-    LEAKTRACE, MEMLEAK, SETTLE, UNTRACED,
+    write_file, BenchArgs, Kind, Metric, Unit, Variant, ATTACH_TIMEOUT, EXIT_TIMEOUT, GROWTH_ARGS,
+    GROWTH_NO_BURSTS_ARGS, LEAKTRACE, MEMLEAK, SETTLE, UNTRACED,
 };
 
 /// Size of the served file: nginx's own default index page was this size for years.
@@ -63,6 +63,7 @@ pub(super) fn run(leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) -> Res
     let variants = vec![
         Variant::new(UNTRACED, Kind::Untraced),
         growth_variant(leaktrace_bin),
+        growth_no_bursts_variant(leaktrace_bin),
         Variant::new(LEAKTRACE, Kind::Leaktrace),
         memleak_variant(&peers),
     ];
@@ -75,9 +76,15 @@ pub(super) fn run(leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) -> Res
         args.repeats,
         names(&variants)
     );
-    let unit = Unit {
-        label: "req/s",
-        decimals: 0,
+    let unit = match args.metric {
+        Metric::Wall => Unit {
+            label: "req/s",
+            decimals: 0,
+        },
+        Metric::Cpu => Unit {
+            label: "worker cpu us/req",
+            decimals: 2,
+        },
     };
     run_rounds(&mut variants, args.repeats, unit, |v| {
         let tracer = match v.kind {
@@ -85,6 +92,10 @@ pub(super) fn run(leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) -> Res
             Kind::LeaktraceGrowth => Tracer::Leaktrace {
                 bin: leaktrace_bin,
                 mode_args: &GROWTH_ARGS,
+            },
+            Kind::LeaktraceGrowthNoBursts => Tracer::Leaktrace {
+                bin: leaktrace_bin,
+                mode_args: &GROWTH_NO_BURSTS_ARGS,
             },
             Kind::Leaktrace => Tracer::Leaktrace {
                 bin: leaktrace_bin,
@@ -98,18 +109,38 @@ pub(super) fn run(leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) -> Res
                 bail!("{} is not a variant of the nginx scenario", v.name)
             }
         };
-        measure(&nginx_bin, &wrk_bin, &site, tracer, args)
+        let measured = measure(&nginx_bin, &wrk_bin, &site, tracer, args)?;
+        match args.metric {
+            Metric::Wall => Ok(measured.requests_per_sec),
+            Metric::Cpu => measured
+                .worker_cpu_us_per_request
+                .ok_or_else(|| anyhow!("the nginx worker's CPU time could not be read from /proc")),
+        }
     })?;
 
+    let (what, unit, decimals, json_name) = match args.metric {
+        Metric::Wall => ("requests/s", "requests_per_sec", 0, "bench-nginx.json"),
+        Metric::Cpu => (
+            "worker CPU us (user + system) per request",
+            "worker_cpu_us_per_request",
+            2,
+            "bench-nginx-cpu.json",
+        ),
+    };
     let report = Report {
         scenario: "nginx",
         title: format!(
-            "nginx requests/s ({FILE_BYTES}-byte file, wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} \
-             -d{}s), {} round(s); higher is better:",
-            args.duration_secs, args.repeats
+            "nginx {what} ({FILE_BYTES}-byte file, wrk -t{WRK_THREADS} -c{WRK_CONNECTIONS} \
+             -d{}s), {} round(s){}:",
+            args.duration_secs,
+            args.repeats,
+            match args.metric {
+                Metric::Wall => "; higher is better",
+                Metric::Cpu => "; lower is better",
+            }
         ),
-        unit: "requests_per_sec",
-        decimals: 0,
+        unit,
+        decimals,
         params: vec![
             ("duration_s", args.duration_secs),
             ("warmup_s", args.warmup_secs),
@@ -124,7 +155,7 @@ pub(super) fn run(leaktrace_bin: &Path, out_dir: &Path, args: &BenchArgs) -> Res
         &report,
         &summarize(&variants, report.baselines),
         out_dir,
-        "bench-nginx.json",
+        json_name,
     )
 }
 
@@ -176,14 +207,22 @@ enum Tracer<'a> {
     },
 }
 
-/// Fresh nginx, tracer attached, warm-up, one wrk measurement: requests/s.
+/// What one wrk measurement gave.
+struct Measured {
+    requests_per_sec: f64,
+    /// The nginx worker's CPU time (user + system) over the measurement (not the warm-up),
+    /// per request served, in µs.
+    worker_cpu_us_per_request: Option<f64>,
+}
+
+/// Fresh nginx, tracer attached, warm-up, one wrk measurement.
 fn measure(
     nginx_bin: &Path,
     wrk_bin: &Path,
     site: &Site,
     tracer: Tracer,
     args: &BenchArgs,
-) -> Result<f64> {
+) -> Result<Measured> {
     // Declared before the tracer: on an early return the tracer is dropped (killed) first.
     let mut server = Nginx::start(nginx_bin, site)?;
     let mut traced = match tracer {
@@ -202,8 +241,13 @@ fn measure(
     if args.warmup_secs > 0 {
         run_wrk(wrk_bin, &url, args.warmup_secs).context("wrk warm-up")?;
     }
+    let worker_cpu_measuring = cpu_seconds(server.worker);
     let result = run_wrk(wrk_bin, &url, args.duration_secs)?;
     let cpu_after = (cpu_seconds(server.worker), tracer_pid.and_then(cpu_seconds));
+    let worker_cpu_us_per_request = worker_cpu_measuring
+        .zip(cpu_after.0)
+        .filter(|_| result.requests > 0)
+        .map(|(before, after)| (after - before) * 1e6 / result.requests as f64);
     // Where the CPU went (2 cores shared by wrk, nginx and the tracer): explains outliers.
     let used = |before: Option<f64>, after: Option<f64>| {
         before
@@ -243,7 +287,10 @@ fn measure(
     }
     drop(traced);
     server.stop()?;
-    Ok(result.requests_per_sec)
+    Ok(Measured {
+        requests_per_sec: result.requests_per_sec,
+        worker_cpu_us_per_request,
+    })
 }
 
 /// `leaktrace [mode] --headless --interval 1h --pid P...`, returned once it says it traces every

@@ -6,7 +6,10 @@ use std::{fmt::Write as _, path::Path};
 use anyhow::{Context as _, Result};
 use serde::{ser::SerializeMap as _, Serialize, Serializer};
 
-use super::{stats::Row, write_file};
+use super::{
+    stats::{stats, Row},
+    write_file,
+};
 
 /// What a scenario's table and JSON say about themselves.
 pub(super) struct Report<'a> {
@@ -74,6 +77,9 @@ struct VariantJson<'a> {
     /// `ratio_to_untraced`, `ratio_to_memleak_bpfcc`, ...: this median over the baseline's.
     #[serde(flatten)]
     ratios: Fields<String, Rounded>,
+    /// Each round's sample over the first baseline's sample of the same round.
+    #[serde(serialize_with = "rounded_all")]
+    round_ratios: &'a [f64],
 }
 
 impl<'a> BenchJson<'a> {
@@ -100,6 +106,7 @@ impl<'a> BenchJson<'a> {
                         .map(|(b, x)| (ratio_key(b), Rounded(*x)))
                         .collect(),
                 ),
+                round_ratios: &r.round_ratios,
             })
             .collect();
         BenchJson {
@@ -170,7 +177,7 @@ pub(super) fn render_table(rows: &[Row], report: &Report) -> String {
     let columns: Vec<String> = report.baselines.iter().map(|b| format!("x {b}")).collect();
     let _ = write!(
         out,
-        "{:<16} {:>12} {:>12} {:>12}",
+        "{:<26} {:>12} {:>12} {:>12}",
         "variant", "median", "min", "max"
     );
     for c in &columns {
@@ -184,7 +191,7 @@ pub(super) fn render_table(rows: &[Row], report: &Report) -> String {
             (Some(s), _) => {
                 let _ = write!(
                     out,
-                    "{:<16} {:>12.d$} {:>12.d$} {:>12.d$}",
+                    "{:<26} {:>12.d$} {:>12.d$} {:>12.d$}",
                     r.name, s.median, s.min, s.max
                 );
                 for (c, x) in columns.iter().zip(&r.ratios) {
@@ -194,8 +201,34 @@ pub(super) fn render_table(rows: &[Row], report: &Report) -> String {
             }
             (None, why) => {
                 let why = why.as_deref().unwrap_or("no samples");
-                let _ = writeln!(out, "{:<16} skipped: {}", r.name, first_line(why));
+                let _ = writeln!(out, "{:<26} skipped: {}", r.name, first_line(why));
             }
+        }
+    }
+    // Same-round ratios: the spread of the overhead itself, with the machine's drift between
+    // rounds taken out.
+    if let Some(base) = report.baselines.first() {
+        let paired: Vec<&Row> = rows
+            .iter()
+            .filter(|r| r.name != *base && !r.round_ratios.is_empty())
+            .collect();
+        if !paired.is_empty() {
+            let _ = writeln!(out, "per round, x {base} of the same round:");
+        }
+        for r in paired {
+            let Some(s) = stats(&r.round_ratios) else {
+                continue;
+            };
+            let each: Vec<String> = r.round_ratios.iter().map(|x| fmt_ratio(*x)).collect();
+            let _ = writeln!(
+                out,
+                "  {:<26} median {} (min {}, max {}): {}",
+                r.name,
+                fmt_ratio(s.median),
+                fmt_ratio(s.min),
+                fmt_ratio(s.max),
+                each.join(" ")
+            );
         }
     }
     out
@@ -265,7 +298,15 @@ mod tests {
         assert!(lines[3].trim_end().ends_with("n/a"));
         assert_eq!(
             lines[4],
-            "memleak-bpfcc    skipped: it could not run: EINVAL"
+            "memleak-bpfcc              skipped: it could not run: EINVAL"
+        );
+        assert_eq!(lines[5], "per round, x untraced of the same round:");
+        assert_eq!(
+            lines[6],
+            format!(
+                "  {:<26} median 1.00 (min 0.97, max 1.03): 0.97 1.03",
+                "leaktrace-growth"
+            )
         );
     }
 
@@ -290,7 +331,7 @@ mod tests {
             memleak,
             "{\"name\":\"memleak-bpfcc\",\"status\":\"ok\",\"skip_reason\":null,\
              \"samples\":[20000],\"median\":20000,\"min\":20000,\"max\":20000,\
-             \"ratio_to_untraced\":0.5,\"ratio_to_memleak_bpfcc\":1}"
+             \"ratio_to_untraced\":0.5,\"ratio_to_memleak_bpfcc\":1,\"round_ratios\":[0.5]}"
         );
         assert!(json.ends_with("}\n"));
     }

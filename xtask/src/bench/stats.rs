@@ -10,6 +10,10 @@ pub(super) struct Row {
     pub(super) skipped: Option<String>,
     /// Ratio of this row's median to each baseline's median (same order as the baselines).
     pub(super) ratios: Vec<Option<f64>>,
+    /// This row's sample over the first baseline's sample of the same round, round by round
+    /// (variants alternate within a round, so these pairs saw the same machine load); empty
+    /// when the two do not have a sample in every round.
+    pub(super) round_ratios: Vec<f64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -44,6 +48,18 @@ pub(super) fn ratio(value: Option<f64>, base: Option<f64>) -> Option<f64> {
     (b > 0.0 && b.is_finite() && v.is_finite()).then(|| v / b)
 }
 
+/// `samples[i] / base[i]` for every round, when both have one sample per round.
+pub(super) fn round_ratios(samples: &[f64], base: &[f64]) -> Vec<f64> {
+    if samples.len() != base.len() {
+        return Vec::new();
+    }
+    samples
+        .iter()
+        .zip(base)
+        .filter_map(|(s, b)| ratio(Some(*s), Some(*b)))
+        .collect()
+}
+
 pub(super) fn summarize(variants: &[Variant], baselines: &[&str]) -> Vec<Row> {
     let median_of = |name: &str| {
         variants
@@ -53,6 +69,9 @@ pub(super) fn summarize(variants: &[Variant], baselines: &[&str]) -> Vec<Row> {
             .map(|s| s.median)
     };
     let bases: Vec<Option<f64>> = baselines.iter().map(|b| median_of(b)).collect();
+    let first_base = baselines
+        .first()
+        .and_then(|b| variants.iter().find(|v| v.name == *b));
     variants
         .iter()
         .map(|v| {
@@ -64,6 +83,8 @@ pub(super) fn summarize(variants: &[Variant], baselines: &[&str]) -> Vec<Row> {
                 stats: st,
                 skipped: v.skipped.clone(),
                 ratios: bases.iter().map(|b| ratio(m, *b)).collect(),
+                round_ratios: first_base
+                    .map_or_else(Vec::new, |base| round_ratios(&v.samples, &base.samples)),
             }
         })
         .collect()
@@ -117,5 +138,9 @@ mod tests {
         assert_eq!(lt.ratios[2], Some(0.3));
         assert_eq!(rows[0].ratios[0], Some(1.0));
         assert_eq!(rows[3].skipped.as_deref(), Some("not installed"));
+        // Round by round: 4400/10, 4000/12, 4200/11; none for a variant with fewer rounds.
+        assert_eq!(lt.round_ratios, [440.0, 4000.0 / 12.0, 4200.0 / 11.0]);
+        assert!(rows[2].round_ratios.is_empty());
+        assert_eq!(rows[0].round_ratios, [1.0, 1.0, 1.0]);
     }
 }
