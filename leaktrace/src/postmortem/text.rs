@@ -602,9 +602,7 @@ fn text_estimate(out: &mut String, process: &RecordedProcess, options: &ReportOp
         out,
         "\n  Leak estimate from bursts of exact tracing (sampled blocks that survive; 1 = the most likely leak):"
     );
-    let mut estimated: Vec<_> = process.estimated_sites.iter().collect();
-    estimated.sort_by_key(|e| e.estimate_rank);
-    for site in estimated.into_iter().take(options.top) {
+    for site in ranked_estimates(process, options.top) {
         let interval = &site.surviving_bytes_per_s_interval;
         let _ = writeln!(
             out,
@@ -743,9 +741,7 @@ fn markdown_estimate(out: &mut String, process: &RecordedProcess, options: &Repo
         "| estimate rank | class | surviving B/s | 95% interval | recent B/s | samples | allocations seen | site |"
     );
     let _ = writeln!(out, "|---:|---|---:|---:|---:|---:|---:|---|");
-    let mut estimated: Vec<_> = process.estimated_sites.iter().collect();
-    estimated.sort_by_key(|e| e.estimate_rank);
-    for site in estimated.into_iter().take(options.top) {
+    for site in ranked_estimates(process, options.top) {
         let interval = &site.surviving_bytes_per_s_interval;
         let _ = writeln!(
             out,
@@ -765,6 +761,16 @@ fn markdown_estimate(out: &mut String, process: &RecordedProcess, options: &Repo
 
 fn longest_backtick_run(text: &str) -> usize {
     text.split(|c| c != '`').map(str::len).max().unwrap_or(0)
+}
+
+/// A process's estimated sites, most likely leak first, the first `top` of them.
+fn ranked_estimates(
+    process: &RecordedProcess,
+    top: usize,
+) -> impl Iterator<Item = &crate::schema::EstimatedSite> {
+    let mut estimated: Vec<_> = process.estimated_sites.iter().collect();
+    estimated.sort_by_key(|e| e.estimate_rank);
+    estimated.into_iter().take(top)
 }
 
 #[cfg(test)]
