@@ -776,6 +776,17 @@ fn the_header_shows_the_estimated_cost_of_tracing() {
     with_cost.cost = Some(ProbeCost::new(Some(1_250.0), Some(6_400.0)));
     let screen = text(&draw(&app_with(with_cost, 80, 24), 80, 24));
     assert!(screen.contains("cost ≈0.8% CPU"), "{screen}");
+    assert!(!screen.contains("bursts"), "{screen}");
+    // Growth mode's bursts: the costliest process's, by the larger of its two measures.
+    let mut with_bursts = snapshot(vec![process(42, "leaky", sites())]);
+    with_bursts.processes[0].bursts = Some(crate::schema::BurstReport {
+        measured_overhead_pct: 0.08,
+        target_cpu_overhead_pct: Some(0.43),
+        budget_pct: 1.0,
+        ..crate::schema::BurstReport::default()
+    });
+    let screen = text(&draw(&app_with(with_bursts, 120, 40), 120, 40));
+    assert!(screen.contains("bursts ≈0.4% CPU (budget 1%)"), "{screen}");
     let screen = text(&draw(&app_with(snapshot(vec![]), 80, 24), 80, 24));
     assert!(screen.contains("cost n/a"), "{screen}");
 }

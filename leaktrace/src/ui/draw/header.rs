@@ -77,7 +77,7 @@ impl App {
             Span::styled(format!("{label} {}", count(value)), style)
         };
         let sep = || Span::styled(" · ", DIM);
-        let third = Line::from(vec![
+        let mut third = vec![
             counter("dropped", totals.counters.dropped_allocations),
             sep(),
             counter("lost", totals.counters.lost_events),
@@ -94,7 +94,30 @@ impl App {
                 ),
                 DIM,
             ),
-        ]);
+        ];
+        if let Some((pct, budget)) = bursts_cost(&shown.snapshot.processes) {
+            third.push(sep());
+            third.push(Span::styled(
+                format!("bursts {} (budget {budget}%)", cpu_share(Some(pct))),
+                DIM,
+            ));
+        }
+        let third = Line::from(third);
         Paragraph::new(vec![Line::from(first), second, third]).render(area, buf);
     }
+}
+
+/// Growth mode's bursts: the highest cost of a process's bursts (the larger of what its CPU
+/// time and its hits say, as the budget holds it) and the per-process budget.
+fn bursts_cost(processes: &[crate::schema::ProcessReport]) -> Option<(f64, f64)> {
+    processes
+        .iter()
+        .filter_map(|p| p.bursts.as_ref())
+        .map(|b| {
+            let pct = b
+                .target_cpu_overhead_pct
+                .map_or(b.measured_overhead_pct, |t| t.max(b.measured_overhead_pct));
+            (pct, b.budget_pct)
+        })
+        .max_by(|a, b| a.0.total_cmp(&b.0))
 }
