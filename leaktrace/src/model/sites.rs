@@ -224,23 +224,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn growth_event_sites_are_never_leak_suspects_and_go_by_heap_bytes() {
-        // The same series that makes an allocation site a leak suspect (see below), as growth
-        // events: what grew the heap, ranked by the heap bytes it holds, not by its slope.
+    /// Two sites sampled 20 times, 10 s and 1 MiB of work apart: caller 0x10 flat at 1 MiB,
+    /// caller 0x20 growing by 4 KiB a sample; reported as `evidence`.
+    fn flat_and_growing_sites(evidence: SiteEvidence) -> Vec<(SiteKey, SiteReport)> {
         let mut series = SiteSeries::new(64);
         for i in 0..20u64 {
             let sites = [site(0x10, 1 << 20), site(0x20, 4096 * (i + 1))];
             series.record(&sites, i as f64 * 10.0, i << 20);
         }
         let last = totals(vec![site(0x10, 1 << 20), site(0x20, 4096 * 20)]);
-        let reports = site_reports(
-            &last,
-            &series,
-            HashMap::new(),
-            usize::MAX,
-            SiteEvidence::HeapGrowth,
-        );
+        site_reports(&last, &series, HashMap::new(), usize::MAX, evidence)
+    }
+
+    #[test]
+    fn growth_event_sites_are_never_leak_suspects_and_go_by_heap_bytes() {
+        // The same series that makes an allocation site a leak suspect (see below), as growth
+        // events: what grew the heap, ranked by the heap bytes it holds, not by its slope.
+        let reports = flat_and_growing_sites(SiteEvidence::HeapGrowth);
         let report = |caller| {
             &reports
                 .iter()
@@ -258,20 +258,7 @@ mod tests {
 
     #[test]
     fn a_steadily_growing_site_outranks_a_bigger_flat_one() {
-        let mut series = SiteSeries::new(64);
-        for i in 0..20u64 {
-            let t_s = i as f64 * 10.0;
-            let sites = [site(0x10, 1 << 20), site(0x20, 4096 * (i + 1))];
-            series.record(&sites, t_s, i << 20);
-        }
-        let last = totals(vec![site(0x10, 1 << 20), site(0x20, 4096 * 20)]);
-        let reports = site_reports(
-            &last,
-            &series,
-            HashMap::new(),
-            usize::MAX,
-            SiteEvidence::Allocations,
-        );
+        let reports = flat_and_growing_sites(SiteEvidence::Allocations);
         let rank_of = |caller| {
             reports
                 .iter()
