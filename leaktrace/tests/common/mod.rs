@@ -313,10 +313,16 @@ pub fn trace_command(
     let mut run = Run::start(&args);
     run.wait_for(finished, within);
     std::thread::sleep(linger);
+    release_and_read(run, &json)
+}
+
+/// Release a launched command (a line on its stdin), wait for leaktrace to exit 0, and return
+/// the final snapshot at `json` (checked against the schema) and every output line.
+pub fn release_and_read(mut run: Run, json: &Path) -> (Value, Vec<String>) {
     run.send_line();
     let (code, lines) = run.finish(Duration::from_secs(30));
     assert_eq!(code, 0, "leaktrace failed:\n{}", lines.join("\n"));
-    let snapshot: Value = serde_json::from_slice(&std::fs::read(&json).expect("final JSON exists"))
+    let snapshot: Value = serde_json::from_slice(&std::fs::read(json).expect("final JSON exists"))
         .expect("JSON parses");
     validate_schema(&snapshot);
     (snapshot, lines)

@@ -112,12 +112,7 @@ fn trace_bursts(
         &format!("finished {mode}"),
         Duration::from_secs(u64::from(serve.serve_s) + 60),
     );
-    run.send_line();
-    let (code, lines) = run.finish(Duration::from_secs(30));
-    assert_eq!(code, 0, "leaktrace failed:\n{}", lines.join("\n"));
-    let snapshot: Value = serde_json::from_slice(&std::fs::read(&json).expect("final JSON exists"))
-        .expect("JSON parses");
-    validate_schema(&snapshot);
+    let (snapshot, lines) = release_and_read(run, &json);
     let leak_rate = lines
         .iter()
         .find_map(|l| {
