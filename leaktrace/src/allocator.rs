@@ -200,19 +200,26 @@ pub fn discover_executable(exe: &Path, loaded: &[PathBuf]) -> Result<Discovery, 
     discover(&modules)
 }
 
+/// The LD_PRELOAD value of the process's initial environment (its program's, since its last
+/// exec), as it is written there.
+pub fn ld_preload_of(pid: u32) -> Option<Vec<u8>> {
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    environ
+        .split(|&b| b == 0)
+        .find_map(|var| var.strip_prefix(b"LD_PRELOAD="))
+        .map(<[u8]>::to_vec)
+}
+
 /// LD_PRELOAD of the process's initial environment, then its /etc/ld.so.preload.
 fn preloads_of(pid: u32) -> Vec<String> {
     let mut preloads = Vec::new();
-    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    for var in environ.split(|&b| b == 0) {
-        if let Some(value) = var.strip_prefix(b"LD_PRELOAD=") {
-            preloads.extend(
-                String::from_utf8_lossy(value)
-                    .split([':', ' '])
-                    .filter(|s| !s.is_empty())
-                    .map(str::to_string),
-            );
-        }
+    if let Some(value) = ld_preload_of(pid) {
+        preloads.extend(
+            String::from_utf8_lossy(&value)
+                .split([':', ' '])
+                .filter(|s| !s.is_empty())
+                .map(str::to_string),
+        );
     }
     if let Ok(file) = target_files::open_in_root(pid, Path::new("/etc/ld.so.preload")) {
         let mut text = String::new();

@@ -147,12 +147,8 @@ pub fn allocators_for_executable(exe: &Path) -> Result<Discovery, TargetError> {
 /// through its root): its loader is asked with the process's own LD_PRELOAD, not ours
 /// (`env LD_PRELOAD=... prog` preloads into `prog` only).
 pub fn allocators_for_exec(pid: u32, exe: &Path) -> Result<Discovery, TargetError> {
-    let environ = fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
-    let preload = environ
-        .split(|&b| b == 0)
-        .find_map(|var| var.strip_prefix(b"LD_PRELOAD="))
-        .map(OsStr::from_bytes);
-    allocators_for_executable_with(exe, preload)
+    let preload = allocator::ld_preload_of(pid);
+    allocators_for_executable_with(exe, preload.as_deref().map(OsStr::from_bytes))
 }
 
 fn allocators_for_executable_with(
