@@ -406,6 +406,12 @@ fn trace_cgo(version: &str) -> Value {
     let mut command = Command::new(&exe);
     command.arg(C_BLOCKS.to_string());
     let mut fixture = Supervised::spawn("cgo fixture", &mut command, Input::Piped).expect("start");
+    // Attached before ld.so has mapped libc, leaktrace would (rightly) find no malloc to hook.
+    fixture
+        .wait_line(Duration::from_secs(30), "waiting", Lines::Stdout, |l| {
+            (l == "waiting").then_some(())
+        })
+        .expect("fixture started");
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("snapshot.json");
     let pid = fixture.pid().to_string();
